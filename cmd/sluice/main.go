@@ -1,0 +1,171 @@
+// Command sluice is the Sluice sidecar: `sluice serve` runs the gRPC services
+// Envoy calls, `sluice check-config` validates config files, `sluice version`
+// prints the build.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"syscall"
+
+	"github.com/sluicehq/sluice/internal/app"
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/ratelimitsvc"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func buildVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+const usage = `Sluice: rate limits, caching and batching beside Envoy.
+
+Usage:
+  sluice serve        [flags]   serve the gRPC services (rate limit service) and the admin endpoints
+  sluice check-config [flags]   validate the Sluice config and the rate limit rules, then exit
+  sluice version                print the version
+
+Run 'sluice <command> -h' for the flags of a command.
+`
+
+func main() {
+	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, os.Getenv))
+}
+
+// run is main without the process exit, for tests. It returns the exit code.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "serve":
+		return serve(ctx, args[1:], stdout, stderr, getenv)
+	case "check-config":
+		return checkConfig(args[1:], stdout, stderr, getenv)
+	case "version", "--version", "-version":
+		fmt.Fprintln(stdout, "sluice", buildVersion())
+		return 0
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "sluice: unknown command %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+// common holds the deployment flags shared by serve and check-config. Flags
+// beat environment variables, which beat the config file.
+type common struct {
+	configPath, grpcAddr, adminAddr, rlConfig, redisURL string
+}
+
+func (c *common) register(fs *flag.FlagSet, getenv func(string) string) {
+	fs.StringVar(&c.configPath, "config", getenv("SLUICE_CONFIG"), "Sluice config file (YAML; env SLUICE_CONFIG); defaults apply without one")
+	fs.StringVar(&c.grpcAddr, "grpc-addr", "", "gRPC listen address (default :8081)")
+	fs.StringVar(&c.adminAddr, "admin-addr", "", "admin HTTP listen address for /metrics, /healthz, /readyz, /debug (default :9091)")
+	fs.StringVar(&c.rlConfig, "ratelimit-config", "", "rate limit rules: an envoyproxy/ratelimit YAML file or a directory of them")
+	fs.StringVar(&c.redisURL, "redis-url", getenv("REDIS_URL"), "Redis URL (env REDIS_URL; default redis://127.0.0.1:6379/0; redis+cluster://host:port?addr=host2:port for Cluster)")
+}
+
+func (c *common) load() (config.Config, error) {
+	cfg, err := config.Load(c.configPath)
+	if err != nil {
+		return cfg, err
+	}
+	if c.grpcAddr != "" {
+		cfg.Server.GRPCAddr = c.grpcAddr
+	}
+	if c.adminAddr != "" {
+		cfg.Server.AdminAddr = c.adminAddr
+	}
+	if c.rlConfig != "" {
+		cfg.RateLimit.ConfigPath = c.rlConfig
+	}
+	if c.redisURL != "" {
+		cfg.Redis.URL = c.redisURL
+	}
+	return cfg, cfg.Validate()
+}
+
+func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := flag.NewFlagSet("sluice serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c common
+	c.register(fs, getenv)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := c.load()
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice:", err)
+		return 1
+	}
+	log := cfg.Log.Logger(stdout)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	a, err := app.New(ctx, cfg, log, buildVersion())
+	if err != nil {
+		log.Error("sluice failed to start", "err", err)
+		return 1
+	}
+	defer a.Close()
+	if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("sluice stopped with an error", "err", err)
+		return 1
+	}
+	log.Info("sluice stopped")
+	return 0
+}
+
+func checkConfig(args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := flag.NewFlagSet("sluice check-config", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c common
+	c.register(fs, getenv)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	// Positional arguments are extra rule files or directories to check.
+	cfg, err := c.load()
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return 1
+	}
+	paths := fs.Args()
+	if cfg.RateLimit.ConfigPath != "" {
+		paths = append([]string{cfg.RateLimit.ConfigPath}, paths...)
+	}
+	failed := false
+	for _, p := range paths {
+		rules, err := ratelimitsvc.LoadRules(p)
+		if err != nil {
+			fmt.Fprintln(stderr, err)
+			failed = true
+			continue
+		}
+		fmt.Fprintf(stdout, "%s: ok (%d domains)\n", p, len(rules.Domains()))
+	}
+	if failed {
+		return 1
+	}
+	if c.configPath != "" {
+		fmt.Fprintf(stdout, "%s: ok\n", c.configPath)
+	}
+	return 0
+}

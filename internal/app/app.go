@@ -1,0 +1,191 @@
+// Package app wires Sluice's components into one running process: the gRPC
+// server (rate limit service, health, reflection) and the admin HTTP server.
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/sluicehq/sluice/internal/admin"
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/metrics"
+	"github.com/sluicehq/sluice/internal/redisconn"
+	"github.com/sluicehq/sluice/ratelimitsvc"
+	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
+)
+
+// rlsServiceName is the gRPC service name Envoy calls and health-checks.
+const rlsServiceName = "envoy.service.ratelimit.v3.RateLimitService"
+
+// App is one Sluice process. Build it with New, then Run it; Close releases
+// what New acquired and is safe after a failed or partial New.
+type App struct {
+	cfg      config.Config
+	log      *slog.Logger
+	Registry *prometheus.Registry
+
+	rdb      redis.UniversalClient
+	lim      *limiter.Limiter
+	RLS      *ratelimitsvc.Service
+	reloader *ratelimitsvc.Reloader
+	health   *health.Server
+	grpc     *grpc.Server
+	admin    *admin.Server
+
+	grpcLn, adminLn net.Listener
+	redisOK         atomic.Bool // Redis answered at least once
+}
+
+// New builds every component, loads the rate limit rules (an invalid rule file
+// is an error: Sluice does not start on a config it cannot serve) and opens
+// both listeners. Redis being down is not an error: Sluice starts, fails open
+// and picks Redis up when it returns.
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string) (a *App, err error) {
+	a = &App{cfg: cfg, log: log, Registry: metrics.NewRegistry(version)}
+	defer func() {
+		if err != nil {
+			_ = a.Close()
+			a = nil
+		}
+	}()
+	if a.rdb, err = redisconn.New(cfg.Redis); err != nil {
+		return a, err
+	}
+	if a.lim, err = limiter.New(a.rdb, cfg.RateLimit.LimiterConfig(), a.Registry); err != nil {
+		return a, fmt.Errorf("app: limiter: %w", err)
+	}
+	if a.RLS, err = ratelimitsvc.New(cfg.RateLimit, a.lim, cfg.Redis.KeyPrefix, a.Registry, log); err != nil {
+		return a, fmt.Errorf("app: ratelimit: %w", err)
+	}
+	if cfg.RateLimit.ConfigPath != "" {
+		a.reloader = ratelimitsvc.NewReloader(cfg.RateLimit.ConfigPath, a.RLS, cfg.RateLimit.PollInterval, log)
+		if err = a.reloader.Load(); err != nil {
+			return a, fmt.Errorf("app: rate limit rules: %w", err)
+		}
+	} else {
+		log.Warn("no rate limit rules configured (--ratelimit-config); every descriptor is answered OK")
+		a.RLS.SetRules(&ratelimitsvc.Rules{})
+	}
+
+	if err := redisconn.Ping(ctx, a.rdb, cfg.Redis.DialTimeout+cfg.Redis.ReadTimeout); err != nil {
+		log.Warn("redis not reachable at start; rate limits fail open until it is", "redis", cfg.Redis.Redacted(), "err", err)
+	} else {
+		a.redisOK.Store(true)
+	}
+
+	a.health = health.NewServer()
+	a.grpc = grpc.NewServer(
+		grpc.MaxRecvMsgSize(cfg.Server.MaxRecvMsgBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	a.RLS.Register(a.grpc)
+	healthpb.RegisterHealthServer(a.grpc, a.health)
+	reflection.Register(a.grpc)
+
+	a.admin = admin.New(log)
+	a.admin.Handle("GET /metrics", metrics.Handler(a.Registry))
+	a.admin.Handle("GET /debug/ratelimit", a.RLS.DebugHandler())
+	a.admin.AddCheck("ratelimit_rules", a.RLS.Ready)
+	a.admin.AddCheck("redis", a.redisReady)
+
+	var lc net.ListenConfig
+	if a.grpcLn, err = lc.Listen(ctx, "tcp", cfg.Server.GRPCAddr); err != nil {
+		return a, fmt.Errorf("app: listen grpc: %w", err)
+	}
+	if a.adminLn, err = lc.Listen(ctx, "tcp", cfg.Server.AdminAddr); err != nil {
+		return a, fmt.Errorf("app: listen admin: %w", err)
+	}
+	return a, nil
+}
+
+// redisReady passes once Redis has answered once. Later outages do not flip
+// readiness: the service fails open (or closed) by design, and a flapping
+// readiness probe would only move traffic around.
+func (a *App) redisReady(ctx context.Context) error {
+	if a.redisOK.Load() {
+		return nil
+	}
+	if err := redisconn.Ping(ctx, a.rdb, 250*time.Millisecond); err != nil {
+		return err
+	}
+	a.redisOK.Store(true)
+	return nil
+}
+
+// GRPCAddr is the bound gRPC address (useful with ":0").
+func (a *App) GRPCAddr() net.Addr { return a.grpcLn.Addr() }
+
+// AdminAddr is the bound admin address.
+func (a *App) AdminAddr() net.Addr { return a.adminLn.Addr() }
+
+// Run serves until ctx ends, then drains: health turns NOT_SERVING so Envoy's
+// grpc_health_check stops sending, in-flight RPCs get ShutdownGrace to finish.
+func (a *App) Run(ctx context.Context) error {
+	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	a.health.SetServingStatus(rlsServiceName, healthpb.HealthCheckResponse_SERVING)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := a.grpc.Serve(a.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("app: grpc serve: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		a.health.Shutdown()
+		done := make(chan struct{})
+		go func() { a.grpc.GracefulStop(); close(done) }()
+		t := time.NewTimer(a.cfg.Server.ShutdownGrace)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			a.log.Warn("shutdown grace expired; cutting remaining RPCs", "grace", a.cfg.Server.ShutdownGrace)
+			a.grpc.Stop()
+			<-done
+		}
+		return nil
+	})
+	g.Go(func() error { return a.admin.Serve(gctx, a.adminLn, a.cfg.Server.ShutdownGrace) })
+	if a.reloader != nil && *a.cfg.RateLimit.Watch {
+		g.Go(func() error { return a.reloader.Run(gctx) })
+	}
+	a.log.Info("sluice serving", "grpc", a.GRPCAddr().String(), "admin", a.AdminAddr().String(), "redis", a.cfg.Redis.Redacted())
+	return g.Wait()
+}
+
+// Close releases the Redis client, limiter and listeners. Safe to call on a
+// partially built App and more than once.
+func (a *App) Close() error {
+	var errs []error
+	if a.grpcLn != nil {
+		_ = a.grpcLn.Close()
+	}
+	if a.adminLn != nil {
+		_ = a.adminLn.Close()
+	}
+	if a.lim != nil {
+		errs = append(errs, a.lim.Close())
+		a.lim = nil
+	}
+	if a.rdb != nil {
+		errs = append(errs, a.rdb.Close())
+		a.rdb = nil
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,473 @@
+package limiter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+)
+
+// Algorithm is how a limit counts hits over its window. The zero value is SlidingWindow.
+type Algorithm uint8
+
+const (
+	// SlidingWindow counts the hits of the last Window at any moment, in sub-windows: no span of
+	// length Window ever holds more than Limit admitted hits.
+	SlidingWindow Algorithm = iota
+	// FixedWindow counts hits in windows aligned to the Unix epoch, as envoyproxy/ratelimit
+	// does: up to 2*Limit hits can pass around a window boundary.
+	FixedWindow
+)
+
+// ParseAlgorithm parses "sliding_window" or "fixed_window", in any case.
+func ParseAlgorithm(s string) (Algorithm, error) {
+	switch strings.ToLower(s) {
+	case "sliding_window":
+		return SlidingWindow, nil
+	case "fixed_window":
+		return FixedWindow, nil
+	}
+	return 0, fmt.Errorf("limiter: unknown algorithm %q (want sliding_window or fixed_window)", s)
+}
+
+// String returns "sliding_window" or "fixed_window", the names ParseAlgorithm accepts.
+func (a Algorithm) String() string {
+	switch a {
+	case SlidingWindow:
+		return "sliding_window"
+	case FixedWindow:
+		return "fixed_window"
+	}
+	return "Algorithm(" + strconv.Itoa(int(a)) + ")"
+}
+
+const (
+	// DefaultSubWindows is the sliding window precision when Item.SubWindows is 0.
+	DefaultSubWindows = 10
+	// MaxSubWindows is the largest Item.SubWindows.
+	MaxSubWindows = 120
+	// MaxCount is the largest Hits an item may carry. Larger limits are treated as MaxCount
+	// (unlimited in practice). Redis Lua numbers are doubles, exact up to 2^53.
+	MaxCount = 1<<53 - 1
+)
+
+// Item is one limit to check and charge within a Do call.
+type Item struct {
+	// Key is the counter's identity, unique per descriptor and limit. It contains exactly one
+	// non-empty {hash tag}, chosen by the caller: items whose tags hash to the same Redis Cluster
+	// slot are decided atomically together. The limiter appends ":f:<window ms>:<window start ms>"
+	// (fixed) or ":s:<window ms>:<sub-windows>" (sliding) to make the Redis key.
+	Key string
+	// Limit is the number of hits allowed per Window; 0 means every hit is over.
+	Limit uint64
+	// Window is the span the limit applies to: positive, whole milliseconds.
+	Window time.Duration
+	// Algorithm is how hits are counted over Window.
+	Algorithm Algorithm
+	// SubWindows is the sliding window's precision: 0 means DefaultSubWindows, else 1 to
+	// MaxSubWindows. A larger value lags an exact sliding log less (at most Window/SubWindows)
+	// and costs more fields per counter. Fixed windows ignore it.
+	SubWindows int
+	// Hits is how many hits this request adds: the descriptor's hits_addend, else the request's
+	// (envoy.extensions.common.ratelimit.v3.RateLimitDescriptor.hits_addend overrides
+	// envoy.service.ratelimit.v3.RateLimitRequest.hits_addend). 0 checks without charging.
+	Hits uint64
+	// Refund subtracts Hits from the current window (sliding: from the newest non-empty
+	// sub-windows), never below 0: RateLimitDescriptor.is_negative_hits, which "refills
+	// previously consumed rate limit tokens". A refund is never over, never denies, and applies
+	// even when the request is denied: it returns quota of an earlier request.
+	Refund bool
+	// Shadow reports being over the limit without denying the request (the limit's shadow_mode
+	// in envoyproxy/ratelimit configuration). A shadow item is charged like any other.
+	Shadow bool
+}
+
+// Result is the outcome of one Item.
+type Result struct {
+	// Over reports that this item alone is over its limit: Used+Hits > Limit before charging, or
+	// Used >= Limit for a check-only item. Refunds are never over.
+	Over bool
+	// Used is the number of hits counted in the window after this call, including this call's
+	// Hits if they were charged. From the local cache it is Limit (at least that many were used).
+	Used uint64
+	// Remaining is Limit-Used, or 0 if Used exceeds Limit.
+	Remaining uint64
+	// ResetAfter is when quota next frees: for a fixed window, when it ends; for a sliding window,
+	// when the hits of its oldest counted sub-window leave it (0 if nothing is counted).
+	ResetAfter time.Duration
+	// FromCache reports that Redis was not asked: the local over-limit cache answered.
+	FromCache bool
+}
+
+var (
+	// ErrUnavailable is returned, wrapped, when the circuit breaker is open: Redis failed
+	// repeatedly, and Do fails at once without calling it.
+	ErrUnavailable = errors.New("limiter: redis unavailable (circuit breaker open)")
+	// ErrInvalidItem is returned, wrapped with the item's index and the reason, when Do is given
+	// an item it cannot evaluate. No Redis call is made.
+	ErrInvalidItem = errors.New("invalid rate-limit item")
+	// ErrClosed is returned by Do after Close.
+	ErrClosed = errors.New("limiter: closed")
+)
+
+// Limiter decides rate limits over Redis, one round trip per Do call (on a cluster: one
+// pipeline). It is safe for concurrent use. Create it with New; the zero value is not usable.
+type Limiter struct {
+	client  redis.UniversalClient
+	cluster *redis.ClusterClient // client, when it is a cluster: calls are split by hash slot
+	cfg     Config
+	cache   *localCache // nil when disabled
+	breaker *gobreaker.CircuitBreaker[struct{}]
+	metrics *metrics
+
+	closed    atomic.Bool
+	closeOnce sync.Once
+}
+
+// New returns a Limiter over client: a *redis.Client, a failover client or a
+// *redis.ClusterClient (a *redis.Ring cannot run multi-key scripts and is refused). The client
+// must have ContextTimeoutEnabled set, so that Config.Timeout bounds its socket reads; New
+// refuses it otherwise. It registers its metrics on reg unless reg is nil; Close unregisters
+// them. Redis 5 or newer is needed (the script reads TIME before writing).
+func New(client redis.UniversalClient, cfg Config, reg prometheus.Registerer) (*Limiter, error) {
+	if client == nil {
+		return nil, errors.New("limiter: nil redis client")
+	}
+	if _, ok := client.(*redis.Ring); ok {
+		return nil, errors.New("limiter: a redis.Ring cannot run multi-key scripts; use a Client or a ClusterClient")
+	}
+	if !honoursContext(client) {
+		return nil, errors.New("limiter: the redis client must set ContextTimeoutEnabled: true, " +
+			"else go-redis ignores context deadlines on its sockets and Config.Timeout cannot bound a call")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.WithDefaults()
+	l := &Limiter{client: client, cfg: cfg}
+	l.cluster, _ = client.(*redis.ClusterClient)
+	var err error
+	if l.metrics, err = newMetrics(reg); err != nil {
+		return nil, err
+	}
+	if cfg.LocalCacheSize > 0 {
+		if l.cache, err = newLocalCache(cfg.LocalCacheSize); err != nil {
+			_ = l.Close()
+			return nil, err
+		}
+	}
+	l.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "sluice-ratelimit-redis",
+		MaxRequests: 1, // one probe when half-open
+		Timeout:     cfg.BreakerOpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= cfg.BreakerFailures },
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			if to == gobreaker.StateOpen {
+				l.metrics.breakerOpen.Set(1)
+			} else {
+				l.metrics.breakerOpen.Set(0)
+			}
+		},
+		IsExcluded:   isExcluded,
+		IsSuccessful: func(err error) bool { return err == nil || isHealthyReply(err) },
+	})
+	return l, nil
+}
+
+// Close releases the local cache's goroutine and unregisters the metrics. It does not close the
+// Redis client, which the caller owns. It is safe to call more than once, and on a Limiter that
+// New did not finish.
+func (l *Limiter) Close() error {
+	if l == nil {
+		return nil
+	}
+	l.closeOnce.Do(func() {
+		l.closed.Store(true)
+		if l.cache != nil {
+			l.cache.close()
+		}
+		l.metrics.unregister()
+	})
+	return nil
+}
+
+// call is an Item validated and turned into script input.
+type call struct {
+	item    *Item
+	counter string // KEYS entry: Key plus the algorithm's suffix
+	subs    int    // sub-windows after defaulting
+	slot    uint16 // Redis Cluster hash slot of Key's tag
+}
+
+// Do checks every item and, only if no non-shadow item is over, charges all of them
+// (all-or-nothing: a denied request consumes no quota). allowed reports that. results are
+// index-aligned with items. Refund items apply in any case and never deny.
+//
+// On a single Redis the decision is atomic. On a cluster, items are split by hash slot and each
+// slot's share is decided atomically; when one slot denies, the slots that charged are refunded
+// in a second round trip (see the package doc). An empty items is allowed without Redis.
+//
+// If an item that can deny is known to be exhausted from an earlier call, Do denies from the
+// local cache without asking Redis, unless the request carries refunds. Errors: ErrInvalidItem
+// (wrapped) for bad input, ErrUnavailable (wrapped) while the breaker is open, ctx or timeout
+// errors, and Redis errors; with an error, results and allowed mean nothing.
+func (l *Limiter) Do(ctx context.Context, items []Item) (results []Result, allowed bool, err error) {
+	if l.closed.Load() {
+		return nil, false, ErrClosed
+	}
+	if len(items) == 0 {
+		return nil, true, nil
+	}
+	calls := make([]call, len(items))
+	refunds := false
+	for i := range items {
+		if err := prepare(&items[i], &calls[i], l.cluster != nil); err != nil {
+			return nil, false, fmt.Errorf("limiter: item %d: %w", i, err)
+		}
+		refunds = refunds || items[i].Refund
+	}
+	now := l.now()
+	results = make([]Result, len(items))
+	if l.cache != nil {
+		if refunds {
+			for i := range calls {
+				if calls[i].item.Refund {
+					l.cache.forget(calls[i].counter)
+				}
+			}
+		} else if l.cache.answer(calls, now, results) {
+			l.metrics.cacheHits.Inc()
+			return results, false, nil
+		}
+	}
+
+	nowArg := ""
+	if l.cfg.Now != nil {
+		nowArg = formatInt(now.UnixMilli())
+	}
+	tctx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
+	defer cancel()
+	_, err = l.breaker.Execute(func() (struct{}, error) {
+		var err error
+		if l.cluster != nil {
+			allowed, err = l.evalCluster(tctx, calls, nowArg, results)
+		} else {
+			allowed, err = l.evalOne(tctx, calls, nowArg, results)
+		}
+		if err != nil && ctx.Err() != nil {
+			// The caller gave up: says nothing about Redis's health.
+			err = callerGone{err}
+		}
+		return struct{}{}, err
+	})
+	if err != nil {
+		return nil, false, l.failure(ctx, err)
+	}
+	if l.cache != nil {
+		l.cache.remember(calls, results, now)
+	}
+	return results, allowed, nil
+}
+
+// failure counts a failed Do in the metrics and wraps its error.
+func (l *Limiter) failure(ctx context.Context, err error) error {
+	var gone callerGone
+	switch {
+	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
+		l.metrics.errors.WithLabelValues(reasonUnavailable).Inc()
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	case errors.As(err, &gone):
+		return fmt.Errorf("limiter: eval script: %w", gone.err)
+	case ctx.Err() == nil && isTimeout(err):
+		l.metrics.errors.WithLabelValues(reasonTimeout).Inc()
+	default:
+		l.metrics.errors.WithLabelValues(reasonError).Inc()
+	}
+	return fmt.Errorf("limiter: eval script: %w", err)
+}
+
+func (l *Limiter) now() time.Time {
+	if l.cfg.Now != nil {
+		return l.cfg.Now()
+	}
+	return time.Now()
+}
+
+// evalOne runs all calls in one script call: the path for a single Redis.
+func (l *Limiter) evalOne(ctx context.Context, calls []call, nowArg string, results []Result) (bool, error) {
+	keys, args := scriptInput(calls, nowArg, nil)
+	start := time.Now()
+	reply, err := limitScript.Run(ctx, l.client, keys, args...).Result()
+	l.metrics.duration.Observe(time.Since(start).Seconds())
+	if err != nil {
+		return false, err
+	}
+	_, allowed, err := parseReply(reply, calls, nil, results)
+	return allowed, err
+}
+
+// scriptInput builds KEYS and ARGV for the calls at idx (all calls if idx is nil). See
+// limitScript for the layout.
+func scriptInput(calls []call, nowArg string, idx []int) (keys []string, args []any) {
+	n := len(calls)
+	if idx != nil {
+		n = len(idx)
+	}
+	keys = make([]string, 0, n)
+	args = make([]any, 0, 1+argsPerItem*n)
+	args = append(args, nowArg)
+	for j := range n {
+		c := &calls[j]
+		if idx != nil {
+			c = &calls[idx[j]]
+		}
+		it := c.item
+		flags := 0
+		if it.Refund {
+			flags |= flagRefund
+		}
+		if it.Shadow {
+			flags |= flagShadow
+		}
+		keys = append(keys, c.counter)
+		args = append(args, uint8(it.Algorithm), min(it.Limit, MaxCount), it.Window.Milliseconds(), c.subs, it.Hits, flags)
+	}
+	return keys, args
+}
+
+// parseReply fills results (for the calls at idx, or all) from a script reply and returns the
+// script's now in ms and whether it allowed.
+func parseReply(reply any, calls []call, idx []int, results []Result) (nowMs int64, allowed bool, err error) {
+	n := len(calls)
+	if idx != nil {
+		n = len(idx)
+	}
+	vals, ok := reply.([]any)
+	if !ok || len(vals) != replyHead+replyPerItem*n {
+		return 0, false, fmt.Errorf("limiter: unexpected script reply %v", reply)
+	}
+	ints := make([]int64, len(vals))
+	for i, v := range vals {
+		if ints[i], ok = v.(int64); !ok {
+			return 0, false, fmt.Errorf("limiter: unexpected script reply %v", reply)
+		}
+	}
+	for j := range n {
+		i := j
+		if idx != nil {
+			i = idx[j]
+		}
+		r := ints[replyHead+replyPerItem*j:]
+		used := uint64(max(r[1], 0))
+		results[i] = Result{
+			Over:       r[0] == 1,
+			Used:       used,
+			Remaining:  calls[i].item.Limit - min(used, calls[i].item.Limit),
+			ResetAfter: time.Duration(r[2]) * time.Millisecond,
+		}
+	}
+	return ints[0], ints[1] == 1, nil
+}
+
+// prepare validates it and fills c.
+func prepare(it *Item, c *call, cluster bool) error {
+	tag, err := hashTag(it.Key)
+	if err != nil {
+		return err
+	}
+	switch {
+	case it.Window <= 0:
+		return fmt.Errorf("%w: key %q: window %v is not positive", ErrInvalidItem, it.Key, it.Window)
+	case it.Window%time.Millisecond != 0:
+		return fmt.Errorf("%w: key %q: window %v is not a whole number of milliseconds", ErrInvalidItem, it.Key, it.Window)
+	case it.Algorithm > FixedWindow:
+		return fmt.Errorf("%w: key %q: unknown algorithm %v", ErrInvalidItem, it.Key, it.Algorithm)
+	case it.SubWindows < 0 || it.SubWindows > MaxSubWindows:
+		return fmt.Errorf("%w: key %q: sub-windows %d not in 1..%d (or 0 for %d)", ErrInvalidItem, it.Key, it.SubWindows, MaxSubWindows, DefaultSubWindows)
+	case it.Hits > MaxCount:
+		return fmt.Errorf("%w: key %q: hits %d above %d", ErrInvalidItem, it.Key, it.Hits, uint64(MaxCount))
+	}
+	c.item = it
+	c.subs = it.SubWindows
+	if c.subs == 0 {
+		c.subs = DefaultSubWindows
+	}
+	ms := strconv.FormatInt(it.Window.Milliseconds(), 10)
+	if it.Algorithm == FixedWindow {
+		c.counter = it.Key + ":f:" + ms
+	} else {
+		c.counter = it.Key + ":s:" + ms + ":" + strconv.Itoa(c.subs)
+	}
+	if cluster {
+		c.slot = Slot(tag)
+	}
+	return nil
+}
+
+// hashTag returns the content of key's one {hash tag}, which must be non-empty.
+func hashTag(key string) (string, error) {
+	if key == "" {
+		return "", fmt.Errorf("%w: empty key", ErrInvalidItem)
+	}
+	open, end := strings.IndexByte(key, '{'), strings.IndexByte(key, '}')
+	if open < 0 || end < open+2 || strings.Count(key, "{") != 1 || strings.Count(key, "}") != 1 {
+		return "", fmt.Errorf("%w: key %q must contain exactly one non-empty {hash tag}", ErrInvalidItem, key)
+	}
+	return key[open+1 : end], nil
+}
+
+// honoursContext reports whether client applies context deadlines to its socket I/O. Clients
+// of other types are trusted.
+func honoursContext(client redis.UniversalClient) bool {
+	switch c := client.(type) {
+	case *redis.Client:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return c.Options().ContextTimeoutEnabled
+	}
+	return true
+}
+
+// callerGone marks an error of a call whose caller cancelled or timed out its own context, so
+// the breaker ignores it.
+type callerGone struct{ err error }
+
+func (e callerGone) Error() string { return e.err.Error() }
+func (e callerGone) Unwrap() error { return e.err }
+
+// isExcluded tells the breaker which errors say nothing about Redis's health.
+func isExcluded(err error) bool {
+	var gone callerGone
+	return errors.As(err, &gone) || redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+// isHealthyReply reports an error reply from a Redis that works (a script error, WRONGTYPE):
+// not a reason to open the breaker. Replies that say the server cannot serve are not healthy.
+func isHealthyReply(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	for _, p := range []string{"LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "BUSY", "READONLY", "OOM", "max number of clients"} {
+		if redis.HasErrorPrefix(err, p) {
+			return false
+		}
+	}
+	return true
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+func formatInt(n int64) string { return strconv.FormatInt(n, 10) }

@@ -1,0 +1,532 @@
+package ratelimitsvc
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+
+	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
+)
+
+// mustParse parses one rules file or fails the test.
+func mustParse(t testing.TB, src string) *Rules {
+	t.Helper()
+	r, err := ParseRules([]File{{Name: "test.yaml", Data: []byte(src)}})
+	if err != nil {
+		t.Fatalf("ParseRules:\n%v", err)
+	}
+	return r
+}
+
+// entries builds a descriptor from "key=value" strings.
+func entries(kv ...string) []Entry {
+	out := make([]Entry, len(kv))
+	for i, s := range kv {
+		k, v, _ := strings.Cut(s, "=")
+		out[i] = Entry{Key: k, Value: v}
+	}
+	return out
+}
+
+// limitsString summarises limits as "10/1s,20/1m0s" ("unlimited" for one).
+func limitsString(ls []*Limit) string {
+	parts := make([]string, len(ls))
+	for i, l := range ls {
+		if l.Unlimited {
+			parts[i] = "unlimited"
+			continue
+		}
+		parts[i] = fmt.Sprintf("%d/%s", l.RequestsPerUnit, l.Window)
+	}
+	return strings.Join(parts, ",")
+}
+
+// matchConfig mirrors the situations of envoyproxy/ratelimit's README
+// examples and its config tests, written afresh.
+const matchConfig = `
+domain: test
+descriptors:
+  # Placeholder with no limit; nested key-only default and exact override.
+  - key: key1
+    value: value1
+    descriptors:
+      - key: subkey1
+        rate_limit: {unit: second, requests_per_unit: 5}
+      - key: subkey1
+        value: subvalue1
+        rate_limit: {unit: second, requests_per_unit: 10}
+
+  # Key-only default, exact override, and an exact value with no limit
+  # (envoyproxy's "whitelisted" value).
+  - key: key2
+    rate_limit: {unit: minute, requests_per_unit: 20}
+  - key: key2
+    value: value2
+    rate_limit: {unit: minute, requests_per_unit: 30}
+  - key: key2
+    value: value3
+
+  # A limit on a descriptor that also has children.
+  - key: key5
+    value: value5
+    rate_limit: {unit: day, requests_per_unit: 15}
+    descriptors:
+      - key: subkey5
+        value: subvalue5
+        rate_limit: {unit: day, requests_per_unit: 25}
+
+  - key: key6
+    rate_limit: {unlimited: true}
+
+  # Wildcards: trailing, middle, several; key-only fallback after them.
+  - key: wild
+    value: foo*
+    rate_limit: {unit: minute, requests_per_unit: 1}
+  - key: wild
+    rate_limit: {unit: minute, requests_per_unit: 2}
+  - key: mid
+    value: bar*b
+    rate_limit: {unit: minute, requests_per_unit: 3}
+  - key: multi
+    value: foo*bar*baz
+    rate_limit: {unit: minute, requests_per_unit: 4}
+  - key: any
+    value: "*"
+    rate_limit: {unit: minute, requests_per_unit: 5}
+
+  # Wildcards are tried in config order: the first match wins, even if a
+  # later pattern is longer.
+  - key: order
+    value: a*
+    rate_limit: {unit: minute, requests_per_unit: 6}
+  - key: order
+    value: ab*
+    rate_limit: {unit: minute, requests_per_unit: 7}
+
+  # An exact value beats a wildcard.
+  - key: file
+    value: test1
+    rate_limit: {unit: minute, requests_per_unit: 50}
+  - key: file
+    value: test*
+    share_threshold: true
+    rate_limit: {unit: minute, requests_per_unit: 100}
+
+  # share_threshold at several levels, mixed with a non-sharing wildcard.
+  - key: files
+    value: files/*
+    share_threshold: true
+    rate_limit: {unit: minute, requests_per_unit: 8}
+  - key: path
+    value: path/*
+    share_threshold: true
+    descriptors:
+      - key: file
+        value: file/*
+        descriptors:
+          - key: type
+            rate_limit: {unit: minute, requests_per_unit: 9}
+  - key: files
+    value: top/*
+    share_threshold: true
+    descriptors:
+      - key: files
+        value: nested/*
+        share_threshold: true
+        rate_limit: {unit: minute, requests_per_unit: 11}
+
+  # envoyproxy joins key and value with '_'; Sluice compares them apart.
+  - key: a
+    value: b_c
+    rate_limit: {unit: minute, requests_per_unit: 12}
+`
+
+func TestRulesMatch(t *testing.T) {
+	r := mustParse(t, matchConfig)
+	tests := []struct {
+		name        string
+		domain      string
+		entries     []Entry
+		wantRule    string // "" when nothing applies
+		wantLimits  string
+		wantCounter []Entry // nil: the request's own entries
+	}{
+		{name: "unknown domain", domain: "nope", entries: entries("key2=x")},
+		{name: "no entries", entries: nil},
+		{name: "placeholder without limit", entries: entries("key1=value1")},
+		{name: "no key-only default at first level", entries: entries("key1=something")},
+		{name: "nested key-only default", entries: entries("key1=value1", "subkey1=something"),
+			wantRule: "key1_value1.subkey1", wantLimits: "5/1s"},
+		{name: "nested exact beats key-only", entries: entries("key1=value1", "subkey1=subvalue1"),
+			wantRule: "key1_value1.subkey1_subvalue1", wantLimits: "10/1s"},
+		{name: "key-only default", entries: entries("key2=something"), wantRule: "key2", wantLimits: "20/1m0s"},
+		{name: "exact override", entries: entries("key2=value2"), wantRule: "key2_value2", wantLimits: "30/1m0s"},
+		{name: "exact without limit is whitelisted, no fallback to key-only", entries: entries("key2=value3")},
+		{name: "request longer than config path", entries: entries("key2=value2", "subkey=subvalue")},
+		{name: "limit on a node with children", entries: entries("key5=value5"),
+			wantRule: "key5_value5", wantLimits: "15/24h0m0s"},
+		{name: "child exact", entries: entries("key5=value5", "subkey5=subvalue5"),
+			wantRule: "key5_value5.subkey5_subvalue5", wantLimits: "25/24h0m0s"},
+		{name: "child unmatched", entries: entries("key5=value5", "subkey5=other")},
+		{name: "unlimited", entries: entries("key6=x"), wantRule: "key6", wantLimits: "unlimited"},
+		{name: "trailing wildcard", entries: entries("wild=foo123"), wantRule: "wild_foo*", wantLimits: "1/1m0s"},
+		{name: "wildcard matches empty rest", entries: entries("wild=foo"), wantRule: "wild_foo*", wantLimits: "1/1m0s"},
+		{name: "wildcard before key-only", entries: entries("wild=fo"), wantRule: "wild", wantLimits: "2/1m0s"},
+		{name: "request value equal to pattern", entries: entries("wild=foo*"), wantRule: "wild_foo*", wantLimits: "1/1m0s"},
+		{name: "middle wildcard", entries: entries("mid=barXYZb"), wantRule: "mid_bar*b", wantLimits: "3/1m0s"},
+		{name: "middle wildcard no overlap of prefix and suffix", entries: entries("mid=bar")},
+		{name: "middle wildcard wrong suffix", entries: entries("mid=barXc")},
+		{name: "multi wildcard", entries: entries("multi=foo1bar2baz"), wantRule: "multi_foo*bar*baz", wantLimits: "4/1m0s"},
+		{name: "multi wildcard empty segments", entries: entries("multi=foobarbaz"), wantRule: "multi_foo*bar*baz", wantLimits: "4/1m0s"},
+		{name: "multi wildcard out of order", entries: entries("multi=foobazbar")},
+		{name: "star matches empty value", entries: entries("any="), wantRule: "any_*", wantLimits: "5/1m0s"},
+		{name: "first wildcard in config order wins", entries: entries("order=abc"), wantRule: "order_a*", wantLimits: "6/1m0s"},
+		{name: "exact beats shared wildcard", entries: entries("file=test1"), wantRule: "file_test1", wantLimits: "50/1m0s"},
+		{name: "shared wildcard", entries: entries("file=test2"), wantRule: "file_test*", wantLimits: "100/1m0s",
+			wantCounter: entries("file=test*")},
+		{name: "share_threshold single level", entries: entries("files=files/a.pdf"), wantRule: "files_files/*",
+			wantLimits: "8/1m0s", wantCounter: entries("files=files/*")},
+		{name: "share_threshold on an upper level only", entries: entries("path=path/x", "file=file/y", "type=pdf"),
+			wantRule: "path_path/*.file_file/*.type", wantLimits: "9/1m0s",
+			wantCounter: entries("path=path/*", "file=file/y", "type=pdf")},
+		{name: "share_threshold same key at two levels", entries: entries("files=top/1", "files=nested/2"),
+			wantRule: "files_top/*.files_nested/*", wantLimits: "11/1m0s",
+			wantCounter: entries("files=top/*", "files=nested/*")},
+		{name: "exact match of a pattern does not share", entries: entries("files=files/*"), wantRule: "files_files/*",
+			wantLimits: "8/1m0s"},
+		{name: "key and value compared apart (envoyproxy would match a_b_c)", entries: entries("a_b=c")},
+		{name: "key and value exact", entries: entries("a=b_c"), wantRule: "a_b_c", wantLimits: "12/1m0s"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			domain := tt.domain
+			if domain == "" {
+				domain = "test"
+			}
+			m, ok := r.Match(domain, tt.entries)
+			if tt.wantRule == "" {
+				if ok {
+					t.Fatalf("Match = %q %s, want no match", m.Rule, limitsString(m.Limits))
+				}
+				return
+			}
+			if !ok {
+				t.Fatalf("no match, want %q", tt.wantRule)
+			}
+			if m.Rule != tt.wantRule {
+				t.Errorf("Rule = %q, want %q", m.Rule, tt.wantRule)
+			}
+			if got := limitsString(m.Limits); got != tt.wantLimits {
+				t.Errorf("limits = %s, want %s", got, tt.wantLimits)
+			}
+			want := tt.wantCounter
+			if want == nil {
+				want = tt.entries
+			}
+			if !slices.Equal(m.CounterEntries, want) {
+				t.Errorf("CounterEntries = %v, want %v", m.CounterEntries, want)
+			}
+		})
+	}
+}
+
+func TestRulesMatchDoesNotModifyRequest(t *testing.T) {
+	r := mustParse(t, matchConfig)
+	req := entries("files=files/a.pdf")
+	m, ok := r.Match("test", req)
+	if !ok || m.CounterEntries[0].Value != "files/*" {
+		t.Fatalf("Match = %+v, %v", m, ok)
+	}
+	if req[0].Value != "files/a.pdf" {
+		t.Errorf("request entries changed: %v", req)
+	}
+}
+
+func TestRulesMatchNilAndEmpty(t *testing.T) {
+	var r *Rules
+	if _, ok := r.Match("x", entries("a=b")); ok {
+		t.Error("nil Rules matched")
+	}
+	if _, ok := r.Domain("x"); ok {
+		t.Error("nil Rules has a domain")
+	}
+	if r.Domains() != nil {
+		t.Error("nil Rules has domains")
+	}
+	empty, err := ParseRules(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := json.Marshal(empty); err != nil || string(b) != `{"domains":[]}` {
+		t.Errorf("MarshalJSON = %s, %v", b, err)
+	}
+}
+
+func TestRulesConcurrentMatch(t *testing.T) {
+	r := mustParse(t, matchConfig)
+	var wg sync.WaitGroup
+	for g := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 1000 {
+				req := entries("files=files/"+strconv.Itoa(g*1000+i), "x=y")[:1]
+				m, ok := r.Match("test", req)
+				if !ok || m.CounterEntries[0].Value != "files/*" || m.Rule != "files_files/*" {
+					t.Errorf("Match = %+v, %v", m, ok)
+					return
+				}
+				_, _ = r.Domain("test")
+				_ = r.Domains()
+			}
+		}()
+	}
+	if _, err := json.Marshal(r); err != nil {
+		t.Error(err)
+	}
+	wg.Wait()
+}
+
+func TestRulesMatchAllocs(t *testing.T) {
+	r := mustParse(t, matchConfig)
+	req := entries("key1=value1", "subkey1=subvalue1")
+	allocs := testing.AllocsPerRun(100, func() {
+		if _, ok := r.Match("test", req); !ok {
+			t.Fatal("no match")
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("Match allocates %v times, want 0", allocs)
+	}
+}
+
+func TestRulesLimitFields(t *testing.T) {
+	r := mustParse(t, `
+domain: ext
+algorithm: fixed_window
+failure_mode_deny: true
+descriptors:
+  - key: tenant
+    shadow_mode: true
+    quota_mode: true
+    detailed_metric: true
+    metadata: {team: api, weight: 2, ratio: 0.5, tags: [a, b], on: true}
+    rate_limit: {unit: Minute, requests_per_unit: 100}
+    rate_limits:
+      - {requests_per_unit: 10, unit: SECOND, algorithm: sliding_window, unit_multiplier: 5, sub_windows: 20}
+      - {name: daily, requests_per_unit: 1000, unit: day, replaces: [{name: other}]}
+      - {requests_per_unit: 5, unit: week, algorithm: sliding_window}
+      - {requests_per_unit: 6, unit: month}
+      - {requests_per_unit: 7, unit: year}
+  - key: other
+    rate_limit: {name: other, unit: hour, requests_per_unit: 0}
+`)
+	d, ok := r.Domain("ext")
+	if !ok || !d.FailureModeDeny || !d.FailureModeSet || d.Algorithm != limiter.FixedWindow || d.Name != "ext" {
+		t.Fatalf("Domain = %+v, %v", d, ok)
+	}
+	m, ok := r.Match("ext", entries("tenant=acme"))
+	if !ok {
+		t.Fatal("no match")
+	}
+	const day = 24 * time.Hour
+	want := []Limit{
+		{ID: "tenant#0", RequestsPerUnit: 100, Unit: rlsv3.RateLimitResponse_RateLimit_MINUTE, UnitMultiplier: 1,
+			Window: time.Minute, Algorithm: limiter.FixedWindow, SubWindows: 1, Line: 11},
+		{ID: "tenant#1", RequestsPerUnit: 10, Unit: rlsv3.RateLimitResponse_RateLimit_SECOND, UnitMultiplier: 5,
+			Window: 5 * time.Second, Algorithm: limiter.SlidingWindow, SubWindows: 20, Line: 13},
+		{ID: "daily", Name: "daily", RequestsPerUnit: 1000, Unit: rlsv3.RateLimitResponse_RateLimit_DAY, UnitMultiplier: 1,
+			Window: day, Algorithm: limiter.FixedWindow, SubWindows: 1, Replaces: []string{"other"}, Line: 14},
+		{ID: "tenant#3", RequestsPerUnit: 5, Unit: rlsv3.RateLimitResponse_RateLimit_WEEK, UnitMultiplier: 1,
+			Window: 7 * day, Algorithm: limiter.SlidingWindow, SubWindows: 10, Line: 15},
+		{ID: "tenant#4", RequestsPerUnit: 6, Unit: rlsv3.RateLimitResponse_RateLimit_MONTH, UnitMultiplier: 1,
+			Window: 30 * day, Algorithm: limiter.FixedWindow, SubWindows: 1, Line: 16},
+		{ID: "tenant#5", RequestsPerUnit: 7, Unit: rlsv3.RateLimitResponse_RateLimit_YEAR, UnitMultiplier: 1,
+			Window: 365 * day, Algorithm: limiter.FixedWindow, SubWindows: 1, Line: 17},
+	}
+	if len(m.Limits) != len(want) {
+		t.Fatalf("got %d limits, want %d", len(m.Limits), len(want))
+	}
+	for i, w := range want {
+		w.Shadow, w.Quota, w.DetailedMetric, w.File = true, true, true, "test.yaml"
+		got := *m.Limits[i]
+		if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", w) {
+			t.Errorf("limit %d:\n got %+v\nwant %+v", i, got, w)
+		}
+	}
+	wantMeta := `{"on":true,"ratio":0.5,"tags":["a","b"],"team":"api","weight":2}`
+	if b, _ := json.Marshal(m.Metadata); string(b) != wantMeta {
+		t.Errorf("Metadata = %s, want %s", b, wantMeta)
+	}
+	if m, _ := r.Match("ext", entries("other=x")); m.Limits[0].RequestsPerUnit != 0 || m.Limits[0].Shadow {
+		t.Errorf("other = %+v", m.Limits[0])
+	}
+	if got := r.Domains(); !slices.Equal(got, []string{"ext"}) {
+		t.Errorf("Domains = %v", got)
+	}
+}
+
+func TestRulesExampleConfig(t *testing.T) {
+	r, err := LoadRules("../config/ratelimit/tiers.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, ok := r.Domain("sluice")
+	if !ok || d.FailureModeDeny || !d.FailureModeSet || d.Algorithm != limiter.SlidingWindow {
+		t.Fatalf("Domain = %+v, %v", d, ok)
+	}
+	tests := []struct {
+		name       string
+		entries    []Entry
+		wantRule   string
+		wantLimits string
+		wantShadow bool
+	}{
+		{"free tenant", entries("tier=free", "tenant_id=acme"), "tier_free.tenant_id", "10/1s,10000/24h0m0s", false},
+		{"free user", entries("tier=free", "user_id=u1"), "tier_free.user_id", "5/1s,2000/24h0m0s", false},
+		{"basic tenant", entries("tier=basic", "tenant_id=acme"), "tier_basic.tenant_id", "50/1s,100000/24h0m0s", false},
+		{"pro tenant", entries("tier=pro", "tenant_id=acme"), "tier_pro.tenant_id", "200/1s,1000000/24h0m0s", false},
+		{"pro user", entries("tier=pro", "user_id=u1"), "tier_pro.user_id", "50/1s,100000/24h0m0s", false},
+		{"enterprise tenant", entries("tier=enterprise", "tenant_id=acme"), "tier_enterprise.tenant_id", "5000/10s,50000000/24h0m0s", false},
+		{"enterprise user shadow", entries("tier=enterprise", "user_id=u1"), "tier_enterprise.user_id", "200/1s,1000000/24h0m0s", true},
+		{"unknown tier falls back", entries("tier=trial", "tenant_id=acme"), "tier.tenant_id", "10/1s,10000/24h0m0s", false},
+		{"anonymous", entries("remote_address=1.2.3.4"), "remote_address", "60/1m0s,1000/24h0m0s", false},
+		{"tier alone", entries("tier=pro"), "", "", false},
+		{"unknown key", entries("tier=pro", "org=x"), "", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			m, ok := r.Match("sluice", tt.entries)
+			if tt.wantRule == "" {
+				if ok {
+					t.Fatalf("matched %q", m.Rule)
+				}
+				return
+			}
+			if !ok || m.Rule != tt.wantRule || limitsString(m.Limits) != tt.wantLimits {
+				t.Fatalf("Match = %q %s (ok %v), want %q %s", m.Rule, limitsString(m.Limits), ok, tt.wantRule, tt.wantLimits)
+			}
+			for _, l := range m.Limits {
+				if l.Shadow != tt.wantShadow {
+					t.Errorf("%s: Shadow = %v", l.ID, l.Shadow)
+				}
+				if l.Name == "" || l.ID != l.Name {
+					t.Errorf("limit %+v: want a name as ID", l)
+				}
+			}
+			if burst := m.Limits[0]; burst.Algorithm != limiter.SlidingWindow {
+				t.Errorf("burst algorithm = %s", burst.Algorithm)
+			}
+			if daily := m.Limits[1]; daily.Algorithm != limiter.FixedWindow {
+				t.Errorf("daily algorithm = %s", daily.Algorithm)
+			}
+		})
+	}
+}
+
+func TestUnitDuration(t *testing.T) {
+	tests := []struct {
+		name   string
+		unit   rlsv3.RateLimitResponse_RateLimit_Unit
+		want   time.Duration
+		wantOK bool
+	}{
+		{"unknown", rlsv3.RateLimitResponse_RateLimit_UNKNOWN, 0, false},
+		{"second", rlsv3.RateLimitResponse_RateLimit_SECOND, time.Second, true},
+		{"minute", rlsv3.RateLimitResponse_RateLimit_MINUTE, time.Minute, true},
+		{"hour", rlsv3.RateLimitResponse_RateLimit_HOUR, time.Hour, true},
+		{"day", rlsv3.RateLimitResponse_RateLimit_DAY, 24 * time.Hour, true},
+		{"week", rlsv3.RateLimitResponse_RateLimit_WEEK, 7 * 24 * time.Hour, true},
+		{"month is 30 days", rlsv3.RateLimitResponse_RateLimit_MONTH, 30 * 24 * time.Hour, true},
+		{"year is 365 days", rlsv3.RateLimitResponse_RateLimit_YEAR, 365 * 24 * time.Hour, true},
+		{"out of range", 99, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, ok := UnitDuration(tt.unit)
+			if got != tt.want || ok != tt.wantOK {
+				t.Errorf("UnitDuration(%v) = %v, %v; want %v, %v", tt.unit, got, ok, tt.want, tt.wantOK)
+			}
+		})
+	}
+}
+
+func TestOverrideUnit(t *testing.T) {
+	tests := []struct {
+		name     string
+		unit     typev3.RateLimitUnit
+		wantUnit rlsv3.RateLimitResponse_RateLimit_Unit
+		want     time.Duration
+		wantOK   bool
+	}{
+		{"unknown", typev3.RateLimitUnit_UNKNOWN, 0, 0, false},
+		{"second", typev3.RateLimitUnit_SECOND, rlsv3.RateLimitResponse_RateLimit_SECOND, time.Second, true},
+		{"minute", typev3.RateLimitUnit_MINUTE, rlsv3.RateLimitResponse_RateLimit_MINUTE, time.Minute, true},
+		{"hour", typev3.RateLimitUnit_HOUR, rlsv3.RateLimitResponse_RateLimit_HOUR, time.Hour, true},
+		{"day", typev3.RateLimitUnit_DAY, rlsv3.RateLimitResponse_RateLimit_DAY, 24 * time.Hour, true},
+		{"month", typev3.RateLimitUnit_MONTH, rlsv3.RateLimitResponse_RateLimit_MONTH, 30 * 24 * time.Hour, true},
+		{"year", typev3.RateLimitUnit_YEAR, rlsv3.RateLimitResponse_RateLimit_YEAR, 365 * 24 * time.Hour, true},
+		{"out of range", 42, 0, 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			u, d, ok := OverrideUnit(tt.unit)
+			if u != tt.wantUnit || d != tt.want || ok != tt.wantOK {
+				t.Errorf("OverrideUnit(%v) = %v, %v, %v; want %v, %v, %v", tt.unit, u, d, ok, tt.wantUnit, tt.want, tt.wantOK)
+			}
+		})
+	}
+}
+
+func ExampleRules_Match() {
+	rules, err := ParseRules([]File{{Name: "tiers.yaml", Data: []byte(`
+domain: sluice
+descriptors:
+  - key: tier
+    value: pro
+    descriptors:
+      - key: tenant_id
+        rate_limits:
+          - {name: burst, requests_per_unit: 200, unit: second}
+          - {requests_per_unit: 1000000, unit: day, algorithm: fixed_window}
+`)}})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	m, ok := rules.Match("sluice", []Entry{{"tier", "pro"}, {"tenant_id", "acme"}})
+	fmt.Println(ok, m.Rule)
+	for _, l := range m.Limits {
+		fmt.Println(l.ID, l.RequestsPerUnit, l.Window, l.Algorithm)
+	}
+	_, ok = rules.Match("sluice", []Entry{{"tier", "pro"}})
+	fmt.Println(ok)
+	// Output:
+	// true tier_pro.tenant_id
+	// burst 200 1s sliding_window
+	// tier_pro.tenant_id#1 1000000 24h0m0s fixed_window
+	// false
+}
+
+func ExampleParseRules() {
+	_, err := ParseRules([]File{{Name: "bad.yaml", Data: []byte(`
+domain: sluice
+descriptors:
+  - key: tier
+    rate_limit: {unit: fortnight, requests_per_unit: 10}
+  - key: user
+    ratelimit: {unit: second}
+`)}})
+	fmt.Println(err)
+	// Output:
+	// bad.yaml:5: invalid rate limit unit "fortnight" (want second, minute, hour, day, week, month or year)
+	// bad.yaml:7: unknown key "ratelimit" in a descriptor (valid: key, value, rate_limit, rate_limits, descriptors, shadow_mode, quota_mode, detailed_metric, value_to_metric, share_threshold, metadata)
+}

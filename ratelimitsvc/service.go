@@ -1,0 +1,423 @@
+// Package ratelimitsvc implements Envoy's rate limit service
+// (envoy.service.ratelimit.v3.RateLimitService) over Redis: it reads
+// envoyproxy/ratelimit's YAML rules (extended with multiple limits per
+// descriptor, arbitrary windows and per-rule algorithms) and answers
+// ShouldRateLimit with one Redis round trip.
+package ratelimitsvc
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	commonrl "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
+)
+
+// Limiter checks and charges a set of counters at once. *limiter.Limiter is
+// the production implementation; results are index-aligned with items and
+// nothing is charged unless allowed.
+type Limiter interface {
+	Do(ctx context.Context, items []limiter.Item) (results []limiter.Result, allowed bool, err error)
+}
+
+var _ Limiter = (*limiter.Limiter)(nil)
+
+// Service answers ShouldRateLimit. Create it with New; it is safe for
+// concurrent use, and SetRules may swap the rules while it serves.
+type Service struct {
+	rlsv3.UnimplementedRateLimitServiceServer
+
+	cfg     Config
+	lim     Limiter
+	prefix  string // Redis key prefix including the component's "rl:"
+	log     *slog.Logger
+	metrics *metrics
+	rules   atomic.Pointer[Rules]
+}
+
+// New returns a service that counts through lim under Redis keys starting with
+// keyPrefix (for example "sluice:"). Rules must be supplied with SetRules
+// before the service is ready. reg may be nil.
+func New(cfg Config, lim Limiter, keyPrefix string, reg prometheus.Registerer, log *slog.Logger) (*Service, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if lim == nil {
+		panic("ratelimitsvc: New with nil Limiter")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{cfg: cfg, lim: lim, prefix: keyPrefix + "rl:", log: log, metrics: m}, nil
+}
+
+// SetRules atomically replaces the rules used by later calls.
+func (s *Service) SetRules(r *Rules) { s.rules.Store(r) }
+
+// Rules returns the rules in force, or nil before the first SetRules.
+func (s *Service) Rules() *Rules { return s.rules.Load() }
+
+// Ready reports an error until rules have been loaded.
+func (s *Service) Ready(context.Context) error {
+	if s.rules.Load() == nil {
+		return errors.New("rate limit rules not loaded")
+	}
+	return nil
+}
+
+// Errors returned to Envoy for malformed requests (gRPC InvalidArgument).
+var (
+	ErrNoDomain      = errors.New("ratelimit: domain must not be empty")
+	ErrNoDescriptors = errors.New("ratelimit: descriptor list must not be empty")
+	errTooMany       = errors.New("ratelimit: too many descriptors")
+)
+
+// applied is one limit that a request descriptor is checked against.
+type applied struct {
+	desc  int    // index of the request descriptor
+	limit *Limit // the configured (or overriding) limit
+	rule  string // metric label
+	item  int    // index into the limiter items, -1 for unlimited
+}
+
+// decide runs one ShouldRateLimit. Validation errors are returned as errors;
+// Redis failures are not: they become fail-open or fail-closed answers.
+func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	if req.GetDomain() == "" {
+		return nil, ErrNoDomain
+	}
+	descs := req.GetDescriptors()
+	if len(descs) == 0 {
+		return nil, ErrNoDescriptors
+	}
+	if len(descs) > s.cfg.MaxDescriptors {
+		return nil, fmt.Errorf("%w: %d descriptors, at most %d", errTooMany, len(descs), s.cfg.MaxDescriptors)
+	}
+	rules := s.rules.Load()
+	resp := &rlsv3.RateLimitResponse{
+		OverallCode: rlsv3.RateLimitResponse_OK,
+		Statuses:    make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(descs)),
+	}
+	for i := range resp.Statuses {
+		resp.Statuses[i] = &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
+	}
+	if rules == nil {
+		return resp, nil
+	}
+	domain, known := rules.Domain(req.GetDomain())
+	if !known {
+		return resp, nil
+	}
+
+	// RateLimitRequest.hits_addend: "If the value is not set in the message, a
+	// request increases the matched limit by 1" (rls.proto); proto3 cannot tell
+	// unset from 0, so 0 means 1 here, as in Envoy and envoyproxy/ratelimit.
+	reqHits := uint64(req.GetHitsAddend())
+	if reqHits == 0 {
+		reqHits = 1
+	}
+
+	var (
+		apps     []applied
+		items    []limiter.Item
+		replaced map[string]bool
+	)
+	for i, d := range descs {
+		entries := make([]Entry, len(d.GetEntries()))
+		for j, e := range d.GetEntries() {
+			entries[j] = Entry{Key: e.GetKey(), Value: e.GetValue()}
+		}
+		// RateLimitDescriptor.hits_addend "will override the request level
+		// hits_addend" (ratelimit.proto); an explicit 0 checks without charging.
+		hits := reqHits
+		if h := d.GetHitsAddend(); h != nil {
+			hits = h.GetValue()
+		}
+		limits, counter, ok := s.limitsFor(rules, domain, d, entries)
+		if !ok {
+			continue
+		}
+		for _, l := range limits {
+			for _, r := range l.Replaces {
+				if replaced == nil {
+					replaced = map[string]bool{}
+				}
+				replaced[r] = true
+			}
+			// Limit IDs come from the config (name, or descriptor path and
+			// index), so the metric label stays bounded whatever clients send.
+			a := applied{desc: i, limit: l, rule: l.ID, item: -1}
+			if !l.Unlimited {
+				a.item = len(items)
+				items = append(items, limiter.Item{
+					Key:        s.counterKey(domain.Name, counter, l.ID),
+					Limit:      l.RequestsPerUnit,
+					Window:     l.Window,
+					Algorithm:  l.Algorithm,
+					SubWindows: l.SubWindows,
+					Hits:       hits,
+					Refund:     d.GetIsNegativeHits(),
+					Shadow:     l.Shadow,
+				})
+			}
+			apps = append(apps, a)
+		}
+	}
+	if len(replaced) > 0 {
+		apps, items = dropReplaced(apps, items, replaced)
+	}
+	if len(apps) == 0 {
+		return resp, nil
+	}
+
+	var (
+		results []limiter.Result
+		err     error
+	)
+	if len(items) > 0 {
+		results, _, err = s.lim.Do(ctx, items)
+	}
+	if err != nil {
+		return s.degraded(ctx, resp, domain, apps, err), nil
+	}
+	s.fill(resp, domain.Name, apps, results)
+	if s.cfg.Headers != HeadersOff {
+		resp.ResponseHeadersToAdd = s.headers(apps, results, resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT)
+	}
+	return resp, nil
+}
+
+// limitsFor returns the limits for one request descriptor: Envoy's per-descriptor
+// `limit` override (RateLimitDescriptor.limit: "rate limit override to supply
+// to the ratelimit service") when present, else the configured rules. As in
+// envoyproxy/ratelimit, an override applies only within a configured domain.
+func (s *Service) limitsFor(rules *Rules, domain *Domain, d *commonrl.RateLimitDescriptor, entries []Entry) ([]*Limit, []Entry, bool) {
+	if o := d.GetLimit(); o != nil {
+		unit, window, ok := OverrideUnit(o.GetUnit())
+		if !ok {
+			return nil, nil, false
+		}
+		// RateLimitOverride.unit_multiplier: "If not specified, defaults to 1".
+		mult := uint32(1)
+		if m := o.GetUnitMultiplier(); m != nil && m.GetValue() > 0 {
+			mult = m.GetValue()
+		}
+		l := &Limit{
+			ID:              "override:" + strconv.FormatUint(uint64(mult), 10) + unit.String(),
+			RequestsPerUnit: uint64(o.GetRequestsPerUnit()),
+			Unit:            unit,
+			UnitMultiplier:  mult,
+			Window:          window * time.Duration(mult),
+			Algorithm:       domain.Algorithm,
+			SubWindows:      limiter.DefaultSubWindows,
+		}
+		return []*Limit{l}, entries, true
+	}
+	m, ok := rules.Match(domain.Name, entries)
+	if !ok || len(m.Limits) == 0 {
+		return nil, nil, false
+	}
+	return m.Limits, m.CounterEntries, true
+}
+
+// dropReplaced removes limits named by another matched limit's `replaces`
+// (envoyproxy/ratelimit semantics: the replaced limit is not applied to this
+// request) and re-indexes items.
+func dropReplaced(apps []applied, items []limiter.Item, replaced map[string]bool) ([]applied, []limiter.Item) {
+	var (
+		outA []applied
+		outI []limiter.Item
+	)
+	for _, a := range apps {
+		if a.limit.Name != "" && replaced[a.limit.Name] {
+			continue
+		}
+		if a.item >= 0 {
+			outI = append(outI, items[a.item])
+			a.item = len(outI) - 1
+		}
+		outA = append(outA, a)
+	}
+	return outA, outI
+}
+
+// counterKey names a counter in Redis: the descriptor's identity is hashed
+// (SHA-256, 128 bits) into the Cluster hash tag, so every limit of a
+// descriptor shares one slot, keys stay short whatever clients send, and no
+// value can break out of the tag.
+func (s *Service) counterKey(domain string, entries []Entry, limitID string) string {
+	h := sha256.New()
+	var n [8]byte
+	write := func(v string) {
+		binary.BigEndian.PutUint64(n[:], uint64(len(v)))
+		h.Write(n[:])
+		h.Write([]byte(v))
+	}
+	write(domain)
+	for _, e := range entries {
+		write(e.Key)
+		write(e.Value)
+	}
+	var sum [sha256.Size]byte
+	return s.prefix + "{" + hex.EncodeToString(h.Sum(sum[:0])[:16]) + "}:" + limitID
+}
+
+// fill turns limiter results into descriptor statuses. A descriptor with
+// several limits reports the one that decides: an enforced over-limit one,
+// else the one with the least remaining.
+func (s *Service) fill(resp *rlsv3.RateLimitResponse, domain string, apps []applied, results []limiter.Result) {
+	best := make([]int, len(resp.Statuses)) // per descriptor: index into apps, -1 none
+	for i := range best {
+		best[i] = -1
+	}
+	for ai, a := range apps {
+		st := resp.Statuses[a.desc]
+		if a.item < 0 {
+			// Unlimited, as envoyproxy/ratelimit reports it: OK, no current limit.
+			if best[a.desc] < 0 {
+				st.LimitRemaining = math.MaxUint32
+			}
+			s.metrics.decision(domain, a.rule, codeOK)
+			continue
+		}
+		r := results[a.item]
+		code := s.codeOf(a.limit, r)
+		s.metrics.decision(domain, a.rule, code)
+		if code == codeOver {
+			st.Code = rlsv3.RateLimitResponse_OVER_LIMIT
+			resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+		}
+		if b := best[a.desc]; b < 0 || apps[b].item < 0 || decides(a, r, apps[b], results[apps[b].item]) {
+			best[a.desc] = ai
+		}
+	}
+	for d, ai := range best {
+		if ai < 0 || apps[ai].item < 0 {
+			continue
+		}
+		a, r := apps[ai], results[apps[ai].item]
+		st := resp.Statuses[d]
+		st.CurrentLimit = currentLimit(a.limit)
+		st.LimitRemaining = clampU32(r.Remaining)
+		st.DurationUntilReset = durationpb.New(r.ResetAfter)
+	}
+}
+
+// decides reports whether limit a (result r) should be the one a descriptor
+// status shows instead of b.
+func decides(a applied, r limiter.Result, b applied, rb limiter.Result) bool {
+	ao, bo := r.Over && !a.limit.Shadow, rb.Over && !b.limit.Shadow
+	if ao != bo {
+		return ao
+	}
+	if r.Remaining != rb.Remaining {
+		return r.Remaining < rb.Remaining
+	}
+	return r.ResetAfter > rb.ResetAfter
+}
+
+// Decision codes used as the `code` metric label.
+const (
+	codeOK         = "ok"
+	codeNear       = "near_limit"
+	codeOver       = "over_limit"
+	codeShadow     = "shadow"
+	codeFailOpen   = "fail_open"
+	codeFailClosed = "fail_closed"
+)
+
+func (s *Service) codeOf(l *Limit, r limiter.Result) string {
+	switch {
+	case r.Over && l.Shadow:
+		return codeShadow
+	case r.Over:
+		return codeOver
+	case float64(r.Used) >= s.cfg.NearLimitRatio*float64(l.RequestsPerUnit) && l.RequestsPerUnit > 0:
+		return codeNear
+	}
+	return codeOK
+}
+
+// degraded answers when Redis could not be consulted: OK (fail open) unless
+// the domain or the service is configured to fail closed.
+func (s *Service) degraded(ctx context.Context, resp *rlsv3.RateLimitResponse, domain *Domain, apps []applied, err error) *rlsv3.RateLimitResponse {
+	deny := s.cfg.FailureModeDeny
+	if domain.FailureModeSet {
+		deny = domain.FailureModeDeny
+	}
+	code := codeFailOpen
+	if deny {
+		code = codeFailClosed
+	}
+	s.metrics.degradedCall(domain.Name, code)
+	if !errors.Is(err, limiter.ErrUnavailable) {
+		s.log.WarnContext(ctx, "rate limit degraded: redis unavailable", "domain", domain.Name, "mode", code, "err", err)
+	}
+	for _, a := range apps {
+		if a.item < 0 {
+			continue
+		}
+		st := resp.Statuses[a.desc]
+		s.metrics.decision(domain.Name, a.rule, code)
+		if st.CurrentLimit == nil {
+			st.CurrentLimit = currentLimit(a.limit)
+			st.LimitRemaining = clampU32(a.limit.RequestsPerUnit)
+		}
+		if deny && !a.limit.Shadow {
+			st.Code = rlsv3.RateLimitResponse_OVER_LIMIT
+			st.LimitRemaining = 0
+			resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+		}
+	}
+	return resp
+}
+
+func currentLimit(l *Limit) *rlsv3.RateLimitResponse_RateLimit {
+	cl := &rlsv3.RateLimitResponse_RateLimit{
+		Name:            l.Name,
+		RequestsPerUnit: clampU32(l.RequestsPerUnit),
+		Unit:            l.Unit,
+	}
+	// RateLimit.unit_multiplier: "If not specified, defaults to 1".
+	if l.UnitMultiplier > 1 {
+		cl.UnitMultiplier = wrapperspb.UInt32(l.UnitMultiplier)
+	}
+	return cl
+}
+
+func clampU32(v uint64) uint32 {
+	if v > math.MaxUint32 {
+		return math.MaxUint32
+	}
+	return uint32(v)
+}
+
+// ShouldRateLimit implements rlsv3.RateLimitServiceServer.
+func (s *Service) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	start := time.Now()
+	resp, err := s.decide(ctx, req)
+	s.metrics.observe(time.Since(start), err)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
+}

@@ -1,0 +1,149 @@
+package ratelimitsvc_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/sluicehq/sluice/ratelimitsvc"
+	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
+)
+
+// noLimiter allows everything; the reload tests never reach Redis.
+type noLimiter struct{}
+
+func (noLimiter) Do(_ context.Context, items []limiter.Item) ([]limiter.Result, bool, error) {
+	return make([]limiter.Result, len(items)), true, nil
+}
+
+func rulesFor(domain string) string {
+	return "domain: " + domain + "\ndescriptors:\n  - key: k\n    rate_limit: {unit: second, requests_per_unit: 1}\n"
+}
+
+// waitFor polls cond for up to 5 s: file events are asynchronous.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func hasDomain(svc *ratelimitsvc.Service, d string) bool {
+	_, ok := svc.Rules().Domain(d)
+	return ok
+}
+
+func newWatchedService(t *testing.T, path string) (*ratelimitsvc.Service, *prometheus.Registry) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	svc, err := ratelimitsvc.New(ratelimitsvc.Config{}, noLimiter{}, "test:", reg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := ratelimitsvc.NewReloader(path, svc, time.Hour, nil)
+	if err := r.Load(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	time.Sleep(50 * time.Millisecond) // let the watcher attach
+	return svc, reg
+}
+
+func reloads(t *testing.T, reg *prometheus.Registry, result string) float64 {
+	t.Helper()
+	return testutil.ToFloat64(mustCounter(t, reg, "sluice_ratelimit_config_reloads_total", map[string]string{"result": result}))
+}
+
+func TestHotReloadFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "rules.yaml")
+	if err := os.WriteFile(path, []byte(rulesFor("one")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	svc, reg := newWatchedService(t, path)
+	if !hasDomain(svc, "one") {
+		t.Fatal("initial rules not loaded")
+	}
+
+	// A good edit is picked up.
+	if err := os.WriteFile(path, []byte(rulesFor("two")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "domain two", func() bool { return hasDomain(svc, "two") })
+
+	// A bad edit is rejected; the old rules keep serving.
+	if err := os.WriteFile(path, []byte("domain: three\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "reload error metric", func() bool { return reloads(t, reg, "error") >= 1 })
+	if !hasDomain(svc, "two") || hasDomain(svc, "three") {
+		t.Fatal("invalid config replaced the rules in force")
+	}
+
+	// Editors that save by rename are seen too.
+	tmp := filepath.Join(dir, ".rules.yaml.swp")
+	if err := os.WriteFile(tmp, []byte(rulesFor("four")), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "domain four", func() bool { return hasDomain(svc, "four") })
+}
+
+// TestHotReloadConfigMapSwap reproduces how the kubelet updates a mounted
+// ConfigMap: files live in a timestamped directory, `..data` points at it,
+// and the visible names are symlinks through `..data`; an update writes a new
+// directory and atomically renames a new `..data` symlink over the old one.
+func TestHotReloadConfigMapSwap(t *testing.T) {
+	dir := t.TempDir()
+	writeVersion := func(name, domain string) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name, "rules.yaml"), []byte(rulesFor(domain)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	writeVersion("..2026_01_01_00_00_00.1", "v1")
+	if err := os.Symlink("..2026_01_01_00_00_00.1", filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("..data/rules.yaml", filepath.Join(dir, "rules.yaml")); err != nil {
+		t.Fatal(err)
+	}
+	svc, _ := newWatchedService(t, dir)
+	if !hasDomain(svc, "v1") {
+		t.Fatalf("initial ConfigMap rules not loaded: %v", svc.Rules().Domains())
+	}
+
+	writeVersion("..2026_01_01_00_00_01.2", "v2")
+	if err := os.Symlink("..2026_01_01_00_00_01.2", filepath.Join(dir, "..data_tmp")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "domain v2", func() bool { return hasDomain(svc, "v2") })
+	if hasDomain(svc, "v1") {
+		t.Error("old ConfigMap version still loaded beside the new one")
+	}
+}

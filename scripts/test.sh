@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The test command (README.md): starts what the tests need, then runs vet, the
+# format check and every test (unit, integration against the real Redis and
+# PostgreSQL, end-to-end, fuzz seed corpora) with the race detector.
+# Extra arguments go to `go test` (e.g. -run, -count=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin:$(go env GOPATH 2>/dev/null || echo /root/go)/bin"
+
+bash scripts/services.sh
+
+echo "== go vet"
+go vet ./...
+echo "== gofmt"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))
+if [ -n "$unformatted" ]; then
+  echo "gofmt would change:"; echo "$unformatted"; exit 1
+fi
+echo "== go test -race"
+go test -race -timeout 20m "$@" ./...
