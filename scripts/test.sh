@@ -17,4 +17,5 @@ if [ -n "$unformatted" ]; then
   echo "gofmt would change:"; echo "$unformatted"; exit 1
 fi
 echo "== go test -race"
+export GORACE="${GORACE:-atexit_sleep_ms=0}"
 go test -race -timeout 20m "$@" ./...

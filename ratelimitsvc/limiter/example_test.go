@@ -43,3 +43,13 @@ func Example() {
 	// allowed=true used=2 remaining=0 reset=1s cached=false
 	// allowed=false used=2 remaining=0 reset=1s cached=true
 }
+
+func ExampleParseAlgorithm() {
+	a, err := limiter.ParseAlgorithm("Fixed_Window")
+	fmt.Println(a, err)
+	_, err = limiter.ParseAlgorithm("")
+	fmt.Println(err)
+	// Output:
+	// fixed_window <nil>
+	// limiter: unknown algorithm "" (want sliding_window or fixed_window)
+}
