@@ -47,7 +47,13 @@ const (
 //
 // Numbers are Lua doubles: all arithmetic stays in integer milliseconds below 2^53 (now*N is
 // about 2e14 for N=120) and integers are formatted with %d, never tostring, for key names.
-var limitScript = redis.NewScript(`
+var limitScript = redis.NewScript(limitScriptSource)
+
+// ScriptSource returns the Lua source of the limit script, for tools that load
+// it themselves (bench/ratelimit.sh times it with redis-benchmark).
+func ScriptSource() string { return limitScriptSource }
+
+const limitScriptSource = `
 local function str(n) return string.format("%d", n) end
 
 local now
@@ -211,4 +217,4 @@ for _, x in ipairs(items) do
   out[#out + 1] = reset
 end
 return out
-`)
+`

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Rate limit service benchmark. Prints decisions/s and p50/p99 for Sluice with
+# 1 and 3 descriptors per request, against a minimal RLS that answers OK
+# without Redis (the gRPC floor of this machine), all measured in this run,
+# and the ratios. Then the raw redis-benchmark rate of the same Lua call.
+#
+#   bash bench/ratelimit.sh [duration, default 5s] [concurrency, default 32]
+#
+# Needs Redis at 127.0.0.1:6379 (scripts/services.sh starts it). Uses ports
+# 18090-18092 on loopback only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-5s}
+CONC=${2:-32}
+BIN=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$BIN"' EXIT
+
+bash scripts/services.sh >/dev/null
+go build -o "$BIN/sluice" ./cmd/sluice
+go build -o "$BIN/rlsfloor" ./bench/rlsfloor
+go build -o "$BIN/rlsload" ./bench/rlsload
+go build -o "$BIN/rlsscript" ./bench/rlsscript
+
+PREFIX="sluicebench:$$:"
+"$BIN/rlsfloor" -addr 127.0.0.1:18090 &
+cat > "$BIN/sluice.yaml" <<YAML
+log: {level: warn}
+redis: {key_prefix: "$PREFIX"}
+YAML
+"$BIN/sluice" serve --config "$BIN/sluice.yaml" --grpc-addr 127.0.0.1:18091 --admin-addr 127.0.0.1:18092 \
+  --ratelimit-config bench/testdata/ratelimit-bench.yaml --redis-url redis://127.0.0.1:6379/0 &
+for i in $(seq 1 50); do
+  curl -fs http://127.0.0.1:18092/readyz >/dev/null 2>&1 && break
+  sleep 0.1
+done
+
+run() { "$BIN/rlsload" -addr "$1" -label "$2" -descriptors "$3" -c "$CONC" -d "$DUR" -domain bench; }
+echo "== ShouldRateLimit, $CONC concurrent callers, $DUR each (load generator on the same 2 cores)"
+F1=$(run 127.0.0.1:18090 floor 1); echo "$F1"
+S1=$(run 127.0.0.1:18091 sluice 1); echo "$S1"
+F3=$(run 127.0.0.1:18090 floor 3); echo "$F3"
+S3=$(run 127.0.0.1:18091 sluice 3); echo "$S3"
+
+field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
+dur_us() { # Go duration string -> microseconds
+  awk -v d="$1" 'BEGIN{ if (d ~ /ms$/) {sub(/ms$/,"",d); print d*1000} else if (d ~ /µs$/) {sub(/µs$/,"",d); print d} else if (d ~ /ns$/) {sub(/ns$/,"",d); print d/1000} else {sub(/s$/,"",d); print d*1e6} }'
+}
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ printf "%.2f", a/b }'; }
+echo
+echo "== ratios against the floor (same run)"
+for n in 1 3; do
+  F=F$n; S=S$n
+  echo "descriptors=$n  throughput sluice/floor = $(ratio "$(field "${!S}" decisions/s)" "$(field "${!F}" decisions/s)")x" \
+       " p99 sluice/floor = $(ratio "$(dur_us "$(field "${!S}" p99)")" "$(dur_us "$(field "${!F}" p99)")")x"
+done
+
+echo
+echo "== redis-benchmark: the same EVALSHA (one sliding-window item), $CONC clients"
+SHA=$(redis-cli -h 127.0.0.1 -p 6379 SCRIPT LOAD "$("$BIN/rlsscript")")
+redis-benchmark -h 127.0.0.1 -p 6379 -q -n 200000 -c "$CONC" -r 1000 \
+  EVALSHA "$SHA" 1 "${PREFIX}rl:{__rand_int__}:s:60000:10" "" 0 1000000000 60000 10 1 0 | tr '\r' '\n' | tail -n 1
+redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "${PREFIX}*" | xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 UNLINK >/dev/null
