@@ -119,7 +119,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	log := cfg.Log.Logger(stdout)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	a, err := app.New(ctx, cfg, log, buildVersion())
+	a, err := app.New(ctx, cfg, log, buildVersion(), app.Options{})
 	if err != nil {
 		log.Error("sluice failed to start", "err", err)
 		return 1

@@ -1,5 +1,6 @@
 // Package app wires Sluice's components into one running process: the gRPC
-// server (rate limit service, health, reflection) and the admin HTTP server.
+// server (rate limit service, ext_proc server, health, reflection) and the
+// admin HTTP server.
 package app
 
 import (
@@ -20,10 +21,12 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/admin"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/redisconn"
+	"github.com/sluicehq/sluice/internal/tier"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -41,6 +44,7 @@ type App struct {
 	rdb      redis.UniversalClient
 	lim      *limiter.Limiter
 	RLS      *ratelimitsvc.Service
+	ExtProc  *extproc.Server
 	reloader *ratelimitsvc.Reloader
 	health   *health.Server
 	grpc     *grpc.Server
@@ -50,11 +54,20 @@ type App struct {
 	redisOK         atomic.Bool // Redis answered at least once
 }
 
+// Options are the parts of an App that are not configuration: alternative
+// dependencies and extra pipeline stages. The zero value is the production setup.
+type Options struct {
+	// Tiers resolves tenants to tiers; nil uses the config's static map.
+	Tiers tier.Store
+	// Stages are extra ext_proc pipeline options (extproc.WithStages, ...).
+	Stages []extproc.Option
+}
+
 // New builds every component, loads the rate limit rules (an invalid rule file
 // is an error: Sluice does not start on a config it cannot serve) and opens
 // both listeners. Redis being down is not an error: Sluice starts, fails open
 // and picks Redis up when it returns.
-func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string) (a *App, err error) {
+func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string, opts Options) (a *App, err error) {
 	a = &App{cfg: cfg, log: log, Registry: metrics.NewRegistry(version)}
 	defer func() {
 		if err != nil {
@@ -87,13 +100,20 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		a.redisOK.Store(true)
 	}
 
+	if a.ExtProc, err = extproc.New(cfg.ExtProc, opts.Tiers, a.Registry, log, opts.Stages...); err != nil {
+		return a, fmt.Errorf("app: extproc: %w", err)
+	}
+
 	a.health = health.NewServer()
 	a.grpc = grpc.NewServer(
-		grpc.MaxRecvMsgSize(cfg.Server.MaxRecvMsgBytes),
+		// ext_proc carries bodies (BUFFERED batch requests, cached responses):
+		// the larger of the two limits applies to the whole server.
+		grpc.MaxRecvMsgSize(max(cfg.Server.MaxRecvMsgBytes, cfg.ExtProc.MaxRecvMsgBytes())),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	)
 	a.RLS.Register(a.grpc)
+	a.ExtProc.Register(a.grpc)
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	reflection.Register(a.grpc)
 
@@ -138,6 +158,7 @@ func (a *App) AdminAddr() net.Addr { return a.adminLn.Addr() }
 func (a *App) Run(ctx context.Context) error {
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	a.health.SetServingStatus(rlsServiceName, healthpb.HealthCheckResponse_SERVING)
+	a.health.SetServingStatus(extproc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		if err := a.grpc.Serve(a.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

@@ -64,7 +64,7 @@ func start(t *testing.T, redisURL string, mutate func(*config.Config)) *running 
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := app.New(ctx, cfg, slog.New(slog.DiscardHandler), "test")
+	a, err := app.New(ctx, cfg, slog.New(slog.DiscardHandler), "test", app.Options{})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -227,7 +227,7 @@ func TestInvalidRulesRefuseToStart(t *testing.T) {
 	cfg := config.Config{}.WithDefaults()
 	cfg.Server.GRPCAddr, cfg.Server.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.RateLimit.ConfigPath = path
-	_, err := app.New(context.Background(), cfg, slog.New(slog.DiscardHandler), "test")
+	_, err := app.New(context.Background(), cfg, slog.New(slog.DiscardHandler), "test", app.Options{})
 	if err == nil || !strings.Contains(err.Error(), "bad.yaml:4") {
 		t.Fatalf("New with invalid rules: %v; want an error naming bad.yaml:4", err)
 	}

@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/redisconn"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 )
@@ -26,6 +27,7 @@ type Config struct {
 	Log       Log                 `yaml:"log"`
 	Redis     redisconn.Config    `yaml:"redis"`
 	RateLimit ratelimitsvc.Config `yaml:"ratelimit"`
+	ExtProc   extproc.Config      `yaml:"extproc"`
 }
 
 // Server holds the listen addresses and process-level settings.
@@ -111,6 +113,7 @@ func (c Config) WithDefaults() Config {
 	}
 	c.Redis = c.Redis.WithDefaults()
 	c.RateLimit = c.RateLimit.WithDefaults()
+	c.ExtProc = c.ExtProc.WithDefaults()
 	return c
 }
 
@@ -129,7 +132,7 @@ func (c Config) Validate() error {
 	if c.Log.Format != "json" && c.Log.Format != "text" {
 		errs = append(errs, fmt.Errorf("log: format %q must be json or text", c.Log.Format))
 	}
-	errs = append(errs, c.Redis.Validate(), c.RateLimit.Validate())
+	errs = append(errs, c.Redis.Validate(), c.RateLimit.Validate(), c.ExtProc.Validate())
 	return errors.Join(errs...)
 }
 

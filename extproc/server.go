@@ -1,0 +1,150 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ServiceName is the gRPC service Envoy calls (and health-checks).
+const ServiceName = "envoy.service.ext_proc.v3.ExternalProcessor"
+
+// Register adds the server to a gRPC server as
+// envoy.service.ext_proc.v3.ExternalProcessor. That server's MaxRecvMsgSize
+// must be at least Config.MaxRecvMsgBytes(): a BUFFERED body arrives as one
+// message.
+func (s *Server) Register(g grpc.ServiceRegistrar) {
+	extprocv3.RegisterExternalProcessorServer(g, s)
+}
+
+// Process serves one ext_proc stream, which is one HTTP request. It answers
+// every message in order on the calling goroutine and starts none, so
+// nothing outlives the stream. It returns nil when Envoy half-closes the
+// stream or after an immediate response; otherwise a gRPC status, logged
+// once.
+func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
+	st := s.newStream(ps.Context())
+	err := st.serve(ps)
+	st.done()
+	return s.finish(st, err)
+}
+
+func (st *stream) serve(ps extprocv3.ExternalProcessor_ProcessServer) error {
+	for {
+		req, err := ps.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			if status.Code(err) == codes.ResourceExhausted {
+				// grpc-go refused a message above MaxRecvMsgSize.
+				return fmt.Errorf("%w: %w", errMsgTooLarge, err)
+			}
+			return fmt.Errorf("%w: %w", errCancelled, err)
+		}
+		resp, err := st.handle(req)
+		if err != nil {
+			return err
+		}
+		// observability_mode: "the server should not respond to this message,
+		// as any responses will be ignored".
+		if !req.GetObservabilityMode() {
+			if err := ps.Send(resp); err != nil {
+				return fmt.Errorf("%w: %w", errCancelled, err)
+			}
+		}
+		if st.finished {
+			return nil
+		}
+	}
+}
+
+var errMsgTooLarge = errors.New("extproc: message larger than the gRPC server's MaxRecvMsgSize")
+
+// finish counts the stream's result, logs a stream that ended badly (one
+// line), and maps its error to the gRPC status returned to Envoy. Envoy
+// answers a failed stream with a 500 (status_on_error) unless
+// failure_mode_allow is set.
+func (s *Server) finish(st *stream, err error) error {
+	var (
+		result string
+		level  = slog.LevelWarn
+		logged = true
+		ret    error
+	)
+	switch {
+	case err == nil:
+		logged = false
+		switch {
+		case st.finished:
+			result = "immediate_response"
+		case st.responseOnly:
+			result = "response_only"
+		default:
+			result = "ok"
+		}
+	case errors.Is(err, errCancelled):
+		// Envoy resets the stream when the request ends (client gone, local
+		// reply, filter destroyed; ExternalProcessorStreamImpl::close), also
+		// right after the last expected reply. Only a reset before the
+		// response headers cut an exchange short; it is routine, so Debug.
+		result, logged, level = "ok", false, slog.LevelDebug
+		if !st.complete {
+			result, logged = "cancelled", true
+		}
+		ret = status.Error(codes.Canceled, "extproc: stream cancelled")
+	case errors.Is(err, errOutOfOrder):
+		result = "protocol_error"
+		ret = status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, errUnknown):
+		result = "protocol_error"
+		ret = status.Error(codes.InvalidArgument, err.Error())
+	case errors.Is(err, errBodyTooLarge):
+		result = "body_too_large"
+		ret = status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, errMsgTooLarge):
+		result = "message_too_large"
+		ret = status.Error(codes.ResourceExhausted, "extproc: message too large")
+	default: // errStage
+		result, level = "stage_error", slog.LevelError
+		// The stage's error is logged, not sent: Envoy would put it in
+		// response details and logs outside Sluice's control.
+		ret = status.Error(codes.Internal, "extproc: stage "+st.failedStage+" failed")
+	}
+	s.metrics.streams.WithLabelValues(result).Inc()
+
+	if len(st.x.dropped) > 0 {
+		// A stage asked for something Envoy would refuse: a bug worth a line
+		// even on a good stream.
+		logged, level = true, max(level, slog.LevelWarn)
+	}
+	if !logged || !s.log.Enabled(st.ctx, level) {
+		return ret
+	}
+	attrs := []slog.Attr{
+		slog.String("result", result),
+		slog.String("phase", st.last.String()),
+		slog.String("route", st.x.Route),
+	}
+	if st.x.Tenant != "" {
+		attrs = append(attrs, slog.String("tenant", st.x.Tenant))
+	}
+	if st.failedStage != "" {
+		attrs = append(attrs, slog.String("stage", st.failedStage))
+	}
+	if err != nil {
+		attrs = append(attrs, slog.String("err", err.Error()))
+	}
+	if len(st.x.dropped) > 0 {
+		attrs = append(attrs, slog.Any("ignored_actions", st.x.dropped))
+	}
+	s.log.LogAttrs(context.WithoutCancel(st.ctx), level, "ext_proc stream ended", attrs...)
+	return ret
+}

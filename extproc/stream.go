@@ -1,0 +1,483 @@
+package extproc
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	procmodev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+)
+
+// modeState is the processing mode in force on one stream, as Envoy's
+// decoding and encoding ProcessorStates hold it.
+type modeState struct {
+	reqHeader, resHeader, reqTrailer, resTrailer procmodev3.ProcessingMode_HeaderSendMode
+	reqBody, resBody                             procmodev3.ProcessingMode_BodySendMode
+}
+
+func newModeState(pm *procmodev3.ProcessingMode) modeState {
+	return modeState{
+		reqHeader: pm.GetRequestHeaderMode(), resHeader: pm.GetResponseHeaderMode(),
+		reqTrailer: pm.GetRequestTrailerMode(), resTrailer: pm.GetResponseTrailerMode(),
+		reqBody: pm.GetRequestBodyMode(), resBody: pm.GetResponseBodyMode(),
+	}
+}
+
+// proto spells out every field. ProcessingResponse.mode_override replaces
+// the filter's mode for the rest of the request: body modes always apply
+// (an unset body mode is NONE) and older Envoys also read DEFAULT header and
+// trailer modes as "send headers, skip trailers" (ProcessorState::
+// setProcessingMode), so nothing is left to a default.
+func (m modeState) proto() *procmodev3.ProcessingMode {
+	return &procmodev3.ProcessingMode{
+		RequestHeaderMode: m.reqHeader, ResponseHeaderMode: m.resHeader,
+		RequestBodyMode: m.reqBody, ResponseBodyMode: m.resBody,
+		RequestTrailerMode: m.reqTrailer, ResponseTrailerMode: m.resTrailer,
+	}
+}
+
+func fullDuplex(m procmodev3.ProcessingMode_BodySendMode) bool {
+	return m == procmodev3.ProcessingMode_FULL_DUPLEX_STREAMED || m == procmodev3.ProcessingMode_GRPC
+}
+
+// stream is the server side of one ext_proc stream: the message order state
+// machine and the Exchange its stages share. Used by one goroutine.
+type stream struct {
+	s   *Server
+	ctx context.Context
+	x   Exchange
+
+	mode modeState
+	// overrideIgnored: Envoy ignores mode_override on this stream
+	// (send_body_without_waiting_for_header_response, or a FULL_DUPLEX_STREAMED
+	// body mode in the filter config; ext_proc.cc onReceiveMessage).
+	overrideIgnored bool
+	observability   bool
+
+	last                                     Phase // last message received, 0 before the first
+	reqHeaders, reqEnded, resHeaders, resEnd bool
+	responseOnly                             bool // response headers without request headers
+	reqBytes, resBytes                       int
+	finished                                 bool   // immediate response sent: the stream is over
+	complete                                 bool   // nothing more is owed to the exchange
+	failedStage                              string // stage whose hook returned an error
+
+	// Backing arrays for the reply actions, enough for the identity stage
+	// without allocating.
+	setBuf    [8]Header
+	removeBuf [8]string
+}
+
+func (s *Server) newStream(ctx context.Context) *stream {
+	st := &stream{s: s, ctx: ctx, mode: s.mode}
+	st.overrideIgnored = fullDuplex(s.mode.reqBody) || fullDuplex(s.mode.resBody)
+	st.x.Route = OtherRoute
+	st.x.reqBodyMode, st.x.resBodyMode = BodyMode(s.mode.reqBody), BodyMode(s.mode.resBody)
+	st.x.reply.set, st.x.reply.remove = st.setBuf[:0], st.removeBuf[:0]
+	return st
+}
+
+// handle answers one ProcessingRequest. It returns the reply (exactly one
+// per request, of the matching type, or an immediate response) or an error
+// that ends the stream.
+func (st *stream) handle(req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
+	// protocol_config: "only encoded in the first ProcessingRequest"; it
+	// carries the body modes in force after per-route overrides.
+	if pc := req.GetProtocolConfig(); pc != nil {
+		st.mode.reqBody, st.mode.resBody = pc.GetRequestBodyMode(), pc.GetResponseBodyMode()
+		st.x.reqBodyMode, st.x.resBodyMode = BodyMode(st.mode.reqBody), BodyMode(st.mode.resBody)
+		if pc.GetSendBodyWithoutWaitingForHeaderResponse() || fullDuplex(st.mode.reqBody) || fullDuplex(st.mode.resBody) {
+			st.overrideIgnored = true
+		}
+	}
+	// observability_mode: Envoy ignores replies; the stages still observe.
+	st.observability = req.GetObservabilityMode()
+	if a := req.GetAttributes(); len(a) > 0 {
+		if st.x.Attributes == nil {
+			st.x.Attributes = make(map[string]*structpb.Struct, len(a))
+		}
+		for k, v := range a {
+			st.x.Attributes[k] = v
+		}
+	}
+	st.x.reply.reset()
+
+	switch r := req.GetRequest().(type) {
+	case *extprocv3.ProcessingRequest_RequestHeaders:
+		if st.last != 0 {
+			return nil, st.outOfOrder(PhaseRequestHeaders)
+		}
+		return st.requestHeaders(r.RequestHeaders, req.GetMetadataContext())
+	case *extprocv3.ProcessingRequest_RequestBody:
+		if !st.reqHeaders || st.reqEnded {
+			return nil, st.outOfOrder(PhaseRequestBody)
+		}
+		return st.body(PhaseRequestBody, r.RequestBody)
+	case *extprocv3.ProcessingRequest_RequestTrailers:
+		if !st.reqHeaders || st.reqEnded {
+			return nil, st.outOfOrder(PhaseRequestTrailers)
+		}
+		st.last, st.reqEnded, st.x.phase = PhaseRequestTrailers, true, PhaseRequestTrailers
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestTrailers{
+			RequestTrailers: &extprocv3.TrailersResponse{},
+		}}, nil
+	case *extprocv3.ProcessingRequest_ResponseHeaders:
+		if st.resHeaders {
+			return nil, st.outOfOrder(PhaseResponseHeaders)
+		}
+		return st.responseHeaders(r.ResponseHeaders)
+	case *extprocv3.ProcessingRequest_ResponseBody:
+		if !st.resHeaders || st.resEnd {
+			return nil, st.outOfOrder(PhaseResponseBody)
+		}
+		return st.body(PhaseResponseBody, r.ResponseBody)
+	case *extprocv3.ProcessingRequest_ResponseTrailers:
+		if !st.resHeaders || st.resEnd {
+			return nil, st.outOfOrder(PhaseResponseTrailers)
+		}
+		st.last, st.resEnd, st.x.phase = PhaseResponseTrailers, true, PhaseResponseTrailers
+		st.x.End = st.s.now()
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseTrailers{
+			ResponseTrailers: &extprocv3.TrailersResponse{},
+		}}, nil
+	default:
+		// A message with no request set (for example a flow-control-only
+		// message of FULL_DUPLEX_STREAMED, which Sluice does not use) or one
+		// from a newer proto.
+		return nil, fmt.Errorf("%w after %s", errUnknown, st.last)
+	}
+}
+
+func (st *stream) outOfOrder(got Phase) error {
+	return fmt.Errorf("%w: %s after %s", errOutOfOrder, got, st.last)
+}
+
+func (st *stream) requestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadata) (*extprocv3.ProcessingResponse, error) {
+	x := &st.x
+	st.last, st.reqHeaders, st.reqEnded = PhaseRequestHeaders, true, h.GetEndOfStream()
+	x.phase = PhaseRequestHeaders
+	x.Start = st.s.now()
+	x.RequestHeaders = headersFromProto(h.GetHeaders())
+	for _, f := range x.RequestHeaders {
+		switch f.Name {
+		case ":method":
+			x.Method = f.Value
+		case ":path":
+			x.Path = f.Value
+		case ":authority":
+			x.Authority = f.Value
+		case ":scheme":
+			x.Scheme = f.Value
+		}
+	}
+	x.Route = st.s.routes.match(x.Path)
+	x.Metadata = md
+	for _, hk := range st.s.pipe.requestHeaders {
+		if stop, err := st.after(hk.name, hk.hook.RequestHeaders(st.ctx, x)); stop {
+			if err != nil {
+				return nil, err
+			}
+			break
+		}
+	}
+	return st.headersReply(true), nil
+}
+
+func (st *stream) responseHeaders(h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, error) {
+	x := &st.x
+	now := st.s.now()
+	st.last, st.resHeaders, st.resEnd = PhaseResponseHeaders, true, h.GetEndOfStream()
+	x.phase = PhaseResponseHeaders
+	x.ResponseStart, x.End = now, now
+	x.ResponseHeaders = headersFromProto(h.GetHeaders())
+	x.ResponseStatus, _ = strconv.Atoi(x.ResponseHeaders.Get(":status"))
+	st.complete = true
+	if !st.reqHeaders {
+		// A local reply of a filter before ext_proc (jwt_authn's 401, say)
+		// runs through every encoder filter (FilterManager::
+		// sendLocalReplyViaFilterChain), so ext_proc opens a stream with the
+		// response headers. No stage saw a request: answer CONTINUE.
+		st.responseOnly = true
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseHeaders{
+			ResponseHeaders: &extprocv3.HeadersResponse{},
+		}}, nil
+	}
+	for _, hk := range st.s.pipe.responseHeaders {
+		if stop, err := st.after(hk.name, hk.hook.ResponseHeaders(st.ctx, x)); stop {
+			if err != nil {
+				return nil, err
+			}
+			break
+		}
+	}
+	return st.headersReply(false), nil
+}
+
+func (st *stream) body(p Phase, b *extprocv3.HttpBody) (*extprocv3.ProcessingResponse, error) {
+	x := &st.x
+	st.last = p
+	x.phase = p
+	limit := st.s.cfg.MaxBodyBytes
+	request := p == PhaseRequestBody
+	if request {
+		st.reqBytes += len(b.GetBody())
+		st.reqEnded = b.GetEndOfStream()
+		if st.reqBytes > limit {
+			return nil, fmt.Errorf("%w: request body over %d bytes", errBodyTooLarge, limit)
+		}
+	} else {
+		st.resBytes += len(b.GetBody())
+		st.resEnd = b.GetEndOfStream()
+		x.End = st.s.now()
+		if st.resBytes > limit {
+			return nil, fmt.Errorf("%w: response body over %d bytes", errBodyTooLarge, limit)
+		}
+	}
+	if !st.responseOnly {
+		var err error
+		if request {
+			for _, hk := range st.s.pipe.requestBody {
+				if stop, e := st.after(hk.name, hk.hook.RequestBody(st.ctx, x, b.GetBody(), b.GetEndOfStream())); stop {
+					err = e
+					break
+				}
+			}
+		} else {
+			for _, hk := range st.s.pipe.responseBody {
+				if stop, e := st.after(hk.name, hk.hook.ResponseBody(st.ctx, x, b.GetBody(), b.GetEndOfStream())); stop {
+					err = e
+					break
+				}
+			}
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	if x.reply.immediate != nil {
+		return st.immediateReply(), nil
+	}
+	br := &extprocv3.BodyResponse{Response: st.common(request)}
+	if request {
+		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: br}}, nil
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: br}}, nil
+}
+
+// after inspects a hook's result: stop reports whether later stages must be
+// skipped for this message (an error, or a Respond).
+func (st *stream) after(name string, err error) (stop bool, _ error) {
+	if err != nil {
+		if st.ctx.Err() != nil {
+			return true, fmt.Errorf("%w: stage %s: %w", errCancelled, name, err)
+		}
+		st.failedStage = name
+		return true, fmt.Errorf("%w: %s: %w", errStage, name, err)
+	}
+	if st.x.reply.immediate != nil {
+		if st.observability {
+			// Envoy ignores every reply in observability mode, and ending
+			// the stream early would only cut the observation short.
+			st.x.reply.immediate = nil
+			return false, nil
+		}
+		st.x.respondedBy = name
+		return true, nil
+	}
+	return false, nil
+}
+
+// headersReply builds the reply to request or response headers.
+func (st *stream) headersReply(request bool) *extprocv3.ProcessingResponse {
+	if st.x.reply.immediate != nil {
+		return st.immediateReply()
+	}
+	hr := &extprocv3.HeadersResponse{Response: st.common(request)}
+	resp := &extprocv3.ProcessingResponse{ModeOverride: st.modeOverride()}
+	if request {
+		resp.Response = &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: hr}
+	} else {
+		resp.Response = &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: hr}
+	}
+	return resp
+}
+
+// common turns the queued header actions into a CommonResponse, or nil for
+// a plain CONTINUE.
+func (st *stream) common(request bool) *extprocv3.CommonResponse {
+	r := &st.x.reply
+	if len(r.set) == 0 && len(r.remove) == 0 {
+		// CommonResponse.clear_route_cache is honoured only with a header
+		// mutation in the same response (DESIGN.md): nothing to send.
+		return nil
+	}
+	return &extprocv3.CommonResponse{
+		HeaderMutation: headerMutation(r.set, r.remove),
+		// "This field is ignored in the response direction."
+		ClearRouteCache: request && r.clearRoute,
+	}
+}
+
+// modeOverride returns the mode_override for a header reply when a stage
+// asked for a body mode different from the one in force, else nil.
+func (st *stream) modeOverride() *procmodev3.ProcessingMode {
+	r := &st.x.reply
+	next := st.mode
+	if r.wantReqBody != nil {
+		next.reqBody = procmodev3.ProcessingMode_BodySendMode(*r.wantReqBody)
+	}
+	if r.wantResBody != nil {
+		next.resBody = procmodev3.ProcessingMode_BodySendMode(*r.wantResBody)
+	}
+	if next == st.mode || st.observability {
+		return nil
+	}
+	if st.overrideIgnored {
+		st.x.drop("mode_override: Envoy ignores it on this stream (full duplex or send_body_without_waiting_for_header_response)")
+		return nil
+	}
+	st.mode = next
+	st.x.reqBodyMode, st.x.resBodyMode = BodyMode(next.reqBody), BodyMode(next.resBody)
+	return next.proto()
+}
+
+// immediateReply builds the ImmediateResponse a stage asked for and marks
+// the stream finished: Envoy sends the local reply, ignores later messages
+// and closes the stream, so the server returns.
+func (st *stream) immediateReply() *extprocv3.ProcessingResponse {
+	im := st.x.reply.immediate
+	st.finished, st.complete = true, true
+	st.x.ResponseStatus = im.status
+	st.x.End = st.s.now()
+	ir := &extprocv3.ImmediateResponse{
+		Status: &typev3.HttpStatus{Code: typev3.StatusCode(im.status)},
+		Body:   im.body,
+		// Shown by %RESPONSE_CODE_DETAILS% in Envoy's access log; Envoy
+		// replaces whitespace, stage names have none.
+		Details: "sluice_" + st.x.respondedBy,
+	}
+	var set []Header
+	for _, h := range im.headers {
+		name := strings.ToLower(h.Name)
+		if !validHeaderName(name) || !validHeaderValue(h.Value) {
+			st.x.drop("respond: header " + name + " dropped")
+			continue
+		}
+		set = append(set, Header{name, h.Value})
+	}
+	if len(set) > 0 {
+		ir.Headers = headerMutation(set, nil)
+	}
+	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: ir}}
+}
+
+// done runs the DoneHooks once the stream is over.
+func (st *stream) done() {
+	if !st.reqHeaders {
+		return
+	}
+	if st.x.End.IsZero() {
+		st.x.End = st.s.now()
+	}
+	st.x.phase = PhaseDone
+	ctx := context.WithoutCancel(st.ctx)
+	for _, hk := range st.s.pipe.done {
+		hk.hook.Done(ctx, &st.x)
+	}
+}
+
+func (r *pendingReply) reset() {
+	*r = pendingReply{set: r.set[:0], remove: r.remove[:0]}
+}
+
+// headersFromProto reads Envoy's header map: each value is in raw_value
+// (HttpHeaders.headers; the default since envoy.reloadable_features.
+// send_header_raw_value), falling back to value for older senders. The
+// values share one allocation.
+func headersFromProto(hm *corev3.HeaderMap) Headers {
+	hs := hm.GetHeaders()
+	n := 0
+	for _, h := range hs {
+		n += len(h.GetRawValue())
+	}
+	var b strings.Builder
+	b.Grow(n)
+	for _, h := range hs {
+		b.Write(h.GetRawValue())
+	}
+	all := b.String()
+	out := make(Headers, len(hs))
+	off := 0
+	for i, h := range hs {
+		v := h.GetValue()
+		if raw := h.GetRawValue(); len(raw) > 0 {
+			v = all[off : off+len(raw)]
+			off += len(raw)
+		}
+		out[i] = Header{Name: strings.ToLower(h.GetKey()), Value: v}
+	}
+	return out
+}
+
+// headerMutation writes set and remove as a HeaderMutation. Values go in
+// raw_value only: Envoy rejects a HeaderValue with both value and raw_value
+// (the whole reply then becomes a 500) and, reading raw_value, turns a
+// value-only mutation into an empty header (envoy#31555).
+//
+// The first value of a name replaces what is there: append_action
+// OVERWRITE_IF_EXISTS_OR_ADD, which Envoys honouring append_action apply and
+// older ones, reading only the append field (default false in
+// HeaderMutation), treat as a replace as well. Further values of the same
+// name (only in immediate responses) are appended with append: true, which
+// both read as append.
+func headerMutation(set []Header, remove []string) *extprocv3.HeaderMutation {
+	m := &extprocv3.HeaderMutation{}
+	if len(remove) > 0 {
+		m.RemoveHeaders = append([]string(nil), remove...)
+	}
+	if len(set) == 0 {
+		return m
+	}
+	// One allocation each for the options, the values and the bytes: the
+	// messages are never copied, only pointed to.
+	opts := make([]corev3.HeaderValueOption, len(set))
+	vals := make([]corev3.HeaderValue, len(set))
+	n := 0
+	for _, h := range set {
+		n += len(h.Value)
+	}
+	buf := make([]byte, 0, n)
+	m.SetHeaders = make([]*corev3.HeaderValueOption, len(set))
+	for i, h := range set {
+		start := len(buf)
+		buf = append(buf, h.Value...)
+		vals[i].Key = h.Name
+		vals[i].RawValue = buf[start:len(buf):len(buf)]
+		opts[i].Header = &vals[i]
+		if seenName(set[:i], h.Name) {
+			opts[i].Append = wrapperspb.Bool(true)
+		} else {
+			opts[i].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+		}
+		m.SetHeaders[i] = &opts[i]
+	}
+	return m
+}
+
+func seenName(hs []Header, name string) bool {
+	for _, h := range hs {
+		if h.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
+var errCancelled = errors.New("extproc: stream cancelled")
