@@ -398,7 +398,9 @@ func TestRulesExampleConfig(t *testing.T) {
 		{"enterprise tenant", entries("tier=enterprise", "tenant_id=acme"), "tier_enterprise.tenant_id", "5000/10s,50000000/24h0m0s", false},
 		{"enterprise user shadow", entries("tier=enterprise", "user_id=u1"), "tier_enterprise.user_id", "200/1s,1000000/24h0m0s", true},
 		{"unknown tier falls back", entries("tier=trial", "tenant_id=acme"), "tier.tenant_id", "10/1s,10000/24h0m0s", false},
-		{"anonymous", entries("remote_address=1.2.3.4"), "remote_address", "60/1m0s,1000/24h0m0s", false},
+		{"anonymous per ip", entries("tier=anonymous", "remote_address=1.2.3.4"), "tier_anonymous.remote_address", "60/1m0s,1000/24h0m0s", false},
+		{"anonymous tenant is not shared-limited", entries("tier=anonymous", "tenant_id=anonymous"), "", "", false},
+		{"identified callers are not limited per ip", entries("tier=pro", "remote_address=1.2.3.4"), "", "", false},
 		{"tier alone", entries("tier=pro"), "", "", false},
 		{"unknown key", entries("tier=pro", "org=x"), "", "", false},
 	}

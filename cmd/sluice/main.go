@@ -16,6 +16,8 @@ import (
 
 	"github.com/sluicehq/sluice/internal/app"
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/devstack"
+	"github.com/sluicehq/sluice/internal/redisconn"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 )
 
@@ -35,7 +37,8 @@ func buildVersion() string {
 const usage = `Sluice: rate limits, caching and batching beside Envoy.
 
 Usage:
-  sluice serve        [flags]   serve the gRPC services (rate limit service) and the admin endpoints
+  sluice dev          [flags]   one-process local stack: Envoy emulator gateway + Sluice + Redis + demo API
+  sluice serve        [flags]   serve the gRPC services (ext_proc, rate limit service) and the admin endpoints
   sluice check-config [flags]   validate the Sluice config and the rate limit rules, then exit
   sluice version                print the version
 
@@ -53,6 +56,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return 2
 	}
 	switch args[0] {
+	case "dev":
+		return dev(ctx, args[1:], stdout, stderr, getenv)
 	case "serve":
 		return serve(ctx, args[1:], stdout, stderr, getenv)
 	case "check-config":
@@ -130,6 +135,51 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		return 1
 	}
 	log.Info("sluice stopped")
+	return 0
+}
+
+func dev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
+	fs := flag.NewFlagSet("sluice dev", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	var c common
+	c.register(fs, getenv)
+	listen := fs.String("listen", ":8080", "gateway (Envoy emulator) listen address")
+	upstream := fs.String("upstream", "", "API to put behind the gateway (default: the built-in demo API)")
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	// Local-only defaults for the gRPC and admin ports.
+	if c.grpcAddr == "" {
+		c.grpcAddr = "127.0.0.1:8081"
+	}
+	if c.adminAddr == "" {
+		c.adminAddr = "127.0.0.1:9091"
+	}
+	redisSet := c.redisURL != ""
+	cfg, err := c.load()
+	if err != nil {
+		fmt.Fprintln(stderr, "sluice:", err)
+		return 1
+	}
+	if c.configPath != "" && cfg.Redis.URL != redisconn.DefaultURL {
+		redisSet = true
+	}
+	if cfg.Log.Format == "json" && c.configPath == "" {
+		cfg.Log.Format = "text"
+	}
+	log := cfg.Log.Logger(stderr)
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	s, err := devstack.Start(ctx, devstack.Options{Listen: *listen, Upstream: *upstream, Sluice: cfg, RedisSet: redisSet}, log)
+	if err != nil {
+		log.Error("sluice dev failed to start", "err", err)
+		return 1
+	}
+	s.Banner(stdout)
+	if err := s.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		log.Error("sluice dev stopped with an error", "err", err)
+		return 1
+	}
 	return 0
 }
 

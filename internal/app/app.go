@@ -61,6 +61,9 @@ type Options struct {
 	Tiers tier.Store
 	// Stages are extra ext_proc pipeline options (extproc.WithStages, ...).
 	Stages []extproc.Option
+	// Rules serve when the config names no rules file (sluice dev's embedded
+	// example); nil means no limits.
+	Rules *ratelimitsvc.Rules
 }
 
 // New builds every component, loads the rate limit rules (an invalid rule file
@@ -89,6 +92,8 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		if err = a.reloader.Load(); err != nil {
 			return a, fmt.Errorf("app: rate limit rules: %w", err)
 		}
+	} else if opts.Rules != nil {
+		a.RLS.SetRules(opts.Rules)
 	} else {
 		log.Warn("no rate limit rules configured (--ratelimit-config); every descriptor is answered OK")
 		a.RLS.SetRules(&ratelimitsvc.Rules{})

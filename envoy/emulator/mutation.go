@@ -1,0 +1,232 @@
+package emulator
+
+import (
+	"errors"
+	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
+
+	mutationv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+)
+
+// checkResult is Filters::Common::MutationRules::CheckResult.
+type checkResult int
+
+const (
+	checkOK checkResult = iota
+	checkIgnore
+	checkFail
+)
+
+type checkOp int
+
+const (
+	opSet checkOp = iota
+	opAppend
+	opRemove
+)
+
+// checker applies HeaderMutationRules the way
+// source/extensions/filters/common/mutation_rules/mutation_rules.cc does.
+// Safe for concurrent use.
+type checker struct {
+	rules    *mutationv3.HeaderMutationRules
+	allow    *regexp.Regexp
+	disallow *regexp.Regexp
+}
+
+func newChecker(rules *mutationv3.HeaderMutationRules) (*checker, error) {
+	c := &checker{rules: rules}
+	if re := rules.GetAllowExpression(); re != nil {
+		r, err := regexp.Compile("^(?:" + re.GetRegex() + ")$")
+		if err != nil {
+			return nil, fmt.Errorf("mutation_rules.allow_expression: %w", err)
+		}
+		c.allow = r
+	}
+	if re := rules.GetDisallowExpression(); re != nil {
+		r, err := regexp.Compile("^(?:" + re.GetRegex() + ")$")
+		if err != nil {
+			return nil, fmt.Errorf("mutation_rules.disallow_expression: %w", err)
+		}
+		c.disallow = r
+	}
+	return c, nil
+}
+
+// routingHeaders may be changed only with allow_all_routing (host, :authority,
+// :method, :scheme; HeaderMutationRules.allow_all_routing).
+var routingHeaders = map[string]bool{"host": true, ":authority": true, ":method": true, ":scheme": true}
+
+func (c *checker) check(op checkOp, name, value string) checkResult {
+	if c.allowed(op, name) && (op == opRemove || validMutationValue(name, value)) {
+		return checkOK
+	}
+	if c.rules.GetDisallowIsError().GetValue() {
+		return checkFail
+	}
+	return checkIgnore
+}
+
+func (c *checker) allowed(op checkOp, name string) bool {
+	// "No matter what, you can't remove the host or any ':' headers."
+	if op == opRemove && (name == "host" || strings.HasPrefix(name, ":")) {
+		return false
+	}
+	if c.disallow != nil && c.disallow.MatchString(name) {
+		return false
+	}
+	if c.allow != nil && c.allow.MatchString(name) {
+		return true
+	}
+	if c.rules.GetDisallowAll().GetValue() {
+		return false
+	}
+	if !c.rules.GetAllowAllRouting().GetValue() && routingHeaders[name] {
+		return false
+	}
+	// System headers take one value only, so appending to one is refused too.
+	if strings.HasPrefix(name, ":") && (op == opAppend || c.rules.GetDisallowSystem().GetValue()) {
+		return false
+	}
+	if !c.rules.GetAllowEnvoy().GetValue() && strings.HasPrefix(name, "x-envoy") {
+		return false
+	}
+	return true
+}
+
+// validMutationValue is Checker::isValidValue.
+func validMutationValue(name, value string) bool {
+	if !strings.HasPrefix(name, ":") && !validHeaderValue(value) {
+		return false
+	}
+	switch name {
+	case "host", ":authority":
+		return value != "" && validHeaderValue(value) && !strings.ContainsAny(value, " /?#@")
+	case ":scheme":
+		return value == "http" || value == "https"
+	case ":status":
+		n, err := strconv.ParseUint(value, 10, 32)
+		return err == nil && n >= 200
+	}
+	return true
+}
+
+// mutationLimits are the HCM header limits a mutation must respect
+// (MutationUtils::responseHeaderSizeCheck and headerMutationResultCheck):
+// common_http_protocol_options.max_headers_count (default 100) and
+// max_request_headers_kb (default 60).
+type mutationLimits struct {
+	maxCount int
+	maxBytes int
+}
+
+// errMutation is what a rejected mutation returns; ext_proc turns it into a
+// status_on_error local reply (Filter::handleErrorResponse).
+var errMutation = errors.New("header mutation rejected")
+
+// applyHeaderMutation follows MutationUtils::applyHeaderMutations.
+// replacing is CommonResponse.status == CONTINUE_AND_REPLACE, which also lets
+// ":method" change; dropContentLength ignores content-length changes in the
+// modes where ext_proc removes it (ProcessorState::shouldRemoveContentLength).
+func applyHeaderMutation(m *extprocsvc.HeaderMutation, h *headerMap, replacing, dropContentLength bool, c *checker, lim mutationLimits) error {
+	if m == nil {
+		return nil
+	}
+	if len(m.GetRemoveHeaders()) > lim.maxCount || len(m.GetSetHeaders()) > lim.maxCount {
+		return fmt.Errorf("%w: header mutation count exceeds the HCM header count limit %d", errMutation, lim.maxCount)
+	}
+	for _, name := range m.GetRemoveHeaders() {
+		if !validHeaderName(name) {
+			return fmt.Errorf("%w: invalid character in remove_headers", errMutation)
+		}
+		name = strings.ToLower(name)
+		switch c.check(opRemove, name, "") {
+		case checkOK:
+			h.remove(name)
+		case checkFail:
+			return fmt.Errorf("%w: invalid attempt to remove %s", errMutation, name)
+		}
+	}
+	for _, sh := range m.GetSetHeaders() {
+		hv := sh.GetHeader()
+		if hv == nil {
+			continue
+		}
+		// "Only one of value or raw_value in the HeaderValue message should be set."
+		if hv.GetValue() != "" && len(hv.GetRawValue()) > 0 {
+			return fmt.Errorf("%w: only one of value or raw_value in the HeaderValue message should be set", errMutation)
+		}
+		// Envoy reads raw_value only (send_header_raw_value); a mutation that
+		// sets just `value` yields an empty header value (envoy#31555).
+		value := string(hv.GetRawValue())
+		if !validHeaderName(hv.GetKey()) || !validHeaderValue(value) {
+			return fmt.Errorf("%w: invalid character in set_headers", errMutation)
+		}
+		name := strings.ToLower(hv.GetKey())
+		if dropContentLength && name == "content-length" {
+			continue
+		}
+		exists := h.has(name)
+		var op checkOp
+		appendMode := false
+		switch sh.GetAppendAction() {
+		case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
+			// The zero value: ext_proc falls back to the deprecated `append`
+			// field, which defaults to false (overwrite).
+			appendMode = sh.GetAppend().GetValue()
+			op = opSet
+			if appendMode && exists {
+				op = opAppend
+			}
+		case corev3.HeaderValueOption_ADD_IF_ABSENT:
+			if exists {
+				continue
+			}
+			op, appendMode = opSet, true
+		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
+			op = opSet
+		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
+			if !exists {
+				continue
+			}
+			op = opSet
+		default:
+			return fmt.Errorf("%w: invalid append_action for %s", errMutation, name)
+		}
+		res := c.check(op, name, value)
+		if replacing && name == ":method" {
+			res = checkOK
+		}
+		switch res {
+		case checkOK:
+			if appendMode {
+				h.add(name, value)
+			} else {
+				h.set(name, value)
+			}
+		case checkFail:
+			return fmt.Errorf("%w: invalid attempt to modify %s", errMutation, name)
+		}
+	}
+	if h.len() > lim.maxCount || h.byteSize() > lim.maxBytes {
+		return fmt.Errorf("%w: headers exceed the HCM limits after mutation", errMutation)
+	}
+	return nil
+}
+
+// applyBodyMutation is MutationUtils::applyBodyMutations.
+func applyBodyMutation(m *extprocsvc.BodyMutation, body []byte) []byte {
+	switch x := m.GetMutation().(type) {
+	case *extprocsvc.BodyMutation_Body:
+		return append([]byte(nil), x.Body...)
+	case *extprocsvc.BodyMutation_ClearBody:
+		if x.ClearBody {
+			return nil
+		}
+	}
+	return body
+}

@@ -1,0 +1,171 @@
+package emulator
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// forward is the router filter (source/common/router/router.cc): pick the
+// cluster, send the request with the route timeout, turn upstream failures
+// into local replies, hand back the upstream response. Redirects are passed
+// through, never followed; there are no retries (none configured).
+func (s *stream) forward() (*response, *localReply) {
+	if s.route == nil {
+		return nil, &localReply{code: http.StatusNotFound, details: "route_not_found"}
+	}
+	if dr := s.route.GetDirectResponse(); dr != nil {
+		body := dr.GetBody().GetInlineString()
+		if body == "" {
+			body = string(dr.GetBody().GetInlineBytes())
+		}
+		return nil, &localReply{code: int(dr.GetStatus()), body: body, details: "direct_response"}
+	}
+	ra := s.route.GetRoute()
+	cluster := clusterName(s.route)
+	base, ok := s.g.opts.Upstreams[cluster]
+	if !ok {
+		addr, known := s.g.settings.Clusters[cluster]
+		if !known {
+			// cluster_not_found_response_code defaults to 503.
+			return nil, &localReply{code: http.StatusServiceUnavailable, details: "cluster_not_found"}
+		}
+		base = "http://" + addr
+	}
+	u, err := url.Parse(base)
+	if err != nil {
+		return nil, &localReply{code: http.StatusServiceUnavailable, details: "cluster_not_found"}
+	}
+
+	h := s.req.clone()
+	path := h.value(":path")
+	if pr := ra.GetPrefixRewrite(); pr != "" {
+		if p := s.route.GetMatch().GetPrefix(); p != "" && strings.HasPrefix(path, p) {
+			path = pr + path[len(p):]
+		}
+	}
+	if hr := ra.GetHostRewriteLiteral(); hr != "" {
+		h.set(":authority", hr)
+	}
+	// request_headers_to_add: weighted cluster, route, virtual host, then
+	// route configuration (RouteEntryImplBase::finalizeRequestHeaders).
+	applyHeaderOptions(h, s.route.GetRequestHeadersToAdd(), s.route.GetRequestHeadersToRemove())
+	applyHeaderOptions(h, s.vh.GetRequestHeadersToAdd(), s.vh.GetRequestHeadersToRemove())
+	rc := s.g.settings.Routes
+	applyHeaderOptions(h, rc.GetRequestHeadersToAdd(), rc.GetRequestHeadersToRemove())
+	timeout := routeTimeout(s.route)
+	if timeout > 0 && !s.g.settings.Router.GetSuppressEnvoyHeaders() {
+		// FilterUtility::setTimeoutHeaders.
+		h.set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(timeout.Milliseconds(), 10))
+	}
+
+	ctx, cancel := context.WithCancel(s.ctx)
+	if timeout > 0 {
+		ctx, cancel = context.WithTimeout(s.ctx, timeout)
+	}
+	target := *u
+	target.Path, target.RawPath, target.RawQuery = "", "", ""
+	full, err := url.Parse(strings.TrimSuffix(target.String(), "/") + path)
+	if err != nil {
+		cancel()
+		return nil, &localReply{code: http.StatusBadRequest, details: "invalid_path"}
+	}
+	var body io.Reader
+	contentLength := int64(0)
+	if !s.noBody || len(s.bodyBuf) > 0 {
+		readers := []io.Reader{bytes.NewReader(s.bodyBuf)}
+		if s.bodyRest != nil && !s.bodyReplaced {
+			readers = append(readers, s.bodyRest)
+		}
+		body = io.MultiReader(readers...)
+		contentLength = -1 // chunked unless the headers carry a length
+		if cl, ok := h.get("content-length"); ok {
+			if n, err := strconv.ParseInt(cl, 10, 64); err == nil {
+				contentLength = n
+			}
+		}
+	}
+	req, err := http.NewRequestWithContext(ctx, h.value(":method"), full.String(), body)
+	if err != nil {
+		cancel()
+		return nil, &localReply{code: http.StatusBadRequest, details: "invalid_request"}
+	}
+	req.Host = h.value(":authority")
+	h.toHTTP(req.Header)
+	req.Header.Del("Content-Length")
+	req.ContentLength = contentLength
+	if body == nil {
+		req.Body = nil
+	}
+	if s.reqTrailers != nil {
+		req.Trailer = http.Header{}
+		s.reqTrailers.toHTTP(req.Trailer)
+	}
+
+	start := time.Now()
+	res, err := s.g.transport.RoundTrip(req)
+	if err != nil {
+		cancel()
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			// The route timeout before the response started: 504.
+			return nil, &localReply{code: http.StatusGatewayTimeout, body: "upstream request timeout", details: "upstream_response_timeout"}
+		}
+		reason := "connection termination"
+		var op *net.OpError
+		if errors.As(err, &op) && op.Op == "dial" {
+			reason = "connection failure"
+		}
+		return nil, &localReply{
+			code:    http.StatusServiceUnavailable,
+			body:    "upstream connect error or disconnect/reset before headers. reset reason: " + reason,
+			details: "upstream_reset_before_response_started{" + strings.ReplaceAll(reason, " ", "_") + "}",
+		}
+	}
+	out := &headerMap{}
+	out.add(":status", strconv.Itoa(res.StatusCode))
+	fromHTTP(res.Header, out)
+	removeHopByHop(out)
+	if res.ContentLength < 0 && len(res.TransferEncoding) > 0 {
+		// Envoy's HTTP/1 codec keeps the framing header, which the
+		// compressor's minimum-length check reads.
+		out.add("transfer-encoding", "chunked")
+	}
+	if !s.g.settings.Router.GetSuppressEnvoyHeaders() {
+		out.set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(start).Milliseconds(), 10))
+	}
+	s.finalizeResponseHeaders(out)
+	noBody := s.isHead || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified || res.ContentLength == 0
+	resp := &response{
+		hdr:    out,
+		noBody: noBody,
+		close: func() {
+			_ = res.Body.Close()
+			cancel()
+		},
+		upstreamTrailers: func() http.Header { return res.Trailer },
+	}
+	if !noBody {
+		resp.stream = res.Body
+	}
+	return resp, nil
+}
+
+// removeHopByHop drops the headers Connection nominates and the hop-by-hop
+// ones (RFC 9110 §7.6.1) from an upstream response.
+func removeHopByHop(h *headerMap) {
+	for _, tok := range strings.Split(h.value("connection"), ",") {
+		if t := strings.ToLower(strings.TrimSpace(tok)); t != "" && t != "close" && t != "keep-alive" {
+			h.remove(t)
+		}
+	}
+	for _, name := range []string{"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"} {
+		h.remove(name)
+	}
+}

@@ -1,0 +1,273 @@
+// Package devstack runs `sluice dev`: the whole Sluice path in one process —
+// an Envoy emulator as the HTTP gateway, Sluice's gRPC services, Redis (the
+// configured one, or an embedded Redis-protocol server) and an upstream API
+// (the built-in demo, or --upstream). Production runs Envoy instead of the
+// emulator; every other piece is the production code.
+package devstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/alicebob/miniredis/v2"
+	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	examples "github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/envoy"
+	"github.com/sluicehq/sluice/envoy/emulator"
+	"github.com/sluicehq/sluice/internal/app"
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/demoapi"
+	"github.com/sluicehq/sluice/ratelimitsvc"
+)
+
+// DemoTiers is the static tier map `sluice dev` uses when the config names no
+// tiers: a few demo tenants in each tier.
+var DemoTiers = map[string]string{
+	"initech":  "free",
+	"hooli":    "free",
+	"globex":   "basic",
+	"acme":     "pro",
+	"umbrella": "enterprise",
+}
+
+// Options configure a dev stack.
+type Options struct {
+	// Listen is the gateway's address (default ":8080").
+	Listen string
+	// Upstream is the API behind the gateway; "" runs the built-in demo API.
+	Upstream string
+	// Sluice is the Sluice config (defaults applied). Its Redis URL is used
+	// when RedisSet; otherwise an embedded Redis-protocol server runs.
+	Sluice   config.Config
+	RedisSet bool
+	// EnvoyConfig is the bootstrap the emulator follows; nil = envoy.yaml.
+	EnvoyConfig []byte
+}
+
+// Stack is a running dev stack. Build it with Start; stop it by cancelling
+// Run's context.
+type Stack struct {
+	opts     Options
+	log      *slog.Logger
+	app      *app.App
+	mini     *miniredis.Miniredis
+	demo     *http.Server
+	demoLn   net.Listener
+	gw       *emulator.Gateway
+	gwSrv    *http.Server
+	gwLn     net.Listener
+	conn     *grpc.ClientConn
+	upstream string
+}
+
+// Start builds every piece and opens every listener, so the addresses are
+// known before Run.
+func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err error) {
+	if o.Listen == "" {
+		o.Listen = ":8080"
+	}
+	s = &Stack{opts: o, log: log}
+	defer func() {
+		if err != nil {
+			s.Close()
+			s = nil
+		}
+	}()
+
+	cfg := o.Sluice
+	if !o.RedisSet {
+		s.mini = miniredis.NewMiniRedis()
+		if err := s.mini.StartAddr("127.0.0.1:0"); err != nil {
+			return s, fmt.Errorf("dev: embedded redis: %w", err)
+		}
+		cfg.Redis.URL = "redis://" + s.mini.Addr()
+	}
+	if len(cfg.ExtProc.Identity.Tiers) == 0 {
+		cfg.ExtProc.Identity.Tiers = DemoTiers
+	}
+	var appOpts app.Options
+	if cfg.RateLimit.ConfigPath == "" {
+		rules, err := ratelimitsvc.ParseRules([]ratelimitsvc.File{{Name: "config/ratelimit/tiers.yaml", Data: examples.RateLimitTiers}})
+		if err != nil {
+			return s, fmt.Errorf("dev: embedded rules: %w", err)
+		}
+		appOpts.Rules = rules
+	}
+	if s.app, err = app.New(ctx, cfg, log, "dev", appOpts); err != nil {
+		return s, err
+	}
+
+	s.upstream = o.Upstream
+	if s.upstream == "" {
+		store := demoapi.NewMemory(nil)
+		tenants := make([]string, 0, len(DemoTiers))
+		for t := range DemoTiers {
+			tenants = append(tenants, t)
+		}
+		sort.Strings(tenants)
+		store.Seed(append(tenants, "anonymous")...)
+		if s.demoLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return s, fmt.Errorf("dev: demo api: %w", err)
+		}
+		s.demo = &http.Server{Handler: demoapi.New(store), ReadHeaderTimeout: 5 * time.Second}
+		s.upstream = "http://" + s.demoLn.Addr().String()
+	} else if u, err := url.Parse(s.upstream); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return s, fmt.Errorf("dev: --upstream %q must be an http:// or https:// URL", o.Upstream)
+	}
+
+	envoyYAML := o.EnvoyConfig
+	if envoyYAML == nil {
+		envoyYAML = envoy.DefaultConfig
+	}
+	settings, err := envoy.ParseSettings(envoyYAML)
+	if err != nil {
+		return s, fmt.Errorf("dev: envoy config: %w", err)
+	}
+	if s.conn, err = grpc.NewClient(s.app.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
+		return s, fmt.Errorf("dev: grpc client: %w", err)
+	}
+	s.gw, err = emulator.New(emulator.Options{
+		Settings:  settings,
+		ExtProc:   extprocsvc.NewExternalProcessorClient(s.conn),
+		RateLimit: rlsv3.NewRateLimitServiceClient(s.conn),
+		Upstreams: map[string]string{"app": s.upstream},
+		Logger:    log,
+	})
+	if err != nil {
+		return s, fmt.Errorf("dev: emulator: %w", err)
+	}
+	if s.gwLn, err = net.Listen("tcp", o.Listen); err != nil {
+		return s, fmt.Errorf("dev: listen %s: %w", o.Listen, err)
+	}
+	s.gwSrv = &http.Server{
+		Handler:           s.gw,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    60 << 10, // Envoy's max_request_headers_kb default
+	}
+	return s, nil
+}
+
+// URL is the gateway's base URL.
+func (s *Stack) URL() string { return "http://" + hostPort(s.gwLn.Addr()) }
+
+// AdminURL is Sluice's admin base URL.
+func (s *Stack) AdminURL() string { return "http://" + hostPort(s.app.AdminAddr()) }
+
+// Upstream is the API the gateway forwards to.
+func (s *Stack) Upstream() string { return s.upstream }
+
+func hostPort(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok && ta.IP.IsUnspecified() {
+		return fmt.Sprintf("localhost:%d", ta.Port)
+	}
+	return a.String()
+}
+
+// Run serves until ctx ends, then shuts every piece down.
+func (s *Stack) Run(ctx context.Context) error {
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.app.Run(gctx) })
+	serve := func(srv *http.Server, ln net.Listener) {
+		g.Go(func() error {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			return srv.Shutdown(sctx)
+		})
+	}
+	serve(s.gwSrv, s.gwLn)
+	if s.demo != nil {
+		serve(s.demo, s.demoLn)
+	}
+	err := g.Wait()
+	s.Close()
+	return err
+}
+
+// Close releases everything Start acquired; safe on a partial Stack.
+func (s *Stack) Close() {
+	if s.gw != nil {
+		s.gw.Close()
+	}
+	if s.conn != nil {
+		s.conn.Close()
+	}
+	if s.gwLn != nil {
+		s.gwLn.Close()
+	}
+	if s.demoLn != nil {
+		s.demoLn.Close()
+	}
+	if s.app != nil {
+		s.app.Close()
+	}
+	if s.mini != nil {
+		s.mini.Close()
+	}
+}
+
+// Banner writes what a newcomer needs: the addresses, the demo tenants by
+// tier and a few commands to try.
+func (s *Stack) Banner(w io.Writer) {
+	redis := "embedded Redis-protocol server (miniredis; set REDIS_URL to use a real Redis)"
+	if s.mini == nil {
+		redis = s.opts.Sluice.Redis.Redacted()
+	}
+	byTier := map[string][]string{}
+	tiers := s.opts.Sluice.ExtProc.Identity.Tiers
+	if len(tiers) == 0 {
+		tiers = DemoTiers
+	}
+	for t, tier := range tiers {
+		byTier[tier] = append(byTier[tier], t)
+	}
+	var lines []string
+	for _, tier := range []string{"free", "basic", "pro", "enterprise"} {
+		if ts := byTier[tier]; len(ts) > 0 {
+			sort.Strings(ts)
+			lines = append(lines, fmt.Sprintf("    %-11s %s", tier, strings.Join(ts, ", ")))
+		}
+	}
+	fmt.Fprintf(w, `
+  Sluice dev: one process standing in for Envoy + Sluice + Redis + an API.
+  Production runs real Envoy in front of 'sluice serve'; this gateway only
+  emulates Envoy's ext_proc and ratelimit filters (from envoy/envoy.yaml).
+
+  gateway   %s   (send requests here)
+  upstream  %s
+  sluice    grpc %s, admin %s (/metrics, /readyz, /debug/ratelimit)
+  redis     %s
+
+  Demo tenants (send x-tenant-id; optional x-user-id; none = anonymous):
+%s
+
+  Try:
+    curl -i %s/api/v1/contacts -H 'x-tenant-id: acme'
+    curl -i %s/api/v1/dashboard/stats -H 'x-tenant-id: initech'
+    for i in $(seq 1 30); do curl -s -o /dev/null -w '%%{http_code} ' %s/api/v1/contacts; done; echo
+    curl -s %s/metrics | grep '^sluice_'
+
+`, s.URL(), s.upstream, s.app.GRPCAddr(), s.AdminURL(), redis, strings.Join(lines, "\n"),
+		s.URL(), s.URL(), s.URL(), s.AdminURL())
+}
