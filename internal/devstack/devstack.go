@@ -27,6 +27,7 @@ import (
 
 	examples "github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/envoy"
+	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/envoy/emulator"
 	"github.com/sluicehq/sluice/internal/app"
 	"github.com/sluicehq/sluice/internal/config"
@@ -56,6 +57,8 @@ type Options struct {
 	RedisSet bool
 	// EnvoyConfig is the bootstrap the emulator follows; nil = envoy.yaml.
 	EnvoyConfig []byte
+	// Stages are extra ext_proc pipeline options (tests add stages here).
+	Stages []extproc.Option
 }
 
 // Stack is a running dev stack. Build it with Start; stop it by cancelling
@@ -99,7 +102,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 	if len(cfg.ExtProc.Identity.Tiers) == 0 {
 		cfg.ExtProc.Identity.Tiers = DemoTiers
 	}
-	var appOpts app.Options
+	appOpts := app.Options{Stages: o.Stages}
 	if cfg.RateLimit.ConfigPath == "" {
 		rules, err := ratelimitsvc.ParseRules([]ratelimitsvc.File{{Name: "config/ratelimit/tiers.yaml", Data: examples.RateLimitTiers}})
 		if err != nil {

@@ -1,0 +1,244 @@
+package devstack_test
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/sluicehq/sluice/extproc"
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/devstack"
+	"github.com/sluicehq/sluice/internal/redistest"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m,
+		// miniredis and net/http keep these briefly after Close.
+		goleak.IgnoreTopFunction("internal/poll.runtime_pollWait"),
+	)
+}
+
+// echo is an upstream that answers with the request headers it received.
+func echo(t *testing.T) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(r.Header)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+type stack struct {
+	*devstack.Stack
+	client *http.Client
+}
+
+// start runs a dev stack on loopback ports. realRedis uses the machine's
+// Redis under a private prefix; otherwise the embedded server runs, as in a
+// plain `sluice dev`.
+func start(t *testing.T, upstream string, realRedis bool, mutate func(*config.Config), stages ...extproc.Option) *stack {
+	t.Helper()
+	cfg := config.Config{}.WithDefaults()
+	cfg.Server.GRPCAddr, cfg.Server.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Server.ShutdownGrace = time.Second
+	if realRedis {
+		cfg.Redis.URL = "redis://" + redistest.Addr()
+		cfg.Redis.KeyPrefix = redistest.Prefix(t)
+	}
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := devstack.Start(ctx, devstack.Options{Listen: "127.0.0.1:0", Upstream: upstream, Sluice: cfg, RedisSet: realRedis, Stages: stages}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+		client.CloseIdleConnections()
+	})
+	return &stack{Stack: s, client: client}
+}
+
+func (s *stack) get(t *testing.T, path string, hdr ...string) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", s.URL()+path, nil)
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		t.Fatalf("GET %s: %v", path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp, string(b)
+}
+
+func upstreamSaw(t *testing.T, body string) http.Header {
+	t.Helper()
+	var h http.Header
+	if err := json.Unmarshal([]byte(body), &h); err != nil {
+		t.Fatalf("upstream body %q: %v", body, err)
+	}
+	return h
+}
+
+func TestEnrichmentAndSpoofedHeaders(t *testing.T) {
+	s := start(t, echo(t).URL, true, nil)
+	tests := []struct {
+		name       string
+		hdr        []string
+		wantTenant string
+		wantTier   string
+		wantUser   string
+	}{
+		{"known tenant", []string{"x-tenant-id", "initech"}, "initech", "free", ""},
+		{"tier from the store, not the client", []string{"x-tenant-id", "initech", "x-sluice-tier", "enterprise", "x-sluice-tenant", "acme"}, "initech", "free", ""},
+		{"user", []string{"x-tenant-id", "acme", "x-user-id", "u1", "x-sluice-user", "admin"}, "acme", "pro", "u1"},
+		{"unknown tenant gets the default tier", []string{"x-tenant-id", "newco"}, "newco", "free", ""},
+		{"no identity is anonymous", []string{"x-sluice-tenant", "acme", "x-sluice-tier", "enterprise"}, "anonymous", "anonymous", ""},
+		{"spoofed cost is replaced", []string{"x-tenant-id", "acme", "x-sluice-cost", "0"}, "acme", "pro", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := s.get(t, "/anything", tt.hdr...)
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d: %s", resp.StatusCode, body)
+			}
+			h := upstreamSaw(t, body)
+			if got := h.Values("X-Sluice-Tenant"); len(got) != 1 || got[0] != tt.wantTenant {
+				t.Errorf("upstream x-sluice-tenant = %q, want [%s]", got, tt.wantTenant)
+			}
+			if got := h.Values("X-Sluice-Tier"); len(got) != 1 || got[0] != tt.wantTier {
+				t.Errorf("upstream x-sluice-tier = %q, want [%s]", got, tt.wantTier)
+			}
+			if got := h.Get("X-Sluice-User"); got != tt.wantUser {
+				t.Errorf("upstream x-sluice-user = %q, want %q", got, tt.wantUser)
+			}
+			if got := h.Values("X-Sluice-Cost"); len(got) != 1 || got[0] != "1" {
+				t.Errorf("upstream x-sluice-cost = %q, want [1]", got)
+			}
+			if !strings.Contains(resp.Header.Get("Ratelimit-Policy"), "q=") && tt.wantTier != "anonymous" {
+				t.Errorf("no RateLimit-Policy on the response: %v", resp.Header)
+			}
+		})
+	}
+}
+
+func TestTierLimits(t *testing.T) {
+	for _, embedded := range []bool{false, true} {
+		name := "real redis"
+		if embedded {
+			name = "embedded redis"
+		}
+		t.Run(name, func(t *testing.T) {
+			s := start(t, echo(t).URL, !embedded, nil)
+			// free: 10 per second per tenant; pro: 200.
+			count := func(tenant string, n int) (ok, limited int, last *http.Response) {
+				for i := 0; i < n; i++ {
+					resp, _ := s.get(t, "/x", "x-tenant-id", tenant)
+					switch resp.StatusCode {
+					case 200:
+						ok++
+					case 429:
+						limited++
+						last = resp
+					default:
+						t.Fatalf("status %d", resp.StatusCode)
+					}
+				}
+				return ok, limited, last
+			}
+			ok, limited, last := count("initech", 15)
+			if limited == 0 || ok > 10 {
+				t.Fatalf("free tenant: %d ok, %d limited; want at most 10 ok", ok, limited)
+			}
+			if last.Header.Get("X-Envoy-Ratelimited") != "true" || last.Header.Get("Retry-After") == "" ||
+				!strings.Contains(last.Header.Get("Ratelimit-Policy"), `"free_tenant_burst";q=10;w=1`) {
+				t.Errorf("429 headers: %v", last.Header)
+			}
+			if ok, limited, _ := count("acme", 15); limited != 0 || ok != 15 {
+				t.Errorf("pro tenant: %d ok, %d limited; want all 15 ok", ok, limited)
+			}
+
+			resp, err := http.Get(s.AdminURL() + "/metrics")
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			for _, want := range []string{
+				`sluice_http_requests_total{method="GET",route="other",status_class="4xx",tier="free"}`,
+				`sluice_http_requests_total{method="GET",route="other",status_class="2xx",tier="pro"} 15`,
+				`sluice_ratelimit_decisions_total{code="over_limit",domain="sluice",rule="free_tenant_burst"}`,
+			} {
+				if !strings.Contains(string(b), want) {
+					t.Errorf("metrics lack %s", want)
+				}
+			}
+		})
+	}
+}
+
+func TestAnonymousLimitedPerIP(t *testing.T) {
+	s := start(t, echo(t).URL, true, nil)
+	limited := 0
+	for i := 0; i < 62; i++ {
+		if resp, _ := s.get(t, "/x"); resp.StatusCode == 429 {
+			limited++
+		}
+	}
+	if limited != 2 {
+		t.Errorf("anonymous caller: %d of 62 limited, want 2 (60 per minute per IP)", limited)
+	}
+}
+
+// slow delays the request headers phase past Envoy's message_timeout when
+// asked to, to show the gateway failing open.
+type slow struct{}
+
+func (slow) Name() string { return "slow" }
+
+func (slow) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
+	if x.RequestHeaders.Get("x-test-slow") != "" {
+		select {
+		case <-time.After(400 * time.Millisecond):
+		case <-ctx.Done():
+		}
+	}
+	return nil
+}
+
+func TestSlowSluiceFailsOpen(t *testing.T) {
+	s := start(t, echo(t).URL, true, nil, extproc.WithStages(slow{}))
+	start := time.Now()
+	resp, body := s.get(t, "/x", "x-tenant-id", "acme", "x-test-slow", "1", "x-sluice-tenant", "victim")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d, want 200 (failure_mode_allow)", resp.StatusCode)
+	}
+	if el := time.Since(start); el > 350*time.Millisecond {
+		t.Errorf("took %v; message_timeout is 200ms", el)
+	}
+	// Without Sluice's answer nothing was enriched, and the client's spoofed
+	// identity header must not reach the application either.
+	if got := upstreamSaw(t, body).Get("X-Sluice-Tenant"); got != "" {
+		t.Errorf("upstream saw x-sluice-tenant %q on a fail-open request", got)
+	}
+}
