@@ -27,8 +27,8 @@ import (
 
 	examples "github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/envoy"
-	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/envoy/emulator"
+	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/app"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/demoapi"
