@@ -3,6 +3,7 @@ package devstack_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"io"
 	"log/slog"
 	"net/http"
@@ -240,5 +241,42 @@ func TestSlowSluiceFailsOpen(t *testing.T) {
 	// identity header must not reach the application either.
 	if got := upstreamSaw(t, body).Get("X-Sluice-Tenant"); got != "" {
 		t.Errorf("upstream saw x-sluice-tenant %q on a fail-open request", got)
+	}
+}
+
+// broken fails the stream when asked, as a crashing stage would.
+type broken struct{}
+
+func (broken) Name() string { return "broken" }
+
+func (broken) RequestHeaders(_ context.Context, x *extproc.Exchange) error {
+	if x.RequestHeaders.Get("x-test-break") != "" {
+		return errors.New("stage failed")
+	}
+	return nil
+}
+
+func TestStreamErrorFailsOpen(t *testing.T) {
+	s := start(t, echo(t).URL, true, nil, extproc.WithStages(broken{}))
+	resp, body := s.get(t, "/x", "x-tenant-id", "acme", "x-test-break", "1")
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d, want 200: the ext_proc filter has failure_mode_allow", resp.StatusCode)
+	}
+	if got := upstreamSaw(t, body).Get("X-Sluice-Tenant"); got != "" {
+		t.Errorf("upstream saw x-sluice-tenant %q although the stream failed", got)
+	}
+	// The next request is processed normally.
+	resp, body = s.get(t, "/x", "x-tenant-id", "acme")
+	if resp.StatusCode != 200 || upstreamSaw(t, body).Get("X-Sluice-Tenant") != "acme" {
+		t.Fatalf("after a failed stream: %d %s", resp.StatusCode, body)
+	}
+	m, err := http.Get(s.AdminURL() + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(m.Body)
+	m.Body.Close()
+	if !strings.Contains(string(b), `sluice_extproc_streams_total{result="stage_error"} 1`) {
+		t.Errorf("stage error not counted:\n%s", b)
 	}
 }
