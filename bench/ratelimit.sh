@@ -2,7 +2,7 @@
 # Rate limit service benchmark. Prints decisions/s and p50/p99 for Sluice with
 # 1 and 3 descriptors per request, against a minimal RLS that answers OK
 # without Redis (the gRPC floor of this machine), all measured in this run,
-# and the ratios. Then the raw redis-benchmark rate of the same Lua call.
+# and the ratios. Then the raw rate of the same Lua call alone (bench/rlsscript).
 #
 #   bash bench/ratelimit.sh [duration, default 5s] [concurrency, default 32]
 #
@@ -41,7 +41,7 @@ S1=$(run 127.0.0.1:18091 sluice 1); echo "$S1"
 F3=$(run 127.0.0.1:18090 floor 3); echo "$F3"
 S3=$(run 127.0.0.1:18091 sluice 3); echo "$S3"
 
-field() { sed -n "s/.* $2=\([^ ]*\).*/\1/p" <<<"$1"; }
+field() { sed -n "s|.* $2=\([^ ]*\).*|\1|p" <<<"$1"; }
 dur_us() { # Go duration string -> microseconds
   awk -v d="$1" 'BEGIN{ if (d ~ /ms$/) {sub(/ms$/,"",d); print d*1000} else if (d ~ /µs$/) {sub(/µs$/,"",d); print d} else if (d ~ /ns$/) {sub(/ns$/,"",d); print d/1000} else {sub(/s$/,"",d); print d*1e6} }'
 }
@@ -55,8 +55,6 @@ for n in 1 3; do
 done
 
 echo
-echo "== redis-benchmark: the same EVALSHA (one sliding-window item), $CONC clients"
-SHA=$(redis-cli -h 127.0.0.1 -p 6379 SCRIPT LOAD "$("$BIN/rlsscript")")
-redis-benchmark -h 127.0.0.1 -p 6379 -q -n 200000 -c "$CONC" -r 1000 \
-  EVALSHA "$SHA" 1 "${PREFIX}rl:{__rand_int__}:s:60000:10" "" 0 1000000000 60000 10 1 0 | tr '\r' '\n' | tail -n 1
+echo "== the same EVALSHA alone (one request, one sliding-window item), $CONC clients"
+"$BIN/rlsscript" -bench -addr 127.0.0.1:6379 -c "$CONC" -n 200000 -r 1000 -prefix "$PREFIX"
 redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "${PREFIX}*" | xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 UNLINK >/dev/null

@@ -1,11 +1,84 @@
-// Command rlsscript prints the limiter's Lua script, so bench/ratelimit.sh can
-// SCRIPT LOAD it and time the same call with redis-benchmark.
+// Command rlsscript prints the limiter's Lua script, or with -bench times the
+// script alone: bench/ratelimit.sh runs it for the raw rate of the Lua call
+// Sluice makes (one request of one sliding-window item), as redis-benchmark
+// would, which cannot send the script's binary argument.
 package main
 
 import (
+	"context"
+	"encoding/binary"
+	"flag"
 	"fmt"
+	"log"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
 
-func main() { fmt.Print(limiter.ScriptSource()) }
+func main() {
+	var (
+		bench   = flag.Bool("bench", false, "time the script instead of printing it")
+		addr    = flag.String("addr", "127.0.0.1:6379", "Redis address")
+		clients = flag.Int("c", 32, "concurrent clients")
+		calls   = flag.Int("n", 200000, "script calls")
+		keys    = flag.Int("r", 1000, "distinct counters (as redis-benchmark -r)")
+		prefix  = flag.String("prefix", "sluicebench:", "key prefix")
+	)
+	flag.Parse()
+	if !*bench {
+		fmt.Print(limiter.ScriptSource())
+		return
+	}
+	ctx := context.Background()
+	c := redis.NewClient(&redis.Options{Addr: *addr, PoolSize: *clients})
+	defer c.Close()
+	sha, err := c.ScriptLoad(ctx, limiter.ScriptSource()).Result()
+	if err != nil {
+		log.Fatal(err)
+	}
+	// ARGV[2] as script.go lays it out: one request (item count), one item: flags 0 (sliding),
+	// 10 sub-windows, limit 1e9, window 60000 ms, 1 hit.
+	input := binary.LittleEndian.AppendUint32(nil, 1)
+	input = append(input, 0, 10)
+	for _, v := range []float64{1e9, 60000, 1} {
+		input = binary.LittleEndian.AppendUint64(input, math.Float64bits(v))
+	}
+	var (
+		mu   sync.Mutex
+		lat  []time.Duration
+		wg   sync.WaitGroup
+		next = make(chan struct{}, *calls)
+	)
+	for range *calls {
+		next <- struct{}{}
+	}
+	close(next)
+	start := time.Now()
+	for range *clients {
+		wg.Go(func() {
+			local := make([]time.Duration, 0, *calls / *clients + 1)
+			for range next {
+				key := fmt.Sprintf("%srl:{%d}:s:60000:10", *prefix, rand.IntN(*keys))
+				t := time.Now()
+				if err := c.EvalSha(ctx, sha, []string{key}, "", input).Err(); err != nil {
+					log.Fatal(err)
+				}
+				local = append(local, time.Since(t))
+			}
+			mu.Lock()
+			lat = append(lat, local...)
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	slices.Sort(lat)
+	fmt.Printf("EVALSHA %s 1 %srl:{<rand>}:s:60000:10 \"\" <one sliding item>: %.2f requests per second, p50=%.3f msec\n",
+		sha, *prefix, float64(len(lat))/el.Seconds(), float64(lat[len(lat)/2].Microseconds())/1000)
+}

@@ -2,6 +2,7 @@ package limiter
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -27,11 +28,12 @@ func Slot(tag string) uint16 {
 	return crc % SlotCount
 }
 
-// scriptCall is one limitScript call in a cluster pipeline: the calls of one slot.
+// scriptCall is one limitScript call in a cluster pipeline: the calls of one slot, one request.
 type scriptCall struct {
 	idx    []int // indexes into calls and results
 	nowArg string
-	cmd    *redis.Cmd
+	args   []any // "evalsha", sha, then EVALSHA's arguments
+	cmd    *redis.IntSliceCmd
 }
 
 // evalCluster splits calls by hash slot and runs one script call per slot, all in one pipeline
@@ -60,9 +62,13 @@ func (l *Limiter) evalCluster(ctx context.Context, calls []call, nowArg string, 
 	charged := make([]bool, len(groups)) // the slot allowed: its hits were charged
 	nows := make([]int64, len(groups))
 	for g, sc := range groups {
-		var ok bool
-		var err error
-		if nows[g], ok, err = parseReply(sc.cmd.Val(), calls, sc.idx, results); err != nil {
+		reply := sc.cmd.Val()
+		if len(reply) < replyHead {
+			return false, fmt.Errorf("limiter: script reply of %d values", len(reply))
+		}
+		nows[g] = reply[0]
+		ok, err := parseReply(reply[replyHead:], calls, sc.idx, results)
+		if err != nil {
 			return false, err
 		}
 		charged[g] = ok
@@ -111,7 +117,12 @@ func (l *Limiter) compensate(ctx context.Context, calls []call, groups []*script
 	}
 	refundResults := make([]Result, len(refunds))
 	for _, sc := range comp {
-		if _, _, err := parseReply(sc.cmd.Val(), refunds, sc.idx, refundResults); err != nil {
+		reply := sc.cmd.Val()
+		if len(reply) < replyHead {
+			l.metrics.errors.WithLabelValues(reasonError).Inc()
+			return
+		}
+		if _, err := parseReply(reply[replyHead:], refunds, sc.idx, refundResults); err != nil {
 			l.metrics.errors.WithLabelValues(reasonError).Inc()
 			return
 		}
@@ -127,30 +138,35 @@ func (l *Limiter) compensate(ctx context.Context, calls []call, groups []*script
 // got NOSCRIPT (a node that has not seen the script yet) with EVAL. It returns the first error
 // of any call; each call's cmd holds its reply.
 func (l *Limiter) runPipeline(ctx context.Context, calls []call, scs []*scriptCall) error {
-	send := func(eval bool, todo []*scriptCall) {
+	for _, sc := range scs {
+		keys := make([]any, len(sc.idx))
+		for j, i := range sc.idx {
+			keys[j] = calls[i].counter
+		}
+		sc.args = append([]any{"evalsha", limitScript.Hash(), len(keys)}, keys...)
+		sc.args = append(sc.args, sc.nowArg, appendRequest(nil, calls, sc.idx))
+	}
+	send := func(todo []*scriptCall) {
 		start := time.Now()
 		_, _ = l.cluster.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for _, sc := range todo {
-				keys, args := scriptInput(calls, sc.nowArg, sc.idx)
-				if eval {
-					sc.cmd = limitScript.Eval(ctx, p, keys, args...)
-				} else {
-					sc.cmd = limitScript.EvalSha(ctx, p, keys, args...)
-				}
+				sc.cmd = redis.NewIntSliceCmd(ctx, sc.args...)
+				_ = p.Process(ctx, sc.cmd)
 			}
 			return nil
 		})
 		l.metrics.duration.Observe(time.Since(start).Seconds())
 	}
-	send(false, scs)
+	send(scs)
 	var retry []*scriptCall
 	for _, sc := range scs {
-		if redis.HasErrorPrefix(sc.cmd.Err(), "NOSCRIPT") {
+		if isNoScript(sc.cmd.Err()) {
+			sc.args[0], sc.args[1] = "eval", limitScriptSource
 			retry = append(retry, sc)
 		}
 	}
 	if len(retry) > 0 {
-		send(true, retry)
+		send(retry)
 	}
 	for _, sc := range scs {
 		if err := sc.cmd.Err(); err != nil {

@@ -119,13 +119,16 @@ var (
 	ErrClosed = errors.New("limiter: closed")
 )
 
-// Limiter decides rate limits over Redis, one round trip per Do call (on a cluster: one
-// pipeline). It is safe for concurrent use. Create it with New; the zero value is not usable.
+// Limiter decides rate limits over Redis, at most one round trip per Do call, shared with
+// concurrent calls on a single Redis (see Coalescing in the package doc; on a cluster: one
+// pipeline per call). It is safe for concurrent use. Create it with New and stop it with Close;
+// the zero value is not usable.
 type Limiter struct {
 	client  redis.UniversalClient
 	cluster *redis.ClusterClient // client, when it is a cluster: calls are split by hash slot
 	cfg     Config
 	cache   *localCache // nil when disabled
+	batch   *batcher    // single Redis: coalesces concurrent calls; nil on a cluster
 	breaker *gobreaker.CircuitBreaker[struct{}]
 	metrics *metrics
 
@@ -180,18 +183,25 @@ func New(client redis.UniversalClient, cfg Config, reg prometheus.Registerer) (*
 		IsExcluded:   isExcluded,
 		IsSuccessful: func(err error) bool { return err == nil || isHealthyReply(err) },
 	})
+	if l.cluster == nil {
+		l.batch = newBatcher(l.sendBatch)
+	}
 	return l, nil
 }
 
-// Close releases the local cache's goroutine and unregisters the metrics. It does not close the
-// Redis client, which the caller owns. It is safe to call more than once, and on a Limiter that
-// New did not finish.
+// Close makes later Do calls fail with ErrClosed, waits for the calls already queued to be sent
+// and answered (each within its timeout), then stops the goroutines of the Limiter and
+// unregisters the metrics. It does not close the Redis client, which the caller owns and must
+// close after. It is safe to call more than once, and on a Limiter that New did not finish.
 func (l *Limiter) Close() error {
 	if l == nil {
 		return nil
 	}
 	l.closeOnce.Do(func() {
 		l.closed.Store(true)
+		if l.batch != nil {
+			l.batch.close()
+		}
 		if l.cache != nil {
 			l.cache.close()
 		}
@@ -250,25 +260,28 @@ func (l *Limiter) Do(ctx context.Context, items []Item) (results []Result, allow
 		}
 	}
 
+	if err := ctx.Err(); err != nil {
+		return nil, false, fmt.Errorf("limiter: eval script: %w", err)
+	}
 	nowArg := ""
 	if l.cfg.Now != nil {
 		nowArg = formatInt(now.UnixMilli())
 	}
-	tctx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
-	defer cancel()
-	_, err = l.breaker.Execute(func() (struct{}, error) {
-		var err error
-		if l.cluster != nil {
+	if l.cluster != nil {
+		tctx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
+		defer cancel()
+		_, err = l.breaker.Execute(func() (struct{}, error) {
+			var err error
 			allowed, err = l.evalCluster(tctx, calls, nowArg, results)
-		} else {
-			allowed, err = l.evalOne(tctx, calls, nowArg, results)
-		}
-		if err != nil && ctx.Err() != nil {
-			// The caller gave up: says nothing about Redis's health.
-			err = callerGone{err}
-		}
-		return struct{}{}, err
-	})
+			if err != nil && ctx.Err() != nil {
+				// The caller gave up: says nothing about Redis's health.
+				err = callerGone{err}
+			}
+			return struct{}{}, err
+		})
+	} else {
+		allowed, err = l.evalOne(ctx, calls, nowArg, results)
+	}
 	if err != nil {
 		return nil, false, l.failure(ctx, err)
 	}
@@ -287,7 +300,9 @@ func (l *Limiter) failure(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	case errors.As(err, &gone):
 		return fmt.Errorf("limiter: eval script: %w", gone.err)
-	case ctx.Err() == nil && isTimeout(err):
+	case ctx.Err() != nil:
+		// The caller gave up first: not counted, like a request Redis never saw.
+	case isTimeout(err):
 		l.metrics.errors.WithLabelValues(reasonTimeout).Inc()
 	default:
 		l.metrics.errors.WithLabelValues(reasonError).Inc()
@@ -302,71 +317,53 @@ func (l *Limiter) now() time.Time {
 	return time.Now()
 }
 
-// evalOne runs all calls in one script call: the path for a single Redis.
+// evalOne decides calls on a single Redis: queued as one request, sent in the next batch.
 func (l *Limiter) evalOne(ctx context.Context, calls []call, nowArg string, results []Result) (bool, error) {
-	keys, args := scriptInput(calls, nowArg, nil)
-	start := time.Now()
-	reply, err := limitScript.Run(ctx, l.client, keys, args...).Result()
-	l.metrics.duration.Observe(time.Since(start).Seconds())
-	if err != nil {
-		return false, err
+	r := getRequest()
+	for i := range calls {
+		r.keys = append(r.keys, calls[i].counter)
 	}
-	_, allowed, err := parseReply(reply, calls, nil, results)
+	r.input = appendRequest(r.input, calls, nil)
+	r.nowArg, r.deadline = nowArg, time.Now().Add(l.cfg.Timeout)
+	answered, err := l.batch.do(ctx, r)
+	if !answered {
+		return false, err // r may still be in a batch: not recycled
+	}
+	allowed := false
+	if err == nil {
+		allowed, err = parseReply(r.reply, calls, nil, results)
+	}
+	putRequest(r)
 	return allowed, err
 }
 
-// scriptInput builds KEYS and ARGV for the calls at idx (all calls if idx is nil). See
-// limitScript for the layout.
-func scriptInput(calls []call, nowArg string, idx []int) (keys []string, args []any) {
+// parseReply fills results (for the calls at idx, or all) from one request's share of a script
+// reply and returns whether the script allowed it.
+func parseReply(reply []int64, calls []call, idx []int, results []Result) (allowed bool, err error) {
 	n := len(calls)
 	if idx != nil {
 		n = len(idx)
 	}
-	keys = make([]string, 0, n)
-	args = make([]any, 0, 1+argsPerItem*n)
-	args = append(args, nowArg)
-	for j := range n {
-		c := &calls[j]
+	if len(reply) != replyPerReq+replyPerItem*n {
+		return false, fmt.Errorf("limiter: script reply of %d values for %d items", len(reply), n)
+	}
+	if st := reply[0]; st < 0 {
+		j := int(-st) - 1
+		if j >= n {
+			return false, fmt.Errorf("limiter: script reply status %d for %d items", st, n)
+		}
+		i := j
 		if idx != nil {
-			c = &calls[idx[j]]
+			i = idx[j]
 		}
-		it := c.item
-		flags := 0
-		if it.Refund {
-			flags |= flagRefund
-		}
-		if it.Shadow {
-			flags |= flagShadow
-		}
-		keys = append(keys, c.counter)
-		args = append(args, uint8(it.Algorithm), min(it.Limit, MaxCount), it.Window.Milliseconds(), c.subs, it.Hits, flags)
-	}
-	return keys, args
-}
-
-// parseReply fills results (for the calls at idx, or all) from a script reply and returns the
-// script's now in ms and whether it allowed.
-func parseReply(reply any, calls []call, idx []int, results []Result) (nowMs int64, allowed bool, err error) {
-	n := len(calls)
-	if idx != nil {
-		n = len(idx)
-	}
-	vals, ok := reply.([]any)
-	if !ok || len(vals) != replyHead+replyPerItem*n {
-		return 0, false, fmt.Errorf("limiter: unexpected script reply %v", reply)
-	}
-	ints := make([]int64, len(vals))
-	for i, v := range vals {
-		if ints[i], ok = v.(int64); !ok {
-			return 0, false, fmt.Errorf("limiter: unexpected script reply %v", reply)
-		}
+		return false, fmt.Errorf("limiter: item %d: counter %q holds a value of another type or format", i, calls[i].counter)
 	}
 	for j := range n {
 		i := j
 		if idx != nil {
 			i = idx[j]
 		}
-		r := ints[replyHead+replyPerItem*j:]
+		r := reply[replyPerReq+replyPerItem*j:]
 		used := uint64(max(r[1], 0))
 		results[i] = Result{
 			Over:       r[0] == 1,
@@ -375,7 +372,7 @@ func parseReply(reply any, calls []call, idx []int, results []Result) (nowMs int
 			ResetAfter: time.Duration(r[2]) * time.Millisecond,
 		}
 	}
-	return ints[0], ints[1] == 1, nil
+	return reply[0] == 1, nil
 }
 
 // prepare validates it and fills c.
@@ -446,6 +443,9 @@ func (e callerGone) Unwrap() error { return e.err }
 
 // isExcluded tells the breaker which errors say nothing about Redis's health.
 func isExcluded(err error) bool {
+	if err == nil {
+		return false
+	}
 	var gone callerGone
 	return errors.As(err, &gone) || redis.HasErrorPrefix(err, "NOSCRIPT")
 }

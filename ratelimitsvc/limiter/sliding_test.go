@@ -248,9 +248,9 @@ func TestSlidingAccuracy(t *testing.T) {
 	t.Log("summary (window 1m, limit 100, 10 windows of traffic):\n" + strings.Join(summary, "\n"))
 }
 
-// TestSlidingMemoryBounded checks that a sliding counter keeps at most 2(N+1) hash fields (a
-// count and a time per live sub-window) and a TTL of at most window plus one sub-window, under
-// random traffic with refunds.
+// TestSlidingMemoryBounded checks that a sliding counter stays one string of 8(2N+3) bytes (the
+// newest sub-window, and a count and a time for each of N+1 sub-windows) with a TTL of at most
+// window plus one sub-window, under random traffic with refunds.
 func TestSlidingMemoryBounded(t *testing.T) {
 	ctx := t.Context()
 	c, p, clk := setup(t)
@@ -262,25 +262,22 @@ func TestSlidingMemoryBounded(t *testing.T) {
 	item := limiter.Item{Key: p + "{mem}", Limit: 50, Window: window, SubWindows: subs, Hits: 1}
 	key := p + "{mem}:s:60000:10"
 	r := rand.New(rand.NewPCG(7, 7))
-	maxFields := int64(0)
 	for range 3000 {
 		clk.Advance(time.Duration(r.Int64N(400)) * ms)
 		it := withHits(item, 1+r.Uint64N(3))
 		it.Refund = r.IntN(10) == 0
 		do(t, l, it)
-		n, err := c.HLen(ctx, key).Result()
+		n, err := c.StrLen(ctx, key).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		maxFields = max(maxFields, n)
-		if n > 2*(subs+1) {
-			t.Fatalf("at %v: %d fields, want at most %d", clk.Now().Sub(epoch), n, 2*(subs+1))
+		if n != 0 && n != 8*(2*subs+3) {
+			t.Fatalf("at %v: %d bytes, want %d", clk.Now().Sub(epoch), n, 8*(2*subs+3))
 		}
 		if ttl := c.PTTL(ctx, key).Val(); n > 0 && (ttl <= 0 || ttl > window+window/subs) {
 			t.Fatalf("at %v: PTTL %v, want (0, %v]", clk.Now().Sub(epoch), ttl, window+window/subs)
 		}
 	}
-	t.Logf("at most %d fields over %v of simulated traffic", maxFields, clk.Now().Sub(epoch).Round(time.Second))
 }
 
 // event is a request at a simulated time.
