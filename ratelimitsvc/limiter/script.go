@@ -106,7 +106,102 @@ func appendRequest(b []byte, calls []call, idx []int) []byte {
 
 const limitScriptSource = `
 local floor, max, min, fmt = math.floor, math.max, math.min, string.format
-local sunpack, spack, unpack = struct.unpack, struct.pack, unpack
+local unpack = unpack
+local sunpack, spack
+local lib = rawget(_G, "struct")
+if lib then
+  sunpack, spack = lib.unpack, lib.pack
+else
+  -- Portable subset of Redis' struct library for Redis-protocol servers that lack it (the
+  -- embedded miniredis of 'sluice dev'): little-endian formats made of "<", "B", "I4" and "d"
+  -- only, which is all this script uses. Real Redis always has struct.
+  local byte, char, frexp, ldexp = string.byte, string.char, math.frexp, math.ldexp
+  local parsed = {}
+  local function codes(f)
+    local c = parsed[f]
+    if c then return c end
+    c = {}
+    local i = 1
+    while i <= #f do
+      local ch = string.sub(f, i, i)
+      if ch == "<" then
+        i = i + 1
+      elseif ch == "B" or ch == "d" then
+        c[#c + 1] = ch
+        i = i + 1
+      elseif ch == "I" and string.sub(f, i + 1, i + 1) == "4" then
+        c[#c + 1] = "I4"
+        i = i + 2
+      else
+        error("limiter: struct fallback cannot handle format " .. f)
+      end
+    end
+    parsed[f] = c
+    return c
+  end
+  local function getd(s, pos)
+    local b1, b2, b3, b4, b5, b6, b7, b8 = byte(s, pos, pos + 7)
+    local sign = 1
+    if b8 >= 128 then sign = -1 end
+    local e = (b8 % 128) * 16 + floor(b7 / 16)
+    local m = ((((((b7 % 16) * 256 + b6) * 256 + b5) * 256 + b4) * 256 + b3) * 256 + b2) * 256 + b1
+    if e == 0 then return sign * ldexp(m, -1074) end
+    return sign * ldexp(m + 4503599627370496, e - 1075)
+  end
+  local function putd(v)
+    local sign = 0
+    if v < 0 then sign, v = 128, -v end
+    if v == 0 then return char(0, 0, 0, 0, 0, 0, 0, sign) end
+    local m, e = frexp(v)
+    local ex, mant = e + 1022, 0
+    if ex <= 0 then
+      ex, mant = 0, ldexp(m, e + 1074)
+    else
+      mant = (m * 2 - 1) * 4503599627370496
+    end
+    local o = {}
+    for i = 1, 6 do
+      o[i] = mant % 256
+      mant = floor(mant / 256)
+    end
+    o[7] = (ex % 16) * 16 + mant
+    o[8] = sign + floor(ex / 16)
+    return char(o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8])
+  end
+  sunpack = function(f, s, pos)
+    pos = pos or 1
+    local out = {}
+    for _, c in ipairs(codes(f)) do
+      if c == "B" then
+        out[#out + 1] = byte(s, pos)
+        pos = pos + 1
+      elseif c == "I4" then
+        local a, b, d, e = byte(s, pos, pos + 3)
+        out[#out + 1] = ((e * 256 + d) * 256 + b) * 256 + a
+        pos = pos + 4
+      else
+        out[#out + 1] = getd(s, pos)
+        pos = pos + 8
+      end
+    end
+    out[#out + 1] = pos
+    return unpack(out)
+  end
+  spack = function(f, ...)
+    local args, out = {...}, {}
+    for i, c in ipairs(codes(f)) do
+      local v = args[i]
+      if c == "B" then
+        out[i] = char(v)
+      elseif c == "I4" then
+        out[i] = char(v % 256, floor(v / 256) % 256, floor(v / 65536) % 256, floor(v / 16777216) % 256)
+      else
+        out[i] = putd(v)
+      end
+    end
+    return table.concat(out)
+  end
+end
 
 local now
 if ARGV[1] == "" then
