@@ -47,6 +47,18 @@ type Service struct {
 	log     *slog.Logger
 	metrics *metrics
 	rules   atomic.Pointer[Rules]
+
+	logLimit everySecond // degraded-mode warnings: a Redis outage must not flood the log
+}
+
+// everySecond allows one event per second. The zero value is ready; safe for
+// concurrent use.
+type everySecond struct{ last atomic.Int64 }
+
+func (e *everySecond) allow(now time.Time) bool {
+	sec := now.Unix()
+	last := e.last.Load()
+	return last != sec && e.last.CompareAndSwap(last, sec)
 }
 
 // New returns a service that counts through lim under Redis keys starting with
@@ -369,8 +381,9 @@ func (s *Service) degraded(ctx context.Context, resp *rlsv3.RateLimitResponse, d
 		code = codeFailClosed
 	}
 	s.metrics.degradedCall(domain.Name, code)
-	if !errors.Is(err, limiter.ErrUnavailable) {
-		s.log.WarnContext(ctx, "rate limit degraded: redis unavailable", "domain", domain.Name, "mode", code, "err", err)
+	if !errors.Is(err, limiter.ErrUnavailable) && s.logLimit.allow(time.Now()) {
+		s.log.WarnContext(ctx, "rate limit degraded: redis unavailable (logged at most once a second; see sluice_ratelimit_degraded_total)",
+			"domain", domain.Name, "mode", code, "err", err)
 	}
 	for _, a := range apps {
 		if a.item < 0 {
