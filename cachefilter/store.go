@@ -1,0 +1,737 @@
+package cachefilter
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
+)
+
+// Layer is where Lookup found an entry. The zero value is Miss.
+type Layer uint8
+
+const (
+	// Miss: no layer holds a usable entry.
+	Miss Layer = iota
+	// L1: the in-process cache of this replica.
+	L1
+	// L2: Redis, shared by the replicas.
+	L2
+)
+
+// String returns "miss", "l1" or "l2", the values of the layer label of
+// sluice_cache_requests_total.
+func (l Layer) String() string {
+	switch l {
+	case Miss:
+		return "miss"
+	case L1:
+		return "l1"
+	case L2:
+		return "l2"
+	}
+	return "Layer(" + strconv.Itoa(int(l)) + ")"
+}
+
+var (
+	// ErrInvalid is returned, wrapped with the reason, for a key, tag, path or entry the Store
+	// cannot take. Nothing is read or written.
+	ErrInvalid = errors.New("cachefilter: invalid argument")
+	// ErrUnavailable is returned, wrapped, by purges and HotKeys while the circuit breaker in
+	// front of Redis is open.
+	ErrUnavailable = errors.New("cachefilter: redis unavailable (circuit breaker open)")
+	// ErrUnconfirmed is returned, wrapped, by a purge or invalidation that Redis carried out but
+	// that some replica did not acknowledge within StoreConfig.PurgeTimeout. See Store.
+	ErrUnconfirmed = errors.New("cachefilter: invalidation not acknowledged by every replica")
+)
+
+// Errors of calls the circuit breaker refused.
+var (
+	errBreakerOpen    = fmt.Errorf("%w: %w", ErrUnavailable, gobreaker.ErrOpenState)
+	errBreakerProbing = fmt.Errorf("%w: %w", ErrUnavailable, gobreaker.ErrTooManyRequests)
+)
+
+// Store is the two-level response cache: a bounded in-process L1 (otter, W-TinyLFU, bounded in
+// bytes) in front of a Redis L2 shared by every replica, with invalidations that reach every
+// replica's L1, hot-key counting and miss collapsing. It is safe for concurrent use; create it
+// with NewStore (the zero value is not usable), run Run for as long as it serves, then Close.
+//
+// # Lookups and Vary
+//
+// A primary key ("<tenant tag>:<hash>", from the policy) names a resource; its record holds the
+// Vary names of the responses stored for it. Lookup reads the record, asks the caller for the
+// variant key of the request (variantOf(names)) and returns that variant's entry: from the L1,
+// else from Redis in one round trip (a pipeline of three reads) when the names are the ones
+// guessed (those the L1 knows, or none), and two otherwise. An L2 hit is copied into the L1
+// until the entry's expiry. Entries are kept for their remaining freshness plus
+// max(stale-while-revalidate, stale-if-error) (neither when MustRevalidate) plus
+// StaleRetention, at most MaxTTL after their ResponseTime; Lookup returns an entry until then,
+// and the policy decides whether it is fresh, stale-servable or needs validation.
+//
+// # Redis failures
+//
+// Lookup and Put never fail because of Redis: each call is bounded by RedisTimeout, and on
+// failure Lookup answers from the L1 (when ServeL1WhenRedisDown) and Put stores in the L1 only.
+// Failures are counted (sluice_cache_redis_errors_total) and logged at most every 10s. A circuit
+// breaker opens after BreakerFailures consecutive failures; while open, Redis is not called, so
+// a dead Redis adds no latency; after BreakerOpenFor one call probes it again.
+//
+// # Invalidation guarantee
+//
+// Invalidate, PurgeTag, PurgePrefix and PurgeTenant delete the matching entries from Redis (one
+// script per batch, atomic per batch), invalidate this replica's L1, publish the invalidation on
+// the pub/sub channel and wait until every replica registered in Redis has acknowledged it, or
+// has left the registry. Each replica applies an invalidation to its L1 before acknowledging it.
+// When such a call returns nil, no replica serves a matching entry from its L1 any more, and
+// none is in Redis: later lookups miss, unless the entry was stored again after the purge
+// (including by an upstream fetch that started before it: the guarantee is about stored entries,
+// not about responses in flight).
+//
+// What makes "every replica" hold: a replica serves its L1 only while it holds a lease it
+// renews every SubscriptionLease/4. Renewing writes its registry entry (lease counted on
+// Redis's clock from that write), then PINGs through its subscription connection and waits for
+// the PONG: so the subscription delivered everything published before that point, in order. The
+// lease runs from before the registry write, so it ends before the registry entry expires. A
+// purger reads the registry after publishing, so a replica missing from it either registers
+// later (and its PING then follows the publication) or holds no lease. When the subscription
+// drops, the replica stops serving its L1 at once; when it is re-established, the replica
+// clears its L1 before it registers again under a new name and removes the old one. Fills of the
+// L1 that race an invalidation are discarded (see l1).
+//
+// When the guarantee does not hold, the purge says so:
+//   - a replica registered but not acknowledging (it crashed, or its subscription is stuck):
+//     the purge waits until it leaves the registry (within SubscriptionLease, by which time its
+//     lease has ended) or until PurgeTimeout, then fails with ErrUnconfirmed. With PurgeTimeout
+//     above SubscriptionLease (the defaults), a crashed replica only delays purges. A replica
+//     whose subscription comes back while a purge waits for it may also cause ErrUnconfirmed:
+//     its L1 was cleared, but that cannot be told apart;
+//   - Redis down or the breaker open: the purge fails (ErrUnavailable or a Redis error) without
+//     touching Redis; only this replica's L1 is invalidated. Retry it.
+//
+// The one exception is ServeL1WhenRedisDown (default true): a replica that can reach neither its
+// subscription nor Redis keeps serving its L1, up to each entry's expiry, rather than nothing.
+// If every replica is cut off, no purge can succeed meanwhile, so nothing is lost. If only this
+// replica is cut off (a partition), purges made elsewhere meanwhile do not reach its L1 until
+// its subscription is back (which clears its L1), and they still return nil once its lease has
+// run out of the registry (within SubscriptionLease). Set ServeL1WhenRedisDown to false where
+// that matters more than hit ratio: the L1 is then served only under a lease, and the guarantee
+// holds in partitions too.
+//
+// Run must be running for the L1 to be served when a Redis client is given; without Run, every
+// lookup goes to Redis (and to the L1 only when Redis fails, as above). Run must also be
+// running on a purging replica: acknowledgements arrive through its subscription (else the
+// purge fails with ErrUnconfirmed if other replicas are registered). Without a Redis client the
+// Store is one replica's L1 and every method works locally.
+//
+// # Redis layout
+//
+// See l2 (l2.go) for the keys. Every key of a tenant carries its tag as a Redis Cluster hash
+// tag, so each operation is one script call or one pipeline, in one slot.
+type Store struct {
+	cfg       StoreConfig
+	rdb       redis.UniversalClient // nil: L1 only, no invalidation traffic
+	redisKeys *l2                   // Redis key space (the registry even with L2 disabled); nil without rdb
+	l2        *l2                   // redisKeys, or nil with L2 disabled
+	l1        *l1
+	log       *slog.Logger
+	now       func() time.Time
+	metrics   *metrics
+	breaker   *gobreaker.CircuitBreaker[struct{}]
+	collapse  *collapser
+	hot       chan hotSample // sampled hits for Run's hot-key worker; nil: no counting
+	sweeps    chan sweep     // purged tenant generations for Run to delete
+
+	// Invalidation state: see invalidate.go.
+	replica     string        // random name of this Store; its registry members are replica.N
+	channel     string        // invalidations
+	ackChannel  string        // acknowledgements to this replica
+	start       time.Time     // trust times are monotonic offsets from it
+	trustUntil  atomic.Int64  // ns after start until which the L1 is trusted; 0: not trusted
+	incarnation atomic.Uint64 // subscriptions established so far; 0: none yet
+	errSeq      atomic.Uint64 // subscription errors so far
+	pongs       chan string   // PONG payloads from the subscription, for the heartbeat
+	kick        chan struct{} // a new subscription: the heartbeat runs a round now
+	waitMu      sync.Mutex    // guards waiters
+	waiters     map[string]*waiter
+	running     atomic.Bool
+
+	lastLog   atomic.Int64 // Unix ns of the last Redis error logged
+	closeOnce sync.Once
+}
+
+// hotSample is one sampled hit.
+type hotSample struct{ tenant, primary string }
+
+// NewStore returns a Store. rdb may be nil (an L1-only Store); otherwise it must be a
+// *redis.Client, a failover client or a *redis.ClusterClient with ContextTimeoutEnabled set, so
+// that RedisTimeout bounds its socket reads. keyPrefix starts every Redis key (e.g. "sluice:";
+// no '{' or '}'). Metrics are registered on reg unless it is nil, and unregistered by Close. log
+// may be nil (nothing is logged); now is the clock of entry freshness and expiry (nil:
+// time.Now).
+func NewStore(cfg StoreConfig, rdb redis.UniversalClient, keyPrefix string, reg prometheus.Registerer, log *slog.Logger, now func() time.Time) (*Store, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if strings.ContainsAny(keyPrefix, "{}") {
+		return nil, fmt.Errorf("%w: key prefix %q contains '{' or '}'", ErrInvalid, keyPrefix)
+	}
+	if rdb != nil {
+		if _, ok := rdb.(*redis.Ring); ok {
+			return nil, errors.New("cachefilter: a redis.Ring cannot run multi-key scripts; use a Client or a ClusterClient")
+		}
+		if !honoursContext(rdb) {
+			return nil, errors.New("cachefilter: the redis client must set ContextTimeoutEnabled: true, " +
+				"else go-redis ignores context deadlines on its sockets and redis_timeout cannot bound a call")
+		}
+	}
+	cfg = cfg.WithDefaults()
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	s := &Store{
+		cfg:     cfg,
+		rdb:     rdb,
+		log:     log,
+		now:     now,
+		replica: randomHex(8),
+		start:   time.Now(),
+		pongs:   make(chan string, 4),
+		kick:    make(chan struct{}, 1),
+		sweeps:  make(chan sweep, 64),
+		waiters: map[string]*waiter{},
+	}
+	s.channel = cfg.Channel
+	if s.channel == "" {
+		s.channel = keyPrefix + "c:inv"
+	}
+	s.ackChannel = s.channel + ":ack:" + s.replica
+	if rdb != nil {
+		s.redisKeys = &l2{rdb: rdb, prefix: keyPrefix, maxTTL: cfg.MaxTTL.Milliseconds()}
+		if cfg.l2() {
+			s.l2 = s.redisKeys
+		}
+	}
+	if rdb != nil && cfg.HotSampleRate > 0 && cfg.l2() {
+		s.hot = make(chan hotSample, 1024)
+	}
+	var err error
+	s.metrics, err = newMetrics(reg,
+		func() float64 { return float64(s.l1.bytes()) },
+		func() float64 { return float64(s.l1.len()) },
+		func() float64 {
+			if s.l1Trusted() {
+				return 1
+			}
+			return 0
+		})
+	if err != nil {
+		return nil, err
+	}
+	if s.l1, err = newL1(cfg.L1MaxBytes, s.metrics.evictions.Inc); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	s.collapse = newCollapser(max(cfg.CollapseMaxKeys, 0), cfg.CollapseTimeout, func(served bool) {
+		if served {
+			s.metrics.collapsed.WithLabelValues(collapseServed).Inc()
+		} else {
+			s.metrics.collapsed.WithLabelValues(collapseReleased).Inc()
+		}
+	})
+	s.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        "sluice-cache-redis",
+		MaxRequests: 1, // one probe when half-open
+		Timeout:     cfg.BreakerOpenFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= cfg.BreakerFailures },
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			if to == gobreaker.StateOpen {
+				s.metrics.breakerOpen.Set(1)
+			} else {
+				s.metrics.breakerOpen.Set(0)
+			}
+		},
+		IsExcluded:   isExcluded,
+		IsSuccessful: func(err error) bool { return err == nil || isHealthyReply(err) },
+	})
+	return s, nil
+}
+
+// Close stops the L1's maintenance goroutine, releases every waiting follower and unregisters
+// the metrics. It does not close the Redis client. It is safe to call more than once and after a
+// failed NewStore; Run should have returned first.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		if s.collapse != nil {
+			s.collapse.close()
+		}
+		if s.l1 != nil {
+			s.l1.close()
+		}
+		s.metrics.unregister()
+	})
+	return nil
+}
+
+// Lookup returns the entry stored for the request whose primary key is primary, and the layer
+// that held it. variantOf gets the Vary names recorded for primary (lower-case, sorted; nil for
+// none; it must not change them) and returns the request's variant key, which must carry the
+// same tenant tag. On a miss it returns nil and Miss. Lookup fails only for invalid keys
+// (ErrInvalid); Redis failures degrade it to the L1. It may call variantOf twice.
+func (s *Store) Lookup(ctx context.Context, primary string, variantOf func(vary []string) string) (*Entry, Layer, error) {
+	tenant, pr, err := splitKey(primary)
+	if err != nil {
+		return nil, Miss, err
+	}
+	now := s.now()
+	trusted := s.l1Trusted()
+	var rec *item
+	if trusted {
+		var e *Entry
+		if e, rec, err = s.fromL1(tenant, primary, variantOf, now); e != nil || err != nil {
+			return s.answer(tenant, primary, e, L1, err)
+		}
+	}
+	if s.l2 != nil {
+		e, err := s.fromL2(ctx, tenant, pr, primary, rec, variantOf, now, trusted)
+		switch {
+		case err == nil && e != nil:
+			return s.answer(tenant, primary, e, L2, nil)
+		case err == nil:
+			return s.answer(tenant, primary, nil, Miss, nil)
+		case errors.Is(err, ErrInvalid):
+			return nil, Miss, err
+		}
+		// Redis failed: serve the L1 below, if allowed.
+	}
+	if !trusted && s.cfg.degradedL1() {
+		e, _, err := s.fromL1(tenant, primary, variantOf, now)
+		return s.answer(tenant, primary, e, L1, err)
+	}
+	return s.answer(tenant, primary, nil, Miss, nil)
+}
+
+// answer counts a Lookup's result and samples hits for the hot-key counter.
+func (s *Store) answer(tenant, primary string, e *Entry, layer Layer, err error) (*Entry, Layer, error) {
+	if err != nil {
+		return nil, Miss, err
+	}
+	if e == nil {
+		layer = Miss
+	} else if s.hot != nil && (s.cfg.HotSampleRate == 1 || rand.IntN(s.cfg.HotSampleRate) == 0) {
+		select {
+		case s.hot <- hotSample{tenant: tenant, primary: primary}:
+		default: // the worker is behind (or not running): drop the sample
+		}
+	}
+	s.metrics.byLayer[layer].Inc()
+	return e, layer, nil
+}
+
+// fromL1 returns the entry the L1 holds for the request, if any, and the primary's vary record,
+// if the L1 holds it.
+func (s *Store) fromL1(tenant, primary string, variantOf func([]string) string, now time.Time) (*Entry, *item, error) {
+	rec := s.l1.vary(primary, now)
+	if rec == nil {
+		return nil, nil, nil
+	}
+	variant, err := variantKey(tenant, variantOf(rec.names))
+	if err != nil {
+		return nil, nil, err
+	}
+	return s.l1.entry(rec, variant, now), rec, nil
+}
+
+// fromL2 reads the entry for the request from Redis and, if trusted, copies it into the L1. rec
+// is the primary's vary record in the L1, if any: its names are the guess.
+func (s *Store) fromL2(ctx context.Context, tenant, pr, primary string, rec *item, variantOf func([]string) string, now time.Time, trusted bool) (*Entry, error) {
+	var guess []string
+	if rec != nil {
+		guess = rec.names
+	}
+	variant, err := variantKey(tenant, variantOf(guess))
+	if err != nil {
+		return nil, err
+	}
+	guessNames := joinNames(guess)
+	ep := s.l1.epoch(tenant)
+	var r lookupReply
+	err = s.call(ctx, opLookup, s.cfg.RedisTimeout, func(ctx context.Context) error {
+		var err error
+		r, err = s.l2.lookup(ctx, tenant, pr, guessNames, variant[len(tenant)+1:])
+		return err
+	})
+	if r.corrupt {
+		s.metrics.redisErrors.WithLabelValues(opDecode).Inc()
+		s.logRedis(opDecode, fmt.Errorf("%w: record of %q has a bad id", ErrCorrupt, primary))
+	}
+	if err != nil || !r.found {
+		return nil, err
+	}
+	names := splitNames(r.names)
+	data := r.entry
+	if r.names != guessNames {
+		if variant, err = variantKey(tenant, variantOf(names)); err != nil {
+			return nil, err
+		}
+		err = s.call(ctx, opLookup, s.cfg.RedisTimeout, func(ctx context.Context) error {
+			var err error
+			data, err = s.l2.entry(ctx, tenant, pr, r.gen, r.id, variant[len(tenant)+1:])
+			return err
+		})
+		if err != nil {
+			return nil, err
+		}
+	}
+	if data == nil {
+		return nil, nil
+	}
+	e, err := decodeEntry(data)
+	if err != nil {
+		s.metrics.redisErrors.WithLabelValues(opDecode).Inc()
+		s.logRedis(opDecode, fmt.Errorf("entry of %q: %w", variant, err))
+		return nil, nil
+	}
+	expires := s.expires(e, now)
+	if !now.Before(expires) {
+		return nil, nil
+	}
+	if trusted {
+		s.l1.fill(ep, tenant, primary, r.path, names, r.id, variant, e, now, expires)
+	}
+	return e, nil
+}
+
+// Put stores e, the response for the request whose keys are primary and variant, in both layers
+// until its expiry (see Store). path is what PurgePrefix matches (the request's path, with its
+// query if any). e.Vary must be the names variantOf was (or will be) given for variant; e must
+// not change afterwards. Entries whose expiry has passed, or larger than MaxEntryBytes, are not
+// stored. Put fails only for invalid arguments (ErrInvalid); Redis failures degrade it to the L1.
+func (s *Store) Put(ctx context.Context, primary, variant, path string, e *Entry) error {
+	tenant, pr, err := splitKey(primary)
+	if err != nil {
+		return err
+	}
+	if variant, err = variantKey(tenant, variant); err != nil {
+		return err
+	}
+	if err := checkEntry(path, e); err != nil {
+		return err
+	}
+	if e.Size() > s.cfg.MaxEntryBytes {
+		return nil
+	}
+	now := s.now()
+	expires := s.expires(e, now)
+	ttl := expires.Sub(now)
+	if ttl < time.Millisecond {
+		return nil
+	}
+	ep := s.l1.epoch(tenant)
+	var id uint64
+	if s.l2 != nil {
+		a := putArgs{
+			tenant: tenant, pr: pr, vr: variant[len(tenant)+1:], names: joinNames(e.Vary),
+			newID: randomID(), path: path, tags: e.Tags, data: appendEntry(nil, e),
+			ttlMillis: ttl.Milliseconds(), maxKeys: s.cfg.MaxKeysPerTenant,
+		}
+		_ = s.call(ctx, opPut, s.cfg.RedisTimeout, func(ctx context.Context) error {
+			var err error
+			id, _, err = s.l2.put(ctx, a)
+			return err
+		})
+	}
+	if id == 0 {
+		// No L2: the L1 record keeps its id if its names match, else gets a new one.
+		if rec := s.l1.vary(primary, now); rec != nil && slices.Equal(rec.names, e.Vary) {
+			id = rec.id
+		} else {
+			id = randomID()
+		}
+	}
+	s.l1.fill(ep, tenant, primary, path, slices.Clip(e.Vary), id, variant, e, now, expires)
+	return nil
+}
+
+// expires returns when e stops being kept: at the end of its freshness plus its stale windows
+// plus StaleRetention, at most MaxTTL after its ResponseTime (now if that is unset). It depends
+// on e alone, so both layers and every replica agree.
+func (s *Store) expires(e *Entry, now time.Time) time.Time {
+	window := max(e.StaleWhileRevalidate, e.StaleIfError, 0)
+	if e.MustRevalidate {
+		window = 0 // never served stale without validation (RFC 9111 §5.2.2.2)
+	}
+	base := e.ResponseTime
+	if base.IsZero() {
+		base = now
+	}
+	// current_age at base is InitialAge (RFC 9111 §4.2.3), so freshness ends Lifetime-InitialAge
+	// after it.
+	return base.Add(min(e.Lifetime-e.InitialAge+window+s.cfg.StaleRetention, s.cfg.MaxTTL))
+}
+
+// HotKeys returns up to n primary keys of tenantTag with the most sampled hits recently (counts
+// halve every HotHalfLife), hottest first. It needs Redis; errors are returned.
+func (s *Store) HotKeys(ctx context.Context, tenantTag string, n int) ([]string, error) {
+	if err := checkTenant(tenantTag); err != nil {
+		return nil, err
+	}
+	if s.l2 == nil || n <= 0 {
+		return nil, nil
+	}
+	var keys []string
+	err := s.call(ctx, opHot, s.cfg.PurgeTimeout, func(ctx context.Context) error {
+		var err error
+		keys, err = s.l2.hotKeys(ctx, tenantTag, n)
+		return err
+	})
+	return keys, err
+}
+
+// countHot is Run's hot-key worker: it adds the sampled hits to Redis, a batch at a time.
+func (s *Store) countHot(ctx context.Context) {
+	if s.hot == nil {
+		return
+	}
+	type key struct{ tenant, primary string }
+	counts := map[key]int{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case h := <-s.hot:
+			counts[key(h)]++
+		}
+	drain:
+		for len(counts) < 64 {
+			select {
+			case h := <-s.hot:
+				counts[key(h)]++
+			default:
+				break drain
+			}
+		}
+		for k, n := range counts {
+			_ = s.call(ctx, opHot, 5*s.cfg.RedisTimeout, func(ctx context.Context) error {
+				return s.l2.hit(ctx, k.tenant, k.primary, n*s.cfg.HotSampleRate, s.cfg.HotMaxKeys, s.cfg.HotHalfLife.Milliseconds())
+			})
+			delete(counts, k)
+		}
+	}
+}
+
+// call runs fn against Redis through the circuit breaker, bounded by timeout (if positive), and
+// counts and logs its failure.
+func (s *Store) call(ctx context.Context, op string, timeout time.Duration, fn func(context.Context) error) error {
+	if s.breaker.State() == gobreaker.StateOpen {
+		// Before any allocation: an open breaker must cost next to nothing.
+		s.metrics.redisErrors.WithLabelValues(op).Inc()
+		return errBreakerOpen
+	}
+	parent := ctx
+	if timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	called := false
+	start := time.Now()
+	_, err := s.breaker.Execute(func() (struct{}, error) {
+		called = true
+		err := fn(ctx)
+		if err != nil && parent.Err() != nil {
+			err = callerGone{err}
+		}
+		return struct{}{}, err
+	})
+	if called {
+		s.metrics.redisDuration.WithLabelValues(op).Observe(time.Since(start).Seconds())
+	}
+	if err == nil {
+		return nil
+	}
+	switch {
+	case errors.Is(err, gobreaker.ErrOpenState):
+		err = errBreakerOpen
+	case errors.Is(err, gobreaker.ErrTooManyRequests):
+		err = errBreakerProbing
+	case !errors.As(err, new(callerGone)):
+		s.logRedis(op, err)
+	}
+	s.metrics.redisErrors.WithLabelValues(op).Inc()
+	return err
+}
+
+// logRedis logs a Redis failure, at most one every 10s: the metric counts them all.
+func (s *Store) logRedis(op string, err error) {
+	now := time.Now().UnixNano()
+	last := s.lastLog.Load()
+	if now-last < int64(10*time.Second) || !s.lastLog.CompareAndSwap(last, now) {
+		return
+	}
+	s.log.Warn("cache: redis call failed; serving from the in-process cache (further failures logged at most every 10s)",
+		slog.String("op", op), slog.Any("error", err))
+}
+
+// splitKey splits a primary or variant key into its tenant tag and the rest.
+func splitKey(key string) (tenant, rest string, err error) {
+	tenant, rest, ok := strings.Cut(key, ":")
+	if !ok || rest == "" {
+		return "", "", fmt.Errorf("%w: key %q is not <tenant tag>:<hash>", ErrInvalid, key)
+	}
+	if len(key) > maxKeyBytes {
+		return "", "", fmt.Errorf("%w: key of %d bytes above %d", ErrInvalid, len(key), maxKeyBytes)
+	}
+	if err := checkTenant(tenant); err != nil {
+		return "", "", err
+	}
+	return tenant, rest, nil
+}
+
+// variantKey checks that variant is a key of tenant.
+func variantKey(tenant, variant string) (string, error) {
+	t, _, err := splitKey(variant)
+	if err != nil {
+		return "", err
+	}
+	if t != tenant {
+		return "", fmt.Errorf("%w: variant key %q is not of tenant %q", ErrInvalid, variant, tenant)
+	}
+	return variant, nil
+}
+
+// checkTenant accepts tenant tags of 1 to 64 letters, digits, '-' and '_' (the policy makes
+// them 16 hex digits): nothing that could break a key's hash tag.
+func checkTenant(tenant string) error {
+	if tenant == "" || len(tenant) > 64 {
+		return fmt.Errorf("%w: tenant tag %q is empty or longer than 64 bytes", ErrInvalid, tenant)
+	}
+	for i := 0; i < len(tenant); i++ {
+		c := tenant[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return fmt.Errorf("%w: tenant tag %q has byte %q", ErrInvalid, tenant, c)
+		}
+	}
+	return nil
+}
+
+// checkEntry checks what Put indexes and what the codec bounds.
+func checkEntry(path string, e *Entry) error {
+	switch {
+	case e == nil:
+		return fmt.Errorf("%w: nil entry", ErrInvalid)
+	case len(path) > maxPathBytes || strings.IndexByte(path, 0) >= 0:
+		return fmt.Errorf("%w: path of %d bytes (at most %d, no NUL)", ErrInvalid, len(path), maxPathBytes)
+	case e.Status < 100 || e.Status > 999:
+		return fmt.Errorf("%w: status %d", ErrInvalid, e.Status)
+	case len(e.Header) > maxHeaderFields:
+		return fmt.Errorf("%w: %d header fields, at most %d", ErrInvalid, len(e.Header), maxHeaderFields)
+	case len(e.Vary) > maxVaryNames:
+		return fmt.Errorf("%w: %d Vary names, at most %d", ErrInvalid, len(e.Vary), maxVaryNames)
+	case len(e.Tags) > maxTags:
+		return fmt.Errorf("%w: %d tags, at most %d", ErrInvalid, len(e.Tags), maxTags)
+	}
+	for _, v := range e.Vary {
+		if v == "" || strings.ContainsAny(v, ",\x00") {
+			return fmt.Errorf("%w: Vary name %q", ErrInvalid, v)
+		}
+	}
+	for _, t := range e.Tags {
+		if err := checkTag(t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkTag(tag string) error {
+	if tag == "" || len(tag) > maxTagBytes || strings.IndexByte(tag, 0) >= 0 {
+		return fmt.Errorf("%w: tag %q (1 to %d bytes, no NUL)", ErrInvalid, tag, maxTagBytes)
+	}
+	return nil
+}
+
+func joinNames(names []string) string { return strings.Join(names, ",") }
+
+func splitNames(s string) []string {
+	if s == "" {
+		return nil
+	}
+	return strings.Split(s, ",")
+}
+
+// randomID returns a random non-zero id for a vary record.
+func randomID() uint64 {
+	for {
+		if id := rand.Uint64(); id != 0 {
+			return id
+		}
+	}
+}
+
+// randomHex returns n random bytes in hex.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = crand.Read(b) // never fails (crypto/rand documents it)
+	return hex.EncodeToString(b)
+}
+
+// honoursContext reports whether client applies context deadlines to its socket I/O. Clients of
+// other types are trusted.
+func honoursContext(client redis.UniversalClient) bool {
+	switch c := client.(type) {
+	case *redis.Client:
+		return c.Options().ContextTimeoutEnabled
+	case *redis.ClusterClient:
+		return c.Options().ContextTimeoutEnabled
+	}
+	return true
+}
+
+// callerGone marks an error of a call whose caller cancelled or timed out its own context, so
+// the breaker ignores it.
+type callerGone struct{ err error }
+
+func (e callerGone) Error() string { return e.err.Error() }
+func (e callerGone) Unwrap() error { return e.err }
+
+// isExcluded tells the breaker which errors say nothing about Redis's health.
+func isExcluded(err error) bool {
+	return errors.As(err, new(callerGone)) || redis.HasErrorPrefix(err, "NOSCRIPT")
+}
+
+// isHealthyReply reports an error reply from a Redis that works (a script error, WRONGTYPE):
+// not a reason to open the breaker. Replies that say the server cannot serve are not healthy.
+func isHealthyReply(err error) bool {
+	var re redis.Error
+	if !errors.As(err, &re) {
+		return false
+	}
+	for _, p := range []string{"LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "BUSY", "READONLY", "OOM", "max number of clients"} {
+		if redis.HasErrorPrefix(err, p) {
+			return false
+		}
+	}
+	return true
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
