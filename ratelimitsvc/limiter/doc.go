@@ -20,8 +20,8 @@
 // charged, then a count and a last-admit time for each of N+1 sub-windows of window/N (a ring,
 // packed with Redis Lua's struct library, or the script's pure-Lua fallback on Redis-protocol
 // servers without it, such as sluice dev's embedded miniredis). A request is counted against
-// the N most recent sub-windows, which lie wholly inside the window, plus the one straddling the window's start, counted in full
-// until its last admitted hit has left the window. So:
+// the N most recent sub-windows, which lie wholly inside the window, plus the one straddling
+// the window's start, counted in full until its last admitted hit has left the window. So:
 //
 //   - no span of length window ever holds more than Limit admitted hits (tolerance 0; the
 //     weighted two-window counter lets up to 2*Limit through against a burst at the end of a
