@@ -171,6 +171,11 @@ type Exchange struct {
 	reqBodyMode BodyMode // current request body mode (config, protocol_config, overrides)
 	resBodyMode BodyMode
 	dropped     []string // actions ignored as invalid, for one log line
+
+	// extend sends override_message_timeout on the stream at once; nil when
+	// the stream cannot (observability mode, tests building an Exchange).
+	extend   func(time.Duration) bool
+	extended Phase // phase in which extend was used (Envoy honours one per state)
 }
 
 type keyValue struct{ key, value any }
@@ -313,6 +318,25 @@ func (x *Exchange) Respond(status int, headers Headers, body []byte) {
 		body = nil
 	}
 	x.reply.immediate = &immediate{status: status, headers: headers, body: body}
+}
+
+// ExtendMessageTimeout asks Envoy to wait up to d (instead of the filter's
+// message_timeout, default 200 ms) for the reply to the current message, by
+// sending ProcessingResponse.override_message_timeout right away. Envoy
+// honours it once per message, only when 1 ms <= d <= the filter's
+// max_message_timeout (default 0: disabled; envoy.yaml sets 2s), and
+// otherwise ignores it (Filter::onNewTimeout). It reports whether the
+// override was sent; a hook that blocks must still bound its wait, by d when
+// true and below message_timeout when false, as Envoy gives no answer.
+func (x *Exchange) ExtendMessageTimeout(d time.Duration) bool {
+	if x.extend == nil || x.phase == PhaseDone || x.phase == 0 || x.extended == x.phase || d < time.Millisecond {
+		return false
+	}
+	if !x.extend(d) {
+		return false
+	}
+	x.extended = x.phase
+	return true
 }
 
 // Responded reports whether a stage called Respond on this stream, and which.

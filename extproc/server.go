@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // ServiceName is the gRPC service Envoy calls (and health-checks).
@@ -31,6 +33,15 @@ func (s *Server) Register(g grpc.ServiceRegistrar) {
 // once.
 func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 	st := s.newStream(ps.Context())
+	st.x.extend = func(d time.Duration) bool {
+		if st.observability {
+			return false
+		}
+		// Sent before the hook's reply on the same goroutine: Envoy restarts
+		// its message timer and keeps waiting for the reply
+		// (ProcessingResponse.override_message_timeout).
+		return ps.Send(&extprocv3.ProcessingResponse{OverrideMessageTimeout: durationpb.New(d)}) == nil
+	}
 	err := st.serve(ps)
 	st.done()
 	return s.finish(st, err)

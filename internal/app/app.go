@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/admin"
 	"github.com/sluicehq/sluice/internal/config"
@@ -46,6 +47,7 @@ type App struct {
 	lim      *limiter.Limiter
 	RLS      *ratelimitsvc.Service
 	ExtProc  *extproc.Server
+	Cache    *cachefilter.Store // nil when cache.enabled is false
 	reloader *ratelimitsvc.Reloader
 	health   *health.Server
 	grpc     *grpc.Server
@@ -106,7 +108,21 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		a.redisOK.Store(true)
 	}
 
-	if a.ExtProc, err = extproc.New(cfg.ExtProc, opts.Tiers, a.Registry, log, opts.Stages...); err != nil {
+	stages := opts.Stages
+	if cfg.Cache.Enabled == nil || *cfg.Cache.Enabled {
+		// The cache stage goes first among the extra stages: extproc.New
+		// runs identity → WithStages… → metrics, so the cache sees the
+		// tenant and metrics see cached answers.
+		if a.Cache, err = cachefilter.NewStore(cfg.Cache.Store, a.rdb, cfg.Redis.KeyPrefix, a.Registry, log, nil); err != nil {
+			return a, fmt.Errorf("app: cache store: %w", err)
+		}
+		stage, err := cachefilter.NewStage(cfg.Cache.Config, a.Cache, log, nil)
+		if err != nil {
+			return a, fmt.Errorf("app: cache: %w", err)
+		}
+		stages = append([]extproc.Option{extproc.WithStages(stage)}, stages...)
+	}
+	if a.ExtProc, err = extproc.New(cfg.ExtProc, opts.Tiers, a.Registry, log, stages...); err != nil {
 		return a, fmt.Errorf("app: extproc: %w", err)
 	}
 
@@ -130,6 +146,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	a.admin = admin.New(log)
 	a.admin.Handle("GET /metrics", metrics.Handler(a.Registry))
 	a.admin.Handle("GET /debug/ratelimit", a.RLS.DebugHandler())
+	if a.Cache != nil {
+		a.admin.Handle("POST /cache/purge", cachefilter.PurgeHandler(cfg.Cache.Config, a.Cache, cfg.Cache.Store.PurgeTimeout+time.Second))
+	}
 	a.admin.AddCheck("ratelimit_rules", a.RLS.Ready)
 	a.admin.AddCheck("redis", a.redisReady)
 
@@ -193,6 +212,9 @@ func (a *App) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return a.admin.Serve(gctx, a.adminLn, a.cfg.Server.ShutdownGrace) })
+	if a.Cache != nil {
+		g.Go(func() error { return a.Cache.Run(gctx) })
+	}
 	if a.reloader != nil && *a.cfg.RateLimit.Watch {
 		g.Go(func() error { return a.reloader.Run(gctx) })
 	}
@@ -209,6 +231,10 @@ func (a *App) Close() error {
 	}
 	if a.adminLn != nil {
 		_ = a.adminLn.Close()
+	}
+	if a.Cache != nil {
+		errs = append(errs, a.Cache.Close())
+		a.Cache = nil
 	}
 	if a.lim != nil {
 		errs = append(errs, a.lim.Close())

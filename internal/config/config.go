@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/redisconn"
 	"github.com/sluicehq/sluice/ratelimitsvc"
@@ -28,6 +29,17 @@ type Config struct {
 	Redis     redisconn.Config    `yaml:"redis"`
 	RateLimit ratelimitsvc.Config `yaml:"ratelimit"`
 	ExtProc   extproc.Config      `yaml:"extproc"`
+	Cache     Cache               `yaml:"cache"`
+}
+
+// Cache is the `cache` section: the response cache's policy (the fields of
+// cachefilter.Config, inline) and its storage under `cache.store`
+// (cachefilter.StoreConfig). The cache uses the `redis` section's client and
+// key prefix. Enabled (default true) adds the cache stage to the ext_proc
+// pipeline; false leaves it out entirely.
+type Cache struct {
+	cachefilter.Config `yaml:",inline"`
+	Store              cachefilter.StoreConfig `yaml:"store"`
 }
 
 // Server holds the listen addresses and process-level settings.
@@ -114,6 +126,8 @@ func (c Config) WithDefaults() Config {
 	c.Redis = c.Redis.WithDefaults()
 	c.RateLimit = c.RateLimit.WithDefaults()
 	c.ExtProc = c.ExtProc.WithDefaults()
+	c.Cache.Config = c.Cache.Config.WithDefaults()
+	c.Cache.Store = c.Cache.Store.WithDefaults()
 	return c
 }
 
@@ -132,7 +146,7 @@ func (c Config) Validate() error {
 	if c.Log.Format != "json" && c.Log.Format != "text" {
 		errs = append(errs, fmt.Errorf("log: format %q must be json or text", c.Log.Format))
 	}
-	errs = append(errs, c.Redis.Validate(), c.RateLimit.Validate(), c.ExtProc.Validate())
+	errs = append(errs, c.Redis.Validate(), c.RateLimit.Validate(), c.ExtProc.Validate(), c.Cache.Config.Validate(), c.Cache.Store.Validate())
 	return errors.Join(errs...)
 }
 

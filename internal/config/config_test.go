@@ -23,6 +23,12 @@ func TestParseAndValidate(t *testing.T) {
 				t.Errorf("parsed: %+v", c)
 			}
 		}},
+		{name: "cache section", yaml: "cache:\n  enabled: false\n  max_object_bytes: 2048\n  store:\n    l1_max_bytes: 4096\n    redis_timeout: 30ms\n", check: func(t *testing.T, c Config) {
+			if *c.Cache.Enabled || c.Cache.MaxObjectBytes != 2048 || c.Cache.Store.L1MaxBytes != 4096 || c.Cache.Store.RedisTimeout != 30*time.Millisecond {
+				t.Errorf("cache: %+v", c.Cache)
+			}
+		}},
+		{name: "bad cache policy", yaml: "cache:\n  heuristic_fraction: 2\n", wantErr: "heuristic_fraction"},
 		{name: "unknown key names its line", yaml: "server:\n  grpc_adr: x\n", wantErr: "line 2: field grpc_adr not found"},
 		{name: "wrong type", yaml: "ratelimit:\n  timeout: [1]\n", wantErr: "line 2"},
 		{name: "bad header format", yaml: "ratelimit:\n  headers: fancy\n", wantErr: `headers "fancy"`},

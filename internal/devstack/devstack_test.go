@@ -81,6 +81,10 @@ func (s *stack) get(t *testing.T, path string, hdr ...string) (*http.Response, s
 	t.Helper()
 	req, _ := http.NewRequest("GET", s.URL()+path, nil)
 	for i := 0; i+1 < len(hdr); i += 2 {
+		if strings.EqualFold(hdr[i], "host") {
+			req.Host = hdr[i+1]
+			continue
+		}
 		req.Header.Set(hdr[i], hdr[i+1])
 	}
 	resp, err := s.client.Do(req)

@@ -1,0 +1,445 @@
+package cachefilter
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/sluicehq/sluice/extproc"
+)
+
+// Stage is the response cache in the ext_proc pipeline (extproc.WithStages).
+// It must run after the identity stage, whose Exchange.Tenant is part of
+// every key; extproc.New always puts identity first. Per request it follows
+// the steps listed at the top of policy.go:
+//
+//   - request headers: CheckRequest, Lookup, Evaluate. A fresh hit (or a
+//     stale one within stale-while-revalidate while another request
+//     refreshes it) is answered with an ImmediateResponse (Envoy sends it
+//     through the encoder filters, compressors included); only-if-cached
+//     without a usable entry gets a 504. A miss joins the Store's collapse:
+//     the leader goes upstream, followers wait (extending Envoy's
+//     message_timeout with override_message_timeout when allowed) and are
+//     answered from the leader's entry. Validation replaces the client's
+//     If-None-Match/If-Modified-Since with the entry's validators.
+//   - response headers: a 304 to Sluice's validation freshens the entry and
+//     the response is replaced (a response-phase ImmediateResponse, which
+//     Envoy and the emulator accept for any message: ext_proc.proto
+//     ProcessingResponse.immediate_response); a 5xx is replaced by the stale
+//     entry when ServeStaleOnError allows; a storable response asks for its
+//     body (mode_override BUFFERED) only when it will be stored; unsafe
+//     methods answered 2xx/3xx invalidate (RFC 9111 §4.4) and purge tags.
+//   - response body: the entry is stored and the collapse completed.
+//   - done: a leader whose stream died releases its followers.
+//
+// Every Store failure fails open: the request is forwarded or answered as
+// if there were no cache. Stage is safe for concurrent use.
+type Stage struct {
+	cfg   Config
+	store *Store
+	log   *slog.Logger
+	now   func() time.Time
+}
+
+var (
+	_ extproc.RequestHeadersHook  = (*Stage)(nil)
+	_ extproc.ResponseHeadersHook = (*Stage)(nil)
+	_ extproc.ResponseBodyHook    = (*Stage)(nil)
+	_ extproc.DoneHook            = (*Stage)(nil)
+)
+
+// Waits of the stage, bounded by Envoy's message timeouts.
+const (
+	// followerWait bounds a collapsed follower's wait for its leader when
+	// Envoy accepted override_message_timeout for it (envoy.yaml's
+	// max_message_timeout is 2s).
+	followerWait = time.Second
+	// shortWait bounds waits Envoy's message_timeout (default 200 ms) must
+	// cover when the timeout could not be extended.
+	shortWait = 150 * time.Millisecond
+	// invalidateWait bounds an invalidation after an unsafe request, with
+	// the message timeout extended to invalidateWait+extendSlack.
+	invalidateWait = 1500 * time.Millisecond
+	extendSlack    = 300 * time.Millisecond
+)
+
+// NewStage returns the cache stage. cfg is defaulted and validated; store
+// must outlive the ext_proc server. log may be nil; now nil is time.Now.
+func NewStage(cfg Config, store *Store, log *slog.Logger, now func() time.Time) (*Stage, error) {
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if store == nil {
+		return nil, errors.New("cachefilter: stage needs a store")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if now == nil {
+		now = time.Now
+	}
+	return &Stage{cfg: cfg, store: store, log: log, now: now}, nil
+}
+
+// Name implements extproc.Stage.
+func (s *Stage) Name() string { return "cache" }
+
+type stateKey struct{}
+
+// state is one request's cache state, kept on the Exchange.
+type state struct {
+	req     Request
+	route   RoutePolicy
+	primary string
+	d       Decision
+	entry   *Entry // entry being validated or refreshed, or nil
+	layer   Layer
+
+	flight    string // collapse key this request leads; "" when not a leader
+	collapsed bool   // waited for another request's fetch
+	unsafe    bool   // unsafe method: invalidate after a 2xx/3xx
+	lookup    bool   // the request went through the lookup (cache headers apply)
+	validate  bool   // forwarded with the entry's validators
+	store     bool   // Storable may store the response
+	pending   *Entry // entry waiting for its body
+	body      []byte
+}
+
+// RequestHeaders implements extproc.RequestHeadersHook.
+func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
+	now := s.now()
+	req := Request{
+		Method: x.Method, Scheme: x.Scheme, Authority: x.Authority, Path: x.Path,
+		Header: fromExt(x.RequestHeaders), Tenant: x.Tenant, Time: now,
+	}
+	st := &state{req: req, route: s.cfg.Route(req.Path)}
+	x.Set(stateKey{}, st)
+	if unsafeMethod(req.Method) {
+		st.unsafe = true
+		return nil
+	}
+	if !st.route.Enabled {
+		return nil
+	}
+	rp := CheckRequest(req)
+	st.lookup = true
+	st.store = rp.Store
+	if !rp.Lookup {
+		st.d = Decision{Action: ActionBypass, Fwd: rp.Fwd, Reason: rp.Reason}
+		return nil
+	}
+	st.primary = PrimaryKey(req, st.route)
+	e, layer, err := s.store.Lookup(ctx, st.primary, func(vary []string) string {
+		return VariantKey(st.primary, vary, req.Header)
+	})
+	if err != nil {
+		s.log.Warn("cache lookup failed; forwarding", "err", err)
+		st.lookup, st.store = false, false
+		return nil
+	}
+	st.layer = layer
+	st.d = Evaluate(req, e, now)
+	switch st.d.Action {
+	case ActionHit:
+		s.serve(x, st, e, now)
+		return nil
+	case ActionGatewayTimeout:
+		x.Respond(504, extproc.Headers{{Name: "x-cache", Value: XCacheMiss}, {Name: "cache-control", Value: "no-store"}}, nil)
+		return nil
+	case ActionStale:
+		// One request refreshes (the collapse leader, forwarded with the
+		// entry's validators); the others are served the stale entry now.
+		if st.store {
+			if leader, _ := s.join(st); leader {
+				st.entry = e
+				s.revalidate(x, st)
+				return nil
+			}
+		}
+		s.serve(x, st, e, now)
+		return nil
+	case ActionValidate:
+		st.entry = e
+	}
+	if !st.store {
+		if st.entry != nil {
+			s.revalidate(x, st)
+		}
+		return nil
+	}
+	if leader, wait := s.join(st); !leader && s.follow(ctx, x, st, wait) {
+		return nil
+	}
+	if st.entry != nil {
+		s.revalidate(x, st)
+	}
+	return nil
+}
+
+// join joins the collapse of st's primary key and reports whether st leads
+// it. Followers of different Vary variants share a flight and check the
+// leader's entry against their own variant (follow).
+func (s *Stage) join(st *state) (bool, func(context.Context) (*Entry, bool)) {
+	leader, wait := s.store.Collapse(st.primary)
+	if leader {
+		st.flight = st.primary
+	}
+	return leader, wait
+}
+
+// follow waits for the leader of st's flight and serves its entry when it
+// answers this request; it reports whether it did.
+func (s *Stage) follow(ctx context.Context, x *extproc.Exchange, st *state, wait func(context.Context) (*Entry, bool)) bool {
+	limit := shortWait
+	if x.ExtendMessageTimeout(followerWait + extendSlack) {
+		limit = followerWait
+	}
+	wctx, cancel := context.WithTimeout(ctx, limit)
+	e, ok := wait(wctx)
+	cancel()
+	st.collapsed = true
+	if !ok || e == nil {
+		return false
+	}
+	if len(e.Vary) > 0 {
+		// The leader's variant may not be this request's: look it up again.
+		var err error
+		e, _, err = s.store.Lookup(ctx, st.primary, func(vary []string) string {
+			return VariantKey(st.primary, vary, st.req.Header)
+		})
+		if err != nil || e == nil {
+			return false
+		}
+	}
+	now := s.now()
+	d := Evaluate(st.req, e, now)
+	if !d.Serves() {
+		return false
+	}
+	st.d, st.layer = d, L1
+	s.serve(x, st, e, now)
+	return true
+}
+
+// revalidate forwards the request with e's validators instead of the
+// client's (ConditionalHeaders).
+func (s *Stage) revalidate(x *extproc.Exchange, st *state) {
+	cond := ConditionalHeaders(st.entry)
+	if len(cond) == 0 {
+		st.entry = nil // nothing to validate with: an ordinary fetch
+		return
+	}
+	for _, name := range ConditionalFields {
+		x.RemoveRequestHeader(name)
+	}
+	for _, h := range cond {
+		x.SetRequestHeader(h.Name, h.Value)
+	}
+	st.validate = true
+}
+
+// serve answers from e with the decision in st.d.
+func (s *Stage) serve(x *extproc.Exchange, st *state, e *Entry, now time.Time) {
+	cs, _ := st.d.CacheStatus()
+	cs.Collapsed = st.collapsed
+	result := st.d.XCache()
+	s.respond(x, st, e, now, st.d.Status, cs, XCacheValue(result, layerName(st.layer)))
+}
+
+func (s *Stage) respond(x *extproc.Exchange, st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) {
+	var body []byte
+	if status != 304 && st.req.Method != "HEAD" {
+		body = e.Body
+	}
+	x.Respond(status, toExt(ServeHeaders(e, now, status, cs, xcache)), body)
+}
+
+func layerName(l Layer) string {
+	if l == Miss {
+		return ""
+	}
+	return strings.ToUpper(l.String())
+}
+
+// ResponseHeaders implements extproc.ResponseHeadersHook.
+func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error {
+	st, _ := x.Get(stateKey{}).(*state)
+	if st == nil {
+		return nil
+	}
+	status := x.ResponseStatus
+	header := fromExt(x.ResponseHeaders)
+	if st.unsafe {
+		s.invalidate(ctx, x, st, status, header)
+		return nil
+	}
+	if !st.lookup {
+		return nil
+	}
+	now := s.now()
+	cs, _ := st.d.CacheStatus()
+	cs.FwdStatus, cs.Collapsed = status, st.collapsed
+
+	if st.validate && status == 304 {
+		fresh, store, _ := Freshen(st.req, st.entry, header, now, st.route)
+		if fresh != nil {
+			if store {
+				s.put(ctx, st, fresh)
+			}
+			s.complete(st, fresh)
+			code := fresh.Status
+			if NotModified(st.req, fresh, now) {
+				code = 304
+			}
+			cs.Stored, cs.TTL, cs.HasTTL = store, fresh.Lifetime-fresh.Age(now), true
+			s.respond(x, st, fresh, now, code, cs, XCacheRevalidated)
+			return nil
+		}
+	}
+	if st.entry != nil && status >= 500 && ServeStaleOnError(st.req, st.entry, now, status) {
+		s.complete(st, nil)
+		cs = CacheStatus{Hit: true, Fwd: FwdStale, FwdStatus: status, TTL: st.entry.Lifetime - st.entry.Age(now), HasTTL: true}
+		s.respond(x, st, st.entry, now, st.entry.Status, cs, XCacheValue(XCacheStale, layerName(st.layer)))
+		return nil
+	}
+	if st.store {
+		if e, ok, _ := Storable(st.req, status, header, now, st.route); ok {
+			n := contentLength(header)
+			switch {
+			case n == 0:
+				// No body will follow (Envoy sends no body message for it).
+				s.put(ctx, st, &e)
+				s.complete(st, &e)
+				cs.Stored = true
+			case n > 0 && (st.route.MaxObjectBytes == 0 || n <= int64(st.route.MaxObjectBytes)):
+				x.WantResponseBody(extproc.BodyBuffered)
+				st.pending = &e
+				cs.Stored = true
+			case n < 0:
+				// Unknown length: BUFFERED_PARTIAL, because an oversize
+				// BUFFERED response body is a 500 in Envoy while a partial
+				// buffer is sent as it is (end_of_stream false) and the
+				// rest passes through; such a body is then not stored.
+				x.WantResponseBody(extproc.BodyBufferedPartial)
+				st.pending = &e
+			}
+		}
+	}
+	if st.pending == nil {
+		s.complete(st, nil)
+	}
+	xcache := st.d.XCache()
+	if st.d.Action == ActionStale || st.d.Action == ActionValidate {
+		xcache = XCacheMiss
+	}
+	x.SetResponseHeader("cache-status", AppendCacheStatus(strings.Join(x.ResponseHeaders.Values("cache-status"), ", "), cs))
+	x.SetResponseHeader("x-cache", xcache)
+	return nil
+}
+
+// ResponseBody implements extproc.ResponseBodyHook.
+func (s *Stage) ResponseBody(ctx context.Context, x *extproc.Exchange, body []byte, endOfStream bool) error {
+	st, _ := x.Get(stateKey{}).(*state)
+	if st == nil || st.pending == nil {
+		return nil
+	}
+	if max := st.route.MaxObjectBytes; max > 0 && len(st.body)+len(body) > max {
+		st.pending, st.body = nil, nil
+		s.complete(st, nil)
+		return nil
+	}
+	st.body = append(st.body, body...)
+	if !endOfStream {
+		if x.ResponseBodyMode() == extproc.BodyBufferedPartial {
+			st.pending, st.body = nil, nil // Envoy's buffer filled: incomplete
+			s.complete(st, nil)
+		}
+		return nil
+	}
+	e := st.pending
+	st.pending = nil
+	e.Body, st.body = st.body, nil
+	s.put(ctx, st, e)
+	s.complete(st, e)
+	return nil
+}
+
+// Done implements extproc.DoneHook: a leader that never completed (the
+// stream died, the body never came) releases its followers.
+func (s *Stage) Done(_ context.Context, x *extproc.Exchange) {
+	if st, _ := x.Get(stateKey{}).(*state); st != nil {
+		s.complete(st, nil)
+	}
+}
+
+func (s *Stage) put(ctx context.Context, st *state, e *Entry) {
+	variant := VariantKey(st.primary, e.Vary, st.req.Header)
+	if err := s.store.Put(ctx, st.primary, variant, st.req.Path, e); err != nil {
+		s.log.Warn("cache put failed", "err", err)
+	}
+}
+
+// complete ends st's flight once, handing e (nil: go upstream) to followers.
+func (s *Stage) complete(st *state, e *Entry) {
+	if st.flight == "" {
+		return
+	}
+	s.store.Complete(st.flight, e)
+	st.flight = ""
+}
+
+// invalidate runs RFC 9111 §4.4 and the tag rules after an unsafe request,
+// before the response goes on, so the client's next read sees the change.
+// Failures are logged; the response is never held back by them.
+func (s *Stage) invalidate(ctx context.Context, x *extproc.Exchange, st *state, status int, header []Header) {
+	keys := s.cfg.Invalidations(st.req, status, header)
+	tags := s.cfg.PurgeTags(st.req, status)
+	if len(keys) == 0 && len(tags) == 0 {
+		return
+	}
+	limit := shortWait
+	if x.ExtendMessageTimeout(invalidateWait + extendSlack) {
+		limit = invalidateWait
+	}
+	ictx, cancel := context.WithTimeout(ctx, limit)
+	defer cancel()
+	if err := s.store.Invalidate(ictx, keys...); err != nil {
+		s.log.Warn("cache invalidation failed", "tenant", st.req.Tenant, "err", err)
+	}
+	tenant := TenantTag(st.req.Tenant)
+	for _, tag := range tags {
+		if err := s.store.PurgeTag(ictx, tenant, tag); err != nil {
+			s.log.Warn("cache tag purge failed", "tenant", st.req.Tenant, "tag", tag, "err", err)
+		}
+	}
+}
+
+// fromExt converts Envoy's header list, pseudo-headers dropped.
+func fromExt(h extproc.Headers) []Header {
+	out := make([]Header, 0, len(h))
+	for _, f := range h {
+		if strings.HasPrefix(f.Name, ":") {
+			continue
+		}
+		out = append(out, Header{f.Name, f.Value})
+	}
+	return out
+}
+
+// toExt converts served headers for an ImmediateResponse. Content-Length
+// and Transfer-Encoding are left to Envoy, which frames the local reply's
+// body itself.
+func toExt(h []Header) extproc.Headers {
+	out := make(extproc.Headers, 0, len(h))
+	for _, f := range h {
+		switch f.Name {
+		case "content-length", "transfer-encoding":
+			continue
+		}
+		out = append(out, extproc.Header{Name: f.Name, Value: f.Value})
+	}
+	return out
+}

@@ -1,0 +1,201 @@
+package devstack_test
+
+import (
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/redistest"
+)
+
+// cacheOrigin is an upstream with cacheable responses whose body names the
+// tenant Sluice forwarded, counting the requests that reach it.
+type cacheOrigin struct {
+	*httptest.Server
+	hits atomic.Int64
+	gets atomic.Int64
+	revs atomic.Int64 // conditional requests answered 304
+}
+
+func newCacheOrigin(t *testing.T, delay time.Duration) *cacheOrigin {
+	t.Helper()
+	o := &cacheOrigin{}
+	o.Server = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		o.hits.Add(1)
+		if r.Method != "GET" {
+			w.WriteHeader(http.StatusCreated)
+			return
+		}
+		o.gets.Add(1)
+		time.Sleep(delay)
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Header().Set("ETag", `"v1"`)
+		w.Header().Set("Content-Type", "text/plain")
+		if r.Header.Get("If-None-Match") == `"v1"` {
+			o.revs.Add(1)
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		w.Write([]byte("tenant=" + r.Header.Get("x-sluice-tenant") + " path=" + r.URL.Path))
+	}))
+	t.Cleanup(o.Close)
+	return o
+}
+
+func (s *stack) do(t *testing.T, method, path string, hdr ...string) (*http.Response, string) {
+	t.Helper()
+	if method == "GET" {
+		return s.get(t, path, hdr...)
+	}
+	req, _ := http.NewRequest(method, s.URL()+path, strings.NewReader("x"))
+	for i := 0; i+1 < len(hdr); i += 2 {
+		req.Header.Set(hdr[i], hdr[i+1])
+	}
+	resp, err := s.client.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	resp.Body.Close()
+	return resp, ""
+}
+
+func TestCacheEndToEnd(t *testing.T) {
+	o := newCacheOrigin(t, 0)
+	s := start(t, o.URL, true, nil)
+	acme := []string{"x-tenant-id", "acme"}
+
+	resp, body := s.get(t, "/items", acme...)
+	if resp.StatusCode != 200 || body != "tenant=acme path=/items" || resp.Header.Get("x-cache") != "MISS" {
+		t.Fatalf("first GET: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	resp, body = s.get(t, "/items", acme...)
+	if body != "tenant=acme path=/items" || resp.Header.Get("x-cache") != "HIT-L1" || resp.Header.Get("Age") == "" ||
+		!strings.HasPrefix(resp.Header.Get("Cache-Status"), "sluice; hit") {
+		t.Fatalf("second GET: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+	if got := o.gets.Load(); got != 1 {
+		t.Fatalf("origin GETs %d after a hit, want 1", got)
+	}
+
+	// Tenant isolation: globex never gets acme's entry.
+	if _, body = s.get(t, "/items", "x-tenant-id", "globex"); body != "tenant=globex path=/items" {
+		t.Fatalf("globex got %q", body)
+	}
+
+	// Revalidation: the client asks for validation; Sluice sends the
+	// entry's ETag, the origin answers 304 and the client gets the body.
+	resp, body = s.get(t, "/items", "x-tenant-id", "acme", "cache-control", "no-cache")
+	if resp.StatusCode != 200 || body != "tenant=acme path=/items" || resp.Header.Get("x-cache") != "REVALIDATED" || o.revs.Load() != 1 {
+		t.Fatalf("revalidation: %d %q %v (304s %d)", resp.StatusCode, body, resp.Header, o.revs.Load())
+	}
+	// The client's own conditional request is answered 304 from the cache.
+	before := o.hits.Load()
+	if resp, _ = s.get(t, "/items", "x-tenant-id", "acme", "if-none-match", `"v1"`); resp.StatusCode != 304 || o.hits.Load() != before {
+		t.Fatalf("conditional: %d, origin hits %d → %d", resp.StatusCode, before, o.hits.Load())
+	}
+
+	// POST invalidates the target URI (RFC 9111 §4.4).
+	if resp, _ = s.do(t, "POST", "/items", acme...); resp.StatusCode != 201 {
+		t.Fatalf("POST: %d", resp.StatusCode)
+	}
+	gets := o.gets.Load()
+	if resp, _ = s.get(t, "/items", acme...); resp.Header.Get("x-cache") != "MISS" || o.gets.Load() != gets+1 {
+		t.Fatalf("GET after POST: %v, origin GETs %d → %d", resp.Header, gets, o.gets.Load())
+	}
+}
+
+func TestCacheCollapsing(t *testing.T) {
+	o := newCacheOrigin(t, 100*time.Millisecond)
+	s := start(t, o.URL, true, nil)
+	const n = 100
+	var wg sync.WaitGroup
+	var bad atomic.Int64
+	for range n {
+		wg.Go(func() {
+			req, _ := http.NewRequest("GET", s.URL()+"/hot", nil)
+			req.Header.Set("x-tenant-id", "umbrella")
+			resp, err := s.client.Do(req)
+			if err != nil {
+				bad.Add(1)
+				return
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != "tenant=umbrella path=/hot" {
+				bad.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	if bad.Load() != 0 {
+		t.Errorf("%d of %d requests failed", bad.Load(), n)
+	}
+	if got := o.gets.Load(); got != 1 {
+		t.Errorf("origin GETs %d for %d concurrent requests, want 1", got, n)
+	}
+}
+
+// TestCachePurgeAcrossInstances: two Sluice instances share one Redis
+// prefix; a purge through one's admin API is honoured by the other.
+func TestCachePurgeAcrossInstances(t *testing.T) {
+	o := newCacheOrigin(t, 0)
+	prefix := redistest.Prefix(t)
+	share := func(c *config.Config) { c.Redis.KeyPrefix = prefix }
+	s1 := start(t, o.URL, true, share)
+	s2 := start(t, o.URL, true, share)
+	// The same authority through both gateways (the key includes it).
+	acme := []string{"x-tenant-id", "acme", "host", "api.example.com"}
+	s1.get(t, "/p", acme...)
+	if resp, _ := s2.get(t, "/p", acme...); !strings.HasPrefix(resp.Header.Get("x-cache"), "HIT") {
+		t.Fatalf("second instance: %v", resp.Header)
+	}
+	if o.gets.Load() != 1 {
+		t.Fatalf("origin GETs %d", o.gets.Load())
+	}
+	for _, tt := range []struct {
+		name, body string
+		want       int
+	}{
+		{"bad json", `{`, 400},
+		{"two selectors", `{"tenant":"acme","tag":"t","all":true}`, 400},
+		{"no tenant", `{"all":true}`, 400},
+		{"prefix", `{"tenant":"acme","prefix":"/p"}`, 200},
+	} {
+		resp, err := s1.client.Post(s1.AdminURL()+"/cache/purge", "application/json", strings.NewReader(tt.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != tt.want {
+			t.Errorf("%s: status %d, want %d", tt.name, resp.StatusCode, tt.want)
+		}
+	}
+	if resp, _ := s2.get(t, "/p", acme...); resp.Header.Get("x-cache") != "MISS" || o.gets.Load() != 2 {
+		t.Fatalf("after purge on the first instance, the second answered %v (origin GETs %d)", resp.Header, o.gets.Load())
+	}
+}
+
+// TestCacheRedisDown: with Redis unreachable the cache still answers
+// correctly, from the L1 or by passing requests through.
+func TestCacheRedisDown(t *testing.T) {
+	o := newCacheOrigin(t, 0)
+	s := start(t, o.URL, true, func(c *config.Config) {
+		c.Redis.URL = "redis://127.0.0.1:1/0"
+	})
+	for i := range 3 {
+		resp, body := s.get(t, "/d", "x-tenant-id", "acme")
+		if resp.StatusCode != 200 || body != "tenant=acme path=/d" {
+			t.Fatalf("request %d: %d %q", i, resp.StatusCode, body)
+		}
+	}
+	if _, body := s.get(t, "/d", "x-tenant-id", "globex"); body != "tenant=globex path=/d" {
+		t.Fatalf("globex got %q", body)
+	}
+	t.Logf("origin GETs with Redis down: %d of 4", o.gets.Load())
+}
