@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/internal/redisconn"
 )
 
 // Kinds of invalidation, the first byte of a message after the version.
@@ -375,7 +377,7 @@ func (s *Store) receive(ctx context.Context, ps *redis.PubSub) {
 			return
 		}
 		if err != nil {
-			if isTimeout(err) {
+			if redisconn.IsTimeout(err) {
 				continue // idle: the heartbeat decides whether the connection is alive
 			}
 			s.distrust()

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +18,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/sluicehq/sluice/internal/redisconn"
 )
 
 // Layer is where Lookup found an entry. The zero value is Miss.
@@ -193,7 +194,7 @@ func NewStore(cfg StoreConfig, rdb redis.UniversalClient, keyPrefix string, reg 
 		if _, ok := rdb.(*redis.Ring); ok {
 			return nil, errors.New("cachefilter: a redis.Ring cannot run multi-key scripts; use a Client or a ClusterClient")
 		}
-		if !honoursContext(rdb) {
+		if !redisconn.HonoursContext(rdb) {
 			return nil, errors.New("cachefilter: the redis client must set ContextTimeoutEnabled: true, " +
 				"else go-redis ignores context deadlines on its sockets and redis_timeout cannot bound a call")
 		}
@@ -267,8 +268,8 @@ func NewStore(cfg StoreConfig, rdb redis.UniversalClient, keyPrefix string, reg 
 				s.metrics.breakerOpen.Set(0)
 			}
 		},
-		IsExcluded:   isExcluded,
-		IsSuccessful: func(err error) bool { return err == nil || isHealthyReply(err) },
+		IsExcluded:   redisconn.BreakerExcluded,
+		IsSuccessful: func(err error) bool { return err == nil || redisconn.HealthyReply(err) },
 	})
 	return s, nil
 }
@@ -556,7 +557,7 @@ func (s *Store) call(ctx context.Context, op string, timeout time.Duration, fn f
 		called = true
 		err := fn(ctx)
 		if err != nil && parent.Err() != nil {
-			err = callerGone{err}
+			err = redisconn.CallerGone{Err: err}
 		}
 		return struct{}{}, err
 	})
@@ -571,7 +572,7 @@ func (s *Store) call(ctx context.Context, op string, timeout time.Duration, fn f
 		err = errBreakerOpen
 	case errors.Is(err, gobreaker.ErrTooManyRequests):
 		err = errBreakerProbing
-	case !errors.As(err, new(callerGone)):
+	case !errors.As(err, new(redisconn.CallerGone)):
 		s.logRedis(op, err)
 	}
 	s.metrics.redisErrors.WithLabelValues(op).Inc()
@@ -690,48 +691,4 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = crand.Read(b) // never fails (crypto/rand documents it)
 	return hex.EncodeToString(b)
-}
-
-// honoursContext reports whether client applies context deadlines to its socket I/O. Clients of
-// other types are trusted.
-func honoursContext(client redis.UniversalClient) bool {
-	switch c := client.(type) {
-	case *redis.Client:
-		return c.Options().ContextTimeoutEnabled
-	case *redis.ClusterClient:
-		return c.Options().ContextTimeoutEnabled
-	}
-	return true
-}
-
-// callerGone marks an error of a call whose caller cancelled or timed out its own context, so
-// the breaker ignores it.
-type callerGone struct{ err error }
-
-func (e callerGone) Error() string { return e.err.Error() }
-func (e callerGone) Unwrap() error { return e.err }
-
-// isExcluded tells the breaker which errors say nothing about Redis's health.
-func isExcluded(err error) bool {
-	return errors.As(err, new(callerGone)) || redis.HasErrorPrefix(err, "NOSCRIPT")
-}
-
-// isHealthyReply reports an error reply from a Redis that works (a script error, WRONGTYPE):
-// not a reason to open the breaker. Replies that say the server cannot serve are not healthy.
-func isHealthyReply(err error) bool {
-	var re redis.Error
-	if !errors.As(err, &re) {
-		return false
-	}
-	for _, p := range []string{"LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "BUSY", "READONLY", "OOM", "max number of clients"} {
-		if redis.HasErrorPrefix(err, p) {
-			return false
-		}
-	}
-	return true
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }

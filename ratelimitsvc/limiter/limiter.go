@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -14,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
+
+	"github.com/sluicehq/sluice/internal/redisconn"
 )
 
 // Algorithm is how a limit counts hits over its window. The zero value is SlidingWindow.
@@ -148,7 +149,7 @@ func New(client redis.UniversalClient, cfg Config, reg prometheus.Registerer) (*
 	if _, ok := client.(*redis.Ring); ok {
 		return nil, errors.New("limiter: a redis.Ring cannot run multi-key scripts; use a Client or a ClusterClient")
 	}
-	if !honoursContext(client) {
+	if !redisconn.HonoursContext(client) {
 		return nil, errors.New("limiter: the redis client must set ContextTimeoutEnabled: true, " +
 			"else go-redis ignores context deadlines on its sockets and Config.Timeout cannot bound a call")
 	}
@@ -180,8 +181,8 @@ func New(client redis.UniversalClient, cfg Config, reg prometheus.Registerer) (*
 				l.metrics.breakerOpen.Set(0)
 			}
 		},
-		IsExcluded:   isExcluded,
-		IsSuccessful: func(err error) bool { return err == nil || isHealthyReply(err) },
+		IsExcluded:   redisconn.BreakerExcluded,
+		IsSuccessful: func(err error) bool { return err == nil || redisconn.HealthyReply(err) },
 	})
 	if l.cluster == nil {
 		l.batch = newBatcher(l.sendBatch)
@@ -275,7 +276,7 @@ func (l *Limiter) Do(ctx context.Context, items []Item) (results []Result, allow
 			allowed, err = l.evalCluster(tctx, calls, nowArg, results)
 			if err != nil && ctx.Err() != nil {
 				// The caller gave up: says nothing about Redis's health.
-				err = callerGone{err}
+				err = redisconn.CallerGone{Err: err}
 			}
 			return struct{}{}, err
 		})
@@ -293,16 +294,16 @@ func (l *Limiter) Do(ctx context.Context, items []Item) (results []Result, allow
 
 // failure counts a failed Do in the metrics and wraps its error.
 func (l *Limiter) failure(ctx context.Context, err error) error {
-	var gone callerGone
+	var gone redisconn.CallerGone
 	switch {
 	case errors.Is(err, gobreaker.ErrOpenState), errors.Is(err, gobreaker.ErrTooManyRequests):
 		l.metrics.errors.WithLabelValues(reasonUnavailable).Inc()
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	case errors.As(err, &gone):
-		return fmt.Errorf("limiter: eval script: %w", gone.err)
+		return fmt.Errorf("limiter: eval script: %w", gone.Err)
 	case ctx.Err() != nil:
 		// The caller gave up first: not counted, like a request Redis never saw.
-	case isTimeout(err):
+	case redisconn.IsTimeout(err):
 		l.metrics.errors.WithLabelValues(reasonTimeout).Inc()
 	default:
 		l.metrics.errors.WithLabelValues(reasonError).Inc()
@@ -420,54 +421,6 @@ func hashTag(key string) (string, error) {
 		return "", fmt.Errorf("%w: key %q must contain exactly one non-empty {hash tag}", ErrInvalidItem, key)
 	}
 	return key[open+1 : end], nil
-}
-
-// honoursContext reports whether client applies context deadlines to its socket I/O. Clients
-// of other types are trusted.
-func honoursContext(client redis.UniversalClient) bool {
-	switch c := client.(type) {
-	case *redis.Client:
-		return c.Options().ContextTimeoutEnabled
-	case *redis.ClusterClient:
-		return c.Options().ContextTimeoutEnabled
-	}
-	return true
-}
-
-// callerGone marks an error of a call whose caller cancelled or timed out its own context, so
-// the breaker ignores it.
-type callerGone struct{ err error }
-
-func (e callerGone) Error() string { return e.err.Error() }
-func (e callerGone) Unwrap() error { return e.err }
-
-// isExcluded tells the breaker which errors say nothing about Redis's health.
-func isExcluded(err error) bool {
-	if err == nil {
-		return false
-	}
-	var gone callerGone
-	return errors.As(err, &gone) || redis.HasErrorPrefix(err, "NOSCRIPT")
-}
-
-// isHealthyReply reports an error reply from a Redis that works (a script error, WRONGTYPE):
-// not a reason to open the breaker. Replies that say the server cannot serve are not healthy.
-func isHealthyReply(err error) bool {
-	var re redis.Error
-	if !errors.As(err, &re) {
-		return false
-	}
-	for _, p := range []string{"LOADING", "CLUSTERDOWN", "MASTERDOWN", "TRYAGAIN", "BUSY", "READONLY", "OOM", "max number of clients"} {
-		if redis.HasErrorPrefix(err, p) {
-			return false
-		}
-	}
-	return true
-}
-
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
 }
 
 func formatInt(n int64) string { return strconv.FormatInt(n, 10) }
