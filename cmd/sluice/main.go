@@ -40,6 +40,7 @@ Usage:
   sluice dev          [flags]   one-process local stack: Envoy emulator gateway + Sluice + Redis + demo API
   sluice serve        [flags]   serve the gRPC services (ext_proc, rate limit service) and the admin endpoints
   sluice check-config [flags]   validate the Sluice config and the rate limit rules, then exit
+  sluice worker [migrate]       apply PostgreSQL migrations (--dry-run lists them); without migrate, then wait
   sluice version                print the version
 
 Run 'sluice <command> -h' for the flags of a command.
@@ -62,6 +63,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		return serve(ctx, args[1:], stdout, stderr, getenv)
 	case "check-config":
 		return checkConfig(args[1:], stdout, stderr, getenv)
+	case "worker":
+		return worker(ctx, args[1:], stdout, stderr, getenv)
 	case "version", "--version", "-version":
 		fmt.Fprintln(stdout, "sluice", buildVersion())
 		return 0
