@@ -81,6 +81,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 // beat environment variables, which beat the config file.
 type common struct {
 	configPath, grpcAddr, adminAddr, rlConfig, redisURL string
+	databaseURL, databaseReadURL                        string
 }
 
 func (c *common) register(fs *flag.FlagSet, getenv func(string) string) {
@@ -88,6 +89,8 @@ func (c *common) register(fs *flag.FlagSet, getenv func(string) string) {
 	fs.StringVar(&c.grpcAddr, "grpc-addr", "", "gRPC listen address (default :8081)")
 	fs.StringVar(&c.adminAddr, "admin-addr", "", "admin HTTP listen address for /metrics, /healthz, /readyz, /debug (default :9091)")
 	fs.StringVar(&c.rlConfig, "ratelimit-config", "", "rate limit rules: an envoyproxy/ratelimit YAML file or a directory of them")
+	fs.StringVar(&c.databaseURL, "database-url", getenv("DATABASE_URL"), "PostgreSQL URL (env DATABASE_URL); when set, tenant tiers come from the tenants table")
+	c.databaseReadURL = getenv("DATABASE_READ_URL")
 	fs.StringVar(&c.redisURL, "redis-url", getenv("REDIS_URL"), "Redis URL (env REDIS_URL; default redis://127.0.0.1:6379/0; redis+cluster://host:port?addr=host2:port for Cluster)")
 }
 
@@ -107,6 +110,12 @@ func (c *common) load() (config.Config, error) {
 	}
 	if c.redisURL != "" {
 		cfg.Redis.URL = c.redisURL
+	}
+	if c.databaseURL != "" {
+		cfg.Database.URL = c.databaseURL
+	}
+	if c.databaseReadURL != "" {
+		cfg.Database.ReadURL = c.databaseReadURL
 	}
 	return cfg, cfg.Validate()
 }

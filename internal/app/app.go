@@ -26,7 +26,9 @@ import (
 	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/admin"
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/db"
 	"github.com/sluicehq/sluice/internal/metrics"
+	"github.com/sluicehq/sluice/internal/pgtier"
 	"github.com/sluicehq/sluice/internal/redisconn"
 	"github.com/sluicehq/sluice/internal/tier"
 	"github.com/sluicehq/sluice/ratelimitsvc"
@@ -46,6 +48,8 @@ type App struct {
 	rdb      redis.UniversalClient
 	lim      *limiter.Limiter
 	RLS      *ratelimitsvc.Service
+	DB       *db.DB // nil without a database section
+	tiers    *pgtier.Store
 	ExtProc  *extproc.Server
 	Cache    *cachefilter.Store // nil when cache.enabled is false
 	reloader *ratelimitsvc.Reloader
@@ -108,6 +112,19 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		a.redisOK.Store(true)
 	}
 
+	tiers := opts.Tiers
+	if tiers == nil && cfg.Database.URL != "" {
+		// Tenant tiers from PostgreSQL: held in memory, refreshed by
+		// LISTEN/NOTIFY (Run), never a query per request.
+		if a.DB, err = db.Open(ctx, cfg.Database, a.Registry, log); err != nil {
+			return a, fmt.Errorf("app: database: %w", err)
+		}
+		if a.tiers, err = pgtier.New(a.DB.Primary(), pgtier.Config{}, log); err != nil {
+			return a, fmt.Errorf("app: tier store: %w", err)
+		}
+		tiers = a.tiers
+	}
+
 	stages := opts.Stages
 	if cfg.Cache.Enabled == nil || *cfg.Cache.Enabled {
 		// The cache stage goes first among the extra stages: extproc.New
@@ -122,7 +139,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		}
 		stages = append([]extproc.Option{extproc.WithStages(stage)}, stages...)
 	}
-	if a.ExtProc, err = extproc.New(cfg.ExtProc, opts.Tiers, a.Registry, log, stages...); err != nil {
+	if a.ExtProc, err = extproc.New(cfg.ExtProc, tiers, a.Registry, log, stages...); err != nil {
 		return a, fmt.Errorf("app: extproc: %w", err)
 	}
 
@@ -151,6 +168,16 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	}
 	a.admin.AddCheck("ratelimit_rules", a.RLS.Ready)
 	a.admin.AddCheck("redis", a.redisReady)
+	if a.tiers != nil {
+		a.admin.AddCheck("tiers", func(context.Context) error {
+			select {
+			case <-a.tiers.Loaded():
+				return nil
+			default:
+				return errors.New("tenant tiers not loaded from PostgreSQL yet")
+			}
+		})
+	}
 
 	var lc net.ListenConfig
 	if a.grpcLn, err = lc.Listen(ctx, "tcp", cfg.Server.GRPCAddr); err != nil {
@@ -212,11 +239,25 @@ func (a *App) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return a.admin.Serve(gctx, a.adminLn, a.cfg.Server.ShutdownGrace) })
+	// Background loops end with the context; their context errors are the
+	// normal way to stop, not failures.
+	background := func(run func(context.Context) error) {
+		g.Go(func() error {
+			if err := run(gctx); err != nil && gctx.Err() == nil {
+				return err
+			}
+			return nil
+		})
+	}
 	if a.Cache != nil {
-		g.Go(func() error { return a.Cache.Run(gctx) })
+		background(a.Cache.Run)
+	}
+	if a.DB != nil {
+		background(a.DB.Run)
+		background(a.tiers.Run)
 	}
 	if a.reloader != nil && *a.cfg.RateLimit.Watch {
-		g.Go(func() error { return a.reloader.Run(gctx) })
+		background(a.reloader.Run)
 	}
 	a.log.Info("sluice serving", "grpc", a.GRPCAddr().String(), "admin", a.AdminAddr().String(), "redis", a.cfg.Redis.Redacted())
 	return g.Wait()
@@ -243,6 +284,10 @@ func (a *App) Close() error {
 	if a.rdb != nil {
 		errs = append(errs, a.rdb.Close())
 		a.rdb = nil
+	}
+	if a.DB != nil {
+		a.DB.Close()
+		a.DB = nil
 	}
 	return errors.Join(errs...)
 }

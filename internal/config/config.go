@@ -17,6 +17,7 @@ import (
 
 	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/extproc"
+	"github.com/sluicehq/sluice/internal/db"
 	"github.com/sluicehq/sluice/internal/redisconn"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 )
@@ -30,6 +31,10 @@ type Config struct {
 	RateLimit ratelimitsvc.Config `yaml:"ratelimit"`
 	ExtProc   extproc.Config      `yaml:"extproc"`
 	Cache     Cache               `yaml:"cache"`
+	// Database is optional: with a url, tenant tiers come from PostgreSQL
+	// (LISTEN/NOTIFY) instead of extproc.identity.tiers, and the worker
+	// migrates it. DATABASE_URL / DATABASE_READ_URL override the urls.
+	Database db.Config `yaml:"database"`
 }
 
 // Cache is the `cache` section: the response cache's policy (the fields of
@@ -127,6 +132,7 @@ func (c Config) WithDefaults() Config {
 	c.RateLimit = c.RateLimit.WithDefaults()
 	c.ExtProc = c.ExtProc.WithDefaults()
 	c.Cache.Config = c.Cache.Config.WithDefaults()
+	c.Database = c.Database.WithDefaults()
 	c.Cache.Store = c.Cache.Store.WithDefaults()
 	return c
 }
@@ -147,6 +153,9 @@ func (c Config) Validate() error {
 		errs = append(errs, fmt.Errorf("log: format %q must be json or text", c.Log.Format))
 	}
 	errs = append(errs, c.Redis.Validate(), c.RateLimit.Validate(), c.ExtProc.Validate(), c.Cache.Config.Validate(), c.Cache.Store.Validate())
+	if c.Database.URL != "" {
+		errs = append(errs, c.Database.Validate())
+	}
 	return errors.Join(errs...)
 }
 
