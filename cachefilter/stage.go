@@ -272,6 +272,7 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 	}
 	status := x.ResponseStatus
 	header := fromExt(x.ResponseHeaders)
+	removeNominated(x, header)
 	if st.unsafe {
 		s.invalidate(ctx, x, st, status, header)
 		return nil
@@ -286,6 +287,7 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 	if st.validate && status == 304 {
 		fresh, store, _ := Freshen(st.req, st.entry, header, now, st.route)
 		if fresh != nil {
+			store = store && s.store.keeps(fresh, now)
 			if store {
 				s.put(ctx, st, fresh)
 			}
@@ -306,7 +308,8 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 		return nil
 	}
 	if st.store {
-		if e, ok, _ := Storable(st.req, status, header, now, st.route); ok {
+		// Only what the store will keep is buffered and reported stored.
+		if e, ok, _ := Storable(st.req, status, header, now, st.route); ok && s.store.keeps(&e, now) {
 			n := contentLength(header)
 			switch {
 			case n == 0:
@@ -338,6 +341,27 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 	x.SetResponseHeader("cache-status", AppendCacheStatus(strings.Join(x.ResponseHeaders.Values("cache-status"), ", "), cs))
 	x.SetResponseHeader("x-cache", xcache)
 	return nil
+}
+
+// removeNominated removes the response fields the upstream's Connection
+// field nominates. RFC 9110 §7.6.1: a proxy MUST remove them before
+// forwarding. Envoy removes Connection itself, Keep-Alive, Proxy-Connection,
+// Transfer-Encoding and Upgrade after the encoder filters ran, but not the
+// fields Connection nominates
+// (ConnectionManagerUtility::mutateResponseHeaders), so without this they
+// would reach the client on misses and pass-through responses (cached hits
+// never carry them: storedField). Removing Connection here would hide the
+// nominations from Envoy's own handling, so it is left to Envoy.
+func removeNominated(x *extproc.Exchange, header []Header) {
+	for _, name := range connectionFields(header) {
+		switch name {
+		case "close", "keep-alive", "upgrade", "connection", "transfer-encoding", "proxy-connection":
+			continue // not a field (close) or one Envoy removes
+		}
+		if hasField(header, name) {
+			x.RemoveResponseHeader(name)
+		}
+	}
 }
 
 // ResponseBody implements extproc.ResponseBodyHook.

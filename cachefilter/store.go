@@ -439,11 +439,11 @@ func (s *Store) Put(ctx context.Context, primary, variant, path string, e *Entry
 		return nil
 	}
 	now := s.now()
-	expires := s.expires(e, now)
-	ttl := expires.Sub(now)
-	if ttl < time.Millisecond {
+	if !s.keeps(e, now) {
 		return nil
 	}
+	expires := s.expires(e, now)
+	ttl := expires.Sub(now)
 	ep := s.l1.epoch(tenant)
 	var id uint64
 	if s.l2 != nil {
@@ -468,6 +468,12 @@ func (s *Store) Put(ctx context.Context, primary, variant, path string, e *Entry
 	}
 	s.l1.fill(ep, tenant, primary, path, slices.Clip(e.Vary), id, variant, e, now, expires)
 	return nil
+}
+
+// keeps reports whether Put would keep e at now: a response whose freshness, stale windows and
+// StaleRetention are already over (max-age=0 with StaleRetention 0, say) is not stored.
+func (s *Store) keeps(e *Entry, now time.Time) bool {
+	return s.expires(e, now).Sub(now) >= time.Millisecond
 }
 
 // expires returns when e stops being kept: at the end of its freshness plus its stale windows

@@ -720,6 +720,11 @@ func (s *stream) write(resp *response) {
 	if hcm.GetAlwaysSetRequestIdInResponse() {
 		h.set("x-request-id", s.req.value("x-request-id"))
 	}
+	// ConnectionManagerUtility::mutateResponseHeaders (clear_hop_by_hop,
+	// non-upgrade response): Connection, Upgrade, Transfer-Encoding,
+	// Keep-Alive and Proxy-Connection go; the fields Connection nominates
+	// are NOT removed (unlike on requests), so they reach the client unless
+	// a filter removes them.
 	for _, name := range []string{"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"} {
 		h.remove(name)
 	}

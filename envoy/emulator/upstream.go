@@ -130,8 +130,13 @@ func (s *stream) forward() (*response, *localReply) {
 	}
 	out := &headerMap{}
 	out.add(":status", strconv.Itoa(res.StatusCode))
+	// The upstream's hop-by-hop fields stay in the map the encoder filters
+	// (ext_proc included) see: Envoy's HTTP/1 codec keeps them, and only the
+	// HCM removes Connection, Upgrade, Transfer-Encoding, Keep-Alive and
+	// Proxy-Connection after the filters ran
+	// (ConnectionManagerUtility::mutateResponseHeaders; see write). Fields
+	// the upstream's Connection nominates are not removed by Envoy at all.
 	fromHTTP(res.Header, out)
-	removeHopByHop(out)
 	if res.ContentLength < 0 && len(res.TransferEncoding) > 0 {
 		// Envoy's HTTP/1 codec keeps the framing header, which the
 		// compressor's minimum-length check reads.
@@ -155,17 +160,4 @@ func (s *stream) forward() (*response, *localReply) {
 		resp.stream = res.Body
 	}
 	return resp, nil
-}
-
-// removeHopByHop drops the headers Connection nominates and the hop-by-hop
-// ones (RFC 9110 §7.6.1) from an upstream response.
-func removeHopByHop(h *headerMap) {
-	for _, tok := range strings.Split(h.value("connection"), ",") {
-		if t := strings.ToLower(strings.TrimSpace(tok)); t != "" && t != "close" && t != "keep-alive" {
-			h.remove(t)
-		}
-	}
-	for _, name := range []string{"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"} {
-		h.remove(name)
-	}
 }
