@@ -477,7 +477,7 @@ func (s *Store) keeps(e *Entry, now time.Time) bool {
 }
 
 // expires returns when e stops being kept: at the end of its freshness plus its stale windows
-// plus StaleRetention, at most MaxTTL after its ResponseTime (now if that is unset). It depends
+// plus StaleRetention for entries with a validator, at most MaxTTL after its ResponseTime (now if that is unset). It depends
 // on e alone, so both layers and every replica agree.
 func (s *Store) expires(e *Entry, now time.Time) time.Time {
 	window := max(e.StaleWhileRevalidate, e.StaleIfError, 0)
@@ -490,7 +490,11 @@ func (s *Store) expires(e *Entry, now time.Time) time.Time {
 	}
 	// current_age at base is InitialAge (RFC 9111 §4.2.3), so freshness ends Lifetime-InitialAge
 	// after it.
-	return base.Add(min(e.Lifetime-e.InitialAge+window+s.cfg.StaleRetention, s.cfg.MaxTTL))
+	var retain time.Duration
+	if (e.ETag != "" || e.LastModified != "") && s.cfg.StaleRetention > 0 {
+		retain = s.cfg.StaleRetention // kept for revalidation
+	}
+	return base.Add(min(e.Lifetime-e.InitialAge+window+retain, s.cfg.MaxTTL))
 }
 
 // HotKeys returns up to n primary keys of tenantTag with the most sampled hits recently (counts

@@ -242,14 +242,21 @@ func TestExpiry(t *testing.T) {
 		age       time.Duration // InitialAge
 		swr, sie  time.Duration
 		mustReval bool
+		etag      string
 		want      time.Duration // 0: not stored
 	}{
 		{name: "fresh only", lifetime: time.Minute, want: time.Minute},
 		{name: "age counts", lifetime: time.Minute, age: 20 * time.Second, want: 40 * time.Second},
 		{name: "longer stale window", lifetime: time.Minute, swr: 30 * time.Second, sie: 2 * time.Minute, want: 3 * time.Minute},
 		{name: "must-revalidate drops stale windows", lifetime: time.Minute, sie: time.Hour, mustReval: true, want: time.Minute},
-		{name: "stale retention", lifetime: time.Minute, swr: 10 * time.Second,
+		{name: "stale retention", lifetime: time.Minute, swr: 10 * time.Second, etag: `"v1"`,
 			cfg: func(c *cachefilter.StoreConfig) { c.StaleRetention = time.Hour }, want: time.Hour + 70*time.Second},
+		{name: "default stale retention for an entry with a validator", lifetime: time.Minute, etag: `"v1"`,
+			want: time.Minute + cachefilter.DefaultStaleRetention},
+		{name: "no stale retention without a validator", lifetime: time.Minute, swr: 10 * time.Second,
+			cfg: func(c *cachefilter.StoreConfig) { c.StaleRetention = time.Hour }, want: 70 * time.Second},
+		{name: "stale retention disabled", lifetime: time.Minute, etag: `"v1"`,
+			cfg: func(c *cachefilter.StoreConfig) { c.StaleRetention = -1 }, want: time.Minute},
 		{name: "capped by max_ttl", lifetime: 48 * time.Hour,
 			cfg: func(c *cachefilter.StoreConfig) { c.MaxTTL = time.Hour }, want: time.Hour},
 		{name: "stale within its window", lifetime: time.Minute, age: 90 * time.Second, sie: time.Minute, want: 30 * time.Second},
@@ -267,6 +274,7 @@ func TestExpiry(t *testing.T) {
 			primary := primaryKey(tenantA, "/ttl")
 			e := newEntry(clk.Now(), "x", tt.lifetime)
 			e.InitialAge, e.StaleWhileRevalidate, e.StaleIfError, e.MustRevalidate = tt.age, tt.swr, tt.sie, tt.mustReval
+			e.ETag = tt.etag
 			e.Tags = []string{"t"}
 			put(t, s, primary, "/ttl", nil, e)
 

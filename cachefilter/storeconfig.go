@@ -9,6 +9,7 @@ import (
 // Defaults applied by StoreConfig.WithDefaults.
 const (
 	DefaultL1MaxBytes       = 64 << 20
+	DefaultStaleRetention   = 10 * time.Minute
 	DefaultRedisTimeout     = 20 * time.Millisecond
 	DefaultMaxTTL           = 24 * time.Hour
 	DefaultMaxEntryBytes    = 4 << 20
@@ -40,9 +41,10 @@ type StoreConfig struct {
 	// L2Enabled stores entries in Redis too. Default true. With false, Redis (if a client is
 	// given) only carries invalidations between replicas.
 	L2Enabled *bool `yaml:"l2_enabled"`
-	// StaleRetention keeps an entry this long after its freshness and stale windows end, so that
-	// it can still be revalidated with its validators (ETag, Last-Modified) instead of refetched.
-	// Default 0.
+	// StaleRetention keeps an entry that has a validator (ETag or Last-Modified) this long
+	// after its freshness and stale windows end, so that it is revalidated with a conditional
+	// request (a 304 costs the origin no body) instead of refetched (RFC 9111 §4.3). Entries
+	// without a validator are never kept stale. Default 10m; negative disables.
 	StaleRetention time.Duration `yaml:"stale_retention"`
 	// MaxTTL caps how long an entry is kept, in both layers. Default 24h.
 	MaxTTL time.Duration `yaml:"max_ttl"`
@@ -102,6 +104,9 @@ func (c StoreConfig) WithDefaults() StoreConfig {
 	if c.L2Enabled == nil {
 		c.L2Enabled = ptr(true)
 	}
+	if c.StaleRetention == 0 {
+		c.StaleRetention = DefaultStaleRetention
+	}
 	if c.MaxTTL == 0 {
 		c.MaxTTL = DefaultMaxTTL
 	}
@@ -154,7 +159,6 @@ func (c StoreConfig) Validate() error {
 		}
 	}
 	negative("redis_timeout", c.RedisTimeout)
-	negative("stale_retention", c.StaleRetention)
 	negative("max_ttl", c.MaxTTL)
 	negative("breaker_open_for", c.BreakerOpenFor)
 	negative("purge_timeout", c.PurgeTimeout)
