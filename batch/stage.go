@@ -1,0 +1,137 @@
+package batch
+
+import (
+	"context"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/sluicehq/sluice/extproc"
+)
+
+// Stage answers batch requests in the ext_proc pipeline (extproc.WithStages).
+// Place it after identity (extproc.New puts identity first) and before the
+// cache, so the batch request itself is never looked up or stored; each
+// sub-request then comes back through Envoy and every stage, cache included.
+//
+//   - request headers of a request to Config.BatchPath: a request carrying
+//     x-sluice-batch (a sub-request, or a client forging the marker) is
+//     answered 400 nestedBatch; a method other than POST 405; otherwise the
+//     stage asks for the body BUFFERED (a no-op when envoy.yaml's
+//     ExtProcPerRoute already does: Exchange.RequestBodyMode reports it from
+//     protocol_config) and marks the exchange.
+//   - request body: chunks are collected up to MaxRequestBytes (413 over
+//     it), so STREAMED delivery also works; at end of stream the stage asks
+//     Envoy for MaxMessageTimeout (override_message_timeout), runs the
+//     batch within Deadline (within 150 ms when Envoy cannot extend: the
+//     default message_timeout is 200 ms) and answers with Respond.
+//
+// Stage is safe for concurrent use.
+type Stage struct {
+	r   *Runner
+	log *slog.Logger
+}
+
+var (
+	_ extproc.RequestHeadersHook = (*Stage)(nil)
+	_ extproc.RequestBodyHook    = (*Stage)(nil)
+)
+
+// shortDeadline bounds a batch when Envoy's message timeout could not be
+// extended (message_timeout default 200 ms).
+const shortDeadline = 150 * time.Millisecond
+
+// NewStage returns the batch stage running batches with r, which must
+// outlive the ext_proc server. log may be nil.
+func NewStage(r *Runner, log *slog.Logger) *Stage {
+	if r == nil {
+		panic("batch: NewStage needs a Runner")
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Stage{r: r, log: log}
+}
+
+// Name implements extproc.Stage.
+func (*Stage) Name() string { return "batch" }
+
+// exchangeKey holds the *pending body of a batch exchange (Exchange.Set).
+type exchangeKey struct{}
+
+type pending struct{ body []byte }
+
+var jsonHeaders = extproc.Headers{{Name: "content-type", Value: "application/json"}, {Name: "cache-control", Value: "no-store"}}
+
+// RequestHeaders implements extproc.RequestHeadersHook.
+func (s *Stage) RequestHeaders(_ context.Context, x *extproc.Exchange) error {
+	path, _, _ := strings.Cut(x.Path, "?")
+	if !strings.EqualFold(strings.TrimSuffix(path, "/"), strings.TrimSuffix(s.r.cfg.BatchPath, "/")) {
+		return nil
+	}
+	if x.RequestHeaders.Get(HeaderBatch) != "" {
+		s.respondError(x, &Error{Status: http.StatusBadRequest, Code: CodeNestedBatch, Message: "a batch cannot contain or be sent by a batch"})
+		return nil
+	}
+	if x.Method != http.MethodPost {
+		e := &Error{Status: http.StatusMethodNotAllowed, Code: CodeInvalidRequest, Message: "use POST for a batch"}
+		x.Respond(e.Status, append(extproc.Headers{{Name: "allow", Value: "POST"}}, jsonHeaders...), errorJSON(e))
+		return nil
+	}
+	if cl := x.RequestHeaders.Get("content-length"); cl == "0" {
+		// No body message will follow (end_of_stream on the headers).
+		s.respondError(x, &Error{Status: http.StatusBadRequest, Code: CodeInvalidRequest, Message: "empty batch body"})
+		return nil
+	}
+	if x.RequestBodyMode() != extproc.BodyBuffered {
+		x.WantRequestBody(extproc.BodyBuffered)
+	}
+	x.Set(exchangeKey{}, &pending{})
+	return nil
+}
+
+// RequestBody implements extproc.RequestBodyHook.
+func (s *Stage) RequestBody(ctx context.Context, x *extproc.Exchange, body []byte, endOfStream bool) error {
+	p, ok := x.Get(exchangeKey{}).(*pending)
+	if !ok {
+		return nil
+	}
+	if len(p.body)+len(body) > s.r.cfg.MaxRequestBytes {
+		x.Set(exchangeKey{}, nil)
+		s.respondError(x, &Error{Status: http.StatusRequestEntityTooLarge, Code: CodeRequestTooLarge, Message: "batch body too large"})
+		return nil
+	}
+	p.body = append(p.body, body...)
+	if !endOfStream {
+		return nil
+	}
+	x.Set(exchangeKey{}, nil)
+	deadline := s.r.cfg.Deadline
+	if !x.ExtendMessageTimeout(s.r.cfg.MaxMessageTimeout) {
+		deadline = min(deadline, shortDeadline)
+	}
+	ctx, cancel := context.WithTimeout(ctx, deadline)
+	defer cancel()
+	start := time.Now()
+	status, reply := s.r.Handle(ctx, Parent{Header: httpHeader(x.RequestHeaders), Host: x.Authority}, p.body)
+	s.log.DebugContext(ctx, "batch answered", "tenant", x.Tenant, "status", status, "bytes", len(reply), "duration", time.Since(start))
+	x.Respond(status, jsonHeaders, reply)
+	return nil
+}
+
+func (s *Stage) respondError(x *extproc.Exchange, e *Error) {
+	x.Respond(e.Status, jsonHeaders, errorJSON(e))
+}
+
+// httpHeader converts Envoy's header list, pseudo-headers left out.
+func httpHeader(hs extproc.Headers) http.Header {
+	h := make(http.Header, len(hs))
+	for _, f := range hs {
+		if strings.HasPrefix(f.Name, ":") {
+			continue
+		}
+		h.Add(f.Name, f.Value)
+	}
+	return h
+}

@@ -1,0 +1,169 @@
+package batch
+
+import (
+	"encoding/json"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	procmodev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"google.golang.org/grpc"
+
+	"github.com/sluicehq/sluice/extproc"
+	"github.com/sluicehq/sluice/extproc/extproctest"
+)
+
+func newStageConn(t *testing.T, u *upstream) grpc.ClientConnInterface {
+	t.Helper()
+	r := newTestRunner(t, u, Config{})
+	srv, err := extproc.New(extproc.Config{}, nil, nil, nil, extproc.WithStages(NewStage(r, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(srv.Stages(), ","); got != "identity,batch,metrics" {
+		t.Fatalf("stages %s", got)
+	}
+	return extproctest.Serve(t, srv.Register)
+}
+
+// untilImmediate reads replies (skipping override_message_timeout) until an
+// immediate response.
+func untilImmediate(t *testing.T, s *extproctest.Stream) (*extprocv3.ImmediateResponse, bool) {
+	t.Helper()
+	extended := false
+	for {
+		resp, err := s.Recv()
+		if err != nil {
+			t.Fatalf("recv: %v", err)
+		}
+		if resp.GetOverrideMessageTimeout() != nil {
+			extended = true
+			continue
+		}
+		ir := resp.GetImmediateResponse()
+		if ir == nil {
+			t.Fatalf("reply %v, want an immediate response", resp)
+		}
+		return ir, extended
+	}
+}
+
+func TestStage(t *testing.T) {
+	const body = `{"requests":[{"id":"1","method":"GET","url":"/api/ok"},{"id":"2","method":"GET","url":"/api/fail","dependsOn":[]}]}`
+	tests := []struct {
+		name     string
+		mode     procmodev3.ProcessingMode_BodySendMode // body mode in protocol_config
+		method   string
+		path     string
+		headers  []string
+		chunks   []string
+		status   int
+		atHeader bool // answered at request headers
+		override bool // headers reply carries mode_override BUFFERED
+	}{
+		{name: "buffered by the route", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", chunks: []string{body}, status: 200},
+		{name: "mode override", mode: procmodev3.ProcessingMode_NONE, method: "POST", path: "/api/v1/batch?x=1", chunks: []string{body}, status: 200, override: true},
+		{name: "streamed chunks", mode: procmodev3.ProcessingMode_STREAMED, method: "POST", path: "/api/v1/batch", chunks: []string{body[:10], body[10:]}, status: 200, override: true},
+		{name: "malformed", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", chunks: []string{`{"requests":`}, status: 400},
+		{name: "nested parent", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", headers: []string{"x-sluice-batch", "1"}, status: 400, atHeader: true},
+		{name: "get", mode: procmodev3.ProcessingMode_BUFFERED, method: "GET", path: "/api/v1/batch", status: 405, atHeader: true},
+		{name: "empty body", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", headers: []string{"content-length", "0"}, status: 400, atHeader: true},
+	}
+	u := newUpstream(t)
+	conn := newStageConn(t, u)
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			s := extproctest.Open(t, conn)
+			s.Protocol.RequestBodyMode = tc.mode
+			hdrs := append([]string{"authorization", "Bearer tok"}, tc.headers...)
+			if err := s.Send(extproctest.RequestHeaders(tc.method, tc.path, false, hdrs...)); err != nil {
+				t.Fatal(err)
+			}
+			var ir *extprocv3.ImmediateResponse
+			if tc.atHeader {
+				ir, _ = untilImmediate(t, s)
+			} else {
+				resp, err := s.Recv()
+				if err != nil {
+					t.Fatal(err)
+				}
+				if resp.GetRequestHeaders() == nil {
+					t.Fatalf("headers reply %v", resp)
+				}
+				mo := resp.GetModeOverride()
+				if got := mo != nil && mo.GetRequestBodyMode() == procmodev3.ProcessingMode_BUFFERED; got != tc.override {
+					t.Fatalf("mode_override %v, want BUFFERED %v", mo, tc.override)
+				}
+				for i, c := range tc.chunks {
+					last := i == len(tc.chunks)-1
+					if err := s.Send(extproctest.RequestBody([]byte(c), last)); err != nil {
+						t.Fatal(err)
+					}
+					if !last {
+						if resp, err := s.Recv(); err != nil || resp.GetRequestBody() == nil {
+							t.Fatalf("chunk reply %v %v", resp, err)
+						}
+					}
+				}
+				var extended bool
+				ir, extended = untilImmediate(t, s)
+				if !extended {
+					t.Error("no override_message_timeout before the batch ran")
+				}
+			}
+			if got := int(ir.GetStatus().GetCode()); got != tc.status {
+				t.Fatalf("status %d, want %d: %s", got, tc.status, ir.GetBody())
+			}
+			if tc.status == http.StatusOK {
+				var resp Response
+				if err := json.Unmarshal(ir.GetBody(), &resp); err != nil {
+					t.Fatal(err)
+				}
+				if got := statuses(resp); got != "1=200 2=500" {
+					t.Fatalf("statuses %s", got)
+				}
+			}
+			_ = s.Finish()
+		})
+	}
+}
+
+func TestStageIgnoresOtherPaths(t *testing.T) {
+	u := newUpstream(t)
+	conn := newStageConn(t, u)
+	s := extproctest.Open(t, conn)
+	resp, err := s.Do(extproctest.RequestHeaders("POST", "/api/v1/batches", false, "x-sluice-batch", "1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetImmediateResponse() != nil || resp.GetModeOverride() != nil {
+		t.Fatalf("reply %v", resp)
+	}
+	_ = s.Finish()
+}
+
+func TestStageExtendsBeforeRunning(t *testing.T) {
+	// The default deadline is 1.8s; a batch that sleeps shorter must finish.
+	u := newUpstream(t)
+	conn := newStageConn(t, u)
+	s := extproctest.Open(t, conn)
+	s.Protocol.RequestBodyMode = procmodev3.ProcessingMode_BUFFERED
+	if _, err := s.Do(extproctest.RequestHeaders("POST", "/api/v1/batch", false)); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := s.Send(extproctest.RequestBody([]byte(`{"requests":[{"id":"1","method":"GET","url":"/api/sleep?ms=300"}]}`), true)); err != nil {
+		t.Fatal(err)
+	}
+	ir, extended := untilImmediate(t, s)
+	if !extended || ir.GetStatus().GetCode() != 200 || time.Since(start) < 300*time.Millisecond {
+		t.Fatalf("extended %v status %v", extended, ir.GetStatus())
+	}
+	var resp Response
+	if err := json.Unmarshal(ir.GetBody(), &resp); err != nil || resp.Responses[0].Status != 200 {
+		t.Fatalf("%s %v", ir.GetBody(), err)
+	}
+	_ = s.Finish()
+}
