@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/reflection"
 
+	"github.com/sluicehq/sluice/batch"
 	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/admin"
@@ -49,6 +50,7 @@ type App struct {
 	lim      *limiter.Limiter
 	RLS      *ratelimitsvc.Service
 	DB       *db.DB // nil without a database section
+	batch    *batch.Runner
 	tiers    *pgtier.Store
 	ExtProc  *extproc.Server
 	Cache    *cachefilter.Store // nil when cache.enabled is false
@@ -139,6 +141,13 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		}
 		stages = append([]extproc.Option{extproc.WithStages(stage)}, stages...)
 	}
+	// The batch stage runs before the cache: a batch is answered whole
+	// (identity → batch → cache → metrics); its sub-requests come back
+	// through Envoy and meet the cache and the rate limits one by one.
+	if a.batch, err = batch.New(cfg.Batch); err != nil {
+		return a, fmt.Errorf("app: batch: %w", err)
+	}
+	stages = append([]extproc.Option{extproc.WithStages(batch.NewStage(a.batch, log))}, stages...)
 	if a.ExtProc, err = extproc.New(cfg.ExtProc, tiers, a.Registry, log, stages...); err != nil {
 		return a, fmt.Errorf("app: extproc: %w", err)
 	}
@@ -147,7 +156,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	a.grpc = grpc.NewServer(
 		// ext_proc carries bodies (BUFFERED batch requests, cached responses):
 		// the larger of the two limits applies to the whole server.
-		grpc.MaxRecvMsgSize(max(cfg.Server.MaxRecvMsgBytes, cfg.ExtProc.MaxRecvMsgBytes())),
+		grpc.MaxRecvMsgSize(max(cfg.Server.MaxRecvMsgBytes, cfg.ExtProc.MaxRecvMsgBytes(), int(cfg.Batch.MaxRequestBytes)+1<<20)),
 		// A pool of stream workers instead of a goroutine per RPC: measured
 		// 7-10 µs less CPU per ShouldRateLimit (no per-call stack growth);
 		// RPCs beyond the pool still get their own goroutine.
@@ -288,6 +297,10 @@ func (a *App) Close() error {
 	if a.DB != nil {
 		a.DB.Close()
 		a.DB = nil
+	}
+	if a.batch != nil {
+		a.batch.Close()
+		a.batch = nil
 	}
 	return errors.Join(errs...)
 }

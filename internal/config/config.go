@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sluicehq/sluice/batch"
 	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/db"
@@ -35,6 +36,8 @@ type Config struct {
 	// (LISTEN/NOTIFY) instead of extproc.identity.tiers, and the worker
 	// migrates it. DATABASE_URL / DATABASE_READ_URL override the urls.
 	Database db.Config `yaml:"database"`
+	// Batch configures POST /api/v1/batch fan-out through the Envoy listener.
+	Batch batch.Config `yaml:"batch"`
 }
 
 // Cache is the `cache` section: the response cache's policy (the fields of
@@ -133,6 +136,7 @@ func (c Config) WithDefaults() Config {
 	c.ExtProc = c.ExtProc.WithDefaults()
 	c.Cache.Config = c.Cache.Config.WithDefaults()
 	c.Database = c.Database.WithDefaults()
+	c.Batch = c.Batch.WithDefaults()
 	c.Cache.Store = c.Cache.Store.WithDefaults()
 	return c
 }
@@ -156,6 +160,7 @@ func (c Config) Validate() error {
 	if c.Database.URL != "" {
 		errs = append(errs, c.Database.Validate())
 	}
+	errs = append(errs, c.Batch.Validate())
 	return errors.Join(errs...)
 }
 

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,6 +26,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sluicehq/sluice/batch"
 	examples "github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/envoy"
 	"github.com/sluicehq/sluice/envoy/emulator"
@@ -102,6 +104,14 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 	if len(cfg.ExtProc.Identity.Tiers) == 0 {
 		cfg.ExtProc.Identity.Tiers = DemoTiers
 	}
+	// The gateway listens first: batch sub-requests go back through it, so
+	// they meet the same filters as a direct call (the batch issue's rule).
+	if s.gwLn, err = net.Listen("tcp", o.Listen); err != nil {
+		return s, fmt.Errorf("dev: listen %s: %w", o.Listen, err)
+	}
+	if cfg.Batch.ListenerURL == batch.DefaultListenerURL {
+		cfg.Batch.ListenerURL = "http://127.0.0.1:" + strconv.Itoa(s.gwLn.Addr().(*net.TCPAddr).Port)
+	}
 	appOpts := app.Options{Stages: o.Stages}
 	if cfg.RateLimit.ConfigPath == "" {
 		rules, err := ratelimitsvc.ParseRules([]ratelimitsvc.File{{Name: "config/ratelimit/tiers.yaml", Data: examples.RateLimitTiers}})
@@ -153,9 +163,6 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 	if err != nil {
 		return s, fmt.Errorf("dev: emulator: %w", err)
 	}
-	if s.gwLn, err = net.Listen("tcp", o.Listen); err != nil {
-		return s, fmt.Errorf("dev: listen %s: %w", o.Listen, err)
-	}
 	s.gwSrv = &http.Server{
 		Handler:           s.gw,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -194,9 +201,15 @@ func (s *Stack) Run(ctx context.Context) error {
 		})
 		g.Go(func() error {
 			<-gctx.Done()
-			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			// Connections that never carried a request (a client's spare
+			// dials, e.g. the batch runner's) count as active for 5 s in
+			// Shutdown; after a short grace the rest are closed.
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			return srv.Shutdown(sctx)
+			if err := srv.Shutdown(sctx); err != nil {
+				_ = srv.Close()
+			}
+			return nil
 		})
 	}
 	serve(s.gwSrv, s.gwLn)
