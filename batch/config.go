@@ -38,8 +38,9 @@ type Config struct {
 	PathPrefixes []string `yaml:"path_prefixes"`
 	// MaxItems is the most items one batch may hold. Default 20.
 	MaxItems int `yaml:"max_items"`
-	// Concurrency is the most items of one batch in flight at once.
-	// Default 5.
+	// Concurrency is the most items of one batch in flight at once. Default 20
+	// (= max_items: a full batch costs about one item's latency); lower it to
+	// spread a batch's load on the upstream.
 	Concurrency int `yaml:"concurrency"`
 	// ItemTimeout bounds one sub-request, headers and body. Default 1s.
 	ItemTimeout time.Duration `yaml:"item_timeout"`
@@ -75,7 +76,7 @@ const (
 	DefaultListenerURL           = "http://127.0.0.1:8080"
 	DefaultBatchPath             = "/api/v1/batch"
 	DefaultMaxItems              = 20
-	DefaultConcurrency           = 5
+	DefaultConcurrency           = 20
 	DefaultItemTimeout           = time.Second
 	DefaultDeadline              = 1800 * time.Millisecond
 	DefaultMaxMessageTimeout     = 2 * time.Second
