@@ -364,3 +364,48 @@ func TestStageCollapse(t *testing.T) {
 		}
 	}
 }
+
+// TestStageStaleWhileRevalidate (RFC 5861 §3): within the
+// stale-while-revalidate window one request refreshes the entry upstream
+// (conditionally, with the stored ETag) while the others are answered from
+// the stale entry at once; afterwards the refreshed entry is fresh again.
+func TestStageStaleWhileRevalidate(t *testing.T) {
+	env := newStageEnv(t, cachefilter.Config{})
+	o := &origin{respond: func(_, _ string, h map[string]string) (int, []string, string) {
+		return 200, []string{"cache-control", "max-age=1, stale-while-revalidate=600", "etag", `"v1"`}, "v1 body"
+	}}
+	if r := env.do(t, o, "GET", "/swr", "x-tenant-id", "acme"); !r.upstream {
+		t.Fatalf("first request: %+v", r)
+	}
+	env.clk.Advance(5 * time.Second) // stale, inside the window
+
+	// The refresher: its request headers go upstream with the validator.
+	s := extproctest.Open(t, env.conn)
+	r := recvAfter(t, s, extproctest.RequestHeaders("GET", "/swr", true, "x-tenant-id", "acme"))
+	if r.GetImmediateResponse() != nil {
+		t.Fatalf("the refresher was answered from cache: %v", r)
+	}
+	if got := extproctest.SetHeaders(extproctest.Mutation(r))["if-none-match"]; len(got) != 1 || got[0] != `"v1"` {
+		t.Fatalf("refresh is not conditional: if-none-match %q", got)
+	}
+
+	// Meanwhile another request gets the stale entry without the origin.
+	other := env.do(t, o, "GET", "/swr", "x-tenant-id", "acme")
+	if other.upstream || other.body != "v1 body" || !strings.HasPrefix(other.header["x-cache"], "STALE") {
+		t.Fatalf("concurrent request during the refresh: %+v", other)
+	}
+
+	// The origin answers the refresh with 304; the entry is fresh again.
+	r = recvAfter(t, s, extproctest.ResponseHeaders(304, true, "cache-control", "max-age=60, stale-while-revalidate=600", "etag", `"v1"`))
+	if ir := r.GetImmediateResponse(); ir == nil || string(ir.GetBody()) != "v1 body" || ir.GetStatus().GetCode() != 200 {
+		t.Fatalf("refresher's 304 was not turned into the stored response: %v", r)
+	}
+	_ = s.Finish()
+	after := env.do(t, o, "GET", "/swr", "x-tenant-id", "acme")
+	if after.upstream || !strings.HasPrefix(after.header["x-cache"], "HIT") {
+		t.Fatalf("after the refresh: %+v", after)
+	}
+	if got := o.hits.Load(); got != 1 {
+		t.Errorf("origin saw %d full requests, want 1 (the refresh was answered by the test as a 304)", got)
+	}
+}
