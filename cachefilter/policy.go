@@ -356,8 +356,8 @@ func ServeStaleOnError(req Request, e *Entry, now time.Time, upstreamStatus int)
 //
 // The stored header drops pseudo-headers, hop-by-hop fields (RFC 9110
 // §7.6.1, and the fields Connection lists), Age (replaced by InitialAge),
-// x-cache, Surrogate-Key/Surrogate-Control (read into Tags), x-sluice-* and
-// x-envoy-*. A Date is added when missing (RFC 9110 §6.6.1).
+// x-cache, Surrogate-Key/Surrogate-Control (read into Tags), x-sluice-*,
+// x-envoy-* and rate-limit fields (RateLimit*, X-RateLimit-*). A Date is added when missing (RFC 9110 §6.6.1).
 func Storable(req Request, status int, header []Header, now time.Time, route RoutePolicy) (e Entry, ok bool, reason string) {
 	switch {
 	case !route.Enabled:
@@ -708,7 +708,12 @@ func understoodStatus(status int) bool {
 
 // storedField reports whether a field may be part of a stored response.
 func storedField(name string) bool {
-	if name == "" || name[0] == ':' || strings.HasPrefix(name, "x-sluice-") || strings.HasPrefix(name, "x-envoy-") {
+	if name == "" || name[0] == ':' || strings.HasPrefix(name, "x-sluice-") || strings.HasPrefix(name, "x-envoy-") ||
+		strings.HasPrefix(name, "x-ratelimit-") || strings.HasPrefix(name, "ratelimit") {
+		// Rate-limit headers (RateLimit, RateLimit-Policy, the older
+		// RateLimit-*, X-RateLimit-*) describe the caller's quota when the
+		// response passed the ratelimit filter; replayed to another caller
+		// from the cache they would be wrong.
 		return false
 	}
 	switch name {

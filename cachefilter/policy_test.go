@@ -244,11 +244,13 @@ func TestStorable(t *testing.T) {
 				"keep-alive", "timeout=5", "proxy-connection", "x", "te", "x", "transfer-encoding", "chunked", "upgrade", "x", "trailer", "x",
 				"proxy-authenticate", "x", "proxy-authentication-info", "x", "proxy-authorization", "x", "age", "5",
 				"x-sluice-tenant", "acme", "x-envoy-upstream-service-time", "3", "x-cache", "HIT", "surrogate-key", "k", "surrogate-control", "max-age=5",
-				"content-type", "text/plain", "cache-status", "upstream; hit"), lifetime: time.Minute,
+				"content-type", "text/plain", "cache-status", "upstream; hit",
+				"ratelimit", `"free";r=3;t=1`, "ratelimit-policy", `"free";q=10;w=1`, "x-ratelimit-remaining", "3"), lifetime: time.Minute,
 			check: polWantFields([]string{"cache-control", "c", "content-type", "cache-status", "date"},
 				[]string{":status", "connection", "a", "b", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "trailer",
 					"proxy-authenticate", "proxy-authentication-info", "proxy-authorization", "age", "x-sluice-tenant",
-					"x-envoy-upstream-service-time", "x-cache", "surrogate-key", "surrogate-control"})},
+					"x-envoy-upstream-service-time", "x-cache", "surrogate-key", "surrogate-control",
+					"ratelimit", "ratelimit-policy", "x-ratelimit-remaining"})},
 		{name: "RFC 9110 §6.6.1 Date added when missing", status: 200, header: h("cache-control", "max-age=60"), lifetime: time.Minute,
 			check: func(t *testing.T, e Entry) {
 				v, _ := firstField(e.Header, "date")
