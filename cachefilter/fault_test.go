@@ -82,7 +82,10 @@ func TestRedisKilled(t *testing.T) {
 	worst, mean := measure(s)
 	_, base := measure(l1only)
 	t.Logf("breaker open: lookup mean %v (L1-only store: %v), worst %v", mean, base, worst)
-	if worst > 10*time.Millisecond || mean > 10*base+20*time.Microsecond {
+	// Bounds, not a benchmark: while open the breaker makes no Redis call; every
+	// BreakerOpenFor one half-open probe may pay one failed attempt, bounded by
+	// the timeout. Loose enough for a loaded 2-core machine under -race.
+	if worst > cfg.RedisTimeout+50*time.Millisecond || mean > 20*base+100*time.Microsecond {
 		t.Errorf("breaker open: lookup mean %v, worst %v (an L1-only store: mean %v); want no Redis latency", mean, worst, base)
 	}
 	// Puts keep working, into the L1.
