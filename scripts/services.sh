@@ -17,6 +17,25 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get install -y -qq "${need_apt[@]}" >/dev/null
 fi
 
+# promtool checks and unit-tests deploy/prometheus (deploy/prometheus_test.go). Debian ships it in
+# the `prometheus` package, whose install would also set up and start a Prometheus server; only
+# the promtool binary is taken out of the downloaded package instead.
+# A failure here only warns: deploy/prometheus_test.go then fails with its own message under CI=true.
+if ! command -v promtool >/dev/null 2>&1; then
+  echo "== installing promtool (from Debian's prometheus package)"
+  tmp=$(mktemp -d)
+  # (errexit does not apply inside an if condition, hence the && chain)
+  if ! (
+    cd "$tmp" &&
+      { apt-get download prometheus >/dev/null 2>&1 || { apt-get update -qq && apt-get download prometheus >/dev/null; }; } &&
+      dpkg-deb -x prometheus_*.deb root &&
+      install -m 0755 root/usr/bin/promtool /usr/local/bin/promtool
+  ); then
+    echo "warning: could not install promtool"
+  fi
+  rm -rf "$tmp"
+fi
+
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "== starting redis-server on 127.0.0.1:6379"
   mkdir -p /var/lib/redis /var/log/redis

@@ -1,0 +1,184 @@
+package deploy
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sluicehq/sluice/batch"
+	"github.com/sluicehq/sluice/internal/devstack"
+	"github.com/sluicehq/sluice/internal/redistest"
+)
+
+// TestQuickStart runs what deploy/README.md's quick start shows, through the
+// Envoy emulator (which follows envoy/envoy.yaml) in front of the compose
+// stack's Sluice config and the demo API: no Docker here, so this is the
+// closest check of the stack's behaviour.
+func TestQuickStart(t *testing.T) {
+	redistest.Client(t) // skips under -short; fails clearly without Redis
+	c := loadCompose(t)
+	cfg, _ := sluiceConfig(t, c)
+	rules, err := c.svc(t, "sluice").hostPath(cfg.RateLimit.ConfigPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.RateLimit.ConfigPath = rules
+	cfg.Redis.URL = "redis://" + redistest.Addr() + "/0"
+	cfg.Redis.KeyPrefix = redistest.Prefix(t)
+	cfg.Server.GRPCAddr = "127.0.0.1:0"
+	cfg.Server.AdminAddr = "127.0.0.1:0"
+	cfg.Server.ShutdownGrace = 2 * time.Second
+	// Batch items go to the emulator's listener instead of the envoy service (devstack points the
+	// default there).
+	cfg.Batch.ListenerURL = batch.DefaultListenerURL
+
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := devstack.Start(ctx, devstack.Options{Listen: "127.0.0.1:0", Sluice: cfg, RedisSet: true}, slog.New(slog.DiscardHandler))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	client := &http.Client{Timeout: 10 * time.Second}
+	t.Cleanup(func() {
+		client.CloseIdleConnections()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("devstack Run: %v", err)
+		}
+	})
+
+	// do sends a GET; safe from any goroutine.
+	do := func(path string, headers ...string) (*http.Response, error) {
+		req, err := http.NewRequest(http.MethodGet, s.URL()+path, nil)
+		if err != nil {
+			return nil, err
+		}
+		for i := 0; i+1 < len(headers); i += 2 {
+			req.Header.Set(headers[i], headers[i+1])
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return nil, err
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp, nil
+	}
+	get := func(t *testing.T, path string, headers ...string) *http.Response {
+		t.Helper()
+		resp, err := do(path, headers...)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		return resp
+	}
+
+	t.Run("free tier gets 429 after 10 per second", func(t *testing.T) {
+		// no-cache: every request goes upstream, past the ratelimit filter. Sent at once, so
+		// all 12 fall in one second however slow the machine.
+		const n = 12
+		resps := make(chan *http.Response, n)
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() {
+				resp, err := do("/api/v1/contacts", "x-tenant-id", "initech", "cache-control", "no-cache")
+				if err != nil {
+					t.Errorf("GET: %v", err)
+					return
+				}
+				resps <- resp
+			})
+		}
+		wg.Wait()
+		close(resps)
+		codes := map[int]int{}
+		var limited *http.Response
+		for resp := range resps {
+			codes[resp.StatusCode]++
+			if resp.StatusCode == http.StatusTooManyRequests {
+				limited = resp
+			}
+		}
+		if codes[http.StatusOK] < 10 || limited == nil || codes[http.StatusOK]+codes[http.StatusTooManyRequests] != n {
+			t.Fatalf("status counts %v; want 10 or more 200s, the rest 429", codes)
+		}
+		if limited.Header.Get("Retry-After") == "" || !strings.Contains(limited.Header.Get("RateLimit-Policy"), "free_tenant_burst") {
+			t.Errorf("429 headers %v; want Retry-After and the free tier's RateLimit-Policy", limited.Header)
+		}
+	})
+
+	t.Run("tiers from the compose config", func(t *testing.T) {
+		tests := []struct{ tenant, rule string }{
+			{tenant: "acme", rule: "pro_tenant_burst"},
+			{tenant: "globex", rule: "basic_tenant_burst"},
+			{tenant: "umbrella", rule: "enterprise_tenant_burst"},
+			{tenant: "someone-else", rule: "free_tenant_burst"},
+		}
+		for _, tt := range tests {
+			resp := get(t, "/api/v1/dashboard/stats", "x-tenant-id", tt.tenant, "cache-control", "no-cache")
+			if resp.StatusCode != http.StatusOK || !strings.Contains(resp.Header.Get("RateLimit-Policy"), tt.rule) {
+				t.Errorf("%s: %d, RateLimit-Policy %q; want 200 under %s", tt.tenant, resp.StatusCode, resp.Header.Get("RateLimit-Policy"), tt.rule)
+			}
+		}
+	})
+
+	t.Run("second list comes from the cache", func(t *testing.T) {
+		first := get(t, "/api/v1/contacts", "x-tenant-id", "hooli")
+		second := get(t, "/api/v1/contacts", "x-tenant-id", "hooli")
+		if first.StatusCode != 200 || second.StatusCode != 200 {
+			t.Fatalf("codes %d, %d", first.StatusCode, second.StatusCode)
+		}
+		if !strings.HasPrefix(second.Header.Get("X-Cache"), "HIT") || second.Header.Get("Age") == "" {
+			t.Errorf("second answer X-Cache %q, Age %q; want a cache hit", second.Header.Get("X-Cache"), second.Header.Get("Age"))
+		}
+	})
+
+	t.Run("batch", func(t *testing.T) {
+		body := `{"requests":[{"id":"1","method":"GET","url":"/api/v1/contacts"},{"id":"2","method":"GET","url":"/api/v1/dashboard/stats"}]}`
+		req, err := http.NewRequest(http.MethodPost, s.URL()+"/api/v1/batch", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		req.Header.Set("content-type", "application/json")
+		req.Header.Set("x-tenant-id", "acme")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out struct {
+			Responses []struct {
+				ID     string `json:"id"`
+				Status int    `json:"status"`
+			} `json:"responses"`
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			t.Fatalf("batch answer %d: %v", resp.StatusCode, err)
+		}
+		if resp.StatusCode != 200 || len(out.Responses) != 2 || out.Responses[0].Status != 200 || out.Responses[1].Status != 200 {
+			t.Errorf("batch = %d %+v; want 200 with two 200 items", resp.StatusCode, out.Responses)
+		}
+	})
+
+	t.Run("admin endpoints", func(t *testing.T) {
+		for _, path := range []string{"/readyz", "/metrics", "/debug/ratelimit"} {
+			resp, err := client.Get(s.AdminURL() + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Errorf("%s = %d", path, resp.StatusCode)
+			}
+		}
+	})
+}
