@@ -256,20 +256,12 @@ func NewStore(cfg StoreConfig, rdb redis.UniversalClient, keyPrefix string, reg 
 			s.metrics.collapsed.WithLabelValues(collapseReleased).Inc()
 		}
 	})
-	s.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:        "sluice-cache-redis",
-		MaxRequests: 1, // one probe when half-open
-		Timeout:     cfg.BreakerOpenFor,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= cfg.BreakerFailures },
-		OnStateChange: func(_ string, _, to gobreaker.State) {
-			if to == gobreaker.StateOpen {
-				s.metrics.breakerOpen.Set(1)
-			} else {
-				s.metrics.breakerOpen.Set(0)
-			}
-		},
-		IsExcluded:   redisconn.BreakerExcluded,
-		IsSuccessful: func(err error) bool { return err == nil || redisconn.HealthyReply(err) },
+	s.breaker = redisconn.NewBreaker("sluice-cache-redis", cfg.BreakerFailures, cfg.BreakerOpenFor, func(open bool) {
+		if open {
+			s.metrics.breakerOpen.Set(1)
+		} else {
+			s.metrics.breakerOpen.Set(0)
+		}
 	})
 	return s, nil
 }

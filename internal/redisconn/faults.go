@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"net"
+	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/sony/gobreaker/v2"
 )
 
 // Fault classification shared by the components that put a circuit breaker
@@ -57,4 +59,23 @@ func HealthyReply(err error) bool {
 func IsTimeout(err error) bool {
 	var ne net.Error
 	return errors.Is(err, context.DeadlineExceeded) || (errors.As(err, &ne) && ne.Timeout())
+}
+
+// NewBreaker returns the circuit breaker a component puts in front of Redis:
+// it opens after failures consecutive failures (errors BreakerExcluded
+// ignores and HealthyReply replies do not count), stays open for openFor,
+// then lets one probe call through. open is called with true when it opens
+// and false when it closes or half-opens (to drive a gauge).
+func NewBreaker(name string, failures uint32, openFor time.Duration, open func(bool)) *gobreaker.CircuitBreaker[struct{}] {
+	return gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
+		Name:        name,
+		MaxRequests: 1, // one probe when half-open
+		Timeout:     openFor,
+		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= failures },
+		OnStateChange: func(_ string, _, to gobreaker.State) {
+			open(to == gobreaker.StateOpen)
+		},
+		IsExcluded:   BreakerExcluded,
+		IsSuccessful: func(err error) bool { return err == nil || HealthyReply(err) },
+	})
 }

@@ -169,20 +169,12 @@ func New(client redis.UniversalClient, cfg Config, reg prometheus.Registerer) (*
 			return nil, err
 		}
 	}
-	l.breaker = gobreaker.NewCircuitBreaker[struct{}](gobreaker.Settings{
-		Name:        "sluice-ratelimit-redis",
-		MaxRequests: 1, // one probe when half-open
-		Timeout:     cfg.BreakerOpenFor,
-		ReadyToTrip: func(c gobreaker.Counts) bool { return c.ConsecutiveFailures >= cfg.BreakerFailures },
-		OnStateChange: func(_ string, _, to gobreaker.State) {
-			if to == gobreaker.StateOpen {
-				l.metrics.breakerOpen.Set(1)
-			} else {
-				l.metrics.breakerOpen.Set(0)
-			}
-		},
-		IsExcluded:   redisconn.BreakerExcluded,
-		IsSuccessful: func(err error) bool { return err == nil || redisconn.HealthyReply(err) },
+	l.breaker = redisconn.NewBreaker("sluice-ratelimit-redis", cfg.BreakerFailures, cfg.BreakerOpenFor, func(open bool) {
+		if open {
+			l.metrics.breakerOpen.Set(1)
+		} else {
+			l.metrics.breakerOpen.Set(0)
+		}
 	})
 	if l.cluster == nil {
 		l.batch = newBatcher(l.sendBatch)
