@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	sluicemetrics "github.com/sluicehq/sluice/internal/metrics"
 )
 
 // Values of the op label of sluice_cache_redis_errors_total and
@@ -58,8 +60,7 @@ type metrics struct {
 	invalidations *prometheus.CounterVec
 	collapsed     *prometheus.CounterVec
 
-	reg        prometheus.Registerer // nil: nothing registered
-	registered []prometheus.Collector
+	registration *sluicemetrics.Registration
 }
 
 func newMetrics(reg prometheus.Registerer, l1Bytes, l1Entries, l1Trusted func() float64) (*metrics, error) {
@@ -108,7 +109,6 @@ func newMetrics(reg prometheus.Registerer, l1Bytes, l1Entries, l1Trusted func() 
 			Name: "sluice_cache_collapsed_total",
 			Help: "Requests that waited for another request's upstream fetch of the same key instead of fetching, by result: served (got its entry) or released (went upstream after all).",
 		}, []string{"result"}),
-		reg: reg,
 	}
 	// Export zeros, so that rate() works from the first event.
 	for _, l := range []Layer{Miss, L1, L2} {
@@ -124,27 +124,18 @@ func newMetrics(reg prometheus.Registerer, l1Bytes, l1Entries, l1Trusted func() 
 	}
 	m.collapsed.WithLabelValues(collapseServed)
 	m.collapsed.WithLabelValues(collapseReleased)
-	if reg == nil {
-		return m, nil
+	r, err := sluicemetrics.RegisterAll(reg, m.requests, m.l1Bytes, m.l1Entries, m.l1Trusted, m.evictions,
+		m.redisErrors, m.redisDuration, m.breakerOpen, m.invalidations, m.collapsed)
+	if err != nil {
+		return nil, fmt.Errorf("cachefilter: register metrics: %w", err)
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.l1Bytes, m.l1Entries, m.l1Trusted, m.evictions,
-		m.redisErrors, m.redisDuration, m.breakerOpen, m.invalidations, m.collapsed} {
-		if err := reg.Register(c); err != nil {
-			m.unregister()
-			return nil, fmt.Errorf("cachefilter: register metrics: %w", err)
-		}
-		m.registered = append(m.registered, c)
-	}
+	m.registration = r
 	return m, nil
 }
 
-// unregister removes the collectors registered so far, so that a later Store may register again.
+// unregister removes the collectors, so a later instance may register again.
 func (m *metrics) unregister() {
-	if m == nil || m.reg == nil {
-		return
+	if m != nil {
+		m.registration.Unregister()
 	}
-	for _, c := range m.registered {
-		m.reg.Unregister(c)
-	}
-	m.registered = nil
 }

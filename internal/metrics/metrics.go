@@ -36,3 +36,39 @@ func Handler(reg *prometheus.Registry) http.Handler {
 		ErrorHandling:     promhttp.ContinueOnError,
 	})
 }
+
+// Registration is a set of collectors registered together; Unregister removes
+// them, so that a component built again later (a reload, a test) may register
+// the same names. The zero value and a nil *Registration are no-ops.
+type Registration struct {
+	reg        prometheus.Registerer
+	registered []prometheus.Collector
+}
+
+// RegisterAll registers cs on reg, all or none: on an error the ones already
+// registered are removed again. A nil reg registers nothing.
+func RegisterAll(reg prometheus.Registerer, cs ...prometheus.Collector) (*Registration, error) {
+	r := &Registration{reg: reg}
+	if reg == nil {
+		return r, nil
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			r.Unregister()
+			return nil, err
+		}
+		r.registered = append(r.registered, c)
+	}
+	return r, nil
+}
+
+// Unregister removes the collectors RegisterAll registered.
+func (r *Registration) Unregister() {
+	if r == nil || r.reg == nil {
+		return
+	}
+	for _, c := range r.registered {
+		r.reg.Unregister(c)
+	}
+	r.registered = nil
+}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	sluicemetrics "github.com/sluicehq/sluice/internal/metrics"
 )
 
 // Values of the reason label of sluice_ratelimit_redis_errors_total.
@@ -20,8 +22,7 @@ type metrics struct {
 	cacheHits   prometheus.Counter
 	breakerOpen prometheus.Gauge
 
-	reg        prometheus.Registerer // nil: nothing registered
-	registered []prometheus.Collector
+	registration *sluicemetrics.Registration
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -47,31 +48,21 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "sluice_ratelimit_breaker_open",
 			Help: "1 while the circuit breaker in front of Redis is open, else 0.",
 		}),
-		reg: reg,
 	}
 	for _, r := range []string{reasonTimeout, reasonUnavailable, reasonError} {
 		m.errors.WithLabelValues(r) // export zeros, so rate() works from the first error
 	}
-	if reg == nil {
-		return m, nil
+	r, err := sluicemetrics.RegisterAll(reg, m.duration, m.errors, m.cacheHits, m.breakerOpen)
+	if err != nil {
+		return nil, fmt.Errorf("limiter: register metrics: %w", err)
 	}
-	for _, c := range []prometheus.Collector{m.duration, m.errors, m.cacheHits, m.breakerOpen} {
-		if err := reg.Register(c); err != nil {
-			m.unregister()
-			return nil, fmt.Errorf("limiter: register metrics: %w", err)
-		}
-		m.registered = append(m.registered, c)
-	}
+	m.registration = r
 	return m, nil
 }
 
-// unregister removes the collectors registered so far, so a later Limiter may register again.
+// unregister removes the collectors, so a later instance may register again.
 func (m *metrics) unregister() {
-	if m == nil || m.reg == nil {
-		return
+	if m != nil {
+		m.registration.Unregister()
 	}
-	for _, c := range m.registered {
-		m.reg.Unregister(c)
-	}
-	m.registered = nil
 }
