@@ -694,3 +694,135 @@ func randomHex(n int) string {
 	_, _ = crand.Read(b) // never fails (crypto/rand documents it)
 	return hex.EncodeToString(b)
 }
+
+// HotEntry is one of a tenant's hot keys, as HotPaths reports it.
+type HotEntry struct {
+	// Key is the primary key ("<tenant tag>:<hash>").
+	Key string
+	// Path is the request path, with its query if any, that the key was stored for. The
+	// scheme and authority are not recorded: a warmer must supply them.
+	Path string
+	// FreshUntil is when the stored variant that is kept longest stops being fresh
+	// (ResponseTime + Lifetime - InitialAge); it may be in the past (a stale entry kept for
+	// its stale windows or for revalidation).
+	FreshUntil time.Time
+	// Lifetime is that variant's freshness lifetime.
+	Lifetime time.Duration
+	// Expires is when the record stops being kept (Redis expiry of its longest-lived variant).
+	Expires time.Time
+}
+
+// hotHeadBytes bounds what HotPaths reads of an entry: the encoding's version, status, flags,
+// times and durations fit in it (see codec.go), so no body is read.
+const hotHeadBytes = 96
+
+// HotPaths is HotKeys with what a cache warmer needs: for each of the (up to n) hottest primary
+// keys of tenantTag that are still stored in the current generation, its path and when its
+// entry stops being fresh. Keys whose record is gone are left out, so fewer than n may be
+// returned. It needs Redis (nil without L2); errors are returned. Three round trips.
+func (s *Store) HotPaths(ctx context.Context, tenantTag string, n int) ([]HotEntry, error) {
+	keys, err := s.HotKeys(ctx, tenantTag, n)
+	if err != nil || len(keys) == 0 {
+		return nil, err
+	}
+	var out []HotEntry
+	err = s.call(ctx, opHot, s.cfg.PurgeTimeout, func(ctx context.Context) error {
+		var err error
+		out, err = s.l2.hotPaths(ctx, tenantTag, keys)
+		return err
+	})
+	return out, err
+}
+
+// hotPaths reads the record of each primary key in keys, then the head of the longest-lived
+// variant of each, in two pipelines.
+func (l *l2) hotPaths(ctx context.Context, tenant string, keys []string) ([]HotEntry, error) {
+	var gen *redis.SliceCmd
+	recs := make([]*redis.MapStringStringCmd, len(keys))
+	_, err := l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		gen = p.MGet(ctx, l.genKey(tenant))
+		for i, k := range keys {
+			_, pr, _ := strings.Cut(k, ":")
+			recs[i] = p.HGetAll(ctx, l.recordKey(tenant, pr))
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("cachefilter: read hot records: %w", err)
+	}
+	g := "0"
+	if v := gen.Val(); len(v) == 1 && v[0] != nil {
+		g, _ = v[0].(string)
+	}
+	type found struct {
+		e  HotEntry
+		vr string
+	}
+	var fs []found
+	for i, k := range keys {
+		rec := recs[i].Val()
+		if rec["g"] != g || rec["i"] == "" {
+			continue
+		}
+		var best string
+		var bestExp int64
+		for f, v := range rec {
+			vr, ok := strings.CutPrefix(f, "v:")
+			if !ok {
+				continue
+			}
+			if exp, err := strconv.ParseInt(v, 10, 64); err == nil && exp > bestExp {
+				best, bestExp = vr, exp
+			}
+		}
+		if best == "" {
+			continue
+		}
+		fs = append(fs, found{e: HotEntry{Key: k, Path: rec["p"], Expires: time.UnixMilli(bestExp)}, vr: best})
+	}
+	if len(fs) == 0 {
+		return nil, nil
+	}
+	heads := make([]*redis.StringCmd, len(fs))
+	_, err = l.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, f := range fs {
+			heads[i] = p.GetRange(ctx, l.entryKey(tenant, f.vr), 0, hotHeadBytes-1)
+		}
+		return nil
+	})
+	if err != nil && !errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("cachefilter: read hot entries: %w", err)
+	}
+	out := make([]HotEntry, 0, len(fs))
+	for i, f := range fs {
+		b, _ := heads[i].Bytes()
+		resp, initialAge, lifetime, ok := decodeFreshness(b)
+		if !ok {
+			continue // gone since, or corrupt: nothing to warm
+		}
+		f.e.Lifetime = lifetime
+		f.e.FreshUntil = resp.Add(lifetime - initialAge)
+		out = append(out, f.e)
+	}
+	return out, nil
+}
+
+// decodeFreshness decodes the head of an encoded entry (see codec.go) up to its Lifetime: its
+// ResponseTime (or RequestTime, else the zero time), InitialAge and Lifetime.
+func decodeFreshness(b []byte) (resp time.Time, initialAge, lifetime time.Duration, ok bool) {
+	r := reader{b: b}
+	if r.byte() != codecVersion {
+		return time.Time{}, 0, 0, false
+	}
+	_ = r.uvarint()
+	flags := r.byte()
+	if flags&flagRequestTime != 0 {
+		resp = r.time()
+	}
+	if flags&flagResponseTime != 0 {
+		resp = r.time()
+	}
+	initialAge = time.Duration(r.varint())
+	lifetime = time.Duration(r.varint())
+	return resp, initialAge, lifetime, r.err == nil && !resp.IsZero()
+}

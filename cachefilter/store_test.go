@@ -578,6 +578,47 @@ func TestHotKeys(t *testing.T) {
 	}
 }
 
+// TestHotPaths reads back the path and freshness of hot keys, leaving out invalidated ones.
+func TestHotPaths(t *testing.T) {
+	rdb, prefix, clk := redistest.Client(t), redistest.Prefix(t), newClock()
+	cfg := testConfig()
+	cfg.HotSampleRate = 1
+	s := newStore(t, cfg, rdb, prefix, clk, nil)
+	run(t, s)
+	hits := map[string]int{"/a?x=1": 3, "/b": 2, "/c": 1}
+	lifetimes := map[string]time.Duration{"/a?x=1": time.Hour, "/b": time.Minute, "/c": 2 * time.Hour}
+	for path, n := range hits {
+		put(t, s, primaryKey(tenantA, path), path, nil, newEntry(clk.Now(), path, lifetimes[path]))
+		for range n {
+			lookup(t, s, primaryKey(tenantA, path), nil)
+		}
+	}
+	waitFor(t, 5*time.Second, "the hot-key counts", func() bool {
+		got, err := s.HotKeys(context.Background(), tenantA, 10)
+		return err == nil && len(got) == 3
+	})
+	if err := s.Invalidate(context.Background(), primaryKey(tenantA, "/c")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.HotPaths(context.Background(), tenantA, 10)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 2 {
+		t.Fatalf("HotPaths = %+v, want /a?x=1 and /b", got)
+	}
+	for i, path := range []string{"/a?x=1", "/b"} {
+		e := got[i]
+		if e.Key != primaryKey(tenantA, path) || e.Path != path || e.Lifetime != lifetimes[path] ||
+			!e.FreshUntil.Equal(clk.Now().Add(lifetimes[path])) || e.Expires.IsZero() {
+			t.Errorf("HotPaths[%d] = %+v, want %s fresh for %v", i, e, path, lifetimes[path])
+		}
+	}
+	if got, err := s.HotPaths(context.Background(), tenantB, 10); err != nil || len(got) != 0 {
+		t.Errorf("HotPaths of another tenant = %+v, %v", got, err)
+	}
+}
+
 // TestInvalidArguments checks that bad keys and entries fail with ErrInvalid and touch nothing.
 func TestInvalidArguments(t *testing.T) {
 	s := newStore(t, cachefilter.StoreConfig{}, nil, "", newClock(), nil)

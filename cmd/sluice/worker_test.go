@@ -3,11 +3,15 @@ package main
 import (
 	"bytes"
 	"context"
+	"net/http"
+	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/sluicehq/sluice/internal/db/dbtest"
+	"github.com/sluicehq/sluice/internal/redistest"
 )
 
 func TestWorkerMigrate(t *testing.T) {
@@ -30,6 +34,7 @@ func TestWorkerMigrate(t *testing.T) {
 		{name: "nothing pending after", args: []string{"worker", "migrate", "--dry-run"}, wantOut: "0 pending migrations, 0 invalid indexes"},
 		{name: "dry run without migrate", args: []string{"worker", "--dry-run"}, wantCode: 2},
 		{name: "unknown argument", args: []string{"worker", "migrate", "extra"}, wantCode: 2},
+		{name: "warming without tenants", args: []string{"worker", "--redis-url", "redis://127.0.0.1:1", "--envoy-url", "http://127.0.0.1:1"}, wantCode: 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -60,6 +65,67 @@ func TestWorkerWaitsUntilStopped(t *testing.T) {
 	case code := <-done:
 		if code != 0 {
 			t.Fatalf("exit %d", code)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker did not stop")
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for a writer and a reader in different goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+func TestWorkerWarmsWithRedisAndEnvoy(t *testing.T) {
+	url := dbtest.New(t)
+	redistest.Client(t) // fails the test early if Redis is not there
+	prefix := redistest.Prefix(t)
+	envoy := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	defer envoy.Close()
+	env := map[string]string{
+		"DATABASE_URL": url, "REDIS_URL": "redis://" + redistest.Addr(), "REDIS_KEY_PREFIX": prefix,
+		"ENVOY_URL": envoy.URL, "WARM_TENANTS": "acme, globex", "WARM_INTERVAL": "20ms",
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	var errb lockedBuffer
+	go func() {
+		done <- run(ctx, []string{"worker"}, &bytes.Buffer{}, &errb, func(k string) string { return env[k] })
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(errb.String(), "warm: round done") {
+		select {
+		case code := <-done:
+			t.Fatalf("worker exited early with %d: %s", code, errb.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no warming round logged: %s", errb.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if s := errb.String(); !strings.Contains(s, "warming the cache") || !strings.Contains(s, "tenants=2") {
+		t.Fatalf("log: %s", s)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errb.String())
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("worker did not stop")
