@@ -1,5 +1,8 @@
-// Command demoapi serves the demo contacts API (internal/demoapi) over an
-// in-memory store: the application behind Envoy in the compose stack
+// Command demoapi serves the demo contacts API (internal/demoapi) over
+// PostgreSQL when -database-url / DATABASE_URL is set (reads from
+// DATABASE_READ_URL's replica while it is healthy; the schema comes from
+// `sluice worker migrate`), otherwise over an in-memory store: the
+// application behind Envoy in the compose stack
 // (docker-compose.yaml's `app` service, envoy.yaml's `app` cluster).
 // `sluice dev` runs the same API in-process instead.
 //
@@ -24,6 +27,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/db"
 	"github.com/sluicehq/sluice/internal/demoapi"
 )
 
@@ -50,6 +54,7 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(net.Ad
 	listen := fs.String("listen", ":8000", "HTTP listen address")
 	seed := fs.String("seed", defaultSeed, "comma-separated tenants to give five demo contacts each (empty: none)")
 	grace := fs.Duration("shutdown-grace", 10*time.Second, "how long in-flight requests may run after SIGTERM")
+	dbURL := fs.String("database-url", os.Getenv("DATABASE_URL"), "PostgreSQL (env DATABASE_URL); empty: in-memory store")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -59,14 +64,29 @@ func run(ctx context.Context, args []string, stderr io.Writer, ready func(net.Ad
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
 
-	store := demoapi.NewMemory(nil)
-	var tenants []string
-	for t := range strings.SplitSeq(*seed, ",") {
-		if t = strings.TrimSpace(t); t != "" {
-			tenants = append(tenants, t)
+	var (
+		store   demoapi.Store
+		tenants []string // seeded (in-memory store only)
+	)
+	if *dbURL != "" {
+		d, err := db.Open(ctx, db.Config{URL: *dbURL, ReadURL: os.Getenv("DATABASE_READ_URL")}.WithDefaults(), nil, log)
+		if err != nil {
+			log.Error("demoapi: database", "err", err)
+			return 1
 		}
+		defer d.Close()
+		go func() { _ = d.Run(ctx) }() // replica lag checks; ends with ctx
+		store = demoapi.NewPostgres(d, "free")
+	} else {
+		mem := demoapi.NewMemory(nil)
+		for t := range strings.SplitSeq(*seed, ",") {
+			if t = strings.TrimSpace(t); t != "" {
+				tenants = append(tenants, t)
+			}
+		}
+		mem.Seed(tenants...)
+		store = mem
 	}
-	store.Seed(tenants...)
 
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", *listen)

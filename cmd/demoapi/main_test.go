@@ -11,6 +11,9 @@ import (
 	"time"
 
 	"go.uber.org/goleak"
+
+	"github.com/sluicehq/sluice/internal/db"
+	"github.com/sluicehq/sluice/internal/db/dbtest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -121,4 +124,70 @@ func TestBadArguments(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPostgresStore: with -database-url the API keeps contacts in PostgreSQL
+// (schema from the worker's migrations), so they outlive the process.
+func TestPostgresStore(t *testing.T) {
+	url := dbtest.New(t)
+	ctx := context.Background()
+	d, err := db.Open(ctx, db.Config{URL: url}.WithDefaults(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Migrate(ctx, d.Primary(), db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+
+	serve := func(do func(base string)) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		addrc, done := make(chan net.Addr, 1), make(chan int, 1)
+		var stderr strings.Builder
+		go func() {
+			done <- run(ctx, []string{"-listen", "127.0.0.1:0", "-database-url", url, "-shutdown-grace", "1s"}, &stderr, func(a net.Addr) { addrc <- a })
+		}()
+		select {
+		case a := <-addrc:
+			do("http://" + a.String())
+		case code := <-done:
+			t.Fatalf("demoapi exited %d: %s", code, stderr.String())
+		}
+		cancel()
+		if code := <-done; code != 0 {
+			t.Fatalf("exit %d: %s", code, stderr.String())
+		}
+	}
+	client := &http.Client{Transport: &http.Transport{}}
+	defer client.CloseIdleConnections()
+	var location string
+	serve(func(base string) {
+		req, _ := http.NewRequest("POST", base+"/api/v1/contacts", strings.NewReader(`{"name":"Pat Postgres","email":"pat@pg"}`))
+		req.Header.Set("x-sluice-tenant", "pgco")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 201 {
+			t.Fatalf("create: %d", resp.StatusCode)
+		}
+		location = resp.Header.Get("Location")
+	})
+	client.CloseIdleConnections()
+	// A new process finds it.
+	serve(func(base string) {
+		req, _ := http.NewRequest("GET", base+location, nil)
+		req.Header.Set("x-sluice-tenant", "pgco")
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(body), "Pat Postgres") {
+			t.Fatalf("read back after restart: %d %s", resp.StatusCode, body)
+		}
+	})
 }
