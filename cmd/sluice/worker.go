@@ -15,6 +15,9 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
 	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/internal/db"
 	"github.com/sluicehq/sluice/internal/metrics"
@@ -60,6 +63,8 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	concurrency := fs.Int("warm-concurrency", envInt(getenv, "WARM_CONCURRENCY", warm.DefaultConcurrency), "warming requests in flight at most (env WARM_CONCURRENCY)")
 	early := fs.Float64("warm-early-refresh", envFloat(getenv, "WARM_EARLY_REFRESH", warm.DefaultEarlyRefresh), "refresh once less than this fraction of an entry's freshness lifetime is left (env WARM_EARLY_REFRESH)")
 	metricsAddr := fs.String("metrics-addr", getenv("WORKER_METRICS_ADDR"), "serve the warmer's /metrics on this address, e.g. :9092 (env WORKER_METRICS_ADDR)")
+	templates := fs.String("warm-templates", getenv("WARM_TEMPLATES"), "comma-separated paths warmed for the most active tenants, {tenant} substituted (env WARM_TEMPLATES)")
+	activeN := fs.Int("warm-active-tenants", envInt(getenv, "WARM_ACTIVE_TENANTS", 20), "how many of the most active tenants (activities in the last day) get --warm-templates (env WARM_ACTIVE_TENANTS)")
 	reqTimeout := fs.Duration("warm-request-timeout", envDuration(getenv, "WARM_REQUEST_TIMEOUT", warm.DefaultRequestTimeout), "timeout of each warming request (env WARM_REQUEST_TIMEOUT)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -86,8 +91,18 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 			tenantList = append(tenantList, t)
 		}
 	}
-	if warming && len(tenantList) == 0 {
-		fmt.Fprintln(stderr, "sluice worker: cache warming (--redis-url and --envoy-url) needs --warm-tenants")
+	var templateList []string
+	for p := range strings.SplitSeq(*templates, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			if !strings.HasPrefix(p, "/") {
+				fmt.Fprintf(stderr, "sluice worker: --warm-templates path %q must start with /\n", p)
+				return 2
+			}
+			templateList = append(templateList, p)
+		}
+	}
+	if warming && len(tenantList) == 0 && len(templateList) == 0 {
+		fmt.Fprintln(stderr, "sluice worker: cache warming (--redis-url and --envoy-url) needs --warm-tenants or --warm-templates")
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
@@ -124,7 +139,8 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 		if err := runWarmer(ctx, log, *redisURL, *keyPrefix, *metricsAddr, warm.Config{
 			EnvoyURL: *envoyURL, Host: *warmHost, Tenants: tenantList, TenantHeader: *tenantHeader,
 			Interval: *interval, TopN: *topN, Concurrency: *concurrency, EarlyRefresh: *early,
-			RequestTimeout: *reqTimeout,
+			RequestTimeout: *reqTimeout, Templates: templateList,
+			ActiveTenants: activeTenants(d.Primary(), *activeN, len(templateList) > 0),
 		}); err != nil {
 			log.Error("sluice worker: cache warming", "err", err)
 			return 1
@@ -139,6 +155,23 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	}
 	log.Info("sluice worker stopped")
 	return 0
+}
+
+// activeTenants returns the query the warmer uses to find the most active
+// tenants (by activities in the last day), or nil when no templates need it.
+func activeTenants(pool *pgxpool.Pool, n int, needed bool) func(context.Context) ([]string, error) {
+	if !needed || n <= 0 {
+		return nil
+	}
+	return func(ctx context.Context) ([]string, error) {
+		rows, err := pool.Query(ctx, `SELECT tenant_id FROM activities
+			WHERE created_at > now() - interval '1 day'
+			GROUP BY tenant_id ORDER BY count(*) DESC, tenant_id LIMIT $1`, n)
+		if err != nil {
+			return nil, fmt.Errorf("active tenants: %w", err)
+		}
+		return pgx.CollectRows(rows, pgx.RowTo[string])
+	}
 }
 
 // runWarmer warms the cache until ctx ends.

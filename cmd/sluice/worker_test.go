@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/db"
 	"github.com/sluicehq/sluice/internal/db/dbtest"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
@@ -129,5 +130,41 @@ func TestWorkerWarmsWithRedisAndEnvoy(t *testing.T) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatal("worker did not stop")
+	}
+}
+
+// TestActiveTenantsQuery: the warmer's tenant source ranks tenants by their
+// activities of the last day, against the migrated schema.
+func TestActiveTenantsQuery(t *testing.T) {
+	ctx := context.Background()
+	d, err := db.Open(ctx, db.Config{URL: dbtest.New(t)}.WithDefaults(), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if _, err := db.Migrate(ctx, d.Primary(), db.MigrateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = d.Primary().Exec(ctx, `
+		INSERT INTO tenants (id, tier) VALUES ('quiet', 'free'), ('busy', 'pro'), ('old', 'pro'), ('mid', 'basic');
+		INSERT INTO contacts (tenant_id, name) VALUES ('quiet', 'q'), ('busy', 'b'), ('old', 'o'), ('mid', 'm');
+		INSERT INTO activities (tenant_id, contact_id, kind, created_at)
+		SELECT c.tenant_id, c.id, 'call', now() - s.age
+		FROM contacts c
+		JOIN (VALUES ('quiet', 1, interval '1 hour'), ('busy', 5, interval '1 hour'), ('mid', 3, interval '1 hour'),
+		             ('old', 9, interval '3 days')) AS v(tenant, n, age) ON v.tenant = c.tenant_id
+		CROSS JOIN LATERAL (SELECT v.age AS age FROM generate_series(1, v.n)) s`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := activeTenants(d.Primary(), 5, false); f != nil {
+		t.Error("no templates: the query should not run")
+	}
+	got, err := activeTenants(d.Primary(), 2, true)(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(got, ",") != "busy,mid" {
+		t.Errorf("active tenants %v, want [busy mid] (old activity does not count)", got)
 	}
 }

@@ -71,6 +71,13 @@ type Config struct {
 	RequestTimeout time.Duration
 	// Client sends the requests; nil uses a client of its own.
 	Client *http.Client
+	// Templates are paths warmed for the most active tenants each round ("{tenant}" is
+	// replaced by the tenant), with a plain GET: a fresh entry is a cheap hit, a missing one
+	// is fetched and stored.
+	Templates []string
+	// ActiveTenants, when set, returns the most active tenants (the worker asks PostgreSQL);
+	// they are warmed with Templates and their hot entries, like Tenants.
+	ActiveTenants func(ctx context.Context) ([]string, error)
 }
 
 // WithDefaults returns c with its zero fields set to the defaults.
@@ -212,9 +219,36 @@ func (w *Warmer) Round(ctx context.Context) (Stats, error) {
 	start := time.Now()
 	var st Stats
 	var firstErr error
-	type job struct{ tenant, path string }
+	type job struct {
+		tenant, path string
+		force        bool // revalidate (hot entry near expiry) rather than fill (template)
+	}
 	var jobs []job
-	for _, tenant := range w.cfg.Tenants {
+	tenants := w.cfg.Tenants
+	if w.cfg.ActiveTenants != nil {
+		active, err := w.cfg.ActiveTenants(ctx)
+		if err != nil {
+			w.log.Warn("warm: active tenants", "err", err)
+			firstErr = fmt.Errorf("warm: active tenants: %w", err)
+		}
+		seen := map[string]bool{}
+		for _, t := range tenants {
+			seen[t] = true
+		}
+		tenants = append([]string(nil), tenants...)
+		for _, t := range active {
+			if t != "" && !seen[t] {
+				seen[t] = true
+				tenants = append(tenants, t)
+			}
+		}
+		for _, t := range active {
+			for _, tpl := range w.cfg.Templates {
+				jobs = append(jobs, job{tenant: t, path: strings.ReplaceAll(tpl, "{tenant}", url.PathEscape(t))})
+			}
+		}
+	}
+	for _, tenant := range tenants {
 		if ctx.Err() != nil {
 			break
 		}
@@ -233,7 +267,7 @@ func (w *Warmer) Round(ctx context.Context) (Stats, error) {
 			if e.Path == "" || !strings.HasPrefix(e.Path, "/") || !w.due(e, now) {
 				continue
 			}
-			jobs = append(jobs, job{tenant, e.Path})
+			jobs = append(jobs, job{tenant: tenant, path: e.Path, force: true})
 		}
 	}
 	// Shuffle, so that replicas running the same round do not walk the keys in step.
@@ -255,7 +289,7 @@ func (w *Warmer) Round(ctx context.Context) (Stats, error) {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			ok := w.refresh(ctx, j.tenant, j.path)
+			ok := w.refresh(ctx, j.tenant, j.path, j.force)
 			mu.Lock()
 			if ok {
 				st.Refreshed++
@@ -272,7 +306,7 @@ func (w *Warmer) Round(ctx context.Context) (Stats, error) {
 }
 
 // refresh sends one warming request and reports whether it refreshed the entry.
-func (w *Warmer) refresh(ctx context.Context, tenant, path string) bool {
+func (w *Warmer) refresh(ctx context.Context, tenant, path string, force bool) bool {
 	ctx, cancel := context.WithTimeout(ctx, w.cfg.RequestTimeout)
 	defer cancel()
 	target := w.base.Scheme + "://" + w.base.Host + path
@@ -285,7 +319,9 @@ func (w *Warmer) refresh(ctx context.Context, tenant, path string) bool {
 	if w.cfg.Host != "" {
 		req.Host = w.cfg.Host
 	}
-	req.Header.Set("Cache-Control", "no-cache")
+	if force {
+		req.Header.Set("Cache-Control", "no-cache")
+	}
 	req.Header.Set(Header, "1")
 	req.Header.Set(w.cfg.TenantHeader, tenant)
 	resp, err := w.client.Do(req)

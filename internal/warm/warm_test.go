@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -216,4 +217,46 @@ type sourceFunc func(context.Context, string, int) ([]cachefilter.HotEntry, erro
 
 func (f sourceFunc) HotPaths(ctx context.Context, tag string, n int) ([]cachefilter.HotEntry, error) {
 	return f(ctx, tag, n)
+}
+
+// TestTemplatesForActiveTenants: the configured templates are requested for
+// each active tenant, as plain GETs (fill, not revalidate), with the tenant
+// substituted and sent as identity.
+func TestTemplatesForActiveTenants(t *testing.T) {
+	var mu sync.Mutex
+	got := map[string]bool{}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Cache-Control") != "" || r.Header.Get(warm.Header) != "1" {
+			w.WriteHeader(400)
+			return
+		}
+		mu.Lock()
+		got[r.Header.Get("x-tenant-id")+" "+r.URL.RequestURI()] = true
+		mu.Unlock()
+	}))
+	defer srv.Close()
+	none := sourceFunc(func(context.Context, string, int) ([]cachefilter.HotEntry, error) { return nil, nil })
+	w, err := warm.New(warm.Config{
+		EnvoyURL:  srv.URL,
+		Templates: []string{"/api/v1/dashboard/stats", "/api/v1/tenants/{tenant}/summary"},
+		ActiveTenants: func(context.Context) ([]string, error) {
+			return []string{"acme", "glo bex"}, nil
+		},
+	}, none, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.Close()
+	st, err := w.Round(context.Background())
+	if err != nil || st.Refreshed != 4 {
+		t.Fatalf("round %+v %v, want 4 refreshed", st, err)
+	}
+	for _, want := range []string{
+		"acme /api/v1/dashboard/stats", "acme /api/v1/tenants/acme/summary",
+		"glo bex /api/v1/dashboard/stats", "glo bex /api/v1/tenants/glo%20bex/summary",
+	} {
+		if !got[want] {
+			t.Errorf("no request %q; got %v", want, got)
+		}
+	}
 }
