@@ -79,8 +79,10 @@ func (s *Stage) RequestHeaders(_ context.Context, x *extproc.Exchange) error {
 		x.Respond(e.Status, append(extproc.Headers{{Name: "allow", Value: "POST"}}, jsonHeaders...), errorJSON(e))
 		return nil
 	}
-	if cl := x.RequestHeaders.Get("content-length"); cl == "0" {
-		// No body message will follow (end_of_stream on the headers).
+	if x.RequestEndOfStream || x.RequestHeaders.Get("content-length") == "0" {
+		// No body message will follow (end_of_stream on the headers, e.g. an
+		// HTTP/2 POST without DATA frames): answer here rather than let the
+		// request reach the application.
 		s.respondError(x, &Error{Status: http.StatusBadRequest, Code: CodeInvalidRequest, Message: "empty batch body"})
 		return nil
 	}

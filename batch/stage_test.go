@@ -61,6 +61,7 @@ func TestStage(t *testing.T) {
 		chunks   []string
 		status   int
 		atHeader bool // answered at request headers
+		eos      bool // end_of_stream on the request headers (no body, e.g. HTTP/2 without DATA)
 		override bool // headers reply carries mode_override BUFFERED
 	}{
 		{name: "buffered by the route", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", chunks: []string{body}, status: 200},
@@ -70,6 +71,7 @@ func TestStage(t *testing.T) {
 		{name: "nested parent", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", headers: []string{"x-sluice-batch", "1"}, status: 400, atHeader: true},
 		{name: "get", mode: procmodev3.ProcessingMode_BUFFERED, method: "GET", path: "/api/v1/batch", status: 405, atHeader: true},
 		{name: "empty body", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", headers: []string{"content-length", "0"}, status: 400, atHeader: true},
+		{name: "no body at all", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", eos: true, status: 400, atHeader: true},
 	}
 	u := newUpstream(t)
 	conn := newStageConn(t, u)
@@ -78,7 +80,7 @@ func TestStage(t *testing.T) {
 			s := extproctest.Open(t, conn)
 			s.Protocol.RequestBodyMode = tc.mode
 			hdrs := append([]string{"authorization", "Bearer tok"}, tc.headers...)
-			if err := s.Send(extproctest.RequestHeaders(tc.method, tc.path, false, hdrs...)); err != nil {
+			if err := s.Send(extproctest.RequestHeaders(tc.method, tc.path, tc.eos, hdrs...)); err != nil {
 				t.Fatal(err)
 			}
 			var ir *extprocv3.ImmediateResponse

@@ -136,6 +136,9 @@ type Exchange struct {
 	// mutation: values a stage strips (x-sluice-*) stay readable here for
 	// stages that authenticate their own markers.
 	RequestHeaders Headers
+	// RequestEndOfStream is HttpHeaders.end_of_stream of the request headers:
+	// the request has no body (no body message will follow).
+	RequestEndOfStream bool
 	// Metadata is ProcessingRequest.metadata_context of the request headers
 	// message: the dynamic metadata namespaces listed in the filter's
 	// metadata_options.forwarding_namespaces. May be nil.

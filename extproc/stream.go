@@ -165,6 +165,7 @@ func (st *stream) requestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadata) 
 	x.phase = PhaseRequestHeaders
 	x.Start = st.s.now()
 	x.RequestHeaders = headersFromProto(h.GetHeaders())
+	x.RequestEndOfStream = h.GetEndOfStream()
 	for _, f := range x.RequestHeaders {
 		switch f.Name {
 		case ":method":
