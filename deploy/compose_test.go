@@ -458,18 +458,8 @@ func sluiceConfig(t *testing.T, c *compose) (config.Config, sluiceFlags) {
 	if err != nil {
 		t.Fatalf("config.Load(%s): %v", host, err)
 	}
-	if f.grpcAddr != "" {
-		cfg.Server.GRPCAddr = f.grpcAddr
-	}
-	if f.adminAddr != "" {
-		cfg.Server.AdminAddr = f.adminAddr
-	}
-	if f.rlConfig != "" {
-		cfg.RateLimit.ConfigPath = f.rlConfig
-	}
-	if f.redisURL != "" {
-		cfg.Redis.URL = f.redisURL
-	}
+	// The same flag-over-file rule as cmd/sluice.
+	cfg = config.Overrides{GRPCAddr: f.grpcAddr, AdminAddr: f.adminAddr, RateLimitConfig: f.rlConfig, RedisURL: f.redisURL}.Apply(cfg)
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("%s with the compose flags does not validate: %v", host, err)
 	}

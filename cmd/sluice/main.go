@@ -99,24 +99,10 @@ func (c *common) load() (config.Config, error) {
 	if err != nil {
 		return cfg, err
 	}
-	if c.grpcAddr != "" {
-		cfg.Server.GRPCAddr = c.grpcAddr
-	}
-	if c.adminAddr != "" {
-		cfg.Server.AdminAddr = c.adminAddr
-	}
-	if c.rlConfig != "" {
-		cfg.RateLimit.ConfigPath = c.rlConfig
-	}
-	if c.redisURL != "" {
-		cfg.Redis.URL = c.redisURL
-	}
-	if c.databaseURL != "" {
-		cfg.Database.URL = c.databaseURL
-	}
-	if c.databaseReadURL != "" {
-		cfg.Database.ReadURL = c.databaseReadURL
-	}
+	cfg = config.Overrides{
+		GRPCAddr: c.grpcAddr, AdminAddr: c.adminAddr, RateLimitConfig: c.rlConfig,
+		RedisURL: c.redisURL, DatabaseURL: c.databaseURL, DatabaseReadURL: c.databaseReadURL,
+	}.Apply(cfg)
 	return cfg, cfg.Validate()
 }
 

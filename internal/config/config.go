@@ -181,3 +181,25 @@ func (l Log) Logger(w io.Writer) *slog.Logger {
 	}
 	return slog.New(slog.NewJSONHandler(w, opts))
 }
+
+// Overrides are the deployment settings flags and environment variables may
+// set over the file. Empty fields leave the file's value.
+type Overrides struct {
+	GRPCAddr, AdminAddr, RateLimitConfig, RedisURL, DatabaseURL, DatabaseReadURL string
+}
+
+// Apply returns c with every non-empty override set.
+func (o Overrides) Apply(c Config) Config {
+	set := func(dst *string, v string) {
+		if v != "" {
+			*dst = v
+		}
+	}
+	set(&c.Server.GRPCAddr, o.GRPCAddr)
+	set(&c.Server.AdminAddr, o.AdminAddr)
+	set(&c.RateLimit.ConfigPath, o.RateLimitConfig)
+	set(&c.Redis.URL, o.RedisURL)
+	set(&c.Database.URL, o.DatabaseURL)
+	set(&c.Database.ReadURL, o.DatabaseReadURL)
+	return c
+}

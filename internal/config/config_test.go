@@ -65,3 +65,15 @@ func TestLoadMissingFile(t *testing.T) {
 		t.Fatal("want an error for a missing file")
 	}
 }
+
+func TestOverrides(t *testing.T) {
+	base := Config{}.WithDefaults()
+	base.Redis.URL = "redis://file:6379/0"
+	got := Overrides{GRPCAddr: "127.0.0.1:1", RedisURL: "redis://flag:6379/0", DatabaseURL: "postgres://db"}.Apply(base)
+	if got.Server.GRPCAddr != "127.0.0.1:1" || got.Redis.URL != "redis://flag:6379/0" || got.Database.URL != "postgres://db" {
+		t.Errorf("overrides not applied: %+v", got)
+	}
+	if got.Server.AdminAddr != base.Server.AdminAddr || got.RateLimit.ConfigPath != base.RateLimit.ConfigPath {
+		t.Errorf("empty overrides changed the file's values")
+	}
+}
