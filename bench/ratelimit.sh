@@ -4,7 +4,11 @@
 # without Redis (the gRPC floor of this machine), all measured in this run,
 # and the ratios. Then the raw rate of the same Lua call alone (bench/rlsscript).
 #
-#   bash bench/ratelimit.sh [duration, default 5s] [concurrency, default 32]
+#   bash bench/ratelimit.sh [duration, default 5s] [concurrency list, default "32"]
+#
+# A list such as "32 128" repeats the comparison at each concurrency: the
+# coalescer's batches grow with the number of callers in flight, the floor's
+# cost per call does not, so the ratio depends on it.
 #
 # Needs Redis at 127.0.0.1:6379 (scripts/services.sh starts it). Uses ports
 # 18090-18092 on loopback only.
@@ -23,38 +27,59 @@ go build -o "$BIN/rlsscript" ./bench/rlsscript
 
 PREFIX="sluicebench:$$:"
 "$BIN/rlsfloor" -addr 127.0.0.1:18090 &
+FLOOR_PID=$!
 cat > "$BIN/sluice.yaml" <<YAML
 log: {level: warn}
 redis: {key_prefix: "$PREFIX"}
 YAML
 "$BIN/sluice" serve --config "$BIN/sluice.yaml" --grpc-addr 127.0.0.1:18091 --admin-addr 127.0.0.1:18092 \
   --ratelimit-config bench/testdata/ratelimit-bench.yaml --redis-url redis://127.0.0.1:6379/0 &
+SLUICE_PID=$!
+REDIS_PID=$(redis-cli -h 127.0.0.1 -p 6379 info server | sed -n 's/^process_id:\([0-9]*\).*/\1/p')
 for i in $(seq 1 50); do
   curl -fs http://127.0.0.1:18092/readyz >/dev/null 2>&1 && break
   sleep 0.1
 done
 
-run() { "$BIN/rlsload" -addr "$1" -label "$2" -descriptors "$3" -c "$CONC" -d "$DUR" -domain bench; }
-echo "== ShouldRateLimit, $CONC concurrent callers, $DUR each (load generator on the same 2 cores)"
-F1=$(run 127.0.0.1:18090 floor 1); echo "$F1"
-S1=$(run 127.0.0.1:18091 sluice 1); echo "$S1"
-F3=$(run 127.0.0.1:18090 floor 3); echo "$F3"
-S3=$(run 127.0.0.1:18091 sluice 3); echo "$S3"
-
-field() { sed -n "s|.* $2=\([^ ]*\).*|\1|p" <<<"$1"; }
+# Each run also prints the CPU time per call of the server, Redis and the load generator over
+# the measured window: comparable across runs when decisions/s are not (a noisy machine).
+# Sluice runs also print how many calls were answered without Redis (fail-open on a Redis
+# timeout: sluice_ratelimit_degraded_total), which would flatter its figures if not zero.
+degraded() {
+  curl -fs http://127.0.0.1:18092/metrics | awk '/^sluice_ratelimit_degraded_total/ {s += $NF} END {printf "%d", s}'
+}
+run() {
+  local pids="server=$FLOOR_PID" before
+  [ "$2" = sluice ] && pids="server=$SLUICE_PID,redis=$REDIS_PID" && before=$(degraded)
+  "$BIN/rlsload" -addr "$1" -label "$2" -descriptors "$3" -c "$4" -d "$DUR" -domain bench -pids "$pids"
+  [ "$2" = sluice ] && printf '%-28s answered without redis (fail-open) = %d\n' "" $(( $(degraded) - before ))
+  return 0
+}
+field() { head -1 <<<"$1" | sed -n "s|.* $2=\([^ ]*\).*|\1|p"; }
+cpu() { sed -n "s|.*cpu_us_per_call:.* total=\([^ ]*\).*|\1|p" <<<"$1"; }
 dur_us() { # Go duration string -> microseconds
   awk -v d="$1" 'BEGIN{ if (d ~ /ms$/) {sub(/ms$/,"",d); print d*1000} else if (d ~ /µs$/) {sub(/µs$/,"",d); print d} else if (d ~ /ns$/) {sub(/ns$/,"",d); print d/1000} else {sub(/s$/,"",d); print d*1e6} }'
 }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{ printf "%.2f", a/b }'; }
+SUMMARY=""
+for C in $CONC; do
+  echo "== ShouldRateLimit, $C concurrent callers, $DUR each (load generator on the same 2 cores)"
+  F1=$(run 127.0.0.1:18090 floor 1 "$C"); echo "$F1"
+  S1=$(run 127.0.0.1:18091 sluice 1 "$C"); echo "$S1"
+  F3=$(run 127.0.0.1:18090 floor 3 "$C"); echo "$F3"
+  S3=$(run 127.0.0.1:18091 sluice 3 "$C"); echo "$S3"
+  for n in 1 3; do
+    F=F$n; S=S$n
+    SUMMARY+="c=$C descriptors=$n  throughput sluice/floor = $(ratio "$(field "${!S}" decisions/s)" "$(field "${!F}" decisions/s)")x"
+    SUMMARY+="  p99 sluice/floor = $(ratio "$(dur_us "$(field "${!S}" p99)")" "$(dur_us "$(field "${!F}" p99)")")x"
+    SUMMARY+="  CPU per call (all processes) floor/sluice = $(ratio "$(cpu "${!F}")" "$(cpu "${!S}")")x"$'\n'
+  done
+done
 echo
 echo "== ratios against the floor (same run)"
-for n in 1 3; do
-  F=F$n; S=S$n
-  echo "descriptors=$n  throughput sluice/floor = $(ratio "$(field "${!S}" decisions/s)" "$(field "${!F}" decisions/s)")x" \
-       " p99 sluice/floor = $(ratio "$(dur_us "$(field "${!S}" p99)")" "$(dur_us "$(field "${!F}" p99)")")x"
-done
+printf '%s' "$SUMMARY"
 
 echo
-echo "== the same EVALSHA alone (one request, one sliding-window item), $CONC clients"
-"$BIN/rlsscript" -bench -addr 127.0.0.1:6379 -c "$CONC" -n 200000 -r 1000 -prefix "$PREFIX"
+echo "== the same EVALSHA alone (one request, one sliding-window item), ${CONC%% *} clients"
+"$BIN/rlsscript" -bench -addr 127.0.0.1:6379 -c "${CONC%% *}" -n 200000 -r 1000 -prefix "$PREFIX"
 redis-cli -h 127.0.0.1 -p 6379 --scan --pattern "${PREFIX}*" | xargs -r -n 500 redis-cli -h 127.0.0.1 -p 6379 UNLINK >/dev/null

@@ -11,7 +11,10 @@ import (
 	"log"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	commonrl "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
@@ -32,6 +35,7 @@ func main() {
 		tenants  = flag.Int("tenants", 1000, "distinct tenant values (spreads keys like real traffic)")
 		warm     = flag.Duration("warmup", time.Second, "warm-up time, not measured")
 		rpcLimit = flag.Duration("timeout", time.Second, "per-call timeout")
+		pids     = flag.String("pids", "", "name=pid,... of processes whose CPU time per call to report (Linux /proc), e.g. server=123,redis=456")
 	)
 	flag.Parse()
 	if *descs < 1 || *descs > 8 || *conc < 1 || *conns < 1 {
@@ -101,6 +105,17 @@ func main() {
 			mu.Unlock()
 		}(w)
 	}
+	// CPU accounting over the measured window only: the servers' from /proc, the load
+	// generator's own from getrusage. Per call, it is comparable across runs even when the
+	// machine is noisy, where decisions/s is not.
+	watched, err := parsePids(*pids)
+	if err != nil {
+		log.Fatal(err)
+	}
+	time.Sleep(time.Until(measure))
+	cpu0, self0 := cpuTimes(watched), selfCPU()
+	time.Sleep(time.Until(stop))
+	cpu1, self1 := cpuTimes(watched), selfCPU()
 	wg.Wait()
 	if len(lat) == 0 {
 		fmt.Fprintln(os.Stderr, "rlsload: no calls completed")
@@ -110,4 +125,69 @@ func main() {
 	pct := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
 	fmt.Printf("%-28s descriptors=%d c=%d calls=%d decisions/s=%.0f p50=%v p99=%v errors=%d over_limit=%d\n",
 		*label, *descs, *conc, len(lat), float64(len(lat))/dur.Seconds(), pct(0.50), pct(0.99), errs, over)
+	if len(watched) > 0 {
+		perCall := func(d time.Duration) float64 { return float64(d.Microseconds()) / float64(len(lat)) }
+		line := fmt.Sprintf("%-28s cpu_us_per_call:", "")
+		total := 0.0
+		for i, p := range watched {
+			v := perCall(cpu1[i] - cpu0[i])
+			total += v
+			line += fmt.Sprintf(" %s=%.1f", p.name, v)
+		}
+		v := perCall(self1 - self0)
+		total += v
+		fmt.Printf("%s loadgen=%.1f total=%.1f\n", line, v, total)
+	}
+}
+
+type proc struct {
+	name string
+	pid  int
+}
+
+func parsePids(s string) ([]proc, error) {
+	var out []proc
+	for _, f := range strings.Split(s, ",") {
+		if f == "" {
+			continue
+		}
+		name, pid, ok := strings.Cut(f, "=")
+		n, err := strconv.Atoi(pid)
+		if !ok || err != nil || n <= 0 {
+			return nil, fmt.Errorf("rlsload: -pids: %q is not name=pid", f)
+		}
+		out = append(out, proc{name, n})
+	}
+	return out, nil
+}
+
+// cpuTimes returns the user+system CPU time of each process so far, from /proc/PID/stat
+// (fields 14 and 15, in clock ticks of 1/100 s: USER_HZ is 100 on Linux). A process that
+// cannot be read counts as 0.
+func cpuTimes(ps []proc) []time.Duration {
+	out := make([]time.Duration, len(ps))
+	for i, p := range ps {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.pid))
+		if err != nil {
+			continue
+		}
+		// The command name (field 2) may hold spaces: fields are counted after its ')'.
+		rest := string(b[strings.LastIndexByte(string(b), ')')+1:])
+		f := strings.Fields(rest)
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		out[i] = time.Duration(u+s) * 10 * time.Millisecond
+	}
+	return out
+}
+
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
