@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -282,5 +283,37 @@ func TestStreamErrorFailsOpen(t *testing.T) {
 	m.Body.Close()
 	if !strings.Contains(string(b), `sluice_extproc_streams_total{result="stage_error"} 1`) {
 		t.Errorf("stage error not counted:\n%s", b)
+	}
+}
+
+// The batch route fails closed (its ExtProcPerRoute sets failure_mode_allow
+// false): only Sluice answers a batch, so a failed stream must not forward
+// it to the application, which has no such endpoint.
+func TestBatchRouteFailsClosed(t *testing.T) {
+	var reached atomic.Int32
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		reached.Add(1)
+		http.NotFound(w, r)
+	}))
+	t.Cleanup(app.Close)
+	s := start(t, app.URL, true, nil, extproc.WithStages(broken{}))
+	req, err := http.NewRequest(http.MethodPost, s.URL()+"/api/v1/batch", strings.NewReader(`{"requests":[{"id":"1","method":"GET","url":"/x"}]}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("content-type", "application/json")
+	req.Header.Set("x-tenant-id", "acme")
+	req.Header.Set("x-test-break", "1")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusInternalServerError {
+		t.Fatalf("status %d (%s), want 500: Envoy's status_on_error on a fail-closed route", resp.StatusCode, body)
+	}
+	if n := reached.Load(); n != 0 {
+		t.Errorf("the batch reached the application (%d requests)", n)
 	}
 }
