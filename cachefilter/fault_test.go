@@ -192,3 +192,79 @@ func TestSubscriptionLost(t *testing.T) {
 		}
 	}
 }
+
+// TestFailedPurgeIsRetried: an invalidation that Redis does not take (here Redis is paused past
+// the purge's deadline, as a slow or overloaded Redis would be) is kept and retried by Run until
+// Redis takes it; meanwhile the purging replica reads the entries it covers as misses, so a
+// write it acknowledged is never followed by the old version from the L2. Entries it does not
+// cover are still served.
+func TestFailedPurgeIsRetried(t *testing.T) {
+	tests := []struct {
+		name  string
+		purge func(ctx context.Context, s *cachefilter.Store) error
+	}{
+		{"key", func(ctx context.Context, s *cachefilter.Store) error {
+			return s.Invalidate(ctx, primaryKey(tenantA, "/api/v1/contacts/1"))
+		}},
+		{"tag", func(ctx context.Context, s *cachefilter.Store) error { return s.PurgeTag(ctx, tenantA, "contacts") }},
+		{"prefix", func(ctx context.Context, s *cachefilter.Store) error {
+			return s.PurgePrefix(ctx, tenantA, "/api/v1/contacts")
+		}},
+		{"tenant", func(ctx context.Context, s *cachefilter.Store) error { return s.PurgeTenant(ctx, tenantA) }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := redistest.StartServer(t)
+			rdb := srv.Client(t)
+			clk := newClock()
+			reg := prometheus.NewRegistry()
+			cfg := testConfig()
+			s := newStore(t, cfg, rdb, "sluice:", clk, reg)        // the purging replica; Run starts later
+			other := newStore(t, cfg, rdb, "sluice:", clk, nil)    // another replica, reading Redis
+			target := primaryKey(tenantA, "/api/v1/contacts/1")    // covered by every purge above
+			bystander := primaryKey(tenantB, "/api/v1/contacts/1") // covered by none
+			e := newEntry(clk.Now(), "old version", time.Hour)
+			e.Tags = []string{"contacts"}
+			put(t, s, target, "/api/v1/contacts/1", nil, e)
+			put(t, s, bystander, "/api/v1/contacts/1", nil, newEntry(clk.Now(), "bystander", time.Hour))
+
+			ctx := context.Background()
+			if err := rdb.Do(ctx, "CLIENT", "PAUSE", "3000", "ALL").Err(); err != nil {
+				t.Fatal(err)
+			}
+			pctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			err := tt.purge(pctx, s)
+			cancel()
+			if err == nil {
+				t.Fatal("the purge succeeded while Redis was paused")
+			}
+			if err := rdb.Do(ctx, "CLIENT", "UNPAUSE").Err(); err != nil {
+				t.Fatal(err)
+			}
+			// The old version is still in Redis (the other replica, which knows nothing, reads
+			// it there), but not for the replica that acknowledged the write.
+			if e, layer := lookup(t, other, target, nil); layer != cachefilter.L2 || body(e) != "old version" {
+				t.Fatalf("setup: other replica got %q from %v, want the old version from L2", body(e), layer)
+			}
+			if e, layer := lookup(t, s, target, nil); layer != cachefilter.Miss {
+				t.Fatalf("purging replica got %q from %v after its failed purge, want a miss", body(e), layer)
+			}
+			if e, layer := lookup(t, s, bystander, nil); layer != cachefilter.L2 || body(e) != "bystander" {
+				t.Errorf("an entry the purge does not cover: %q from %v", body(e), layer)
+			}
+
+			run(t, s) // Run retries the purge now that Redis answers
+			// A paused client's commands still run when the pause ends, so the first attempt may
+			// land in Redis after all; the retry is counted either way (deleting is idempotent).
+			waitFor(t, 10*time.Second, "the purge to be retried", func() bool {
+				return gauge(t, reg, "sluice_cache_invalidations_total", map[string]string{"kind": tt.name, "result": "retried"}) == 1
+			})
+			if e, layer := lookup(t, other, target, nil); layer != cachefilter.Miss {
+				t.Errorf("after the retry the other replica got %q from %v, want a miss", body(e), layer)
+			}
+			if e, layer := lookup(t, s, bystander, nil); layer == cachefilter.Miss || body(e) != "bystander" {
+				t.Errorf("after the retry, an entry the purge does not cover: %q from %v", body(e), layer)
+			}
+		})
+	}
+}

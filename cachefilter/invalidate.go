@@ -202,6 +202,12 @@ func (s *Store) purge(ctx context.Context, inv *invalidation, inRedis func(conte
 	if err == nil && s.rdb != nil {
 		err = s.broadcast(ctx, inv)
 	}
+	if err != nil && !errors.Is(err, ErrUnconfirmed) && s.l2 != nil {
+		// Not in Redis (or not published): the entries stay there, and other replicas may keep
+		// theirs. Run retries it; until then this replica reads what it covers as misses, so a
+		// write acknowledged now is not followed by its old version from the L2 (pending.go).
+		s.keepPending(inv, inRedis)
+	}
 	result := resultOK
 	switch {
 	case errors.Is(err, ErrUnconfirmed):
@@ -361,6 +367,7 @@ func (s *Store) Run(ctx context.Context) error {
 	wg.Go(func() { s.heartbeat(ctx, ps) })
 	wg.Go(func() { s.countHot(ctx) })
 	wg.Go(func() { s.sweepOld(ctx) })
+	wg.Go(func() { s.retryPending(ctx) })
 	s.receive(ctx, ps)
 	wg.Wait()
 	_ = ps.Close()

@@ -36,7 +36,9 @@ const (
 const (
 	resultOK          = "ok"          // done in Redis and acknowledged by every replica
 	resultUnconfirmed = "unconfirmed" // done in Redis; some replica did not acknowledge in time
-	resultError       = "error"       // Redis failed: not done (the local L1 was still invalidated)
+	resultError       = "error"       // Redis failed: not done yet (the local L1 was invalidated; kept for retry)
+	resultRetried     = "retried"     // a pending invalidation done in Redis by a later retry
+	resultDropped     = "dropped"     // Redis failed and no room was left to keep it for retry
 	resultApplied     = "applied"     // received from another replica and applied to this L1
 )
 
@@ -118,7 +120,7 @@ func newMetrics(reg prometheus.Registerer, l1Bytes, l1Entries, l1Trusted func() 
 		m.redisErrors.WithLabelValues(op)
 	}
 	for _, k := range []string{kindKeyLabel, kindTagLabel, kindPrefixLabel, kindTenantLabel} {
-		for _, r := range []string{resultOK, resultUnconfirmed, resultError, resultApplied} {
+		for _, r := range []string{resultOK, resultUnconfirmed, resultError, resultRetried, resultDropped, resultApplied} {
 			m.invalidations.WithLabelValues(k, r)
 		}
 	}

@@ -121,7 +121,10 @@ var (
 //     whose subscription comes back while a purge waits for it may also cause ErrUnconfirmed:
 //     its L1 was cleared, but that cannot be told apart;
 //   - Redis down or the breaker open: the purge fails (ErrUnavailable or a Redis error) without
-//     touching Redis; only this replica's L1 is invalidated. Retry it.
+//     touching Redis; only this replica's L1 is invalidated. The Store keeps it and Run retries it
+//     until Redis takes it (or MaxTTL has passed); meanwhile this replica reads the L2 entries it
+//     covers as misses, so its own callers never get the old version back from Redis. Another
+//     replica may, until the retry succeeds, if it still reaches Redis while this one does not.
 //
 // The one exception is ServeL1WhenRedisDown (default true): a replica that can reach neither its
 // subscription nor Redis keeps serving its L1, up to each entry's expiry, rather than nothing.
@@ -168,6 +171,7 @@ type Store struct {
 	kick        chan struct{} // a new subscription: the heartbeat runs a round now
 	waitMu      sync.Mutex    // guards waiters
 	waiters     map[string]*waiter
+	pending     pendingSet // invalidations Redis did not take, for Run to retry (pending.go)
 	running     atomic.Bool
 
 	lastLog   atomic.Int64 // Unix ns of the last Redis error logged
@@ -404,6 +408,9 @@ func (s *Store) fromL2(ctx context.Context, tenant, pr, primary string, rec *ite
 	expires := s.expires(e, now)
 	if !now.Before(expires) {
 		return nil, nil
+	}
+	if s.pending.covers(tenant, primary, r.path, e.Tags) {
+		return nil, nil // an invalidation of it has not reached Redis yet
 	}
 	if trusted {
 		s.l1.fill(ep, tenant, primary, r.path, names, r.id, variant, e, now, expires)
