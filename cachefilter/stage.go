@@ -229,7 +229,9 @@ func (s *Stage) follow(ctx context.Context, x *extproc.Exchange, st *state, wait
 func (s *Stage) revalidate(x *extproc.Exchange, st *state) {
 	cond := ConditionalHeaders(st.entry)
 	if len(cond) == 0 {
-		st.entry = nil // nothing to validate with: an ordinary fetch
+		// Nothing to validate with: an ordinary fetch. The entry stays in st
+		// for a 5xx answer, which its stale-if-error window may replace
+		// (RFC 5861 §4 asks for no validator).
 		return
 	}
 	for _, name := range ConditionalFields {

@@ -76,7 +76,8 @@ type Config struct {
 	// is fetched and stored.
 	Templates []string
 	// ActiveTenants, when set, returns the most active tenants (the worker asks PostgreSQL);
-	// they are warmed with Templates and their hot entries, like Tenants.
+	// they are warmed with Templates and their hot entries, like Tenants. Each round calls it
+	// once, with a context that ends after Interval.
 	ActiveTenants func(ctx context.Context) ([]string, error)
 }
 
@@ -226,7 +227,12 @@ func (w *Warmer) Round(ctx context.Context) (Stats, error) {
 	var jobs []job
 	tenants := w.cfg.Tenants
 	if w.cfg.ActiveTenants != nil {
-		active, err := w.cfg.ActiveTenants(ctx)
+		// Bounded: a database cut off by a partition leaves the query waiting on an open
+		// connection (for minutes, until TCP gives up), and the rest of the round needs only
+		// Redis and the listener.
+		actx, cancel := context.WithTimeout(ctx, w.cfg.Interval)
+		active, err := w.cfg.ActiveTenants(actx)
+		cancel()
 		if err != nil {
 			w.log.Warn("warm: active tenants", "err", err)
 			firstErr = fmt.Errorf("warm: active tenants: %w", err)
