@@ -7,6 +7,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -76,6 +77,11 @@ func newPool(url string, maxConns int32, connectTimeout time.Duration, queries p
 		pc.ConnConfig.ConnectTimeout = connectTimeout
 	}
 	pc.ConnConfig.Tracer = queryCounter{queries}
+	// TCP keepalive probes find a peer that vanished without closing (a partition, a host
+	// gone) on idle connections, such as the tier listener's LISTEN, in about 25s instead of
+	// the kernel's default of over two hours.
+	d := &net.Dialer{KeepAliveConfig: net.KeepAliveConfig{Enable: true, Idle: 10 * time.Second, Interval: 5 * time.Second, Count: 3}}
+	pc.ConnConfig.DialFunc = d.DialContext
 	return pgxpool.NewWithConfig(context.Background(), pc)
 }
 

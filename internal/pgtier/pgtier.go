@@ -21,6 +21,10 @@ import (
 // Channel is the NOTIFY channel of tier changes; the payload is a tenant id.
 const Channel = "sluice_tenant_tiers"
 
+// queryTimeout bounds each query of the Store (the LISTEN, a reload, a refresh): a PostgreSQL
+// that stops answering must not hold the update lock, or the listener, for long.
+const queryTimeout = 5 * time.Second
+
 // Defaults applied by Config.WithDefaults.
 const (
 	DefaultResync  = 30 * time.Second
@@ -159,7 +163,10 @@ func (s *Store) listen(ctx context.Context) error {
 	conn := pc.Hijack()
 	defer conn.Close(context.WithoutCancel(ctx))
 	// Named so operators (and tests) can tell the listener in pg_stat_activity.
-	if _, err := conn.Exec(ctx, "SET application_name = 'sluice-tiers'; LISTEN "+pgx.Identifier{Channel}.Sanitize()); err != nil {
+	lctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	_, err = conn.Exec(lctx, "SET application_name = 'sluice-tiers'; LISTEN "+pgx.Identifier{Channel}.Sanitize())
+	cancel()
+	if err != nil {
 		return fmt.Errorf("tiers: listen: %w", err)
 	}
 	if err := s.reload(ctx, conn); err != nil {
@@ -186,6 +193,8 @@ type querier interface {
 func (s *Store) reload(ctx context.Context, q querier) error {
 	s.update.Lock()
 	defer s.update.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
 	rows, err := q.Query(ctx, `SELECT id, tier FROM tenants`)
 	if err != nil {
 		return fmt.Errorf("tiers: load: %w", err)
@@ -208,6 +217,8 @@ func (s *Store) reload(ctx context.Context, q querier) error {
 func (s *Store) refresh(ctx context.Context, q querier, tenant string) error {
 	s.update.Lock()
 	defer s.update.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, queryTimeout)
+	defer cancel()
 	var t string
 	err := q.QueryRow(ctx, `SELECT tier FROM tenants WHERE id = $1`, tenant).Scan(&t)
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) {
