@@ -70,6 +70,7 @@ const (
 	ReasonNoFreshness       = "no_freshness"           // no explicit freshness and no heuristic lifetime
 	ReasonNotReusable       = "not_reusable"           // zero lifetime and no validator or stale window
 	ReasonValidatorMismatch = "validator_mismatch"     // a 304 whose validators do not select the entry (§4.3.4)
+	ReasonUnkeyedField      = "unkeyed_field"          // request field the key lacks but applications act on (unkeyedFields)
 )
 
 // Actions Evaluate can choose.
@@ -210,9 +211,17 @@ func CheckRequest(req Request) RequestPolicy {
 		p.Reason, p.Fwd = ReasonCacheControl, FwdBypass
 		return p
 	}
-	p.Store = req.Method == "GET" && !p.CacheControl.NoStore
-	if !p.Store && req.Method == "GET" {
+	if hasAnyField(req.Header, methodOverrideFields) {
+		p.Reason, p.Fwd = ReasonUnkeyedField, FwdBypass
+		return p
+	}
+	p.Store = req.Method == "GET" && !p.CacheControl.NoStore && !hasAnyField(req.Header, unkeyedFields)
+	switch {
+	case p.Store || req.Method != "GET":
+	case p.CacheControl.NoStore:
 		p.Reason = ReasonRequestNoStore
+	default:
+		p.Reason = ReasonUnkeyedField
 	}
 	switch {
 	case hasField(req.Header, "range"), hasField(req.Header, "if-range"):
@@ -223,6 +232,31 @@ func CheckRequest(req Request) RequestPolicy {
 		p.Lookup = true
 	}
 	return p
+}
+
+// unkeyedFields are request fields applications commonly act on (the host,
+// scheme and prefix they build absolute links from, the URL they route)
+// that are no part of the cache key. A response to a request carrying one
+// may be shaped by it, and stored it would be served to every client of the
+// tenant (web cache poisoning), so such a request is not stored; it may
+// still be answered from the cache. Envoy sets X-Forwarded-Proto and -For
+// itself (use_remote_address), so they are not listed.
+var unkeyedFields = []string{
+	"x-forwarded-host", "x-forwarded-server", "x-forwarded-scheme", "x-forwarded-port", "x-forwarded-prefix",
+	"x-host", "x-original-url", "x-rewrite-url", "forwarded",
+}
+
+// methodOverrideFields make applications run another method than the
+// request's: such a request is neither looked up nor stored.
+var methodOverrideFields = []string{"x-http-method-override", "x-http-method", "x-method-override"}
+
+func hasAnyField(h []Header, names []string) bool {
+	for _, f := range h {
+		if containsString(names, f.Name) {
+			return true
+		}
+	}
+	return false
 }
 
 func pragmaNoCache(h []Header) bool {
@@ -369,6 +403,9 @@ func Storable(req Request, status int, header []Header, now time.Time, route Rou
 	if rp.CacheControl.NoStore || rp.CacheControl.Overflow {
 		return Entry{}, false, ReasonRequestNoStore
 	}
+	if !rp.Store {
+		return Entry{}, false, rp.Reason
+	}
 	return assess(req, status, header, now, route)
 }
 
@@ -432,6 +469,8 @@ func Freshen(req Request, e *Entry, header []Header, now time.Time, route RouteP
 		ok, reason = false, ReasonDisabled
 	case CheckRequest(req).CacheControl.NoStore:
 		ok, reason = false, ReasonRequestNoStore
+	case hasAnyField(req.Header, unkeyedFields) || hasAnyField(req.Header, methodOverrideFields):
+		ok, reason = false, ReasonUnkeyedField
 	}
 	return &ne, ok, reason
 }

@@ -54,9 +54,16 @@ func (st *stream) serve(ps extprocv3.ExternalProcessor_ProcessServer) error {
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
-			if status.Code(err) == codes.ResourceExhausted {
+			switch status.Code(err) {
+			case codes.ResourceExhausted:
 				// grpc-go refused a message above MaxRecvMsgSize.
 				return fmt.Errorf("%w: %w", errMsgTooLarge, err)
+			case codes.Internal:
+				// grpc-go could not decode the message (invalid UTF-8 in a
+				// string field, nesting beyond the decoder's limit, a
+				// truncated frame) and has already sent Envoy that status:
+				// a protocol error, not a cancellation.
+				return fmt.Errorf("%w: %w", errUndecodable, err)
 			}
 			return fmt.Errorf("%w: %w", errCancelled, err)
 		}
@@ -77,7 +84,10 @@ func (st *stream) serve(ps extprocv3.ExternalProcessor_ProcessServer) error {
 	}
 }
 
-var errMsgTooLarge = errors.New("extproc: message larger than the gRPC server's MaxRecvMsgSize")
+var (
+	errMsgTooLarge = errors.New("extproc: message larger than the gRPC server's MaxRecvMsgSize")
+	errUndecodable = errors.New("extproc: message not decodable")
+)
 
 // finish counts the stream's result, logs a stream that ended badly (one
 // line), and maps its error to the gRPC status returned to Envoy. Envoy
@@ -114,7 +124,7 @@ func (s *Server) finish(st *stream, err error) error {
 	case errors.Is(err, errOutOfOrder):
 		result = "protocol_error"
 		ret = status.Error(codes.FailedPrecondition, err.Error())
-	case errors.Is(err, errUnknown):
+	case errors.Is(err, errUnknown), errors.Is(err, errUndecodable):
 		result = "protocol_error"
 		ret = status.Error(codes.InvalidArgument, err.Error())
 	case errors.Is(err, errBodyTooLarge):

@@ -164,6 +164,11 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 		if h := d.GetHitsAddend(); h != nil {
 			hits = h.GetValue()
 		}
+		// More hits than any counter holds is over every limit: clamped, it
+		// stays a decision (OVER_LIMIT, nothing charged) rather than an item
+		// the limiter refuses, which would fail the whole request open as if
+		// Redis were down.
+		hits = min(hits, limiter.MaxCount)
 		limits, counter, ok := s.limitsFor(rules, domain, d, entries)
 		if !ok {
 			continue
@@ -232,6 +237,12 @@ func (s *Service) limitsFor(rules *Rules, domain *Domain, d *commonrl.RateLimitD
 		mult := uint32(1)
 		if m := o.GetUnitMultiplier(); m != nil && m.GetValue() > 0 {
 			mult = m.GetValue()
+		}
+		// The window is capped as configured limits are (maxWindow): a
+		// larger multiplier would overflow time.Duration, and the limiter
+		// would refuse the item, failing the whole request open.
+		if time.Duration(mult) > maxWindow/window {
+			mult = uint32(maxWindow / window)
 		}
 		l := &Limit{
 			ID:              "override:" + strconv.FormatUint(uint64(mult), 10) + unit.String(),

@@ -10,8 +10,38 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
+
+// downstreamBody is the rest of the client's request body as the upstream
+// transport reads it (on its own goroutine), remembering a read error.
+type downstreamBody struct {
+	r io.Reader
+
+	mu  sync.Mutex // guards err
+	err error
+}
+
+func (d *downstreamBody) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	if err != nil && err != io.EOF {
+		d.mu.Lock()
+		d.err = err
+		d.mu.Unlock()
+	}
+	return n, err
+}
+
+// failed reports whether reading the client's body failed; false for nil.
+func (d *downstreamBody) failed() bool {
+	if d == nil {
+		return false
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.err != nil
+}
 
 // forward is the router filter (source/common/router/router.cc): pick the
 // cluster, send the request with the route timeout, turn upstream failures
@@ -77,12 +107,16 @@ func (s *stream) forward() (*response, *localReply) {
 		cancel()
 		return nil, &localReply{code: http.StatusBadRequest, details: "invalid_path"}
 	}
-	var body io.Reader
+	var (
+		body io.Reader
+		down *downstreamBody
+	)
 	contentLength := int64(0)
 	if !s.noBody || len(s.bodyBuf) > 0 {
 		readers := []io.Reader{bytes.NewReader(s.bodyBuf)}
 		if s.bodyRest != nil && !s.bodyReplaced {
-			readers = append(readers, s.bodyRest)
+			down = &downstreamBody{r: s.bodyRest}
+			readers = append(readers, down)
 		}
 		body = io.MultiReader(readers...)
 		contentLength = -1 // chunked unless the headers carry a length
@@ -113,6 +147,12 @@ func (s *stream) forward() (*response, *localReply) {
 	res, err := s.g.transport.RoundTrip(req)
 	if err != nil {
 		cancel()
+		if down.failed() {
+			// The client's body broke off or was malformed (a bad chunk):
+			// Envoy's HTTP/1 codec fails the downstream request with a 400,
+			// the upstream is not to blame.
+			return nil, &localReply{code: http.StatusBadRequest, details: "http1.codec_error"}
+		}
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			// The route timeout before the response started: 504.
 			return nil, &localReply{code: http.StatusGatewayTimeout, body: "upstream request timeout", details: "upstream_response_timeout"}

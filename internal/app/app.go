@@ -276,6 +276,11 @@ func (a *App) Run(ctx context.Context) error {
 // partially built App and more than once.
 func (a *App) Close() error {
 	var errs []error
+	if a.grpc != nil {
+		// NumStreamWorkers starts the server's workers in NewServer: without
+		// Run (which stops the server) they would outlive the App.
+		a.grpc.Stop()
+	}
 	if a.grpcLn != nil {
 		_ = a.grpcLn.Close()
 	}
