@@ -52,6 +52,7 @@ const (
 type metrics struct {
 	requests      *prometheus.CounterVec
 	byLayer       [3]prometheus.Counter // requests by Layer, resolved once
+	racedPuts     prometheus.Counter
 	l1Bytes       prometheus.GaugeFunc
 	l1Entries     prometheus.GaugeFunc
 	l1Trusted     prometheus.GaugeFunc
@@ -71,6 +72,10 @@ func newMetrics(reg prometheus.Registerer, l1Bytes, l1Entries, l1Trusted func() 
 			Name: "sluice_cache_requests_total",
 			Help: "Cache lookups by the layer that answered: l1, l2, or miss.",
 		}, []string{"layer"}),
+		racedPuts: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_cache_raced_puts_total",
+			Help: "Responses not stored because an invalidation of their tenant arrived while they were fetched.",
+		}),
 		l1Bytes: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sluice_cache_l1_bytes",
 			Help: "Weighed bytes held by the in-process cache (entry sizes plus per-item bookkeeping).",
@@ -126,7 +131,7 @@ func newMetrics(reg prometheus.Registerer, l1Bytes, l1Entries, l1Trusted func() 
 	}
 	m.collapsed.WithLabelValues(collapseServed)
 	m.collapsed.WithLabelValues(collapseReleased)
-	r, err := sluicemetrics.RegisterAll(reg, m.requests, m.l1Bytes, m.l1Entries, m.l1Trusted, m.evictions,
+	r, err := sluicemetrics.RegisterAll(reg, m.requests, m.racedPuts, m.l1Bytes, m.l1Entries, m.l1Trusted, m.evictions,
 		m.redisErrors, m.redisDuration, m.breakerOpen, m.invalidations, m.collapsed)
 	if err != nil {
 		return nil, fmt.Errorf("cachefilter: register metrics: %w", err)

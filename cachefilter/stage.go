@@ -94,6 +94,7 @@ type state struct {
 	req     Request
 	route   RoutePolicy
 	primary string
+	epoch   uint64 // Store.Epoch of primary before the lookup
 	d       Decision
 	entry   *Entry // entry being validated or refreshed, or nil
 	layer   Layer
@@ -132,6 +133,9 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 		return nil
 	}
 	st.primary = PrimaryKey(req, st.route)
+	// Before anything goes upstream: a response fetched across an invalidation of the
+	// tenant is not stored (see Store.PutSince).
+	st.epoch = s.store.Epoch(st.primary)
 	e, layer, err := s.store.Lookup(ctx, st.primary, func(vary []string) string {
 		return VariantKey(st.primary, vary, req.Header)
 	})
@@ -403,7 +407,7 @@ func (s *Stage) Done(_ context.Context, x *extproc.Exchange) {
 
 func (s *Stage) put(ctx context.Context, st *state, e *Entry) {
 	variant := VariantKey(st.primary, e.Vary, st.req.Header)
-	if err := s.store.Put(ctx, st.primary, variant, st.req.Path, e); err != nil {
+	if err := s.store.PutSince(ctx, st.epoch, st.primary, variant, st.req.Path, e); err != nil {
 		s.log.Warn("cache put failed", "err", err)
 	}
 }

@@ -424,6 +424,30 @@ func (s *Store) fromL2(ctx context.Context, tenant, pr, primary string, rec *ite
 // not change afterwards. Entries whose expiry has passed, or larger than MaxEntryBytes, are not
 // stored. Put fails only for invalid arguments (ErrInvalid); Redis failures degrade it to the L1.
 func (s *Store) Put(ctx context.Context, primary, variant, path string, e *Entry) error {
+	return s.put(ctx, false, 0, primary, variant, path, e)
+}
+
+// Epoch returns a value that changes whenever an invalidation that may cover primary's tenant
+// reaches this replica (its own, or another replica's through the subscription). Read it before
+// fetching a response, and give it to PutSince. An invalid key gives 0.
+func (s *Store) Epoch(primary string) uint64 {
+	tenant, _, err := splitKey(primary)
+	if err != nil {
+		return 0
+	}
+	return s.l1.epoch(tenant)
+}
+
+// PutSince is Put for a response fetched after Epoch(primary) returned since: when an
+// invalidation of the tenant has reached this replica since then, the response may predate it
+// (the fetch raced a write) and nothing is stored, in either layer. Without it, a read that
+// started before a write and finished after the write's invalidation would store the old version
+// again, to be served until it expires.
+func (s *Store) PutSince(ctx context.Context, since uint64, primary, variant, path string, e *Entry) error {
+	return s.put(ctx, true, since, primary, variant, path, e)
+}
+
+func (s *Store) put(ctx context.Context, check bool, since uint64, primary, variant, path string, e *Entry) error {
 	tenant, pr, err := splitKey(primary)
 	if err != nil {
 		return err
@@ -444,6 +468,13 @@ func (s *Store) Put(ctx context.Context, primary, variant, path string, e *Entry
 	expires := s.expires(e, now)
 	ttl := expires.Sub(now)
 	ep := s.l1.epoch(tenant)
+	if check {
+		if ep != since {
+			s.metrics.racedPuts.Inc()
+			return nil
+		}
+		ep = since
+	}
 	var id uint64
 	if s.l2 != nil {
 		a := putArgs{

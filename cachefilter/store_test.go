@@ -743,3 +743,67 @@ func TestTenantCap(t *testing.T) {
 		t.Errorf("tenant B's key: %q", body(e))
 	}
 }
+
+// TestPutSinceRacedInvalidation: a response fetched across an invalidation of its tenant —
+// made here, or received from another replica — is not stored in either layer, so the version
+// read before a write cannot come back after the write's purge. A fetch that raced nothing, or
+// only another tenant's invalidation, is stored.
+func TestPutSinceRacedInvalidation(t *testing.T) {
+	rdb := redistest.Client(t)
+	prefix := redistest.Prefix(t)
+	clk := newClock()
+	reg := prometheus.NewRegistry()
+	s := newStore(t, testConfig(), rdb, prefix, clk, reg)
+	other := newStore(t, testConfig(), rdb, prefix, clk, nil)
+	run(t, s)
+	run(t, other)
+	ctx := context.Background()
+	target := primaryKey(tenantA, "/api/v1/contacts/1")
+	sibling := primaryKey(tenantA, "/api/v1/contacts/2")
+	tests := []struct {
+		name       string
+		invalidate func() // runs while the fetch is "in flight"; nil for none
+		key        string
+		wantStored bool
+	}{
+		{"no invalidation", nil, target, true},
+		{"invalidated here", func() {
+			if err := s.Invalidate(ctx, target); err != nil {
+				t.Fatal(err)
+			}
+		}, target, false},
+		{"invalidated by another replica", func() {
+			if err := other.Invalidate(ctx, target); err != nil {
+				t.Fatal(err)
+			}
+		}, target, false},
+		{"another key of the tenant purged by tag", func() {
+			if err := other.PurgeTag(ctx, tenantA, "unrelated"); err != nil {
+				t.Fatal(err)
+			}
+		}, sibling, false}, // conservative: any invalidation of the tenant
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if err := s.Invalidate(ctx, tt.key); err != nil { // start clean
+				t.Fatal(err)
+			}
+			since := s.Epoch(tt.key)
+			if tt.invalidate != nil {
+				tt.invalidate()
+			}
+			if err := s.PutSince(ctx, since, tt.key, tt.key, "/api/v1/contacts", newEntry(clk.Now(), "fetched", time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			for name, st := range map[string]*cachefilter.Store{"this replica": s, "other replica": other} {
+				_, layer := lookup(t, st, tt.key, nil)
+				if stored := layer != cachefilter.Miss; stored != tt.wantStored {
+					t.Errorf("%s: lookup from %v, want stored=%v", name, layer, tt.wantStored)
+				}
+			}
+		})
+	}
+	if got := gauge(t, reg, "sluice_cache_raced_puts_total", nil); got != 3 {
+		t.Errorf("sluice_cache_raced_puts_total = %v, want 3", got)
+	}
+}
