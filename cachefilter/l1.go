@@ -198,6 +198,9 @@ func (l *l1) dropKeys(primaries []string) {
 
 // dropMatching applies an invalidation within tenant: every item for which match is true goes,
 // with the vary records of their primary keys. It walks the whole L1.
+// bump moves the epoch of tenant (Store.PutSince), with or without an L1.
+func (l *l1) bump(tenant string) { l.stripes[l.stripe(tenant)].Add(1) }
+
 func (l *l1) dropMatching(tenant string, match func(*item) bool) int {
 	if l.c == nil {
 		return 0

@@ -487,6 +487,16 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 			id, _, err = s.l2.put(ctx, a)
 			return err
 		})
+		if check && id != 0 && s.l1.epoch(tenant) != since {
+			// An invalidation of the tenant began while the entry was written: its deletion may
+			// have run before the write landed. Undo the write (a newer entry stored meanwhile
+			// goes too: a miss, never an old version).
+			_ = s.call(ctx, opPurge, s.cfg.RedisTimeout, func(ctx context.Context) error {
+				return s.l2.purgeKeys(ctx, tenant, []string{pr})
+			})
+			s.metrics.racedPuts.Inc()
+			return nil
+		}
 	}
 	if id == 0 {
 		// No L2: the L1 record keeps its id if its names match, else gets a new one.
