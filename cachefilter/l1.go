@@ -198,8 +198,13 @@ func (l *l1) dropKeys(primaries []string) {
 
 // dropMatching applies an invalidation within tenant: every item for which match is true goes,
 // with the vary records of their primary keys. It walks the whole L1.
-// bump moves the epoch of tenant (Store.PutSince), with or without an L1.
+// bump moves the invalidation epoch of tenant (Store.PutSince), with or without an L1.
 func (l *l1) bump(tenant string) { l.stripes[l.stripe(tenant)].Add(1) }
+
+// invalidations returns the invalidation epoch of tenant: it moves with every invalidation that
+// may cover the tenant, and not when the L1 is cleared for other reasons (a new subscription),
+// which says nothing about the data a fetch read.
+func (l *l1) invalidations(tenant string) uint64 { return l.stripes[l.stripe(tenant)].Load() }
 
 func (l *l1) dropMatching(tenant string, match func(*item) bool) int {
 	if l.c == nil {

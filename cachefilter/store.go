@@ -435,7 +435,7 @@ func (s *Store) Epoch(primary string) uint64 {
 	if err != nil {
 		return 0
 	}
-	return s.l1.epoch(tenant)
+	return s.l1.invalidations(tenant)
 }
 
 // PutSince is Put for a response fetched after Epoch(primary) returned since: when an
@@ -467,13 +467,10 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 	}
 	expires := s.expires(e, now)
 	ttl := expires.Sub(now)
-	ep := s.l1.epoch(tenant)
-	if check {
-		if ep != since {
-			s.metrics.racedPuts.Inc()
-			return nil
-		}
-		ep = since
+	ep := s.l1.epoch(tenant) // for the L1 fill, which discards itself if an invalidation follows
+	if check && s.l1.invalidations(tenant) != since {
+		s.metrics.racedPuts.Inc()
+		return nil
 	}
 	var id uint64
 	if s.l2 != nil {
@@ -487,7 +484,7 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 			id, _, err = s.l2.put(ctx, a)
 			return err
 		})
-		if check && id != 0 && s.l1.epoch(tenant) != since {
+		if check && id != 0 && s.l1.invalidations(tenant) != since {
 			// An invalidation of the tenant began while the entry was written: its deletion may
 			// have run before the write landed. Undo the write (a newer entry stored meanwhile
 			// goes too: a miss, never an old version).
