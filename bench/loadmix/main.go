@@ -122,6 +122,7 @@ func (f *flags) check() error {
 // stack is the system under test: where to send, where to read metrics.
 type stack struct {
 	gateway, admin, upstream string
+	bare                     string // the emulator without Sluice's filters (in-process stacks only)
 	desc                     string
 	stop                     func() error
 }
@@ -174,13 +175,21 @@ func start(ctx context.Context, f flags) (*stack, error) {
 		gateway: s.URL(), admin: s.AdminURL(), upstream: s.Upstream(),
 		desc: fmt.Sprintf("in-process dev stack (redis %s, key prefix %q)", f.redisAddr, prefix),
 	}
+	bare, stopBare, bareErr := bareGateway(s.Upstream(), log)
+	if bareErr == nil {
+		st.bare = bare
+	}
 	st.stop = func() error {
+		var bareStop error
+		if stopBare != nil {
+			bareStop = stopBare()
+		}
 		cancel()
 		runErr := <-done
 		if errors.Is(runErr, context.Canceled) {
 			runErr = nil
 		}
-		return errors.Join(runErr, unlinkPrefix(f.redisAddr, prefix))
+		return errors.Join(bareErr, bareStop, runErr, unlinkPrefix(f.redisAddr, prefix))
 	}
 	if err := waitReady(ctx, st.admin); err != nil {
 		return nil, errors.Join(err, st.stop())
@@ -284,6 +293,14 @@ func drive(ctx context.Context, f flags, st *stack) int {
 		direct.print("direct", f.d.Seconds())
 		dt.client.CloseIdleConnections()
 	}
+	var bare *stats
+	if f.baseline && st.bare != "" {
+		bt := &target{base: st.bare, direct: true, client: newClient(f.c, f.timeout, nil)}
+		fmt.Printf("\n== bare gateway: the same mix through the Envoy emulator without Sluice's filters, %d callers, %v\n", f.c, f.d)
+		bare = runPhase(ctx, m, bt, f.c, f.warmup, f.d)
+		bare.print("bare", f.d.Seconds())
+		bt.client.CloseIdleConnections()
+	}
 
 	fmt.Printf("\n== gateway: Envoy emulator → Sluice ext_proc + RLS → Redis → demo API, %d callers, %v\n", f.c, f.d)
 	var before, after []sample
@@ -307,7 +324,10 @@ func drive(ctx context.Context, f flags, st *stack) int {
 	g.print("gateway", f.d.Seconds())
 	printGateway(g, before, after)
 	if direct != nil {
-		printRatios(g, direct)
+		printRatios(g, direct, "direct")
+	}
+	if bare != nil {
+		printRatios(g, bare, "bare gateway (Sluice's own cost: ext_proc, RLS, Redis)")
 	}
 	if g.errors() > f.maxErrors {
 		fmt.Printf("\nFAIL: %d errors caused by the gateway path (more than -max-errors %d)\n", g.errors(), f.maxErrors)
@@ -381,7 +401,7 @@ func printGateway(g *stats, before, after []sample) {
 		bucketQuantile(rb, .5), bucketQuantile(rb, .99), bucketQuantile(cb, .5), bucketQuantile(cb, .99))
 }
 
-func printRatios(g, direct *stats) {
+func printRatios(g, direct *stats, name string) {
 	// Both phases ran for the same -d, so counts compare as rates.
 	ratio := func(a, b float64) string {
 		if b == 0 {
@@ -389,8 +409,8 @@ func printRatios(g, direct *stats) {
 		}
 		return fmt.Sprintf("%.2fx", a/b)
 	}
-	fmt.Println("\n== gateway / direct (same run, same mix, same callers)")
-	fmt.Printf("throughput req/s gateway/direct = %s  2xx/s = %s  p50 = %s  p95 = %s  p99 = %s\n",
+	fmt.Printf("\n== gateway / %s (same run, same mix, same callers)\n", name)
+	fmt.Printf("throughput req/s gateway/baseline = %s  2xx/s = %s  p50 = %s  p95 = %s  p99 = %s\n",
 		ratio(float64(g.all.n), float64(direct.all.n)), ratio(float64(g.ok()), float64(direct.ok())),
 		ratio(float64(g.all.quantile(.50)), float64(direct.all.quantile(.50))),
 		ratio(float64(g.all.quantile(.95)), float64(direct.all.quantile(.95))),
@@ -404,7 +424,7 @@ func printRatios(g, direct *stats) {
 			ratio(float64(g.lat[c].quantile(.50)), float64(direct.lat[c].quantile(.50))),
 			ratio(float64(g.lat[c].quantile(.99)), float64(direct.lat[c].quantile(.99))))
 	}
-	fmt.Println("  (gateway answers include fast 429s and cache hits the direct path never has; 2xx/s compares served traffic)")
+	fmt.Println("  (gateway answers include fast 429s and cache hits the baselines never have; 2xx/s compares served traffic)")
 }
 
 func soak(ctx context.Context, f flags, st *stack, m *mix, gw *target) int {
