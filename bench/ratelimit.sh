@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Rate limit service benchmark. Prints decisions/s and p50/p99 for Sluice with
 # 1 and 3 descriptors per request, against a minimal RLS that answers OK
-# without Redis (the gRPC floor of this machine), all measured in this run,
-# and the ratios. Then the raw rate of the same Lua call alone (bench/rlsscript).
+# without Redis (the gRPC floor of this machine) and the same minimal RLS
+# running the limiter's script once per call (the Redis floor: the cheapest
+# RLS that asks Redis for every decision), all measured in this run, and the
+# ratios. Then the raw rate of the same Lua call alone (bench/rlsscript).
 #
 #   bash bench/ratelimit.sh [duration, default 5s] [concurrency list, default "32"]
 #
@@ -28,6 +30,9 @@ go build -o "$BIN/rlsscript" ./bench/rlsscript
 PREFIX="sluicebench:$$:"
 "$BIN/rlsfloor" -addr 127.0.0.1:18090 &
 FLOOR_PID=$!
+# The Redis floor: the same gRPC server running the limiter's script once per call, nothing else.
+"$BIN/rlsfloor" -addr 127.0.0.1:18093 -redis 127.0.0.1:6379 -prefix "${PREFIX}floor:" &
+RFLOOR_PID=$!
 cat > "$BIN/sluice.yaml" <<YAML
 log: {level: warn}
 redis: {key_prefix: "$PREFIX"}
@@ -50,6 +55,7 @@ degraded() {
 }
 run() {
   local pids="server=$FLOOR_PID" before
+  [ "$2" = redis-floor ] && pids="server=$RFLOOR_PID,redis=$REDIS_PID"
   [ "$2" = sluice ] && pids="server=$SLUICE_PID,redis=$REDIS_PID" && before=$(degraded)
   "$BIN/rlsload" -addr "$1" -label "$2" -descriptors "$3" -c "$4" -d "$DUR" -domain bench -pids "$pids"
   [ "$2" = sluice ] && printf '%-28s answered without redis (fail-open) = %d\n' "" $(( $(degraded) - before ))
@@ -65,14 +71,18 @@ SUMMARY=""
 for C in $CONC; do
   echo "== ShouldRateLimit, $C concurrent callers, $DUR each (load generator on the same 2 cores)"
   F1=$(run 127.0.0.1:18090 floor 1 "$C"); echo "$F1"
+  R1=$(run 127.0.0.1:18093 redis-floor 1 "$C"); echo "$R1"
   S1=$(run 127.0.0.1:18091 sluice 1 "$C"); echo "$S1"
   F3=$(run 127.0.0.1:18090 floor 3 "$C"); echo "$F3"
+  R3=$(run 127.0.0.1:18093 redis-floor 3 "$C"); echo "$R3"
   S3=$(run 127.0.0.1:18091 sluice 3 "$C"); echo "$S3"
   for n in 1 3; do
-    F=F$n; S=S$n
+    F=F$n; S=S$n; R=R$n
     SUMMARY+="c=$C descriptors=$n  throughput sluice/floor = $(ratio "$(field "${!S}" decisions/s)" "$(field "${!F}" decisions/s)")x"
     SUMMARY+="  p99 sluice/floor = $(ratio "$(dur_us "$(field "${!S}" p99)")" "$(dur_us "$(field "${!F}" p99)")")x"
-    SUMMARY+="  CPU per call (all processes) floor/sluice = $(ratio "$(cpu "${!F}")" "$(cpu "${!S}")")x"$'\n'
+    SUMMARY+="  CPU per call (all processes) floor/sluice = $(ratio "$(cpu "${!F}")" "$(cpu "${!S}")")x"
+    SUMMARY+="  | vs the Redis floor: throughput $(ratio "$(field "${!S}" decisions/s)" "$(field "${!R}" decisions/s)")x"
+    SUMMARY+="  p99 $(ratio "$(dur_us "$(field "${!S}" p99)")" "$(dur_us "$(field "${!R}" p99)")")x"$'\n'
   done
 done
 echo

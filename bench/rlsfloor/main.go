@@ -1,24 +1,66 @@
 // Command rlsfloor is the baseline for the rate limit benchmark: a
 // RateLimitService that answers OK to everything without touching Redis, so
-// it measures the gRPC floor of this machine.
+// it measures the gRPC floor of this machine. With -redis it is the Redis
+// floor instead: each call runs the limiter's Lua script once (EVALSHA, one
+// sliding-window item per descriptor, as Sluice's script call does, without
+// coalescing, matching, metrics or headers) and answers OK: the cheapest RLS
+// that still asks Redis for every decision.
 package main
 
 import (
 	"context"
+	"encoding/binary"
 	"flag"
+	"fmt"
 	"log"
+	"math"
 	"net"
+	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
+
+	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
 
 type floor struct {
 	rlsv3.UnimplementedRateLimitServiceServer
+	rdb    *redis.Client // nil: no Redis
+	sha    string
+	prefix string
 }
 
-func (floor) ShouldRateLimit(_ context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
-	st := make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(req.GetDescriptors()))
+// item is ARGV[2]'s share of one sliding-window item (see limiter's script.go): flags 0,
+// 10 sub-windows, limit 1e9, window 60000 ms, 1 hit.
+var item = func() []byte {
+	b := []byte{0, 10}
+	for _, v := range []float64{1e9, 60000, 1} {
+		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
+	}
+	return b
+}()
+
+func (f floor) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+	ds := req.GetDescriptors()
+	if f.rdb != nil && len(ds) > 0 {
+		keys := make([]string, len(ds))
+		input := binary.LittleEndian.AppendUint32(make([]byte, 0, 4+len(ds)*len(item)), uint32(len(ds)))
+		for i, d := range ds {
+			k := ""
+			for _, e := range d.GetEntries() {
+				k += e.GetKey() + "=" + e.GetValue() + ";"
+			}
+			keys[i] = fmt.Sprintf("%s{%s}:s:60000:10", f.prefix, k)
+			input = append(input, item...)
+		}
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if err := f.rdb.EvalSha(ctx, f.sha, keys, "", input).Err(); err != nil {
+			return nil, err
+		}
+	}
+	st := make([]*rlsv3.RateLimitResponse_DescriptorStatus, len(ds))
 	for i := range st {
 		st[i] = &rlsv3.RateLimitResponse_DescriptorStatus{Code: rlsv3.RateLimitResponse_OK}
 	}
@@ -27,12 +69,22 @@ func (floor) ShouldRateLimit(_ context.Context, req *rlsv3.RateLimitRequest) (*r
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:18090", "listen address")
+	redisAddr := flag.String("redis", "", "Redis address: run the limiter's script once per call (the Redis floor)")
+	prefix := flag.String("prefix", "sluicebench:floor:", "key prefix with -redis")
 	flag.Parse()
+	f := floor{prefix: *prefix}
+	if *redisAddr != "" {
+		f.rdb = redis.NewClient(&redis.Options{Addr: *redisAddr, PoolSize: 64, ContextTimeoutEnabled: true})
+		var err error
+		if f.sha, err = f.rdb.ScriptLoad(context.Background(), limiter.ScriptSource()).Result(); err != nil {
+			log.Fatal(err)
+		}
+	}
 	ln, err := net.Listen("tcp", *addr)
 	if err != nil {
 		log.Fatal(err)
 	}
 	g := grpc.NewServer()
-	rlsv3.RegisterRateLimitServiceServer(g, floor{})
+	rlsv3.RegisterRateLimitServiceServer(g, f)
 	log.Fatal(g.Serve(ln))
 }
