@@ -41,6 +41,11 @@ type Config struct {
 	// the route's request_body_buffer_limit), or Envoy's 413/500 becomes a
 	// stream error. Default 1 MiB.
 	MaxBodyBytes int `yaml:"max_body_bytes"`
+	// MaxStreams bounds the ext_proc streams open at once (each holds a goroutine and its
+	// buffers: about 16 KB without bodies, measured by bench/streams.sh). A stream beyond it is
+	// refused at once with RESOURCE_EXHAUSTED, so Envoy applies failure_mode_allow to that
+	// request instead of the process running out of memory. Default 50000.
+	MaxStreams int `yaml:"max_streams"`
 	// ProcessingMode mirrors the ext_proc filter's processing_mode in
 	// envoy.yaml. Sluice needs it because a mode_override replaces every field
 	// (ProcessingResponse.mode_override: body modes always apply, unset means
@@ -148,6 +153,7 @@ type ProcessingModeConfig struct {
 // Defaults.
 const (
 	DefaultMaxBodyBytes   = 1 << 20
+	DefaultMaxStreams     = 50000
 	DefaultTenantHeader   = "x-tenant-id"
 	DefaultUserHeader     = "x-user-id"
 	DefaultJWTNamespace   = "envoy.filters.http.jwt_authn"
@@ -159,6 +165,9 @@ const (
 func (c Config) WithDefaults() Config {
 	if c.MaxBodyBytes == 0 {
 		c.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if c.MaxStreams == 0 {
+		c.MaxStreams = DefaultMaxStreams
 	}
 	id := &c.Identity
 	if id.Source == "" {
@@ -210,6 +219,9 @@ func (c Config) Validate() error {
 	var errs []error
 	if c.MaxBodyBytes < 1 {
 		errs = append(errs, errors.New("extproc: max_body_bytes must be positive"))
+	}
+	if c.MaxStreams < 1 {
+		errs = append(errs, errors.New("extproc: max_streams must be positive"))
 	}
 	id := c.Identity
 	switch id.Source {

@@ -31,6 +31,7 @@ package extproc
 import (
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -52,6 +53,7 @@ type Server struct {
 	routes  routeTable
 	mode    modeState // Config.ProcessingMode: the filter's configured mode
 	metrics *serverMetrics
+	active  *atomic.Int64 // streams open now, bounded by cfg.MaxStreams
 }
 
 var _ extprocv3.ExternalProcessorServer = (*Server)(nil)
@@ -94,7 +96,8 @@ func New(cfg Config, tiers tier.Store, reg prometheus.Registerer, log *slog.Logg
 	if tiers == nil {
 		tiers = tier.Static(cfg.Identity.Tiers)
 	}
-	sm, hm, err := newMetrics(reg)
+	active := new(atomic.Int64)
+	sm, hm, err := newMetrics(reg, func() float64 { return float64(active.Load()) })
 	if err != nil {
 		return nil, err
 	}
@@ -114,6 +117,7 @@ func New(cfg Config, tiers tier.Store, reg prometheus.Registerer, log *slog.Logg
 		routes:  newRouteTable(cfg.Metrics.Routes),
 		mode:    newModeState(cfg.ProcessingMode.proto()),
 		metrics: sm,
+		active:  active,
 	}, nil
 }
 

@@ -49,7 +49,7 @@ type serverMetrics struct {
 // Buckets for the classic histograms: from 1 ms to 30 s.
 var durationBuckets = []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30}
 
-func newMetrics(reg prometheus.Registerer) (*serverMetrics, *httpMetrics, error) {
+func newMetrics(reg prometheus.Registerer, active func() float64) (*serverMetrics, *httpMetrics, error) {
 	hist := func(name, help string, labels ...string) *prometheus.HistogramVec {
 		return prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:                            name,
@@ -63,7 +63,7 @@ func newMetrics(reg prometheus.Registerer) (*serverMetrics, *httpMetrics, error)
 	sm := &serverMetrics{
 		streams: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sluice_extproc_streams_total",
-			Help: "Ended ext_proc streams by result: ok, immediate_response, response_only, cancelled, protocol_error, body_too_large, message_too_large, stage_error.",
+			Help: "Ended ext_proc streams by result: ok, immediate_response, response_only, cancelled, protocol_error, body_too_large, message_too_large, stage_error, overloaded (refused: max_streams open).",
 		}, []string{"result"}),
 	}
 	hm := &httpMetrics{
@@ -85,7 +85,11 @@ func newMetrics(reg prometheus.Registerer) (*serverMetrics, *httpMetrics, error)
 	if reg == nil {
 		return sm, hm, nil
 	}
-	for _, c := range []prometheus.Collector{sm.streams, hm.requests, hm.duration, hm.upstream, hm.slow} {
+	open := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "sluice_extproc_streams_open",
+		Help: "ext_proc streams open now (bounded by extproc.max_streams).",
+	}, active)
+	for _, c := range []prometheus.Collector{sm.streams, open, hm.requests, hm.duration, hm.upstream, hm.slow} {
 		if err := reg.Register(c); err != nil {
 			return nil, nil, errors.Join(errors.New("extproc: register metrics"), err)
 		}

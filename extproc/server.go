@@ -32,6 +32,14 @@ func (s *Server) Register(g grpc.ServiceRegistrar) {
 // stream or after an immediate response; otherwise a gRPC status, logged
 // once.
 func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
+	if s.active.Add(1) > int64(s.cfg.MaxStreams) {
+		s.active.Add(-1)
+		s.metrics.streams.WithLabelValues("overloaded").Inc()
+		// Envoy treats a stream error like any other processor failure: failure_mode_allow
+		// decides whether the request goes on without Sluice (Filter::onGrpcError).
+		return status.Errorf(codes.ResourceExhausted, "extproc: %d streams open, the max_streams limit", s.cfg.MaxStreams)
+	}
+	defer s.active.Add(-1)
 	st := s.newStream(ps.Context())
 	st.x.extend = func(d time.Duration) bool {
 		if st.observability {

@@ -12,6 +12,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	procmodev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -683,4 +684,54 @@ func TestObservabilityMode(t *testing.T) {
 	if x := p.Last(); x.Tenant != "acme" || x.ResponseStatus != 200 {
 		t.Fatalf("exchange tenant %q status %d", x.Tenant, x.ResponseStatus)
 	}
+}
+
+// TestMaxStreams: streams beyond extproc.max_streams are refused at once with RESOURCE_EXHAUSTED
+// (Envoy then applies failure_mode_allow to that request), counted as overloaded, and the open
+// streams are unaffected; once one ends, a new stream is served again.
+func TestMaxStreams(t *testing.T) {
+	h := newHarness(t, extproc.Config{MaxStreams: 2}, harnessOpts{})
+	held := []*xt.Stream{h.open(t), h.open(t)}
+	for _, s := range held {
+		if _, err := s.Do(xt.RequestHeaders("GET", "/v1/users", true)); err != nil {
+			t.Fatalf("held stream: %v", err)
+		}
+	}
+	if got := gaugeValue(t, h.reg, "sluice_extproc_streams_open"); got != 2 {
+		t.Errorf("streams_open = %v, want 2", got)
+	}
+	extra := h.open(t)
+	_, err := extra.Do(xt.RequestHeaders("GET", "/v1/users", true))
+	if status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("third stream: %v, want RESOURCE_EXHAUSTED", err)
+	}
+	h.waitStreams(t, "overloaded", 1)
+	// The held streams still complete.
+	if _, err := held[0].Do(xt.ResponseHeaders(200, true)); err != nil {
+		t.Fatalf("held stream after the refusal: %v", err)
+	}
+	if err := held[0].Finish(); err != nil {
+		t.Fatalf("held stream end: %v", err)
+	}
+	h.waitStreams(t, "ok", 1)
+	next := h.open(t)
+	if _, err := next.Do(xt.RequestHeaders("GET", "/v1/users", true)); err != nil {
+		t.Fatalf("a stream after one ended: %v", err)
+	}
+}
+
+// gaugeValue returns the value of the unlabelled gauge name.
+func gaugeValue(t testing.TB, g prometheus.Gatherer, name string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	t.Fatalf("no gauge %s", name)
+	return 0
 }
