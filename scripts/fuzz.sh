@@ -19,6 +19,13 @@
 # spends up to 60s minimizing each new interesting input, with no execs, which
 # would eat a short run). FUZZ_ONLY, a regular expression, limits the targets
 # (matched against "pkg.Name").
+#
+# The corpus each run grows (the inputs that found new coverage) is kept in
+# FUZZ_CORPUS (default .fuzz-corpus/ at the repository root, git-ignored: it
+# holds thousands of generated files) and given back to Go before the next
+# run, so every run starts where the last one stopped, even after
+# `go clean -fuzzcache` or on a fresh build cache. Hand-picked seeds and past
+# failures are the committed ones, under each package's testdata/fuzz/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -38,6 +45,10 @@ fi
 
 # Some targets drive the real pipeline against Redis, as the tests do.
 bash scripts/services.sh
+
+corpus="${FUZZ_CORPUS:-.fuzz-corpus}"
+mkdir -p "$corpus"
+gocache_fuzz="$(go env GOCACHE)/fuzz"
 
 logdir=$(mktemp -d)
 trap 'rm -rf "$logdir"' EXIT
@@ -77,10 +88,18 @@ for t in "${targets[@]}"; do
   log="$logdir/$(echo "$label" | tr '/.' '__').log"
   echo "-- $label"
   start=$(date +%s)
+  # Go keeps a target's generated corpus in GOCACHE/fuzz/<import path>/<Name>.
+  importpath=$(go list "$d")
+  kept="$corpus/$importpath/$name"
+  cached="$gocache_fuzz/$importpath/$name"
+  mkdir -p "$kept" "$cached"
+  cp -rn "$kept"/. "$cached"/
   rc=0
   timeout --kill-after=10 "$((secs + slack))" \
     go test -run='^$' -fuzz="^${name}\$" -fuzztime="${secs}s" -fuzzminimizetime="$minimize" "${parallel[@]}" "$d" >"$log" 2>&1 || rc=$?
   took=$(($(date +%s) - start))
+  cp -rn "$cached"/. "$kept"/
+  size=$(find "$kept" -type f | wc -l)
   # The last progress line: "fuzz: elapsed: 20s, execs: 1234 (61/sec), new interesting: 3 (total: 40)".
   progress=$(grep -E '^fuzz: elapsed: .*execs: ' "$log" | tail -n1 || true)
   execs=$(sed -nE 's/.*execs: ([0-9]+).*/\1/p' <<<"$progress")
@@ -97,11 +116,11 @@ for t in "${targets[@]}"; do
     # Go keeps the input that failed under the package's testdata/fuzz.
     grep -E 'Failing input written to|go test -run=' "$log" | sed 's/^/    /' || true
   fi
-  rows+=("$(printf '%-48s %12s %16s %8s %6ss' "$label" "${execs:--}" "${newi:--}" "$result" "$took")")
+  rows+=("$(printf '%-48s %12s %16s %8s %8s %6ss' "$label" "${execs:--}" "${newi:--}" "$size" "$result" "$took")")
 done
 
 echo
-printf '%-48s %12s %16s %8s %7s\n' TARGET EXECS "NEW INTERESTING" RESULT TIME
+printf '%-48s %12s %16s %8s %8s %7s\n' TARGET EXECS "NEW INTERESTING" CORPUS RESULT TIME
 for r in "${rows[@]}"; do
   echo "$r"
 done
