@@ -133,7 +133,7 @@ func (h *harness) waitStreams(t testing.TB, result string, n float64) {
 	}
 }
 
-// counter returns the value of the counter name with exactly labels, or 0.
+// counter returns the value of the counter (or gauge) name with exactly labels, or 0.
 func counter(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
 	t.Helper()
 	mfs, err := g.Gather()
@@ -154,7 +154,7 @@ func counter(t testing.TB, g prometheus.Gatherer, name string, labels map[string
 					continue metrics
 				}
 			}
-			return m.GetCounter().GetValue()
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
 		}
 	}
 	return 0

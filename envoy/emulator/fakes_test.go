@@ -286,7 +286,7 @@ func newHarness(t *testing.T, o harnessOpts) *harness {
 
 // serveGRPC serves register's services on an in-memory listener and returns
 // a client connection; both stop at cleanup.
-func serveGRPC(t *testing.T, register func(*grpc.Server)) *grpc.ClientConn {
+func serveGRPC(t testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
 	t.Helper()
 	lis := bufconn.Listen(4 << 20)
 	srv := grpc.NewServer(grpc.MaxRecvMsgSize(8 << 20))

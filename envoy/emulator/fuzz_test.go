@@ -16,8 +16,6 @@ import (
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/test/bufconn"
 
 	"github.com/sluicehq/sluice/envoy"
 )
@@ -231,35 +229,13 @@ func fuzzGateway(tb testing.TB) (*Gateway, *fuzzUpstream, []string) {
 		w.Write(appBody)
 	}))
 	tb.Cleanup(app.Close)
-	serve := func(register func(*grpc.Server)) *grpc.ClientConn {
-		lis := bufconn.Listen(4 << 20)
-		srv := grpc.NewServer()
-		register(srv)
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			_ = srv.Serve(lis)
-		}()
-		conn, err := grpc.NewClient("passthrough:///bufnet",
-			grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) { return lis.DialContext(ctx) }),
-			grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			tb.Fatal(err)
-		}
-		tb.Cleanup(func() {
-			_ = conn.Close()
-			srv.Stop()
-			<-done
-		})
-		return conn
-	}
 	// Fakes that keep nothing: a fuzz run makes a great many requests.
 	ep := passServer{}
 	rl := okRLS{}
 	gw, err := New(Options{
 		Settings:  s,
-		ExtProc:   extprocsvc.NewExternalProcessorClient(serve(func(g *grpc.Server) { extprocsvc.RegisterExternalProcessorServer(g, ep) })),
-		RateLimit: rlsv3.NewRateLimitServiceClient(serve(func(g *grpc.Server) { rlsv3.RegisterRateLimitServiceServer(g, rl) })),
+		ExtProc:   extprocsvc.NewExternalProcessorClient(serveGRPC(tb, func(g *grpc.Server) { extprocsvc.RegisterExternalProcessorServer(g, ep) })),
+		RateLimit: rlsv3.NewRateLimitServiceClient(serveGRPC(tb, func(g *grpc.Server) { rlsv3.RegisterRateLimitServiceServer(g, rl) })),
 		Upstreams: map[string]string{"app": app.URL},
 	})
 	if err != nil {

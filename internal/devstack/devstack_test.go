@@ -86,7 +86,7 @@ func (s *stack) get(t *testing.T, path string, hdr ...string) (*http.Response, s
 			req.Host = hdr[i+1]
 			continue
 		}
-		req.Header.Set(hdr[i], hdr[i+1])
+		req.Header.Add(hdr[i], hdr[i+1]) // Add: a name given twice is sent twice
 	}
 	resp, err := s.client.Do(req)
 	if err != nil {

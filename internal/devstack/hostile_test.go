@@ -226,9 +226,9 @@ func TestHostileCache(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			for range 2 {
-				s.hget(t, tt.path, tt.attacker...)
+				s.get(t, tt.path, tt.attacker...)
 			}
-			resp, body := s.hget(t, tt.path, tt.victim...)
+			resp, body := s.get(t, tt.path, tt.victim...)
 			if resp.StatusCode != 200 {
 				t.Fatalf("victim: %d %q", resp.StatusCode, body)
 			}
@@ -244,26 +244,6 @@ func TestHostileCache(t *testing.T) {
 			}
 		})
 	}
-}
-
-// hget is get with repeatable headers (x-tenant-id twice) and Host.
-func (s *stack) hget(t *testing.T, path string, hdr ...string) (*http.Response, string) {
-	t.Helper()
-	req, _ := http.NewRequest("GET", s.URL()+path, nil)
-	for i := 0; i+1 < len(hdr); i += 2 {
-		if strings.EqualFold(hdr[i], "host") {
-			req.Host = hdr[i+1]
-			continue
-		}
-		req.Header.Add(hdr[i], hdr[i+1])
-	}
-	resp, err := s.client.Do(req)
-	if err != nil {
-		t.Fatalf("GET %s: %v", path, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	return resp, string(b)
 }
 
 // TestHostileSpoofedIdentity: every header Sluice owns, sent by a client,
@@ -529,14 +509,14 @@ func TestHostileBodies(t *testing.T) {
 		}
 	})
 	t.Run("request headers over 60 KiB", func(t *testing.T) {
-		resp, b := s.hget(t, "/api/v1/public/big", "x-tenant-id", "acme", "x-big", strings.Repeat("a", 62<<10))
+		resp, b := s.get(t, "/api/v1/public/big", "x-tenant-id", "acme", "x-big", strings.Repeat("a", 62<<10))
 		t.Logf("%d %q", resp.StatusCode, trim(b))
 		if resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge {
 			t.Fatalf("status %d (%q), want 431", resp.StatusCode, trim(b))
 		}
 	})
 	// The stack still answers normally.
-	if resp, b := s.hget(t, "/api/v1/public/after", "x-tenant-id", "acme"); resp.StatusCode != 200 || !strings.Contains(b, "tenant=acme") {
+	if resp, b := s.get(t, "/api/v1/public/after", "x-tenant-id", "acme"); resp.StatusCode != 200 || !strings.Contains(b, "tenant=acme") {
 		t.Fatalf("after the hostile bodies: %d %q", resp.StatusCode, b)
 	}
 }
