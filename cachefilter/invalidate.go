@@ -240,7 +240,6 @@ func (s *Store) bumpEpochs(inv *invalidation) {
 
 // apply invalidates this replica's L1 and moves the epochs of what it covers.
 func (s *Store) apply(inv *invalidation) {
-	s.bumpEpochs(inv)
 	switch inv.kind {
 	case kindKeys:
 		s.l1.dropKeys(inv.args)

@@ -181,23 +181,22 @@ func (l *l1) fill(ep uint64, tenant, primary, path string, names []string, id ui
 	}
 }
 
-// dropKeys applies an invalidation of primary keys: their records go, and with them every entry
-// stored under them (inline, or unreachable by id).
+// dropKeys applies an invalidation of primary keys: their tenants' epochs move (with or without
+// an L1), and their records go, and with them every entry stored under them (inline, or
+// unreachable by id).
 func (l *l1) dropKeys(primaries []string) {
-	if l.c == nil {
-		return
-	}
 	for _, p := range primaries {
 		tenant, _, _ := strings.Cut(p, ":")
-		l.stripes[l.stripe(tenant)].Add(1)
+		l.bump(tenant)
+	}
+	if l.c == nil {
+		return
 	}
 	for _, p := range primaries {
 		l.c.Invalidate(recordKey(p))
 	}
 }
 
-// dropMatching applies an invalidation within tenant: every item for which match is true goes,
-// with the vary records of their primary keys. It walks the whole L1.
 // bump moves the invalidation epoch of tenant (Store.PutSince), with or without an L1.
 func (l *l1) bump(tenant string) { l.stripes[l.stripe(tenant)].Add(1) }
 
@@ -206,11 +205,14 @@ func (l *l1) bump(tenant string) { l.stripes[l.stripe(tenant)].Add(1) }
 // which says nothing about the data a fetch read.
 func (l *l1) invalidations(tenant string) uint64 { return l.stripes[l.stripe(tenant)].Load() }
 
+// dropMatching applies an invalidation within tenant: its epoch moves (with or without an L1),
+// and every item for which match is true goes, with the vary records of their primary keys. It
+// walks the whole L1.
 func (l *l1) dropMatching(tenant string, match func(*item) bool) int {
+	l.bump(tenant)
 	if l.c == nil {
 		return 0
 	}
-	l.stripes[l.stripe(tenant)].Add(1)
 	var keys []l1Key
 	primaries := map[string]bool{}
 	for k, it := range l.c.All() {
