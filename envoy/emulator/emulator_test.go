@@ -560,6 +560,8 @@ func TestRateLimitAnswers(t *testing.T) {
 		ResponseHeadersToAdd: []*corev3.HeaderValue{{Key: "RateLimit", Value: `"burst";r=9;t=1`}},
 		RequestHeadersToAdd:  []*corev3.HeaderValue{{Key: "x-sluice-remaining", Value: "9"}},
 	}
+	released := make(chan struct{})
+	defer close(released)
 	tests := []struct {
 		name       string
 		rls        func(context.Context, *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error)
@@ -578,10 +580,13 @@ func TestRateLimitAnswers(t *testing.T) {
 		{name: "service error fails open", rls: func(context.Context, *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
 			return nil, status.Error(codes.Unavailable, "redis down")
 		}, want: 200, wantUp: true},
-		{name: "service timeout fails open", timeout: 20 * time.Millisecond, rls: func(ctx context.Context, _ *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
+		// The slow service answers OVER_LIMIT only once the test has its
+		// response, so a 200 can only come from the filter's timeout
+		// (answering on ctx.Done raced the client's own deadline timer).
+		{name: "service timeout fails open", timeout: 20 * time.Millisecond, rls: func(context.Context, *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
 			select {
-			case <-time.After(200 * time.Millisecond):
-			case <-ctx.Done():
+			case <-released:
+			case <-time.After(10 * time.Second):
 			}
 			return over, nil
 		}, want: 200, wantUp: true},
