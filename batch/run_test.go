@@ -28,7 +28,7 @@ type upstream struct {
 	mu       sync.Mutex // guards order and seen
 	order    []string   // request-targets in arrival order
 	seen     []*http.Request
-	barrier  int          // the first barrier /api/wait requests block until that many are in flight (or 2s)
+	barrier  int          // the first barrier /api/wait requests block until that many are in flight (or 4s)
 	waits    atomic.Int64 // /api/wait requests seen
 }
 
@@ -90,7 +90,7 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 		}
 	case r.URL.Path == "/api/wait":
 		first := u.waits.Add(1) <= int64(u.barrier)
-		deadline := time.After(2 * time.Second)
+		deadline := time.After(4 * time.Second) // under ItemTimeout; generous for a loaded -race run
 		for first && u.inflight.Load() < int64(u.barrier) {
 			select {
 			case <-deadline:
