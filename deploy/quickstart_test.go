@@ -83,35 +83,25 @@ func TestQuickStart(t *testing.T) {
 
 	t.Run("free tier gets 429 after 10 per second", func(t *testing.T) {
 		// no-cache: every request goes upstream, past the ratelimit filter. Sent at once, so
-		// all 12 fall in one second however slow the machine.
+		// all 12 fall in one second however slow the machine. A 200 without RateLimit-Policy
+		// was not decided by Sluice: the filter's 20ms budget (envoy.yaml) ran out and it failed
+		// open, as Envoy does; such a round proves nothing, so it is run again (a loaded -race
+		// run can miss the budget) after the window has passed.
 		const n = 12
-		resps := make(chan *http.Response, n)
-		var wg sync.WaitGroup
-		for range n {
-			wg.Go(func() {
-				resp, err := do("/api/v1/contacts", "x-tenant-id", "initech", "cache-control", "no-cache")
-				if err != nil {
-					t.Errorf("GET: %v", err)
-					return
-				}
-				resps <- resp
-			})
-		}
-		wg.Wait()
-		close(resps)
-		codes := map[int]int{}
-		var limited *http.Response
-		for resp := range resps {
-			codes[resp.StatusCode]++
-			if resp.StatusCode == http.StatusTooManyRequests {
-				limited = resp
+		for round := 1; ; round++ {
+			codes, limited, undecided := burst(t, do, n)
+			if undecided > 0 && round < 5 {
+				t.Logf("round %d: %d of %d answers failed open (no RateLimit-Policy); again", round, undecided, n)
+				time.Sleep(1100 * time.Millisecond)
+				continue
 			}
-		}
-		if codes[http.StatusOK] < 10 || limited == nil || codes[http.StatusOK]+codes[http.StatusTooManyRequests] != n {
-			t.Fatalf("status counts %v; want 10 or more 200s, the rest 429", codes)
-		}
-		if limited.Header.Get("Retry-After") == "" || !strings.Contains(limited.Header.Get("RateLimit-Policy"), "free_tenant_burst") {
-			t.Errorf("429 headers %v; want Retry-After and the free tier's RateLimit-Policy", limited.Header)
+			if codes[http.StatusOK] < 10 || limited == nil || codes[http.StatusOK]+codes[http.StatusTooManyRequests] != n {
+				t.Fatalf("status counts %v (%d failed open); want 10 or more 200s, the rest 429", codes, undecided)
+			}
+			if limited.Header.Get("Retry-After") == "" || !strings.Contains(limited.Header.Get("RateLimit-Policy"), "free_tenant_burst") {
+				t.Errorf("429 headers %v; want Retry-After and the free tier's RateLimit-Policy", limited.Header)
+			}
+			return
 		}
 	})
 
@@ -181,4 +171,36 @@ func TestQuickStart(t *testing.T) {
 			}
 		}
 	})
+}
+
+// burst sends n no-cache GETs for the free tenant at once and returns the
+// status counts, one 429 if any, and the number of 200s Sluice did not
+// decide (no RateLimit-Policy).
+func burst(t *testing.T, do func(string, ...string) (*http.Response, error), n int) (codes map[int]int, limited *http.Response, undecided int) {
+	t.Helper()
+	resps := make(chan *http.Response, n)
+	var wg sync.WaitGroup
+	for range n {
+		wg.Go(func() {
+			resp, err := do("/api/v1/contacts", "x-tenant-id", "initech", "cache-control", "no-cache")
+			if err != nil {
+				t.Errorf("GET: %v", err)
+				return
+			}
+			resps <- resp
+		})
+	}
+	wg.Wait()
+	close(resps)
+	codes = map[int]int{}
+	for resp := range resps {
+		codes[resp.StatusCode]++
+		switch {
+		case resp.StatusCode == http.StatusTooManyRequests:
+			limited = resp
+		case resp.Header.Get("RateLimit-Policy") == "":
+			undecided++
+		}
+	}
+	return codes, limited, undecided
 }
