@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 )
 
 type batchResponse struct {
@@ -72,23 +73,37 @@ func TestBatchThroughGateway(t *testing.T) {
 		t.Errorf("item 2 (same URL after item 1) x-cache = %q, want a cache hit", got)
 	}
 
-	// Each item is rate limited on its own: initech (free) has 10 per second.
+	// Each item is rate limited on its own: initech (free) has 10 per second. A 200 without
+	// ratelimit-policy was not decided by Sluice (the ratelimit filter's 20ms budget ran out and
+	// it failed open, as Envoy does, which a loaded -race run can cause); such a round proves
+	// nothing and runs again once the window has passed.
 	var items []string
 	for i := 0; i < 14; i++ {
 		items = append(items, fmt.Sprintf(`{"id":"%d","method":"GET","url":"/api/v1/dashboard/stats?n=%d"}`, i, i))
 	}
-	status, out = s.batch(t, `{"requests":[`+strings.Join(items, ",")+`]}`, "x-tenant-id", "initech")
-	if status != 200 {
-		t.Fatalf("batch: %d %+v", status, out)
-	}
-	limited := 0
-	for _, r := range out.Responses {
-		if r.Status == 429 {
-			limited++
+	for round := 1; ; round++ {
+		status, out = s.batch(t, `{"requests":[`+strings.Join(items, ",")+`]}`, "x-tenant-id", "initech")
+		if status != 200 {
+			t.Fatalf("batch: %d %+v", status, out)
 		}
-	}
-	if limited == 0 {
-		t.Errorf("14 items of a free tenant: none rate limited")
+		limited, undecided := 0, 0
+		for _, r := range out.Responses {
+			switch {
+			case r.Status == 429:
+				limited++
+			case r.Headers["ratelimit-policy"] == "":
+				undecided++
+			}
+		}
+		if undecided > 0 && round < 5 {
+			t.Logf("round %d: %d of 14 items failed open; again", round, undecided)
+			time.Sleep(1100 * time.Millisecond)
+			continue
+		}
+		if limited == 0 {
+			t.Errorf("14 items of a free tenant: none rate limited (%d failed open)", undecided)
+		}
+		break
 	}
 
 	tests := []struct {
