@@ -35,8 +35,10 @@ type RequestHeadersHook interface {
 }
 
 // RequestBodyHook runs on each ProcessingRequest.request_body: one message
-// with the whole body in BUFFERED mode, chunks in STREAMED mode. body must
-// not be modified; copy it to keep it past the call.
+// with the whole body in BUFFERED mode, chunks in STREAMED and
+// FULL_DUPLEX_STREAMED mode (where the server sends each chunk back
+// unchanged in streamed_response). body must not be modified; copy it to
+// keep it past the call.
 type RequestBodyHook interface {
 	RequestBody(ctx context.Context, x *Exchange, body []byte, endOfStream bool) error
 }

@@ -116,12 +116,12 @@ func (st *stream) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processin
 		}
 		return st.requestHeaders(r.RequestHeaders, req.GetMetadataContext())
 	case *extprocv3.ProcessingRequest_RequestBody:
-		if !st.reqHeaders || st.reqEnded {
+		if !st.reqStarted() || st.reqEnded {
 			return nil, st.outOfOrder(PhaseRequestBody)
 		}
 		return st.body(PhaseRequestBody, r.RequestBody)
 	case *extprocv3.ProcessingRequest_RequestTrailers:
-		if !st.reqHeaders || st.reqEnded {
+		if !st.reqStarted() || st.reqEnded {
 			return nil, st.outOfOrder(PhaseRequestTrailers)
 		}
 		st.last, st.reqEnded, st.x.phase = PhaseRequestTrailers, true, PhaseRequestTrailers
@@ -134,12 +134,12 @@ func (st *stream) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processin
 		}
 		return st.responseHeaders(r.ResponseHeaders)
 	case *extprocv3.ProcessingRequest_ResponseBody:
-		if !st.resHeaders || st.resEnd {
+		if !st.resStarted() || st.resEnd {
 			return nil, st.outOfOrder(PhaseResponseBody)
 		}
 		return st.body(PhaseResponseBody, r.ResponseBody)
 	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		if !st.resHeaders || st.resEnd {
+		if !st.resStarted() || st.resEnd {
 			return nil, st.outOfOrder(PhaseResponseTrailers)
 		}
 		st.last, st.resEnd, st.x.phase = PhaseResponseTrailers, true, PhaseResponseTrailers
@@ -153,6 +153,21 @@ func (st *stream) handle(req *extprocv3.ProcessingRequest) (*extprocv3.Processin
 		// from a newer proto.
 		return nil, fmt.Errorf("%w after %s", errUnknown, st.last)
 	}
+}
+
+// reqStarted reports whether request body and trailer messages may come:
+// after the request headers, or at once when the filter is configured not to
+// send them (request_header_mode SKIP: ext_proc.cc decodeHeaders skips
+// onHeaders and onData opens the stream for the first body chunk; "Which
+// ones are set for a particular HTTP request/response depend on the
+// processing mode", ProcessingRequest.request). resStarted is the same for
+// the response.
+func (st *stream) reqStarted() bool {
+	return st.reqHeaders || st.mode.reqHeader == procmodev3.ProcessingMode_SKIP
+}
+
+func (st *stream) resStarted() bool {
+	return st.resHeaders || st.mode.resHeader == procmodev3.ProcessingMode_SKIP
 }
 
 func (st *stream) outOfOrder(got Phase) error {
@@ -241,7 +256,9 @@ func (st *stream) body(p Phase, b *extprocv3.HttpBody) (*extprocv3.ProcessingRes
 			return nil, fmt.Errorf("%w: response body over %d bytes", errBodyTooLarge, limit)
 		}
 	}
-	if !st.responseOnly {
+	// Stages see bodies only of messages whose headers they saw (not of a
+	// response-only stream, nor of a part whose headers the filter skips).
+	if st.reqHeaders && (request || st.resHeaders) {
 		var err error
 		if request {
 			for _, hk := range st.s.pipe.requestBody {
@@ -266,6 +283,32 @@ func (st *stream) body(p Phase, b *extprocv3.HttpBody) (*extprocv3.ProcessingRes
 		return st.immediateReply(), nil
 	}
 	br := &extprocv3.BodyResponse{Response: st.common(request)}
+	bodyMode := st.mode.resBody
+	if request {
+		bodyMode = st.mode.reqBody
+	}
+	if fullDuplex(bodyMode) {
+		// FULL_DUPLEX_STREAMED (and GRPC): Envoy drains each chunk it sends
+		// and passes on only what comes back in streamed_response, which
+		// "must be used" in these modes (BodyMutation.streamed_response); a
+		// plain CONTINUE is a spurious message to it (ProcessorState::
+		// handleStreamedBodyCallback) and fails the request. Sluice does not
+		// change bodies: every chunk goes back as it came, end_of_stream
+		// included ("the server sets this flag to true if it has received a
+		// body request with end_of_stream set to true").
+		if br.Response == nil {
+			br.Response = &extprocv3.CommonResponse{}
+		}
+		br.Response.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_StreamedResponse{
+			StreamedResponse: &extprocv3.StreamedBodyResponse{
+				Body: b.GetBody(), EndOfStream: b.GetEndOfStream(),
+				// GRPC mode only (not implemented in Envoy yet): a half-close
+				// without a message, and a compressed message, stay so.
+				EndOfStreamWithoutMessage: b.GetEndOfStreamWithoutMessage(),
+				GrpcMessageCompressed:     b.GetGrpcMessageCompressed(),
+			},
+		}}
+	}
 	if request {
 		return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestBody{RequestBody: br}}, nil
 	}
