@@ -48,8 +48,9 @@ type Config struct {
 	// MaxObjectBytes is the largest body stored. Default 1 MiB; at most
 	// 1 GiB. Keep it within Envoy's buffer limit for the response body.
 	MaxObjectBytes int `yaml:"max_object_bytes"`
-	// DefaultMaxTTL caps every freshness lifetime and stale window. Default
-	// 1h.
+	// DefaultMaxTTL caps how long a response is used without validation once
+	// stored (the freshness it has left on arrival: its lifetime minus its
+	// Age) and every stale window. Default 1h.
 	DefaultMaxTTL time.Duration `yaml:"default_max_ttl"`
 	// Routes override the policy for path prefixes or paths; the first
 	// match wins. Default none.
@@ -106,7 +107,8 @@ type RoutePolicy struct {
 	Name string
 	// Enabled reports whether responses may be stored and served.
 	Enabled bool
-	// MaxTTL caps lifetimes and stale windows; 0 means no cap.
+	// MaxTTL caps the freshness left on arrival (Entry.Lifetime −
+	// Entry.InitialAge) and the stale windows; 0 means no cap.
 	MaxTTL time.Duration
 	// MaxObjectBytes is the largest body to store; the caller checks the
 	// body, Storable checks Content-Length. 0 means no limit.

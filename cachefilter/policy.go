@@ -26,8 +26,9 @@ import (
 //     Miss → forward; on the response, Storable decides, the body is
 //     checked against route.MaxObjectBytes, and the entry stored.
 //     Validate → forward with ConditionalHeaders(e) instead of the client's
-//     ConditionalFields; on 304, Freshen and answer from the result
-//     (NotModified for the client's own conditionals); on 5xx or no
+//     ConditionalFields; on 304, Freshen and answer from the result, or
+//     from e unchanged when the 304 does not select it (NotModified for the
+//     client's own conditionals either way); on 5xx or no
 //     response, ServeStaleOnError; otherwise as for a miss.
 //     GatewayTimeout → answer 504.
 //  3. For unsafe methods, after the response: cfg.Invalidations and
@@ -383,8 +384,9 @@ func ServeStaleOnError(req Request, e *Entry, now time.Time, upstreamStatus int)
 //     and the status is heuristically cacheable or the response is public.
 //     Otherwise nothing is stored, except an unqualified no-cache response
 //     with a validator, which is stored with lifetime 0 (it is never used
-//     without validation, so no freshness is invented). Lifetimes and stale
-//     windows are capped at route.MaxTTL;
+//     without validation, so no freshness is invented). The freshness left
+//     on arrival (Lifetime − InitialAge) and the stale windows are capped at
+//     route.MaxTTL;
 //   - something must make the entry reusable: a positive lifetime, a
 //     validator, or a stale window.
 //
@@ -416,7 +418,8 @@ func Storable(req Request, status int, header []Header, now time.Time, route Rou
 // (strong comparison), its weak ETag matches weakly, or, without ETag, its
 // Last-Modified equals e's; a 304 without any validator answers Sluice's own
 // request about e and also selects it. Otherwise Freshen returns nil and
-// ReasonValidatorMismatch: forward the request unconditionally.
+// ReasonValidatorMismatch: the 304 must not update e (the stage answers
+// from e as it is).
 //
 // Every field of the 304 replaces the stored field of that name, except
 // the fields never stored (hop-by-hop ones, those its Connection lists,
@@ -590,7 +593,15 @@ func assess(req Request, status int, header []Header, now time.Time, route Route
 		}
 		return d
 	}
-	e.Lifetime = capTTL(lifetime)
+	// max_ttl bounds how long Sluice uses the response without validation,
+	// i.e. the freshness it has left on arrival (Cache-Status ttl), not the
+	// lifetime the origin gave it: capping the lifetime itself would make a
+	// response that arrives with an Age (from a cache in front of the origin)
+	// stale at once although it is fresh (§4.2: lifetime > current_age).
+	e.Lifetime = lifetime
+	if route.MaxTTL > 0 && lifetime-e.InitialAge > route.MaxTTL {
+		e.Lifetime = e.InitialAge + route.MaxTTL
+	}
 	if !e.MustRevalidate && !e.NoCache {
 		e.StaleWhileRevalidate = capTTL(cc.StaleWhileRevalidate.Duration())
 		e.StaleIfError = capTTL(cc.StaleIfError.Duration())

@@ -181,6 +181,13 @@ func TestStorable(t *testing.T) {
 		{name: "§4.2.1 conflicting max-age is stale", status: 200, header: h("cache-control", "max-age=1800, max-age=1"), reason: ReasonNotReusable},
 		{name: "§1.2.2 max-age 2^31 kept", status: 200, header: h("cache-control", "max-age=99999999999"), lifetime: MaxDeltaSeconds * time.Second},
 		{name: "route max_ttl caps the lifetime", route: &capped, status: 200, header: h("cache-control", "max-age=86400"), lifetime: time.Hour},
+		{name: "§4.2.3 max_ttl caps the freshness left, not the lifetime of an aged response (cache-tests age-parse-dup-old)", route: &capped,
+			status: 200, header: h("date", d(0), "cache-control", "max-age=10000", "age", "3600", "age", "3600"), lifetime: 2 * time.Hour,
+			check: func(t *testing.T, e Entry) {
+				polWant(t, e.InitialAge == time.Hour && e.Fresh(polNow), "age %v, fresh %v", e.InitialAge, e.Fresh(polNow))
+			}},
+		{name: "§4.2.3 an aged response within max_ttl keeps its lifetime", route: &capped, status: 200,
+			header: h("date", d(0), "cache-control", "max-age=5400", "age", "3600"), lifetime: 5400 * time.Second},
 		{name: "§5.3 future Expires", status: 200, header: h("expires", d(30*24*time.Hour), "date", d(0)), lifetime: 30 * 24 * time.Hour},
 		{name: "§5.3 Expires is relative to Date, not the local clock", status: 200, header: h("expires", d(-time.Hour), "date", d(-2*time.Hour)), lifetime: time.Hour},
 		{name: "§5.3 past Expires", status: 200, header: h("expires", d(-30*24*time.Hour), "date", d(0)), reason: ReasonNotReusable},

@@ -291,25 +291,34 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 	cs.FwdStatus, cs.Collapsed = status, st.collapsed
 
 	if st.validate && status == 304 {
-		fresh, store, _ := Freshen(st.req, st.entry, header, now, st.route)
-		if fresh != nil {
-			store = store && s.store.keeps(fresh, now)
+		e, store := st.entry, false
+		if fresh, ok, _ := Freshen(st.req, st.entry, header, now, st.route); fresh != nil {
+			e, store = fresh, ok && s.store.keeps(fresh, now)
 			if store {
 				s.put(ctx, st, fresh)
 			}
 			s.complete(st, fresh)
-			code := fresh.Status
-			if NotModified(st.req, fresh, now) {
-				code = 304
-			}
-			cs.Stored, cs.TTL, cs.HasTTL = store, fresh.Lifetime-fresh.Age(now), true
-			s.respond(x, st, fresh, now, code, cs, XCacheRevalidated)
-			return nil
+		} else {
+			// The 304 names another validator than the one Sluice sent: it
+			// must not update the entry (RFC 9111 §4.3.4), but it says the
+			// representation Sluice asked about is current. Answer from the
+			// entry as it is: passing the 304 on would give one to a client
+			// that did not ask conditionally (RFC 9110 §15.4.5).
+			s.complete(st, nil)
 		}
+		code := e.Status
+		if NotModified(st.req, e, now) {
+			code = 304
+		}
+		cs.Stored, cs.TTL, cs.HasTTL = store, e.Lifetime-e.Age(now), true
+		s.respond(x, st, e, now, code, cs, XCacheRevalidated)
+		return nil
 	}
 	if st.entry != nil && status >= 500 && ServeStaleOnError(st.req, st.entry, now, status) {
 		s.complete(st, nil)
-		cs = CacheStatus{Hit: true, Fwd: FwdStale, FwdStatus: status, TTL: st.entry.Lifetime - st.entry.Age(now), HasTTL: true}
+		// Not a "hit": the request went upstream (RFC 9211 §2.1); fwd and
+		// fwd-status say the stored response stood in for the 5xx.
+		cs = CacheStatus{Fwd: FwdStale, FwdStatus: status, TTL: st.entry.Lifetime - st.entry.Age(now), HasTTL: true}
 		s.respond(x, st, st.entry, now, st.entry.Status, cs, XCacheValue(XCacheStale, layerName(st.layer)))
 		return nil
 	}
@@ -317,6 +326,12 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 		// Only what the store will keep is buffered and reported stored.
 		if e, ok, _ := Storable(st.req, status, header, now, st.route); ok && s.store.keeps(&e, now) {
 			n := contentLength(header)
+			if status == 204 {
+				// RFC 9110 §15.3.5: a 204 ends with its header section.
+				// Envoy sends it with end_of_stream on the headers and no
+				// body message follows, Content-Length or not.
+				n = 0
+			}
 			switch {
 			case n == 0:
 				// No body will follow (Envoy sends no body message for it).

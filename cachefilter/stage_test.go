@@ -409,3 +409,58 @@ func TestStageStaleWhileRevalidate(t *testing.T) {
 		t.Errorf("origin saw %d full requests, want 1 (the refresh was answered by the test as a 304)", got)
 	}
 }
+
+// TestStageNoContent: a 204 with explicit freshness is stored when its
+// headers arrive, as no body message follows them (RFC 9110 §15.3.5;
+// cache-tests status-204-fresh), whether or not it has Content-Length.
+func TestStageNoContent(t *testing.T) {
+	env := newStageEnv(t, cachefilter.Config{})
+	s := extproctest.Open(t, env.conn)
+	if r := recvAfter(t, s, extproctest.RequestHeaders("GET", "/n", true, "x-tenant-id", "acme")); r.GetImmediateResponse() != nil {
+		t.Fatalf("first request answered locally: %v", r)
+	}
+	r := recvAfter(t, s, extproctest.ResponseHeaders(204, true, "cache-control", "max-age=60"))
+	if got := extproctest.SetHeaders(extproctest.Mutation(r))["cache-status"]; len(got) != 1 || !strings.Contains(got[0], "stored") {
+		t.Fatalf("204 not stored: cache-status %q (%v)", got, r)
+	}
+	if r.GetModeOverride().GetResponseBodyMode() != procmodev3.ProcessingMode_NONE {
+		t.Errorf("asked for the body of a 204: %v", r.GetModeOverride())
+	}
+	if err := s.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	o := fixed(200, "cache-control", "max-age=60")
+	if got := env.do(t, o, "GET", "/n", "x-tenant-id", "acme"); got.upstream || got.status != 204 || got.body != "" || !strings.HasPrefix(got.header["x-cache"], "HIT") {
+		t.Fatalf("second request: %+v", got)
+	}
+}
+
+// TestStageRevalidationMismatch: a 304 to Sluice's validation that names
+// another validator must not update the entry (RFC 9111 §4.3.4), and the
+// client, whose request was not conditional, gets the stored 200 rather
+// than the 304 (RFC 9110 §15.4.5; cache-tests 304-etag-update-response-ETag).
+// Its own conditional is still answered from the entry.
+func TestStageRevalidationMismatch(t *testing.T) {
+	env := newStageEnv(t, cachefilter.Config{})
+	o := &origin{respond: func(_, _ string, h map[string]string) (int, []string, string) {
+		if h["if-none-match"] != "" {
+			return 304, []string{"cache-control", "max-age=60", "etag", `"other"`, "x-new", "1"}, ""
+		}
+		return 200, []string{"cache-control", "max-age=1", "etag", `"v1"`}, "v1 body"
+	}}
+	env.do(t, o, "GET", "/m", "x-tenant-id", "acme")
+	env.clk.Advance(5 * time.Second)
+	r := env.do(t, o, "GET", "/m", "x-tenant-id", "acme")
+	if !r.upstream || r.sent["if-none-match"] != `"v1"` || r.status != 200 || r.body != "v1 body" ||
+		r.header["etag"] != `"v1"` || r.header["x-new"] != "" || r.header["x-cache"] != "REVALIDATED" ||
+		strings.Contains(r.header["cache-status"], "stored") {
+		t.Fatalf("after a 304 for another validator: %+v", r)
+	}
+	r = env.do(t, o, "GET", "/m", "x-tenant-id", "acme", "if-none-match", `"v1"`)
+	if !r.upstream || r.status != 304 || r.body != "" {
+		t.Fatalf("the client's own conditional: %+v", r)
+	}
+	if got := o.hits.Load(); got != 3 {
+		t.Errorf("origin hits %d, want 3 (the entry stays stale)", got)
+	}
+}

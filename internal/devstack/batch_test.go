@@ -77,11 +77,12 @@ func TestBatchThroughGateway(t *testing.T) {
 	// ratelimit-policy was not decided by Sluice (the ratelimit filter's 20ms budget ran out and
 	// it failed open, as Envoy does, which a loaded -race run can cause); such a round proves
 	// nothing and runs again once the window has passed.
-	var items []string
-	for i := 0; i < 14; i++ {
-		items = append(items, fmt.Sprintf(`{"id":"%d","method":"GET","url":"/api/v1/dashboard/stats?n=%d"}`, i, i))
-	}
 	for round := 1; ; round++ {
+		// New URLs each round: a cache hit would bypass the ratelimit filter.
+		var items []string
+		for i := 0; i < 14; i++ {
+			items = append(items, fmt.Sprintf(`{"id":"%d","method":"GET","url":"/api/v1/dashboard/stats?round=%d&n=%d"}`, i, round, i))
+		}
 		status, out = s.batch(t, `{"requests":[`+strings.Join(items, ",")+`]}`, "x-tenant-id", "initech")
 		if status != 200 {
 			t.Fatalf("batch: %d %+v", status, out)
