@@ -47,6 +47,11 @@ func (d *downstreamBody) failed() bool {
 // cluster, send the request with the route timeout, turn upstream failures
 // into local replies, hand back the upstream response. Redirects are passed
 // through, never followed; there are no retries (none configured).
+//
+// Known simplification: Go's client adds "Cache-Control: no-cache" to a
+// response carrying "Pragma: no-cache" and no Cache-Control (net/http
+// fixPragmaCacheControl), and that cannot be told apart from an origin that
+// sent both; Envoy passes the fields through unchanged.
 func (s *stream) forward() (*response, *localReply) {
 	if s.route == nil {
 		return nil, &localReply{code: http.StatusNotFound, details: "route_not_found"}
