@@ -43,8 +43,9 @@ type Config struct {
 	// for domains that do not set failure_mode_deny themselves. Default false
 	// (fail open).
 	FailureModeDeny bool `yaml:"failure_mode_deny"`
-	// NearLimitRatio marks a decision near_limit in metrics once this fraction
-	// of the limit is used. Default 0.8 (as envoyproxy/ratelimit).
+	// NearLimitRatio marks a decision near_limit in metrics once the count
+	// passes floor(NearLimitRatio * limit), as envoyproxy/ratelimit's
+	// NEAR_LIMIT_RATIO does. Default 0.8 (as envoyproxy/ratelimit).
 	NearLimitRatio float64 `yaml:"near_limit_ratio"`
 	// Headers selects the response header format: ietf (default),
 	// ietf-draft07, x-ratelimit or off.

@@ -22,6 +22,7 @@ func (s *Service) headers(apps []applied, results []limiter.Result, over bool) [
 		name   string
 		quota  uint64
 		window time.Duration
+		reset  time.Duration
 		r      limiter.Result
 	}
 	var (
@@ -34,9 +35,10 @@ func (s *Service) headers(apps []applied, results []limiter.Result, over bool) [
 			continue
 		}
 		r := results[a.item]
-		pols = append(pols, pol{name: policyName(a.limit), quota: a.limit.RequestsPerUnit, window: a.limit.Window, r: r})
-		if r.Over && r.ResetAfter > retry {
-			retry = r.ResetAfter
+		reset := resetAfter(a.limit, r)
+		pols = append(pols, pol{name: policyName(a.limit), quota: a.limit.RequestsPerUnit, window: a.limit.Window, reset: reset, r: r})
+		if r.Over && reset > retry {
+			retry = reset
 		}
 		if primary < 0 {
 			primary = len(pols) - 1
@@ -51,7 +53,7 @@ func (s *Service) headers(apps []applied, results []limiter.Result, over bool) [
 		return nil
 	}
 	p := pols[primary]
-	reset := ceilSeconds(p.r.ResetAfter)
+	reset := ceilSeconds(p.reset)
 	var out []*corev3.HeaderValue
 	add := func(k, v string) { out = append(out, &corev3.HeaderValue{Key: k, Value: v}) }
 

@@ -202,8 +202,9 @@ func readRulesFile(path string) (File, *Problem) {
 // unlimited with any other setting or beside other limits, share_threshold on
 // a value without '*', replaces naming no limit of the domain, several YAML
 // documents in one file, and values out of range. Merge keys ("<<") and
-// anchors work as in envoyproxy; quota_mode, value_to_metric and metadata are
-// accepted (see Limit and Match), and metric labels never hold request values.
+// anchors work as in envoyproxy; quota_mode applies as there (see
+// Limit.Quota); value_to_metric and metadata are accepted (see Match), and
+// metric labels never hold request values.
 func ParseRules(files []File) (*Rules, error) {
 	l := &loader{domains: map[string]*Domain{}}
 	for _, f := range files {

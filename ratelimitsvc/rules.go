@@ -76,7 +76,8 @@ type Limit struct {
 	Shadow bool
 	// Quota is the descriptor's `quota_mode` (envoyproxy/ratelimit): an
 	// over-limit quota descriptor only refuses the request when every quota
-	// descriptor of the request is over its limit.
+	// descriptor of the request is over its limit (and then its hits are
+	// refunded, as for any refused request).
 	Quota bool
 	// Replaces lists the names of limits this one replaces when both apply to
 	// one request.

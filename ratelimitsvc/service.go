@@ -193,7 +193,10 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 					SubWindows: l.SubWindows,
 					Hits:       hits,
 					Refund:     d.GetIsNegativeHits(),
-					Shadow:     l.Shadow,
+					// A quota_mode limit over its quota refuses the request
+					// only with every other quota descriptor (see fill), so
+					// the limiter must not deny for it alone.
+					Shadow: l.Shadow || l.Quota,
 				})
 			}
 			apps = append(apps, a)
@@ -208,15 +211,25 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 
 	var (
 		results []limiter.Result
+		allowed bool
 		err     error
 	)
 	if len(items) > 0 {
-		results, _, err = s.lim.Do(ctx, items)
+		results, allowed, err = s.lim.Do(ctx, items)
 	}
 	if err != nil {
 		return s.degraded(ctx, resp, domain, apps, err), nil
 	}
+	if len(results) > 0 && results[0].FromCache {
+		s.readUnanswered(ctx, items, results)
+	}
 	s.fill(resp, domain.Name, apps, results)
+	if allowed && resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT {
+		// Only quota descriptors, all over, deny a request the limiter
+		// allowed and charged: give the hits back, so that a denied request
+		// consumes no quota here either.
+		s.refund(ctx, domain.Name, items)
+	}
 	if s.cfg.Headers != HeadersOff {
 		resp.ResponseHeadersToAdd = s.headers(apps, results, resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT)
 	}
@@ -262,16 +275,80 @@ func (s *Service) limitsFor(rules *Rules, domain *Domain, d *commonrl.RateLimitD
 	return m.Limits, m.CounterEntries, true
 }
 
+// readUnanswered completes a denial by the limiter's local cache, which
+// answers only the counters it knows exhausted and leaves the others' results
+// empty: it reads those from Redis without charging, so that every
+// descriptor status reports what is left, as envoyproxy/ratelimit's do (it
+// reads every counter, local cache or not). Over is then what the refused
+// request would have found. The refusal stands whatever happens: the read
+// gets half the Redis budget, so that a slow Redis cannot make Envoy's own
+// timeout (which fails open) overtake a refusal known locally, and on error
+// the results stay empty. A request whose descriptors are all known exhausted
+// still costs Redis nothing.
+func (s *Service) readUnanswered(ctx context.Context, items []limiter.Item, results []limiter.Result) {
+	var (
+		idx   []int
+		check []limiter.Item
+	)
+	for i, r := range results {
+		if r.Over {
+			continue
+		}
+		it := items[i]
+		it.Hits = 0
+		idx = append(idx, i)
+		check = append(check, it)
+	}
+	if len(check) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout/2)
+	defer cancel()
+	read, _, err := s.lim.Do(ctx, check)
+	if err != nil {
+		return
+	}
+	for j, i := range idx {
+		r := read[j]
+		if items[i].Hits > 0 {
+			r.Over = r.Used+items[i].Hits > items[i].Limit
+		}
+		results[i] = r
+	}
+}
+
+// refund takes back the hits that items charged. A failure is logged (at
+// most once a second) and otherwise ignored: the hits then stay counted until
+// their window passes, as in envoyproxy/ratelimit, which always counts them.
+func (s *Service) refund(ctx context.Context, domain string, items []limiter.Item) {
+	var back []limiter.Item
+	for _, it := range items {
+		if it.Refund || it.Hits == 0 {
+			continue
+		}
+		it.Refund = true
+		back = append(back, it)
+	}
+	if len(back) == 0 {
+		return
+	}
+	if _, _, err := s.lim.Do(ctx, back); err != nil && s.logLimit.allow(time.Now()) {
+		s.log.WarnContext(ctx, "rate limit: could not refund the hits of a request denied by quota_mode descriptors (logged at most once a second)",
+			"domain", domain, "err", err)
+	}
+}
+
 // dropReplaced removes limits named by another matched limit's `replaces`
 // (envoyproxy/ratelimit semantics: the replaced limit is not applied to this
-// request) and re-indexes items.
+// request) and re-indexes items. An unlimited limit stays: envoyproxy reports
+// an unlimited descriptor as such even when its name is replaced.
 func dropReplaced(apps []applied, items []limiter.Item, replaced map[string]bool) ([]applied, []limiter.Item) {
 	var (
 		outA []applied
 		outI []limiter.Item
 	)
 	for _, a := range apps {
-		if a.limit.Name != "" && replaced[a.limit.Name] {
+		if a.item >= 0 && a.limit.Name != "" && replaced[a.limit.Name] {
 			continue
 		}
 		if a.item >= 0 {
@@ -306,12 +383,17 @@ func (s *Service) counterKey(domain string, entries []Entry, limitID string) str
 
 // fill turns limiter results into descriptor statuses. A descriptor with
 // several limits reports the one that decides: an enforced over-limit one,
-// else the one with the least remaining.
+// else the one with the least remaining. As in envoyproxy/ratelimit
+// (service/ratelimit.go shouldRateLimitWorker), the overall code is
+// OVER_LIMIT when a descriptor without quota_mode is over, or when the request
+// has quota_mode descriptors and all of them are over; an over-limit status
+// reports no quota remaining.
 func (s *Service) fill(resp *rlsv3.RateLimitResponse, domain string, apps []applied, results []limiter.Result) {
 	best := make([]int, len(resp.Statuses)) // per descriptor: index into apps, -1 none
 	for i := range best {
 		best[i] = -1
 	}
+	var quota map[int]bool // quota_mode descriptors: over?
 	for ai, a := range apps {
 		st := resp.Statuses[a.desc]
 		if a.item < 0 {
@@ -325,13 +407,28 @@ func (s *Service) fill(resp *rlsv3.RateLimitResponse, domain string, apps []appl
 		r := results[a.item]
 		code := s.codeOf(a.limit, r)
 		s.metrics.decision(domain, a.rule, code)
+		if a.limit.Quota {
+			if quota == nil {
+				quota = map[int]bool{}
+			}
+			quota[a.desc] = quota[a.desc] || code == codeOver
+		}
 		if code == codeOver {
 			st.Code = rlsv3.RateLimitResponse_OVER_LIMIT
-			resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+			if !a.limit.Quota {
+				resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
+			}
 		}
 		if b := best[a.desc]; b < 0 || apps[b].item < 0 || decides(a, r, apps[b], results[apps[b].item]) {
 			best[a.desc] = ai
 		}
+	}
+	allOver := len(quota) > 0
+	for _, over := range quota {
+		allOver = allOver && over
+	}
+	if allOver {
+		resp.OverallCode = rlsv3.RateLimitResponse_OVER_LIMIT
 	}
 	for d, ai := range best {
 		if ai < 0 || apps[ai].item < 0 {
@@ -341,8 +438,29 @@ func (s *Service) fill(resp *rlsv3.RateLimitResponse, domain string, apps []appl
 		st := resp.Statuses[d]
 		st.CurrentLimit = currentLimit(a.limit)
 		st.LimitRemaining = clampU32(r.Remaining)
-		st.DurationUntilReset = durationpb.New(r.ResetAfter)
+		if r.Over {
+			// A request refused for wanting more hits than remain charges
+			// none, so some remain; envoyproxy/ratelimit reports 0 for every
+			// over-limit status (limiter/base_limiter.go), and Envoy's
+			// x-ratelimit-remaining on the 429 comes from it.
+			st.LimitRemaining = 0
+		}
+		st.DurationUntilReset = durationpb.New(resetAfter(a.limit, r))
 	}
+}
+
+// resetAfter is when the quota of limit l (result r) next frees, for
+// duration_until_reset and the headers. A sliding window with nothing counted
+// (a fresh counter, a check, a refused request, a limit of 0) has no hit to
+// age out and reports 0: that is then the whole window, the span the limit
+// counts over, as envoyproxy/ratelimit reports the rest of its window, never
+// 0 (utils.CalculateReset), so that clients refused by a limit of 0 are not
+// told to retry at once.
+func resetAfter(l *Limit, r limiter.Result) time.Duration {
+	if r.ResetAfter > 0 {
+		return r.ResetAfter
+	}
+	return l.Window
 }
 
 // decides reports whether limit a (result r) should be the one a descriptor
@@ -374,7 +492,9 @@ func (s *Service) codeOf(l *Limit, r limiter.Result) string {
 		return codeShadow
 	case r.Over:
 		return codeOver
-	case float64(r.Used) >= s.cfg.NearLimitRatio*float64(l.RequestsPerUnit) && l.RequestsPerUnit > 0:
+	case float64(r.Used) > math.Floor(s.cfg.NearLimitRatio*float64(l.RequestsPerUnit)):
+		// Past floor(ratio * limit), as envoyproxy/ratelimit's near-limit
+		// threshold (limiter/base_limiter.go checkNearLimitThreshold).
 		return codeNear
 	}
 	return codeOK

@@ -443,3 +443,25 @@ func mustCounter(t *testing.T, reg *prometheus.Registry, name string, want map[s
 	c.Add(total)
 	return c
 }
+
+// TestResetWithoutCount: a sliding window with nothing counted (here a limit
+// of 0, which refuses every hit) has no hit to age out; the reset reported in
+// duration_until_reset and the headers is then the whole window, never 0,
+// so that refused clients are not told to retry at once.
+func TestResetWithoutCount(t *testing.T) {
+	const rules = "domain: zero\ndescriptors:\n  - key: banned\n    rate_limit: {unit: minute, requests_per_unit: 0}\n"
+	h := newHarness(t, redistest.Client(t), ratelimitsvc.Config{Timeout: 5 * time.Second}, rules)
+	resp := h.call(t, "zero", desc("banned", "x"))
+	if resp.OverallCode != rlsv3.RateLimitResponse_OVER_LIMIT {
+		t.Fatalf("overall %v, want OVER_LIMIT", resp.OverallCode)
+	}
+	if got := resp.Statuses[0].DurationUntilReset.AsDuration(); got != time.Minute {
+		t.Errorf("duration_until_reset = %v, want 1m0s", got)
+	}
+	if got := header(resp, "retry-after"); got != "60" {
+		t.Errorf("retry-after = %q, want 60", got)
+	}
+	if got := header(resp, "ratelimit"); !strings.HasSuffix(got, ";r=0;t=60") {
+		t.Errorf("RateLimit = %q, want r=0 and t=60", got)
+	}
+}
