@@ -184,20 +184,33 @@ func TestTierLimits(t *testing.T) {
 				t.Errorf("pro tenant: %d ok, %d limited; want all 15 ok", ok, limited)
 			}
 
-			resp, err := http.Get(s.AdminURL() + "/metrics")
-			if err != nil {
-				t.Fatal(err)
-			}
-			b, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			for _, want := range []string{
+			// A request is counted when its ext_proc stream ends, which can
+			// be just after the client has its response: poll a while.
+			wants := []string{
 				`sluice_http_requests_total{method="GET",route="other",status_class="4xx",tier="free"}`,
 				`sluice_http_requests_total{method="GET",route="other",status_class="2xx",tier="pro"} 15`,
 				`sluice_ratelimit_decisions_total{code="over_limit",domain="sluice",rule="free_tenant_burst"}`,
-			} {
-				if !strings.Contains(string(b), want) {
-					t.Errorf("metrics lack %s", want)
+			}
+			var missing []string
+			for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+				resp, err := http.Get(s.AdminURL() + "/metrics")
+				if err != nil {
+					t.Fatal(err)
 				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				missing = missing[:0]
+				for _, want := range wants {
+					if !strings.Contains(string(b), want) {
+						missing = append(missing, want)
+					}
+				}
+				if len(missing) == 0 || time.Now().After(deadline) {
+					break
+				}
+			}
+			for _, m := range missing {
+				t.Errorf("metrics lack %s", m)
 			}
 		})
 	}
