@@ -84,28 +84,6 @@ func withProtocol(req *extprocv3.ProcessingRequest, reqBody, resBody procmodev3.
 	return req
 }
 
-// kind names a request's oneof, which is also the oneof its reply must
-// have (EP ProcessingResponse.request_headers …: "The server must send back
-// this message in response to a message with the request_headers field
-// set").
-func kind(m *extprocv3.ProcessingRequest) string {
-	switch m.GetRequest().(type) {
-	case *extprocv3.ProcessingRequest_RequestHeaders:
-		return "request_headers"
-	case *extprocv3.ProcessingRequest_RequestBody:
-		return "request_body"
-	case *extprocv3.ProcessingRequest_RequestTrailers:
-		return "request_trailers"
-	case *extprocv3.ProcessingRequest_ResponseHeaders:
-		return "response_headers"
-	case *extprocv3.ProcessingRequest_ResponseBody:
-		return "response_body"
-	case *extprocv3.ProcessingRequest_ResponseTrailers:
-		return "response_trailers"
-	}
-	return ""
-}
-
 func bodyOf(m *extprocv3.ProcessingRequest) *extprocv3.HttpBody {
 	if b := m.GetRequestBody(); b != nil {
 		return b
@@ -284,14 +262,14 @@ func TestConformanceOneReplyPerMessage(t *testing.T) {
 			var replies []*extprocv3.ProcessingResponse
 			for _, m := range tt.msgs {
 				if err := e.c.Send(m); err != nil {
-					t.Fatalf("send %s: %v", kind(m), err)
+					t.Fatalf("send %s: %v", owedKind(m), err)
 				}
 				if tt.pipelined {
 					continue
 				}
 				r, err := e.c.Recv()
 				if err != nil {
-					t.Fatalf("reply to %s: %v", kind(m), err)
+					t.Fatalf("reply to %s: %v", owedKind(m), err)
 				}
 				replies = append(replies, r)
 			}
@@ -308,14 +286,14 @@ func TestConformanceOneReplyPerMessage(t *testing.T) {
 			}
 			for i, m := range tt.msgs {
 				r := replies[i]
-				if replyType(r) != kind(m) {
-					t.Fatalf("reply %d to %s is %s", i, kind(m), replyType(r))
+				if replyType(r) != owedKind(m) {
+					t.Fatalf("reply %d to %s is %s", i, owedKind(m), replyType(r))
 				}
 				if r.GetModeOverride() != nil {
-					t.Errorf("reply to %s has a mode_override nobody asked for", kind(m))
+					t.Errorf("reply to %s has a mode_override nobody asked for", owedKind(m))
 				}
 				if err := xt.CheckRawValueOnly(xt.Mutation(r)); err != nil {
-					t.Errorf("reply to %s: %v", kind(m), err)
+					t.Errorf("reply to %s: %v", owedKind(m), err)
 				}
 				b := bodyOf(m)
 				if b == nil {
@@ -323,17 +301,17 @@ func TestConformanceOneReplyPerMessage(t *testing.T) {
 				}
 				cr := bodyReply(r).GetResponse()
 				if cr.GetStatus() != extprocv3.CommonResponse_CONTINUE {
-					t.Errorf("reply to %s has status %v", kind(m), cr.GetStatus())
+					t.Errorf("reply to %s has status %v", owedKind(m), cr.GetStatus())
 				}
 				isDuplex := duplexReq && m.GetRequestBody() != nil || duplexRes && m.GetResponseBody() != nil
 				sr := cr.GetBodyMutation().GetStreamedResponse()
 				switch {
 				case isDuplex && sr == nil:
-					t.Errorf("reply %d to a FULL_DUPLEX_STREAMED %s has no streamed_response: %v", i, kind(m), r)
+					t.Errorf("reply %d to a FULL_DUPLEX_STREAMED %s has no streamed_response: %v", i, owedKind(m), r)
 				case isDuplex && (string(sr.GetBody()) != string(b.GetBody()) || sr.GetEndOfStream() != b.GetEndOfStream()):
 					t.Errorf("reply %d streams back %q eos %v, want %q eos %v", i, sr.GetBody(), sr.GetEndOfStream(), b.GetBody(), b.GetEndOfStream())
 				case !isDuplex && cr.GetBodyMutation() != nil:
-					t.Errorf("reply %d to %s mutates the body: %v", i, kind(m), cr.GetBodyMutation())
+					t.Errorf("reply %d to %s mutates the body: %v", i, owedKind(m), cr.GetBodyMutation())
 				}
 			}
 			h.waitStreams(t, tt.wantResult, 1)
@@ -460,10 +438,10 @@ func TestConformanceFirstMessageFields(t *testing.T) {
 				}
 				r, err := e.c.Recv()
 				if err != nil {
-					t.Fatalf("reply to %s: %v", kind(m), err)
+					t.Fatalf("reply to %s: %v", owedKind(m), err)
 				}
-				if replyType(r) != kind(m) || r.GetServerWindowUpdate() != nil {
-					t.Fatalf("reply to %s: %v", kind(m), r)
+				if replyType(r) != owedKind(m) || r.GetServerWindowUpdate() != nil {
+					t.Fatalf("reply to %s: %v", owedKind(m), r)
 				}
 			}
 			if err := e.c.CloseSend(); err != nil {
@@ -621,8 +599,8 @@ func TestConformanceModeOverride(t *testing.T) {
 					t.Fatal(err)
 				}
 				mo := r.GetModeOverride()
-				if (mo != nil) != (kind(m) == tt.wantOn) {
-					t.Errorf("reply to %s: mode_override %v, want one only on %q", kind(m), mo, tt.wantOn)
+				if (mo != nil) != (owedKind(m) == tt.wantOn) {
+					t.Errorf("reply to %s: mode_override %v, want one only on %q", owedKind(m), mo, tt.wantOn)
 				}
 				if mo == nil {
 					continue
@@ -686,7 +664,7 @@ func TestConformanceStreamEnds(t *testing.T) {
 					t.Fatal(err)
 				}
 				if _, err := e.c.Recv(); err != nil {
-					t.Fatalf("reply to %s: %v", kind(m), err)
+					t.Fatalf("reply to %s: %v", owedKind(m), err)
 				}
 			}
 			if tt.reset {
@@ -773,8 +751,8 @@ func TestConformanceUnexpectedMessages(t *testing.T) {
 				if err != nil {
 					t.Fatalf("message %d: %v", i, err)
 				}
-				if replyType(r) != kind(m) {
-					t.Fatalf("reply to %s is %s", kind(m), replyType(r))
+				if replyType(r) != owedKind(m) {
+					t.Fatalf("reply to %s is %s", owedKind(m), replyType(r))
 				}
 			}
 			if tt.wantCode == codes.OK {
@@ -849,11 +827,11 @@ func TestConformanceImmediateResponse(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if kind(m) != tt.at {
+				if owedKind(m) != tt.at {
 					continue
 				}
 				if ir = r.GetImmediateResponse(); ir == nil || r.GetModeOverride() != nil {
-					t.Fatalf("reply to %s: %v; want an immediate_response without mode_override", kind(m), r)
+					t.Fatalf("reply to %s: %v; want an immediate_response without mode_override", owedKind(m), r)
 				}
 				break
 			}
@@ -944,10 +922,10 @@ func TestConformanceSkippedHeaders(t *testing.T) {
 				}
 				r, err := e.c.Recv()
 				if err != nil {
-					t.Fatalf("reply to %s: %v", kind(m), err)
+					t.Fatalf("reply to %s: %v", owedKind(m), err)
 				}
-				if replyType(r) != kind(m) || r.GetModeOverride() != nil {
-					t.Fatalf("reply to %s: %v", kind(m), r)
+				if replyType(r) != owedKind(m) || r.GetModeOverride() != nil {
+					t.Fatalf("reply to %s: %v", owedKind(m), r)
 				}
 			}
 			if err := e.c.CloseSend(); err != nil {
