@@ -577,6 +577,12 @@ func TestSluiceAgreesWithItsConfig(t *testing.T) {
 					t.Errorf("%s probe on port %d; admin listens on %d", kind, got, adminPort)
 				}
 			}
+			if strings.HasPrefix(name, "istio") {
+				d := decodeAs[*appsv1.Deployment](t, dep)
+				if got := d.Spec.Template.Annotations["traffic.sidecar.istio.io/excludeInboundPorts"]; got != strconv.Itoa(adminPort) {
+					t.Errorf("excludeInboundPorts %q; want the admin port %d, so Prometheus scrapes it without the mesh's mTLS", got, adminPort)
+				}
+			}
 			if g := s.pod.spec.TerminationGracePeriodSeconds; g == nil || float64(*g) <= s.cfg.Server.ShutdownGrace.Seconds() {
 				t.Errorf("terminationGracePeriodSeconds %v is not longer than server.shutdown_grace %v: the kubelet would SIGKILL mid-drain", g, s.cfg.Server.ShutdownGrace)
 			}
