@@ -161,6 +161,9 @@ func checkIstioTarget(t *testing.T, objs []*object, cluster, authority, wantServ
 			continue
 		}
 		svc := decodeAs[*corev1.Service](t, o)
+		if svc.Spec.ClusterIP == corev1.ClusterIPNone {
+			t.Errorf("Service %s/%s is headless: Istio builds an ORIGINAL_DST (passthrough) cluster for it, which a gRPC client stream cannot use", m[3], m[2])
+		}
 		for _, p := range svc.Spec.Ports {
 			if int(p.Port) == port {
 				if p.AppProtocol == nil || *p.AppProtocol != "grpc" {
