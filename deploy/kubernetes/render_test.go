@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"sort"
 	"strings"
@@ -196,15 +195,6 @@ func ofKind(objs []*object, kind string) []*object {
 		}
 	}
 	return out
-}
-
-// hashSuffix is the suffix kustomize's generators append to a name.
-var hashSuffix = regexp.MustCompile(`^-[a-z0-9]{10}$`)
-
-// generatedName reports whether name is base, or base with a generator's hash suffix.
-func generatedName(name, base string) bool {
-	rest, ok := strings.CutPrefix(name, base)
-	return ok && (rest == "" || hashSuffix.MatchString(rest))
 }
 
 // one returns the single object of a kind and name, or fails.
