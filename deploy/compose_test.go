@@ -684,3 +684,148 @@ func TestComposeMatchesEnvoy(t *testing.T) {
 		t.Errorf("app healthcheck %v does not probe its own /healthz on %d", hc, wantPort["app"])
 	}
 }
+
+// workerFlags are the `sluice worker` settings (cmd/sluice/worker.go) the
+// compose service decides: flags, else their environment variables, else the
+// worker's defaults.
+type workerFlags struct {
+	adminAddr, databaseURL, redisURL, keyPrefix, envoyURL, tenants, tenantHeader string
+}
+
+func parseWorkerCommand(t *testing.T, s *service) workerFlags {
+	t.Helper()
+	if len(s.Command) == 0 || s.Command[0] != "worker" {
+		t.Fatalf("worker command %q; want worker ...", s.Command)
+	}
+	env := func(k, def string) string {
+		if v, ok := s.Environment[k]; ok {
+			return v
+		}
+		return def
+	}
+	var f workerFlags
+	fs := flag.NewFlagSet("sluice worker", flag.ContinueOnError)
+	fs.SetOutput(&strings.Builder{})
+	fs.StringVar(&f.adminAddr, "admin-addr", env("WORKER_ADMIN_ADDR", "127.0.0.1:9091"), "")
+	fs.StringVar(&f.databaseURL, "database-url", env("DATABASE_URL", ""), "")
+	fs.StringVar(&f.redisURL, "redis-url", env("REDIS_URL", ""), "")
+	fs.StringVar(&f.keyPrefix, "redis-key-prefix", env("REDIS_KEY_PREFIX", "sluice:"), "")
+	fs.StringVar(&f.envoyURL, "envoy-url", env("ENVOY_URL", ""), "")
+	fs.StringVar(&f.tenants, "warm-tenants", env("WARM_TENANTS", ""), "")
+	fs.StringVar(&f.tenantHeader, "warm-tenant-header", env("WARM_TENANT_HEADER", "x-tenant-id"), "")
+	if err := fs.Parse(s.Command[1:]); err != nil {
+		t.Fatalf("worker command %q: %v (a flag missing here must be added to parseWorkerCommand)", s.Command, err)
+	}
+	if fs.NArg() > 0 {
+		t.Fatalf("the long-running worker takes no arguments; got %q", fs.Args())
+	}
+	return f
+}
+
+// TestComposeWorker checks the worker service: its own health endpoint and
+// healthcheck (the image's HEALTHCHECK is serve's), warming actually
+// configured against the stack's Redis, Envoy and tenants, and Prometheus
+// scraping it.
+func TestComposeWorker(t *testing.T) {
+	c := loadCompose(t)
+	w := c.svc(t, "worker")
+	f := parseWorkerCommand(t, w)
+	cfg, _ := sluiceConfig(t, c)
+
+	t.Run("healthcheck", func(t *testing.T) {
+		hc := w.Healthcheck
+		if hc == nil || len(hc.Test) == 0 {
+			t.Fatal("worker has no healthcheck of its own: it would inherit the image's, which probes serve's /readyz")
+		}
+		want := fmt.Sprintf("http://127.0.0.1:%d/readyz", port(t, f.adminAddr))
+		if !slices.Equal(hc.Test, []string{"CMD", "/usr/local/bin/healthprobe", want}) {
+			t.Errorf("worker healthcheck %q; want [CMD /usr/local/bin/healthprobe %s] (the worker's admin address is %s)", hc.Test, want, f.adminAddr)
+		}
+		// Migrations (indexes built CONCURRENTLY) run before the worker is ready.
+		if d, err := time.ParseDuration(hc.StartPeriod); err != nil || d < 30*time.Second {
+			t.Errorf("worker healthcheck start_period %q; want at least 30s for migrations", hc.StartPeriod)
+		}
+	})
+
+	t.Run("warming", func(t *testing.T) {
+		if f.redisURL == "" || f.envoyURL == "" {
+			t.Fatalf("worker has REDIS_URL %q and ENVOY_URL %q: without both it never warms", f.redisURL, f.envoyURL)
+		}
+		if f.redisURL != cfg.Redis.URL || f.keyPrefix != cfg.Redis.KeyPrefix {
+			t.Errorf("worker reads the cache at %s prefix %q; sluice writes it at %s prefix %q", f.redisURL, f.keyPrefix, cfg.Redis.URL, cfg.Redis.KeyPrefix)
+		}
+		settings, err := envoy.ParseSettings(envoyConfig(t, c))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := fmt.Sprintf("http://envoy:%d", port(t, settings.Address)); strings.TrimSuffix(f.envoyURL, "/") != want {
+			t.Errorf("worker ENVOY_URL %s; want %s (the envoy service's listener)", f.envoyURL, want)
+		}
+		var tenants []string
+		for tn := range strings.SplitSeq(f.tenants, ",") {
+			if tn = strings.TrimSpace(tn); tn != "" {
+				tenants = append(tenants, tn)
+			}
+		}
+		if len(tenants) == 0 {
+			t.Error("worker has no WARM_TENANTS: warming would refuse to start")
+		}
+		for _, tn := range tenants {
+			if _, ok := cfg.ExtProc.Identity.Tiers[tn]; !ok {
+				t.Errorf("warm tenant %q is not in the stack's tier map %v", tn, cfg.ExtProc.Identity.Tiers)
+			}
+		}
+		if !strings.EqualFold(f.tenantHeader, cfg.ExtProc.Identity.TenantHeader) {
+			t.Errorf("warming sends the tenant in %q; sluice reads %q", f.tenantHeader, cfg.ExtProc.Identity.TenantHeader)
+		}
+		for dep, cond := range map[string]string{"postgres": "service_healthy", "redis": "service_healthy", "envoy": "service_started"} {
+			if d, ok := w.DependsOn[dep]; !ok || d.Condition != cond {
+				t.Errorf("worker depends_on %s: %+v; want condition %s", dep, d, cond)
+			}
+		}
+	})
+
+	t.Run("scraped", func(t *testing.T) {
+		if host, _, _ := net.SplitHostPort(f.adminAddr); host == "127.0.0.1" || host == "localhost" {
+			t.Fatalf("worker admin address %s is loopback: Prometheus (another container) cannot scrape it", f.adminAddr)
+		}
+		if !slices.Contains(w.containerPorts(), port(t, f.adminAddr)) {
+			t.Errorf("worker does not expose its admin port %d (ports %v)", port(t, f.adminAddr), w.containerPorts())
+		}
+		var pc promConfig
+		decodeStrict(t, readRepoFile(t, "deploy", "prometheus", "prometheus.yml"), &pc, "prometheus.yml")
+		want := net.JoinHostPort("worker", strconv.Itoa(port(t, f.adminAddr)))
+		found := false
+		for _, sc := range pc.ScrapeConfigs {
+			for _, s := range sc.StaticConfigs {
+				if slices.Contains(s.Targets, want) && (sc.MetricsPath == "" || sc.MetricsPath == "/metrics") {
+					found = true
+				}
+			}
+		}
+		if !found {
+			t.Errorf("deploy/prometheus/prometheus.yml scrapes no %s/metrics", want)
+		}
+	})
+}
+
+// TestComposeOneVersion: every image built from this repository carries the
+// same VERSION build argument, so `sluice_build_info` and `sluice version`
+// agree across the stack's containers.
+func TestComposeOneVersion(t *testing.T) {
+	c := loadCompose(t)
+	versions := map[string][]string{}
+	for name, s := range c.Services {
+		if s.Build == nil {
+			continue
+		}
+		v, ok := s.Build.Args["VERSION"]
+		if !ok || v == "" {
+			t.Errorf("%s: build without a VERSION arg (the Dockerfile would stamp it %q)", name, "dev")
+		}
+		versions[v] = append(versions[v], name)
+	}
+	if len(versions) != 1 {
+		t.Errorf("services built from the Dockerfile carry different VERSIONs: %v", versions)
+	}
+}

@@ -274,9 +274,10 @@ func TestPrometheusConfig(t *testing.T) {
 	want := map[string]struct {
 		target, path string
 	}{
-		"sluice":     {target: net.JoinHostPort("sluice", strconv.Itoa(port(t, cfg.Server.AdminAddr))), path: "/metrics"},
-		"envoy":      {target: net.JoinHostPort("envoy", strconv.Itoa(envoyAdmin)), path: "/stats/prometheus"},
-		"prometheus": {target: net.JoinHostPort("localhost", strconv.Itoa(webPort)), path: ""},
+		"sluice":        {target: net.JoinHostPort("sluice", strconv.Itoa(port(t, cfg.Server.AdminAddr))), path: "/metrics"},
+		"sluice-worker": {target: net.JoinHostPort("worker", strconv.Itoa(port(t, parseWorkerCommand(t, c.svc(t, "worker")).adminAddr))), path: "/metrics"},
+		"envoy":         {target: net.JoinHostPort("envoy", strconv.Itoa(envoyAdmin)), path: "/stats/prometheus"},
+		"prometheus":    {target: net.JoinHostPort("localhost", strconv.Itoa(webPort)), path: ""},
 	}
 	seen := map[string]bool{}
 	for _, sc := range pc.ScrapeConfigs {

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -38,8 +39,12 @@ func TestQuickStart(t *testing.T) {
 	// default there).
 	cfg.Batch.ListenerURL = batch.DefaultListenerURL
 
+	opts := devstack.Options{Listen: "127.0.0.1:0", Sluice: cfg, RedisSet: true}
+	// With SLUICE_E2E_GATEWAY (scripts/envoy-e2e.sh) a real Envoy running envoy/envoy.yaml
+	// takes the emulator's place.
+	devstack.ExternalFromEnv(os.Getenv).Apply(&opts)
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := devstack.Start(ctx, devstack.Options{Listen: "127.0.0.1:0", Sluice: cfg, RedisSet: true}, slog.New(slog.DiscardHandler))
+	s, err := devstack.Start(ctx, opts, slog.New(slog.DiscardHandler))
 	if err != nil {
 		cancel()
 		t.Fatal(err)

@@ -7,8 +7,15 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 )
 
 // TestConfigs loads every YAML file under envoy/: the real configs must pass
@@ -141,5 +148,38 @@ func TestParseSettingsDefaultConfig(t *testing.T) {
 	per, ok := m.(*extprocv3.ExtProcPerRoute)
 	if !ok || per.GetOverrides().GetProcessingMode().GetRequestBodyMode() != extprocv3.ProcessingMode_BUFFERED {
 		t.Errorf("batch route ext_proc override = %v", m)
+	}
+}
+
+func TestValidateFragment(t *testing.T) {
+	b, err := LoadBootstrap(DefaultConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := proto.Clone(b.GetStaticResources().GetClusters()[0]).(*clusterv3.Cluster)
+	if err := Validate(c); err != nil {
+		t.Fatalf("envoy.yaml's first cluster: %v", err)
+	}
+	c.ConnectTimeout = durationpb.New(-time.Second)
+	if err := Validate(c); err == nil {
+		t.Error("a negative connect_timeout passed")
+	}
+	// A rule broken inside an Any: ValidateAll alone stops at the Any.
+	l := proto.Clone(b.GetStaticResources().GetListeners()[0]).(*listenerv3.Listener)
+	hcm := &hcmv3.HttpConnectionManager{}
+	if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+		t.Fatal(err)
+	}
+	hcm.StatPrefix = ""
+	a, err := anypb.New(hcm)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.GetFilterChains()[0].GetFilters()[0].ConfigType = &listenerv3.Filter_TypedConfig{TypedConfig: a}
+	if err := l.ValidateAll(); err != nil {
+		t.Fatalf("ValidateAll should not see inside the Any: %v", err)
+	}
+	if err := Validate(l); err == nil || !strings.Contains(err.Error(), "StatPrefix") {
+		t.Errorf("Validate = %v; want the empty stat_prefix inside typed_config reported", err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/sluicehq/sluice/internal/configmaptest"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -108,42 +109,60 @@ func TestHotReloadFile(t *testing.T) {
 	waitFor(t, "domain four", func() bool { return hasDomain(svc, "four") })
 }
 
-// TestHotReloadConfigMapSwap reproduces how the kubelet updates a mounted
-// ConfigMap: files live in a timestamped directory, `..data` points at it,
-// and the visible names are symlinks through `..data`; an update writes a new
-// directory and atomically renames a new `..data` symlink over the old one.
-func TestHotReloadConfigMapSwap(t *testing.T) {
-	dir := t.TempDir()
-	writeVersion := func(name, domain string) {
-		t.Helper()
-		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(filepath.Join(dir, name, "rules.yaml"), []byte(rulesFor(domain)), 0o644); err != nil {
-			t.Fatal(err)
-		}
+// TestHotReloadConfigMap mounts the rules the way a pod gets a ConfigMap
+// (configmaptest: the kubelet's `..<timestamp>` directories, the `..data`
+// symlink swapped by rename, visible names as symlinks through it) and updates
+// it as the kubelet does, with --ratelimit-config naming the mount directory
+// or one file in it. The periodic re-read is off (an hour): only the file
+// events of the swap can apply a version.
+func TestHotReloadConfigMap(t *testing.T) {
+	bad := "domain: broken\ndescriptors:\n  - key: k\n    rate_limit: {unit: fortnight, requests_per_unit: 1}\n"
+	tests := []struct {
+		name string
+		path func(*configmaptest.Dir) string
+		// keysFollow: a key added to (or dropped from) the ConfigMap is read
+		// (or forgotten); true for a directory, not for one named file.
+		keysFollow bool
+	}{
+		{name: "directory", path: (*configmaptest.Dir).Path, keysFollow: true},
+		{name: "file", path: func(d *configmaptest.Dir) string { return d.File("tiers.yaml") }},
 	}
-	writeVersion("..2026_01_01_00_00_00.1", "v1")
-	if err := os.Symlink("..2026_01_01_00_00_00.1", filepath.Join(dir, "..data")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Symlink("..data/rules.yaml", filepath.Join(dir, "rules.yaml")); err != nil {
-		t.Fatal(err)
-	}
-	svc, _ := newWatchedService(t, dir)
-	if !hasDomain(svc, "v1") {
-		t.Fatalf("initial ConfigMap rules not loaded: %v", svc.Rules().Domains())
-	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cm := configmaptest.New(t, map[string]string{"tiers.yaml": rulesFor("v1")})
+			svc, reg := newWatchedService(t, tt.path(cm))
+			if !hasDomain(svc, "v1") {
+				t.Fatalf("initial ConfigMap rules not loaded: %v", svc.Rules().Domains())
+			}
 
-	writeVersion("..2026_01_01_00_00_01.2", "v2")
-	if err := os.Symlink("..2026_01_01_00_00_01.2", filepath.Join(dir, "..data_tmp")); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, "domain v2", func() bool { return hasDomain(svc, "v2") })
-	if hasDomain(svc, "v1") {
-		t.Error("old ConfigMap version still loaded beside the new one")
+			cm.Update(map[string]string{"tiers.yaml": rulesFor("v2")})
+			waitFor(t, "domain v2", func() bool { return hasDomain(svc, "v2") })
+			if hasDomain(svc, "v1") {
+				t.Error("old ConfigMap version still loaded beside the new one")
+			}
+
+			// A second key (kubectl edit adds one): read only when the mount directory is the path.
+			cm.Update(map[string]string{"tiers.yaml": rulesFor("v2"), "extra.yaml": rulesFor("extra")})
+			if tt.keysFollow {
+				waitFor(t, "domain extra", func() bool { return hasDomain(svc, "extra") })
+				cm.Update(map[string]string{"tiers.yaml": rulesFor("v2")})
+				waitFor(t, "domain extra dropped", func() bool { return !hasDomain(svc, "extra") })
+			}
+
+			// An invalid version is rejected; the rules in force keep serving.
+			errors := reloads(t, reg, "error")
+			cm.Update(map[string]string{"tiers.yaml": bad})
+			waitFor(t, "reload error", func() bool { return reloads(t, reg, "error") > errors })
+			if !hasDomain(svc, "v2") || hasDomain(svc, "broken") {
+				t.Fatalf("invalid ConfigMap version replaced the rules in force: %v", svc.Rules().Domains())
+			}
+
+			// Fixed again: applied, though the last good content came back from a new directory.
+			cm.Update(map[string]string{"tiers.yaml": rulesFor("v3")})
+			waitFor(t, "domain v3", func() bool { return hasDomain(svc, "v3") })
+			if tt.keysFollow && hasDomain(svc, "extra") {
+				t.Error("a dropped key's rules are still loaded")
+			}
+		})
 	}
 }

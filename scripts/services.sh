@@ -36,6 +36,25 @@ if ! command -v promtool >/dev/null 2>&1; then
   rm -rf "$tmp"
 fi
 
+# kubectl renders deploy/kubernetes's overlays (`kubectl kustomize`, what `kubectl apply -k` runs) in
+# that module's tests. This kind of machine ships it (the `kubectl` package, kustomize v5 inside);
+# elsewhere apt-get installs that package where a source carries it, and failing that the same
+# kustomize is built from the Go module proxy (the tests use `kustomize build` when kubectl is
+# missing or embeds a kustomize older than v5, as Debian's own kubernetes-client does).
+# A failure here only warns: those tests then fail with their own message under CI=true.
+kustomize_v5() {
+  { command -v kubectl >/dev/null 2>&1 && kubectl version --client -o json 2>/dev/null | grep -q '"kustomizeVersion": "v5\.'; } ||
+    command -v kustomize >/dev/null 2>&1
+}
+if ! kustomize_v5; then
+  echo "== installing kubectl"
+  export DEBIAN_FRONTEND=noninteractive
+  if ! { apt-get install -y -qq kubectl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq kubectl >/dev/null 2>&1; }; } || ! kustomize_v5; then
+    echo "== no kubectl with kustomize v5 from apt; building kustomize from the Go module proxy"
+    GOBIN=/usr/local/bin go install sigs.k8s.io/kustomize/kustomize/v5@v5.5.0 || echo "warning: could not install kubectl or kustomize"
+  fi
+fi
+
 if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
   echo "== starting redis-server on 127.0.0.1:6379"
   mkdir -p /var/lib/redis /var/log/redis

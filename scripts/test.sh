@@ -23,3 +23,7 @@ export GORACE="${GORACE:-atexit_sleep_ms=0}"
 go test -race -timeout 20m "$@" $(go list ./... | grep -v '/internal/chaos$')
 echo "== go test -race ./internal/chaos (alone)"
 go test -race -timeout 10m "$@" ./internal/chaos
+# deploy/kubernetes is a module of its own (the Kubernetes, Istio, Envoy Gateway and
+# prometheus-operator modules stay out of Sluice's dependency graph): its manifests' tests.
+echo "== deploy/kubernetes: go vet, go test -race"
+(cd deploy/kubernetes && go vet ./... && go test -race -timeout 10m "$@" ./...)

@@ -8,22 +8,28 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os/signal"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/internal/admin"
 	"github.com/sluicehq/sluice/internal/db"
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/redisconn"
 	"github.com/sluicehq/sluice/internal/warm"
 )
+
+// defaultWorkerAdminAddr is serve's admin port: the image's HEALTHCHECK
+// (Dockerfile) probes http://127.0.0.1:9091/readyz whichever command runs.
+const defaultWorkerAdminAddr = "127.0.0.1:9091"
 
 const workerUsage = `Usage:
   sluice worker [flags]                 migrate the database once, then stay up until SIGTERM
@@ -32,6 +38,9 @@ const workerUsage = `Usage:
                                         --dry-run lists them and changes nothing
 
 Several workers may start at once: migration runners take turns on an advisory lock.
+'sluice worker' serves /healthz (live), /readyz (migrations applied) and /metrics on
+--admin-addr (default 127.0.0.1:9091, the port the image's HEALTHCHECK probes; set :9091
+where Prometheus or a kubelet must reach it).
 With --redis-url (or REDIS_URL) and --envoy-url (or ENVOY_URL), 'sluice worker' then warms
 the cache: every --warm-interval it re-requests, through the Envoy listener, the hot entries
 of each --warm-tenants tenant whose freshness is about to run out. Without both, it only
@@ -62,7 +71,9 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	topN := fs.Int("warm-top-n", envInt(getenv, "WARM_TOP_N", warm.DefaultTopN), "hot keys per tenant considered each round (env WARM_TOP_N)")
 	concurrency := fs.Int("warm-concurrency", envInt(getenv, "WARM_CONCURRENCY", warm.DefaultConcurrency), "warming requests in flight at most (env WARM_CONCURRENCY)")
 	early := fs.Float64("warm-early-refresh", envFloat(getenv, "WARM_EARLY_REFRESH", warm.DefaultEarlyRefresh), "refresh once less than this fraction of an entry's freshness lifetime is left (env WARM_EARLY_REFRESH)")
-	metricsAddr := fs.String("metrics-addr", getenv("WORKER_METRICS_ADDR"), "serve the warmer's /metrics on this address, e.g. :9092 (env WORKER_METRICS_ADDR)")
+	adminAddr := fs.String("admin-addr", envOr(getenv, "WORKER_ADMIN_ADDR", envOr(getenv, "WORKER_METRICS_ADDR", defaultWorkerAdminAddr)),
+		"serve /healthz, /readyz and /metrics on this address; not with migrate (env WORKER_ADMIN_ADDR)")
+	fs.StringVar(adminAddr, "metrics-addr", *adminAddr, "old name of --admin-addr (env WORKER_METRICS_ADDR)")
 	templates := fs.String("warm-templates", getenv("WARM_TEMPLATES"), "comma-separated paths warmed for the most active tenants, {tenant} substituted (env WARM_TEMPLATES)")
 	activeN := fs.Int("warm-active-tenants", envInt(getenv, "WARM_ACTIVE_TENANTS", 20), "how many of the most active tenants (activities in the last day) get --warm-templates (env WARM_ACTIVE_TENANTS)")
 	reqTimeout := fs.Duration("warm-request-timeout", envDuration(getenv, "WARM_REQUEST_TIMEOUT", warm.DefaultRequestTimeout), "timeout of each warming request (env WARM_REQUEST_TIMEOUT)")
@@ -109,6 +120,37 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
+	// The long-running worker answers its probes from the start: live while
+	// migrations run (an index built CONCURRENTLY can take long), ready once
+	// they are applied.
+	reg := metrics.NewRegistry(buildVersion())
+	var migrated atomic.Bool
+	if !migrateOnly {
+		srv := admin.New(log)
+		srv.Handle("GET /metrics", metrics.Handler(reg))
+		srv.AddCheck("migrations", func(context.Context) error {
+			if !migrated.Load() {
+				return errors.New("not applied yet")
+			}
+			return nil
+		})
+		ln, err := net.Listen("tcp", *adminAddr)
+		if err != nil {
+			log.Error("sluice worker: admin listener", "err", err)
+			return 1
+		}
+		log.Info("sluice worker: admin listening", "addr", ln.Addr().String())
+		actx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+		served := make(chan error, 1)
+		go func() { served <- srv.Serve(actx, ln, time.Second) }()
+		defer func() {
+			cancel()
+			if err := <-served; err != nil {
+				log.Error("sluice worker: admin server", "err", err)
+			}
+		}()
+	}
+
 	d, err := db.Open(ctx, db.Config{URL: *url, MaxConns: 2}, nil, log)
 	if err != nil {
 		log.Error("sluice worker: open database", "err", err)
@@ -135,8 +177,9 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	if migrateOnly {
 		return 0
 	}
+	migrated.Store(true)
 	if warming {
-		if err := runWarmer(ctx, log, *redisURL, *keyPrefix, *metricsAddr, warm.Config{
+		if err := runWarmer(ctx, log, reg, *redisURL, *keyPrefix, warm.Config{
 			EnvoyURL: *envoyURL, Host: *warmHost, Tenants: tenantList, TenantHeader: *tenantHeader,
 			Interval: *interval, TopN: *topN, Concurrency: *concurrency, EarlyRefresh: *early,
 			RequestTimeout: *reqTimeout, Templates: templateList,
@@ -174,8 +217,8 @@ func activeTenants(pool *pgxpool.Pool, n int, needed bool) func(context.Context)
 	}
 }
 
-// runWarmer warms the cache until ctx ends.
-func runWarmer(ctx context.Context, log *slog.Logger, redisURL, keyPrefix, metricsAddr string, cfg warm.Config) error {
+// runWarmer warms the cache until ctx ends, counting into reg.
+func runWarmer(ctx context.Context, log *slog.Logger, reg *prometheus.Registry, redisURL, keyPrefix string, cfg warm.Config) error {
 	rc := redisconn.Config{URL: redisURL, KeyPrefix: keyPrefix}.WithDefaults()
 	if err := rc.Validate(); err != nil {
 		return err
@@ -191,24 +234,11 @@ func runWarmer(ctx context.Context, log *slog.Logger, redisURL, keyPrefix, metri
 		return err
 	}
 	defer store.Close()
-	reg := metrics.NewRegistry(buildVersion())
 	w, err := warm.New(cfg, store, reg, log)
 	if err != nil {
 		return err
 	}
 	defer w.Close()
-	if metricsAddr != "" {
-		ln, err := net.Listen("tcp", metricsAddr)
-		if err != nil {
-			return fmt.Errorf("metrics listener: %w", err)
-		}
-		mux := http.NewServeMux()
-		mux.Handle("/metrics", metrics.Handler(reg))
-		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
-		served := make(chan struct{})
-		go func() { defer close(served); _ = srv.Serve(ln) }()
-		defer func() { _ = srv.Close(); <-served }()
-	}
 	log.Info("sluice worker: migrated; warming the cache", "redis", rc.Redacted(), "envoy", cfg.EnvoyURL, "tenants", len(cfg.Tenants))
 	return w.Run(ctx)
 }

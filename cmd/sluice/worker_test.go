@@ -3,12 +3,17 @@ package main
 import (
 	"bytes"
 	"context"
+	"io"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/pressly/goose/v3/lock"
 
 	"github.com/sluicehq/sluice/internal/db"
 	"github.com/sluicehq/sluice/internal/db/dbtest"
@@ -54,7 +59,7 @@ func TestWorkerWaitsUntilStopped(t *testing.T) {
 	done := make(chan int, 1)
 	var errb bytes.Buffer
 	go func() {
-		done <- run(ctx, []string{"worker", "--database-url", url}, &bytes.Buffer{}, &errb, func(string) string { return "" })
+		done <- run(ctx, []string{"worker", "--database-url", url, "--admin-addr", "127.0.0.1:0"}, &bytes.Buffer{}, &errb, func(string) string { return "" })
 	}()
 	select {
 	case code := <-done:
@@ -99,6 +104,7 @@ func TestWorkerWarmsWithRedisAndEnvoy(t *testing.T) {
 	env := map[string]string{
 		"DATABASE_URL": url, "REDIS_URL": "redis://" + redistest.Addr(), "REDIS_KEY_PREFIX": prefix,
 		"ENVOY_URL": envoy.URL, "WARM_TENANTS": "acme, globex", "WARM_INTERVAL": "20ms",
+		"WORKER_ADMIN_ADDR": "127.0.0.1:0",
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -166,5 +172,104 @@ func TestActiveTenantsQuery(t *testing.T) {
 	}
 	if strings.Join(got, ",") != "busy,mid" {
 		t.Errorf("active tenants %v, want [busy mid] (old activity does not count)", got)
+	}
+}
+
+// adminAddrRe finds the address the worker's admin server bound (the tests
+// ask for port 0).
+var adminAddrRe = regexp.MustCompile(`sluice worker: admin listening.* addr=(\S+)`)
+
+// waitAdmin returns the worker's admin base URL once its log names it.
+func waitAdmin(t *testing.T, errb *lockedBuffer, done <-chan int) string {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m := adminAddrRe.FindStringSubmatch(errb.String()); m != nil {
+			return "http://" + m[1]
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("worker exited with %d before its admin server listened: %s", code, errb.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no admin listening line: %s", errb.String())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func status(t *testing.T, url string) (int, string) {
+	t.Helper()
+	c := &http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// TestWorkerHealth: the long-running worker serves /healthz, /readyz and
+// /metrics on its admin address, the endpoints the image's HEALTHCHECK, the
+// Kubernetes probes and Prometheus use. It is live while migrations wait (an
+// index built CONCURRENTLY may take long; a liveness probe must not kill it)
+// and ready only once they are applied.
+func TestWorkerHealth(t *testing.T) {
+	url := dbtest.New(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	// Another runner holds the migration lock: this worker waits for it.
+	holder, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer holder.Close(context.Background())
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock($1)`, lock.DefaultLockID); err != nil {
+		t.Fatal(err)
+	}
+
+	done := make(chan int, 1)
+	var errb lockedBuffer
+	go func() {
+		done <- run(ctx, []string{"worker", "--database-url", url, "--admin-addr", "127.0.0.1:0"}, &bytes.Buffer{}, &errb, func(string) string { return "" })
+	}()
+	base := waitAdmin(t, &errb, done)
+
+	if code, body := status(t, base+"/healthz"); code != http.StatusOK {
+		t.Errorf("/healthz while migrating = %d %q; want 200", code, body)
+	}
+	if code, body := status(t, base+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "migrations") {
+		t.Errorf("/readyz while migrating = %d %q; want 503 naming migrations", code, body)
+	}
+	if code, body := status(t, base+"/metrics"); code != http.StatusOK || !strings.Contains(body, "sluice_build_info") {
+		t.Errorf("/metrics = %d; want 200 with sluice_build_info: %.200s", code, body)
+	}
+
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock($1)`, lock.DefaultLockID); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second) // the runner polls the lock every second
+	for {
+		code, body := status(t, base+"/readyz")
+		if code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz after the lock was released = %d %q; want 200", code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	cancel()
+	select {
+	case code := <-done:
+		if code != 0 {
+			t.Fatalf("exit %d: %s", code, errb.String())
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker did not stop")
 	}
 }

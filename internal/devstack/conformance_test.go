@@ -776,8 +776,6 @@ func TestConformance(t *testing.T) {
 		c.Cache.Store.RedisTimeout = 150 * time.Millisecond
 		c.Cache.Store.SubscriptionLease = 2 * time.Second
 	}
-	plain := start(t, o.URL, true, loaded)
-	heuristic := start(t, o.URL, true, func(c *config.Config) { loaded(c); c.Cache.Heuristic = true })
 	tr := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 16}
 	t.Cleanup(tr.CloseIdleConnections)
 	client := &http.Client{
@@ -790,43 +788,67 @@ func TestConformance(t *testing.T) {
 	// ext_proc message misses Envoy's 200 ms timeout on a loaded machine
 	// (the filter would then fail open, uncached).
 	sem := make(chan struct{}, 4)
-	var wg sync.WaitGroup
-	for i := range cases {
-		c := &cases[i]
-		base := plain.URL()
-		if c.heuristic {
-			base = heuristic.URL()
+	runCases := func(t *testing.T, heuristic bool, base string) {
+		var wg sync.WaitGroup
+		for i := range cases {
+			c := &cases[i]
+			if c.heuristic != heuristic {
+				continue
+			}
+			runCase(t, &wg, c, i, base, client, sem, o)
 		}
-		wg.Go(func() {
-			t.Run(string(c.kind)+"/"+c.id, func(t *testing.T) {
-				if len(c.want) > 0 && c.why == "" {
-					t.Errorf("a case with expected failures needs a why")
-				}
-				r := &ctRun{c: c, idx: i, key: strconv.Itoa(i), base: base, client: client, sem: sem, origin: o}
-				r.run()
-				if r.failedOpen() || !slices.Equal(r.fails, c.want) {
-					// The cases are deterministic, but on a loaded machine
-					// the gateway may fail open (Sluice never sees the
-					// exchange) and a Redis call missing its deadline makes
-					// the store distrust its L1 for a moment (a documented
-					// degradation): either turns a hit into a miss. Once
-					// more, with a new tenant and path; a second miss fails.
-					t.Logf("first run (failed open: %v): %q%s", r.failedOpen(), r.fails, r.trace())
-					r = &ctRun{c: c, idx: i, key: strconv.Itoa(i) + "r1", base: base, client: client, sem: sem, origin: o}
-					r.run()
-				}
-				if !slices.Equal(r.fails, c.want) {
-					t.Errorf("failures:\n  got  %q\n  want %q\nresponses:%s", r.fails, c.want, r.trace())
-				}
-			})
-		})
+		wg.Wait()
 	}
-	wg.Wait()
+	if external.Gateway == "" {
+		// Both stacks at once behind their emulators.
+		plain := start(t, o.URL, true, loaded)
+		heuristic := start(t, o.URL, true, func(c *config.Config) { loaded(c); c.Cache.Heuristic = true })
+		var wg sync.WaitGroup
+		wg.Go(func() { runCases(t, false, plain.URL()) })
+		wg.Go(func() { runCases(t, true, heuristic.URL()) })
+		wg.Wait()
+	} else {
+		// One Sluice at a time behind the real gateway: the heuristic cases get theirs after.
+		for _, heuristic := range []bool{false, true} {
+			t.Run(map[bool]string{false: "plain", true: "heuristic"}[heuristic], func(t *testing.T) {
+				s := start(t, o.URL, true, func(c *config.Config) { loaded(c); c.Cache.Heuristic = heuristic })
+				runCases(t, heuristic, s.URL())
+			})
+		}
+	}
 	counts := map[ctKind]int{}
 	for _, c := range cases {
 		counts[c.kind]++
 	}
 	t.Logf("%d cases: %d required, %d optimal, %d check", len(cases), counts[ctRequired], counts[ctOptimal], counts[ctCheck])
+}
+
+// runCase runs one suite case against the gateway at base, as a subtest of t
+// started on wg.
+func runCase(t *testing.T, wg *sync.WaitGroup, c *ctCase, i int, base string, client *http.Client, sem chan struct{}, o *ctOrigin) {
+	wg.Go(func() {
+		t.Run(string(c.kind)+"/"+c.id, func(t *testing.T) {
+			if len(c.want) > 0 && c.why == "" {
+				t.Errorf("a case with expected failures needs a why")
+			}
+			r := &ctRun{c: c, idx: i, key: strconv.Itoa(i), base: base, client: client, sem: sem, origin: o}
+			r.run()
+			if r.failedOpen() || !slices.Equal(r.fails, c.want) {
+				// The cases are deterministic, but on a loaded machine
+				// the gateway may fail open (Sluice never sees the
+				// exchange) and a Redis call missing its deadline makes
+				// the store distrust its L1 for a moment (a documented
+				// degradation): either turns a hit into a miss. Once
+				// more, with a new tenant and path; a second miss fails.
+				t.Logf("first run (failed open: %v): %q%s", r.failedOpen(), r.fails, r.trace())
+				r = &ctRun{c: c, idx: i, key: strconv.Itoa(i) + "r1", base: base, client: client, sem: sem, origin: o}
+				r.run()
+			}
+			if !slices.Equal(r.fails, c.want) {
+				t.Errorf("failures:\n  got  %q\n  want %q\nresponses:%s", r.fails, c.want, r.trace())
+			}
+		})
+	})
 }
 
 // ---- The cases ------------------------------------------------------------

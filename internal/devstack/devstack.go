@@ -61,6 +61,49 @@ type Options struct {
 	EnvoyConfig []byte
 	// Stages are extra ext_proc pipeline options (tests add stages here).
 	Stages []extproc.Option
+	// Gateway, when set, is the base URL of a gateway this stack does not
+	// start: a real Envoy running envoy.yaml, for the end-to-end tests on a
+	// machine with Docker (scripts/envoy-e2e.sh). No emulator runs; Sluice's
+	// gRPC listens on Sluice.Server.GRPCAddr and the upstream is served on
+	// AppAddr, the addresses that gateway's `sluice` and `app` clusters name.
+	Gateway string
+	// AppAddr is where the upstream is served when Gateway is set (default
+	// 127.0.0.1:8000, envoy.yaml's `app` cluster as scripts/envoy-e2e.sh maps it).
+	AppAddr string
+}
+
+// External is the end-to-end tests' switch from the emulator to a real
+// gateway, as scripts/envoy-e2e.sh sets it in the environment. The zero value
+// (SLUICE_E2E_GATEWAY unset) keeps the emulator.
+type External struct {
+	Gateway    string // SLUICE_E2E_GATEWAY: the gateway's base URL, e.g. http://127.0.0.1:8080
+	SluiceAddr string // SLUICE_E2E_SLUICE_ADDR (default 127.0.0.1:8081): its `sluice` cluster
+	AppAddr    string // SLUICE_E2E_APP_ADDR (default 127.0.0.1:8000): its `app` cluster
+}
+
+// ExternalFromEnv reads External from getenv (os.Getenv in tests).
+func ExternalFromEnv(getenv func(string) string) External {
+	e := External{Gateway: getenv("SLUICE_E2E_GATEWAY"), SluiceAddr: getenv("SLUICE_E2E_SLUICE_ADDR"), AppAddr: getenv("SLUICE_E2E_APP_ADDR")}
+	if e.Gateway == "" {
+		return External{}
+	}
+	if e.SluiceAddr == "" {
+		e.SluiceAddr = "127.0.0.1:8081"
+	}
+	if e.AppAddr == "" {
+		e.AppAddr = "127.0.0.1:8000"
+	}
+	return e
+}
+
+// Apply points o at the external gateway, when there is one: Sluice's gRPC
+// and the upstream go where its clusters point. It leaves o alone otherwise.
+func (e External) Apply(o *Options) {
+	if e.Gateway == "" {
+		return
+	}
+	o.Gateway, o.AppAddr = e.Gateway, e.AppAddr
+	o.Sluice.Server.GRPCAddr = e.SluiceAddr
 }
 
 // Stack is a running dev stack. Build it with Start; stop it by cancelling
@@ -75,6 +118,7 @@ type Stack struct {
 	gw       *emulator.Gateway
 	gwSrv    *http.Server
 	gwLn     net.Listener
+	fwd      *forwarder // the upstream at AppAddr, with an external gateway
 	conn     *grpc.ClientConn
 	upstream string
 }
@@ -104,13 +148,25 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 	if len(cfg.ExtProc.Identity.Tiers) == 0 {
 		cfg.ExtProc.Identity.Tiers = DemoTiers
 	}
+	external := o.Gateway != ""
+	if external && o.AppAddr == "" {
+		o.AppAddr = "127.0.0.1:8000"
+		s.opts.AppAddr = o.AppAddr
+	}
 	// The gateway listens first: batch sub-requests go back through it, so
 	// they meet the same filters as a direct call (the batch issue's rule).
-	if s.gwLn, err = net.Listen("tcp", o.Listen); err != nil {
-		return s, fmt.Errorf("dev: listen %s: %w", o.Listen, err)
-	}
-	if cfg.Batch.ListenerURL == batch.DefaultListenerURL {
-		cfg.Batch.ListenerURL = "http://127.0.0.1:" + strconv.Itoa(s.gwLn.Addr().(*net.TCPAddr).Port)
+	switch {
+	case external:
+		if cfg.Batch.ListenerURL == batch.DefaultListenerURL {
+			cfg.Batch.ListenerURL = strings.TrimSuffix(o.Gateway, "/")
+		}
+	default:
+		if s.gwLn, err = net.Listen("tcp", o.Listen); err != nil {
+			return s, fmt.Errorf("dev: listen %s: %w", o.Listen, err)
+		}
+		if cfg.Batch.ListenerURL == batch.DefaultListenerURL {
+			cfg.Batch.ListenerURL = "http://127.0.0.1:" + strconv.Itoa(s.gwLn.Addr().(*net.TCPAddr).Port)
+		}
 	}
 	appOpts := app.Options{Stages: o.Stages}
 	if cfg.RateLimit.ConfigPath == "" {
@@ -133,13 +189,32 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 		}
 		sort.Strings(tenants)
 		store.Seed(append(tenants, "anonymous")...)
-		if s.demoLn, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+		demoAddr := "127.0.0.1:0"
+		if external {
+			demoAddr = o.AppAddr
+		}
+		if s.demoLn, err = net.Listen("tcp", demoAddr); err != nil {
 			return s, fmt.Errorf("dev: demo api: %w", err)
 		}
 		s.demo = &http.Server{Handler: demoapi.New(store), ReadHeaderTimeout: 5 * time.Second}
 		s.upstream = "http://" + s.demoLn.Addr().String()
 	} else if u, err := url.Parse(s.upstream); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return s, fmt.Errorf("dev: --upstream %q must be an http:// or https:// URL", o.Upstream)
+	} else if external {
+		// The external gateway's `app` cluster is plain HTTP at AppAddr.
+		if u.Scheme != "http" {
+			return s, fmt.Errorf("dev: an external gateway reaches the upstream over plain HTTP; %s is not", o.Upstream)
+		}
+		port := u.Port()
+		if port == "" {
+			port = "80"
+		}
+		if s.fwd, err = newForwarder(o.AppAddr, net.JoinHostPort(u.Hostname(), port)); err != nil {
+			return s, err
+		}
+	}
+	if external {
+		return s, nil
 	}
 
 	envoyYAML := o.EnvoyConfig
@@ -173,7 +248,12 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 }
 
 // URL is the gateway's base URL.
-func (s *Stack) URL() string { return "http://" + hostPort(s.gwLn.Addr()) }
+func (s *Stack) URL() string {
+	if s.gwLn == nil {
+		return strings.TrimSuffix(s.opts.Gateway, "/")
+	}
+	return "http://" + hostPort(s.gwLn.Addr())
+}
 
 // AdminURL is Sluice's admin base URL.
 func (s *Stack) AdminURL() string { return "http://" + hostPort(s.app.AdminAddr()) }
@@ -212,7 +292,9 @@ func (s *Stack) Run(ctx context.Context) error {
 			return nil
 		})
 	}
-	serve(s.gwSrv, s.gwLn)
+	if s.gwSrv != nil {
+		serve(s.gwSrv, s.gwLn)
+	}
 	if s.demo != nil {
 		serve(s.demo, s.demoLn)
 	}
@@ -231,6 +313,9 @@ func (s *Stack) Close() {
 	}
 	if s.gwLn != nil {
 		s.gwLn.Close()
+	}
+	if s.fwd != nil {
+		s.fwd.Close()
 	}
 	if s.demoLn != nil {
 		s.demoLn.Close()

@@ -6,15 +6,23 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"go.uber.org/goleak"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/sluicehq/sluice/envoy"
+	"github.com/sluicehq/sluice/envoy/emulator"
 	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/devstack"
@@ -44,11 +52,27 @@ type stack struct {
 	client *http.Client
 }
 
+// external is the real gateway the end-to-end tests run against instead of
+// the emulator when SLUICE_E2E_GATEWAY is set (scripts/envoy-e2e.sh).
+var external = devstack.ExternalFromEnv(os.Getenv)
+
+// externalInUse counts the stacks behind the external gateway: it fronts
+// one Sluice at a time.
+var externalInUse atomic.Int32
+
 // start runs a dev stack on loopback ports. realRedis uses the machine's
 // Redis under a private prefix; otherwise the embedded server runs, as in a
-// plain `sluice dev`.
+// plain `sluice dev`. With SLUICE_E2E_GATEWAY set the requests go through
+// that gateway (a real Envoy) instead of the emulator.
 func start(t *testing.T, upstream string, realRedis bool, mutate func(*config.Config), stages ...extproc.Option) *stack {
 	t.Helper()
+	if external.Gateway != "" {
+		if externalInUse.Add(1) > 1 {
+			externalInUse.Add(-1)
+			t.Skip("SLUICE_E2E_GATEWAY: the real gateway fronts one Sluice at a time; this test runs two")
+		}
+		t.Cleanup(func() { externalInUse.Add(-1) })
+	}
 	cfg := config.Config{}.WithDefaults()
 	cfg.Server.GRPCAddr, cfg.Server.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Server.ShutdownGrace = time.Second
@@ -59,8 +83,10 @@ func start(t *testing.T, upstream string, realRedis bool, mutate func(*config.Co
 	if mutate != nil {
 		mutate(&cfg)
 	}
+	opts := devstack.Options{Listen: "127.0.0.1:0", Upstream: upstream, Sluice: cfg, RedisSet: realRedis, Stages: stages}
+	external.Apply(&opts)
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := devstack.Start(ctx, devstack.Options{Listen: "127.0.0.1:0", Upstream: upstream, Sluice: cfg, RedisSet: realRedis, Stages: stages}, slog.New(slog.DiscardHandler))
+	s, err := devstack.Start(ctx, opts, slog.New(slog.DiscardHandler))
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -328,5 +354,116 @@ func TestBatchRouteFailsClosed(t *testing.T) {
 	}
 	if n := reached.Load(); n != 0 {
 		t.Errorf("the batch reached the application (%d requests)", n)
+	}
+}
+
+// freeAddr returns a loopback address nothing listens on (it was free a
+// moment ago).
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+	return addr
+}
+
+// TestExternalGateway runs a stack the way scripts/envoy-e2e.sh does, in
+// front of a gateway it does not start. Here that gateway is an emulator
+// built apart, whose `sluice` and `app` clusters point at fixed addresses as
+// the real Envoy's do: requests through it reach this stack's Sluice (on
+// SluiceAddr) and its upstream (served on AppAddr: the demo API, or a
+// forwarder to the test's upstream).
+func TestExternalGateway(t *testing.T) {
+	if external.Gateway != "" {
+		t.Skip("already running against SLUICE_E2E_GATEWAY")
+	}
+	ext := devstack.ExternalFromEnv(func(k string) string {
+		return map[string]string{"SLUICE_E2E_SLUICE_ADDR": freeAddr(t), "SLUICE_E2E_APP_ADDR": freeAddr(t), "SLUICE_E2E_GATEWAY": "set below"}[k]
+	})
+	settings, err := envoy.ParseSettings(envoy.DefaultConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(ext.SluiceAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	gw, err := emulator.New(emulator.Options{
+		Settings:  settings,
+		ExtProc:   extprocsvc.NewExternalProcessorClient(conn),
+		RateLimit: rlsv3.NewRateLimitServiceClient(conn),
+		Upstreams: map[string]string{"app": "http://" + ext.AppAddr},
+		Logger:    slog.New(slog.DiscardHandler),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer gw.Close()
+	gwSrv := httptest.NewServer(gw)
+	defer gwSrv.Close()
+	ext.Gateway = gwSrv.URL
+
+	for _, tt := range []struct {
+		name, upstream, path string
+		check                func(t *testing.T, body string)
+	}{
+		{name: "forwarded upstream", upstream: echo(t).URL, path: "/anything", check: func(t *testing.T, body string) {
+			if got := upstreamSaw(t, body).Get("X-Sluice-Tier"); got != "free" {
+				t.Errorf("upstream saw x-sluice-tier %q; want free (set by this stack's ext_proc)", got)
+			}
+		}},
+		{name: "demo API", path: "/api/v1/contacts", check: func(t *testing.T, body string) {
+			if !strings.Contains(body, "initech") {
+				t.Errorf("body %.200s; want initech's contacts", body)
+			}
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			cfg := config.Config{}.WithDefaults()
+			cfg.Server.AdminAddr = "127.0.0.1:0"
+			cfg.Server.ShutdownGrace = time.Second
+			cfg.Redis.URL = "redis://" + redistest.Addr()
+			cfg.Redis.KeyPrefix = redistest.Prefix(t)
+			opts := devstack.Options{Upstream: tt.upstream, Sluice: cfg, RedisSet: true}
+			ext.Apply(&opts)
+			ctx, cancel := context.WithCancel(context.Background())
+			s, err := devstack.Start(ctx, opts, slog.New(slog.DiscardHandler))
+			if err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			done := make(chan error, 1)
+			go func() { done <- s.Run(ctx) }()
+			client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{}}
+			defer func() {
+				client.CloseIdleConnections()
+				cancel()
+				if err := <-done; err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			}()
+			if s.URL() != gwSrv.URL {
+				t.Fatalf("URL() = %s; want the external gateway %s", s.URL(), gwSrv.URL)
+			}
+			req, _ := http.NewRequest("GET", s.URL()+tt.path, nil)
+			req.Header.Set("x-tenant-id", "initech")
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				t.Fatalf("status %d: %s", resp.StatusCode, b)
+			}
+			if resp.Header.Get("RateLimit-Policy") == "" {
+				t.Errorf("no RateLimit-Policy header: the rate limit service at %s was not called", ext.SluiceAddr)
+			}
+			tt.check(t, string(b))
+		})
 	}
 }

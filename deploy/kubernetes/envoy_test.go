@@ -1,0 +1,667 @@
+package kubernetes
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	egv1a1 "github.com/envoyproxy/gateway/api/v1alpha1"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	"github.com/ohler55/ojg/jp"
+	"github.com/ohler55/ojg/oj"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
+	istionetworking "istio.io/api/networking/v1alpha3"
+	corev1 "k8s.io/api/core/v1"
+	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/sluicehq/sluice/envoy"
+)
+
+// reference is envoy/envoy.yaml, the Envoy config Sluice's end-to-end tests
+// run: every fragment that sets up the same filters elsewhere must say what
+// it says.
+type reference struct {
+	extProc     *hcmv3.HttpFilter
+	rateLimit   *hcmv3.HttpFilter
+	hcm         *hcmv3.HttpConnectionManager
+	routeConfig *routev3.RouteConfiguration
+	batchRoute  *routev3.Route
+	cluster     *clusterv3.Cluster // `sluice`
+}
+
+func loadReference(t *testing.T) *reference {
+	t.Helper()
+	b, err := envoy.LoadBootstrap(envoy.DefaultConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &reference{hcm: &hcmv3.HttpConnectionManager{}}
+	l := b.GetStaticResources().GetListeners()[0]
+	if err := l.GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(r.hcm); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range r.hcm.GetHttpFilters() {
+		switch f.GetName() {
+		case "envoy.filters.http.ext_proc":
+			r.extProc = f
+		case "envoy.filters.http.ratelimit":
+			r.rateLimit = f
+		}
+	}
+	r.routeConfig = r.hcm.GetRouteConfig()
+	for _, rt := range r.routeConfig.GetVirtualHosts()[0].GetRoutes() {
+		if rt.GetName() == "batch" {
+			r.batchRoute = rt
+		}
+	}
+	for _, c := range b.GetStaticResources().GetClusters() {
+		if c.GetName() == "sluice" {
+			r.cluster = c
+		}
+	}
+	if r.extProc == nil || r.rateLimit == nil || r.routeConfig == nil || r.batchRoute == nil || r.cluster == nil {
+		t.Fatal("envoy/envoy.yaml lacks the ext_proc or ratelimit filter, the batch route or the sluice cluster")
+	}
+	return r
+}
+
+// toProto decodes a JSON-able value (a patch value) into m the way Istio and
+// Envoy Gateway do: protojson, unknown fields and unresolvable Any types being
+// errors.
+func toProto(v any, m proto.Message) error {
+	js, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return protojson.Unmarshal(js, m)
+}
+
+// grpcTarget returns the cluster (and authority) a filter's gRPC service
+// calls and a copy of the filter with them set to envoy.yaml's ("sluice", no
+// authority), so what is left can be compared with envoy.yaml's filter.
+func grpcTarget(t *testing.T, f *hcmv3.HttpFilter) (cluster, authority string, normalized *hcmv3.HttpFilter) {
+	t.Helper()
+	inner, err := f.GetTypedConfig().UnmarshalNew()
+	if err != nil {
+		t.Fatalf("%s: %v", f.GetName(), err)
+	}
+	var g *corev3.GrpcService_EnvoyGrpc
+	switch c := inner.(type) {
+	case *extprocv3.ExternalProcessor:
+		g = c.GetGrpcService().GetEnvoyGrpc()
+	case *ratelimitv3.RateLimit:
+		g = c.GetRateLimitService().GetGrpcService().GetEnvoyGrpc()
+	default:
+		t.Fatalf("%s: unexpected config %T", f.GetName(), inner)
+	}
+	if g == nil {
+		t.Fatalf("%s: no envoy_grpc service", f.GetName())
+	}
+	cluster, authority = g.GetClusterName(), g.GetAuthority()
+	g.ClusterName, g.Authority = "sluice", ""
+	a, err := anypb.New(inner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cluster, authority, &hcmv3.HttpFilter{Name: f.GetName(), ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}}
+}
+
+// sameConfig reports whether two filters say the same, comparing the
+// messages packed in their Anys (not the Anys' bytes).
+func sameConfig(a, b *hcmv3.HttpFilter) bool {
+	ma, err1 := a.GetTypedConfig().UnmarshalNew()
+	mb, err2 := b.GetTypedConfig().UnmarshalNew()
+	return err1 == nil && err2 == nil && a.GetName() == b.GetName() && a.GetDisabled() == b.GetDisabled() && proto.Equal(ma, mb)
+}
+
+func text(m proto.Message) string {
+	b, _ := protojson.MarshalOptions{Multiline: false}.Marshal(m)
+	return string(b)
+}
+
+// istioCluster is the cluster Istio builds for a Service port:
+// outbound|<port>||<service>.<namespace>.svc.cluster.local.
+var istioCluster = regexp.MustCompile(`^outbound\|(\d+)\|\|([a-z0-9-]+)\.([a-z0-9-]+)\.svc\.cluster\.local$`)
+
+// checkIstioTarget checks that a filter's cluster is Istio's cluster of a
+// Service in objs on a gRPC port, and that the authority names that Service.
+func checkIstioTarget(t *testing.T, objs []*object, cluster, authority, wantService string) {
+	t.Helper()
+	m := istioCluster.FindStringSubmatch(cluster)
+	if m == nil {
+		t.Errorf("cluster %q is not Istio's outbound|<port>||<svc>.<ns>.svc.cluster.local", cluster)
+		return
+	}
+	port, _ := strconv.Atoi(m[1])
+	if m[2] != wantService {
+		t.Errorf("cluster %q calls Service %s; want %s", cluster, m[2], wantService)
+	}
+	if want := m[2] + "." + m[3] + ".svc.cluster.local"; authority != want {
+		t.Errorf("authority %q; want %q (Istio routes by it)", authority, want)
+	}
+	for _, o := range ofKind(objs, "Service") {
+		if o.Name != m[2] || o.Namespace != m[3] {
+			continue
+		}
+		svc := decodeAs[*corev1.Service](t, o)
+		if svc.Spec.ClusterIP == corev1.ClusterIPNone {
+			t.Errorf("Service %s/%s is headless: Istio builds an ORIGINAL_DST (passthrough) cluster for it, which a gRPC client stream cannot use", m[3], m[2])
+		}
+		for _, p := range svc.Spec.Ports {
+			if int(p.Port) == port {
+				if p.AppProtocol == nil || *p.AppProtocol != "grpc" {
+					t.Errorf("Service %s/%s port %d has appProtocol %v; want grpc (Istio then speaks HTTP/2)", m[3], m[2], port, p.AppProtocol)
+				}
+				return
+			}
+		}
+		t.Errorf("Service %s/%s has no port %d", m[3], m[2], port)
+		return
+	}
+	t.Errorf("cluster %q: no Service %s in namespace %s is rendered", cluster, m[2], m[3])
+}
+
+// envoyFilterCheck decodes, validates and compares the patches of an
+// EnvoyFilter that sets up Sluice's filters. compare: the fragments must say
+// what envoy.yaml says (the Sluice overlays); otherwise they are only decoded
+// and validated (Istio's rate limit set-up).
+type patchResult struct {
+	filters     []string // HTTP filters inserted before the router, in order
+	rateLimit   *ratelimitv3.RateLimit
+	vhostLimits []*routev3.RateLimit
+}
+
+func checkEnvoyFilter(t *testing.T, objs []*object, o *object, ref *reference, compare bool, wantService string) patchResult {
+	t.Helper()
+	ef := decodeAs[*envoyFilter](t, o)
+	var res patchResult
+	for i, cp := range ef.spec.GetConfigPatches() {
+		where := fmt.Sprintf("%s configPatches[%d] (%s %s)", o, i, cp.GetApplyTo(), cp.GetPatch().GetOperation())
+		value := cp.GetPatch().GetValue().AsMap()
+		switch cp.GetApplyTo() {
+		case istionetworking.EnvoyFilter_HTTP_FILTER:
+			if op := cp.GetPatch().GetOperation(); op != istionetworking.EnvoyFilter_Patch_INSERT_BEFORE ||
+				cp.GetMatch().GetListener().GetFilterChain().GetFilter().GetSubFilter().GetName() != "envoy.filters.http.router" {
+				t.Errorf("%s: want INSERT_BEFORE envoy.filters.http.router", where)
+			}
+			f := &hcmv3.HttpFilter{}
+			if err := toProto(value, f); err != nil {
+				t.Errorf("%s: %v", where, err)
+				continue
+			}
+			if err := envoy.Validate(f); err != nil {
+				t.Errorf("%s: %v", where, err)
+				continue
+			}
+			res.filters = append(res.filters, f.GetName())
+			cluster, authority, norm := grpcTarget(t, f)
+			checkIstioTarget(t, objs, cluster, authority, wantService)
+			if rl := new(ratelimitv3.RateLimit); f.GetTypedConfig().MessageIs(rl) {
+				_ = f.GetTypedConfig().UnmarshalTo(rl)
+				res.rateLimit = rl
+			}
+			if !compare {
+				continue
+			}
+			want := map[string]*hcmv3.HttpFilter{ref.extProc.GetName(): ref.extProc, ref.rateLimit.GetName(): ref.rateLimit}[f.GetName()]
+			if want == nil {
+				t.Errorf("%s: filter %s is not one of envoy.yaml's Sluice filters", where, f.GetName())
+			} else if !sameConfig(norm, want) {
+				t.Errorf("%s: differs from envoy/envoy.yaml's %s (gRPC target aside):\n got %s\nwant %s", where, f.GetName(), text(norm), text(want))
+			}
+		case istionetworking.EnvoyFilter_ROUTE_CONFIGURATION:
+			frag := &routev3.RouteConfiguration{}
+			if err := toProto(value, frag); err != nil {
+				t.Errorf("%s: %v", where, err)
+				continue
+			}
+			// Merged into a route configuration as Istio generates it: envoy.yaml's, without
+			// what the patch adds.
+			merged := proto.Clone(ref.routeConfig).(*routev3.RouteConfiguration)
+			merged.InternalOnlyHeaders = nil
+			proto.Merge(merged, frag)
+			if err := envoy.Validate(merged); err != nil {
+				t.Errorf("%s: merged: %v", where, err)
+			}
+			if compare && strings.Join(merged.GetInternalOnlyHeaders(), ",") != strings.Join(ref.routeConfig.GetInternalOnlyHeaders(), ",") {
+				t.Errorf("%s: internal_only_headers %v; envoy.yaml has %v", where, merged.GetInternalOnlyHeaders(), ref.routeConfig.GetInternalOnlyHeaders())
+			}
+		case istionetworking.EnvoyFilter_NETWORK_FILTER:
+			f := &listenerv3.Filter{}
+			if err := toProto(value, f); err != nil {
+				t.Errorf("%s: %v", where, err)
+				continue
+			}
+			frag := &hcmv3.HttpConnectionManager{}
+			if err := f.GetTypedConfig().UnmarshalTo(frag); err != nil {
+				t.Errorf("%s: %v", where, err)
+				continue
+			}
+			merged := proto.Clone(ref.hcm).(*hcmv3.HttpConnectionManager)
+			merged.CommonHttpProtocolOptions = nil
+			proto.Merge(merged, frag)
+			if err := envoy.Validate(merged); err != nil {
+				t.Errorf("%s: merged: %v", where, err)
+			}
+			if compare && !proto.Equal(merged.GetCommonHttpProtocolOptions(), ref.hcm.GetCommonHttpProtocolOptions()) {
+				t.Errorf("%s: common_http_protocol_options %s; envoy.yaml has %s", where, text(merged.GetCommonHttpProtocolOptions()), text(ref.hcm.GetCommonHttpProtocolOptions()))
+			}
+		case istionetworking.EnvoyFilter_HTTP_ROUTE:
+			frag := &routev3.Route{}
+			if err := toProto(value, frag); err != nil {
+				t.Errorf("%s: %v", where, err)
+				continue
+			}
+			if got := cp.GetMatch().GetRouteConfiguration().GetVhost().GetRoute().GetName(); got != ref.batchRoute.GetName() {
+				t.Errorf("%s: matches route %q; envoy.yaml's per-route override is on %q", where, got, ref.batchRoute.GetName())
+			}
+			merged := proto.Clone(ref.batchRoute).(*routev3.Route)
+			merged.TypedPerFilterConfig = nil
+			proto.Merge(merged, frag)
+			if err := envoy.Validate(merged); err != nil {
+				t.Errorf("%s: merged: %v", where, err)
+			}
+			for name, want := range ref.batchRoute.GetTypedPerFilterConfig() {
+				got := merged.GetTypedPerFilterConfig()[name]
+				mg, err1 := got.UnmarshalNew()
+				mw, err2 := want.UnmarshalNew()
+				if err1 != nil || err2 != nil || !proto.Equal(mg, mw) {
+					t.Errorf("%s: typed_per_filter_config[%s] %s; envoy.yaml's batch route has %s", where, name, text(got), text(want))
+				}
+			}
+		case istionetworking.EnvoyFilter_VIRTUAL_HOST:
+			frag := &routev3.VirtualHost{}
+			if err := toProto(value, frag); err != nil {
+				t.Errorf("%s: %v", where, err)
+				continue
+			}
+			merged := &routev3.VirtualHost{Name: "istio", Domains: []string{"*"}}
+			proto.Merge(merged, frag)
+			if err := envoy.Validate(merged); err != nil {
+				t.Errorf("%s: merged: %v", where, err)
+			}
+			res.vhostLimits = append(res.vhostLimits, merged.GetRateLimits()...)
+		default:
+			t.Errorf("%s: no check for this applyTo", where)
+		}
+	}
+	return res
+}
+
+func TestIstioEnvoyFilters(t *testing.T) {
+	ref := loadReference(t)
+	for _, src := range []struct {
+		name string
+		objs []*object
+	}{
+		{"overlays/istio", render(t, "istio")},
+		{standalone[0], append(loadStandalone(t, standalone[0]), render(t, "istio")...)},
+	} {
+		t.Run(src.name, func(t *testing.T) {
+			var n int
+			for _, o := range ofKind(src.objs, "EnvoyFilter") {
+				if o.Source != src.name {
+					continue
+				}
+				n++
+				res := checkEnvoyFilter(t, src.objs, o, ref, true, "sluice")
+				// Each inserted before the router, in order: ext_proc, then ratelimit.
+				if strings.Join(res.filters, ",") != "envoy.filters.http.ext_proc,envoy.filters.http.ratelimit" {
+					t.Errorf("%s inserts %v before the router; want ext_proc then ratelimit", o, res.filters)
+				}
+			}
+			if n == 0 {
+				t.Fatal("no EnvoyFilter")
+			}
+		})
+	}
+}
+
+// TestIstioRateLimitDropIn: Sluice loads the set-up's rules ConfigMap, and
+// the descriptors the gateway's actions build match its rules.
+func TestIstioRateLimitDropIn(t *testing.T) {
+	objs := render(t, "istio-ratelimit")
+	ref := loadReference(t)
+	var rl *ratelimitv3.RateLimit
+	var actions []*routev3.RateLimit
+	for _, o := range ofKind(objs, "EnvoyFilter") {
+		res := checkEnvoyFilter(t, objs, o, ref, false, "ratelimit")
+		if res.rateLimit != nil {
+			rl = res.rateLimit
+		}
+		actions = append(actions, res.vhostLimits...)
+	}
+	if rl == nil || len(actions) == 0 {
+		t.Fatal("the EnvoyFilters set no ratelimit filter or no rate_limits actions")
+	}
+	rules := sluiceRules(t, objs, one(t, objs, "Deployment", "sluice"))
+	if _, ok := rules.Domain(rl.GetDomain()); !ok {
+		t.Fatalf("the ratelimit filter asks for domain %q; the rules have %v", rl.GetDomain(), rules.Domains())
+	}
+	for _, path := range []string{"/api/v1/contacts", "/somewhere/else"} {
+		entries := descriptor(t, actions[0], map[string]string{":path": path})
+		if _, ok := rules.Match(rl.GetDomain(), entries); !ok {
+			t.Errorf("descriptor %v of a request to %s matches no rule", entries, path)
+		}
+	}
+}
+
+// egExtProcName is the name Envoy Gateway gives the ext_proc filter of an
+// EnvoyExtensionPolicy (checked against its own test data by TestEnvoyGatewayNames).
+func egExtProcName(ns, name string, i int) string {
+	return fmt.Sprintf("envoy.filters.http.ext_proc/envoyextensionpolicy/%s/%s/extproc/%d", ns, name, i)
+}
+
+// TestEnvoyGatewayNames checks, against Envoy Gateway's own translator test
+// data in the pinned module, the names the EnvoyPatchPolicy relies on: the
+// ext_proc filter of a policy and a listener's <namespace>/<gateway>/<listener>.
+func TestEnvoyGatewayNames(t *testing.T) {
+	dir := moduleDir(t, "github.com/envoyproxy/gateway")
+	for _, tt := range []struct{ file, want string }{
+		{"internal/gatewayapi/testdata/envoyextensionpolicy-with-extproc-with-multiple-backendrefs.out.yaml", "name: envoyextensionpolicy/default/policy-for-http-route/extproc/0"},
+		{"internal/xds/translator/testdata/out/xds-ir/ext-proc.listeners.yaml", "name: " + egExtProcName("default", "policy-for-route-1", 0)},
+		// Listener http of Gateway default/gateway-1.
+		{"internal/gatewayapi/testdata/envoyextensionpolicy-with-extproc-with-multiple-backendrefs.out.yaml", "name: default/gateway-1/http"},
+	} {
+		data, err := os.ReadFile(filepath.Join(dir, tt.file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(data), tt.want) {
+			t.Errorf("%s has no %q: Envoy Gateway's naming changed; update the EnvoyPatchPolicy", tt.file, tt.want)
+		}
+	}
+}
+
+// applyJSONPatch applies one EnvoyPatchPolicy operation to doc as Envoy
+// Gateway does (internal/utils/jsonpatch): a jsonPath selects every matching
+// location, path is appended to each, and the RFC 6902 operation runs there.
+func applyJSONPatch(doc []byte, op egv1a1.JSONPatchOperation) ([]byte, error) {
+	var paths []string
+	if op.JSONPath != nil && *op.JSONPath != "" {
+		x, err := jp.ParseString(*op.JSONPath)
+		if err != nil {
+			return nil, err
+		}
+		parsed, err := oj.Parse(doc)
+		if err != nil {
+			return nil, err
+		}
+		for _, loc := range x.Locate(parsed, 0) {
+			var ptr strings.Builder
+			for _, f := range loc {
+				switch v := f.(type) {
+				case jp.Root:
+				case jp.Child:
+					ptr.WriteString("/" + strings.NewReplacer("~", "~0", "/", "~1").Replace(string(v)))
+				case jp.Nth:
+					ptr.WriteString("/" + strconv.Itoa(int(v)))
+				default:
+					return nil, fmt.Errorf("jsonPath location %v: %T", loc, f)
+				}
+			}
+			p := ptr.String()
+			if op.Path != nil && *op.Path != "" {
+				p = strings.TrimSuffix(p, "/") + "/" + strings.TrimPrefix(*op.Path, "/")
+			}
+			paths = append(paths, p)
+		}
+		if len(paths) == 0 {
+			return nil, fmt.Errorf("jsonPath %s matches nothing", *op.JSONPath)
+		}
+	} else if op.Path != nil {
+		paths = []string{*op.Path}
+	}
+	for _, p := range paths {
+		o := map[string]any{"op": string(op.Op), "path": p}
+		if op.Value != nil {
+			o["value"] = json.RawMessage(op.Value.Raw)
+		}
+		raw, err := json.Marshal([]any{o})
+		if err != nil {
+			return nil, err
+		}
+		patch, err := jsonpatch.DecodePatch(raw)
+		if err != nil {
+			return nil, err
+		}
+		if doc, err = patch.Apply(doc); err != nil {
+			return nil, fmt.Errorf("%s at %s: %w", op.Op, p, err)
+		}
+	}
+	return doc, nil
+}
+
+// egExtProc is the ext_proc filter Envoy Gateway generates for one extProc of
+// an EnvoyExtensionPolicy (its xds translator: disabled on the listener and
+// enabled on the routes the policy targets; headers sent for a side the
+// processing mode names, SKIP otherwise; trailers skipped).
+func egExtProc(t *testing.T, ns, name string, i int, e egv1a1.ExtProc) *hcmv3.HttpFilter {
+	t.Helper()
+	side := func(o *egv1a1.ProcessingModeOptions) (extprocv3.ProcessingMode_HeaderSendMode, extprocv3.ProcessingMode_BodySendMode) {
+		if o == nil {
+			return extprocv3.ProcessingMode_SKIP, extprocv3.ProcessingMode_NONE
+		}
+		body := extprocv3.ProcessingMode_NONE
+		if o.Body != nil {
+			body = map[egv1a1.ExtProcBodyProcessingMode]extprocv3.ProcessingMode_BodySendMode{
+				egv1a1.BufferedExtProcBodyProcessingMode:          extprocv3.ProcessingMode_BUFFERED,
+				egv1a1.StreamedExtProcBodyProcessingMode:          extprocv3.ProcessingMode_STREAMED,
+				egv1a1.BufferedPartialExtBodyHeaderProcessingMode: extprocv3.ProcessingMode_BUFFERED_PARTIAL,
+				egv1a1.FullDuplexStreamedExtBodyProcessingMode:    extprocv3.ProcessingMode_FULL_DUPLEX_STREAMED,
+			}[*o.Body]
+		}
+		return extprocv3.ProcessingMode_SEND, body
+	}
+	pm := e.ProcessingMode
+	if pm == nil {
+		pm = &egv1a1.ExtProcProcessingMode{}
+	}
+	reqH, reqB := side(pm.Request)
+	respH, respB := side(pm.Response)
+	c := &extprocv3.ExternalProcessor{
+		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
+			ClusterName: fmt.Sprintf("envoyextensionpolicy/%s/%s/%d/%s", ns, name, i, e.BackendRefs[0].Name),
+		}}},
+		ProcessingMode: &extprocv3.ProcessingMode{
+			RequestHeaderMode: reqH, RequestBodyMode: reqB,
+			ResponseHeaderMode: respH, ResponseBodyMode: respB,
+			RequestTrailerMode: extprocv3.ProcessingMode_SKIP, ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
+		},
+		AllowModeOverride: pm.AllowModeOverride,
+		FailureModeAllow:  e.FailOpen != nil && *e.FailOpen,
+	}
+	if e.MessageTimeout != nil {
+		d, err := time.ParseDuration(string(*e.MessageTimeout))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.MessageTimeout = durationpb.New(d)
+	}
+	a, err := anypb.New(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &hcmv3.HttpFilter{Name: egExtProcName(ns, name, i), Disabled: true, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}}
+}
+
+func TestEnvoyGatewayPolicies(t *testing.T) {
+	objs := render(t, "envoy-gateway")
+	ref := loadReference(t)
+	gw := one(t, objs, "Gateway", "eg")
+	gateway := decodeAs[*gwapiv1.Gateway](t, gw)
+	listenerName := fmt.Sprintf("%s/%s/%s", gw.Namespace, gw.Name, gateway.Spec.Listeners[0].Name)
+
+	// The listener and route configuration Envoy Gateway generates for the Gateway's HTTP
+	// listener, with the ext_proc filters of the policies, before the patches.
+	hcm := &hcmv3.HttpConnectionManager{
+		StatPrefix: "http-10080",
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: listenerName,
+			ConfigSource:    &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}, ResourceApiVersion: corev3.ApiVersion_V3},
+		}},
+	}
+	policies := map[string]egv1a1.ExtProc{}
+	for _, o := range ofKind(objs, "EnvoyExtensionPolicy") {
+		p := decodeAs[*egv1a1.EnvoyExtensionPolicy](t, o)
+		for i, e := range p.Spec.ExtProc {
+			f := egExtProc(t, o.Namespace, o.Name, i, e)
+			policies[f.GetName()] = e
+			hcm.HttpFilters = append(hcm.HttpFilters, f)
+		}
+	}
+	router, _ := anypb.New(&routerv3.Router{})
+	hcm.HttpFilters = append(hcm.HttpFilters, &hcmv3.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}})
+	hcmAny, _ := anypb.New(hcm)
+	listener := &listenerv3.Listener{
+		Name:    listenerName,
+		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 10080}}}},
+		DefaultFilterChain: &listenerv3.FilterChain{Filters: []*listenerv3.Filter{{
+			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcmAny},
+		}}},
+	}
+	routeConfig := &routev3.RouteConfiguration{Name: listenerName, VirtualHosts: []*routev3.VirtualHost{{Name: listenerName + "/*", Domains: []string{"*"}}}}
+	marshal := protojson.MarshalOptions{UseProtoNames: true} // as Envoy Gateway before patching
+	docs := map[string][]byte{}
+	docs["listener"], _ = marshal.Marshal(listener)
+	docs["route"], _ = marshal.Marshal(routeConfig)
+
+	var clusters []*clusterv3.Cluster
+	epp := decodeAs[*egv1a1.EnvoyPatchPolicy](t, one(t, objs, "EnvoyPatchPolicy", "sluice"))
+	if epp.Spec.TargetRef.Kind != "Gateway" || string(epp.Spec.TargetRef.Name) != gw.Name {
+		t.Errorf("EnvoyPatchPolicy targets %s %s; want Gateway %s", epp.Spec.TargetRef.Kind, epp.Spec.TargetRef.Name, gw.Name)
+	}
+	for i, p := range epp.Spec.JSONPatches {
+		where := fmt.Sprintf("jsonPatches[%d] (%s %s)", i, p.Type, p.Name)
+		switch p.Type {
+		case "type.googleapis.com/envoy.config.cluster.v3.Cluster":
+			if p.Operation.Op != "add" || (p.Operation.Path != nil && *p.Operation.Path != "") || p.Operation.Value == nil {
+				t.Errorf("%s: want add with an empty path (a new resource)", where)
+				continue
+			}
+			c := &clusterv3.Cluster{}
+			if err := protojson.Unmarshal(p.Operation.Value.Raw, c); err != nil {
+				t.Errorf("%s: %v", where, err)
+				continue
+			}
+			if err := envoy.Validate(c); err != nil {
+				t.Errorf("%s: %v", where, err)
+			}
+			clusters = append(clusters, c)
+		case "type.googleapis.com/envoy.config.listener.v3.Listener", "type.googleapis.com/envoy.config.route.v3.RouteConfiguration":
+			key := map[bool]string{true: "listener", false: "route"}[strings.HasSuffix(string(p.Type), "Listener")]
+			if string(p.Name) != listenerName {
+				t.Errorf("%s: patches %s; the Gateway's listener is %s", where, p.Name, listenerName)
+			}
+			out, err := applyJSONPatch(docs[key], p.Operation)
+			if err != nil {
+				t.Errorf("%s: %v", where, err)
+				continue
+			}
+			docs[key] = out
+		default:
+			t.Errorf("%s: no check for this type", where)
+		}
+	}
+
+	// The patched listener: valid, and its filters are envoy.yaml's.
+	if err := protojson.Unmarshal(docs["listener"], listener); err != nil {
+		t.Fatalf("patched listener: %v", err)
+	}
+	if err := envoy.Validate(listener); err != nil {
+		t.Fatalf("patched listener: %v", err)
+	}
+	if err := listener.GetDefaultFilterChain().GetFilters()[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, f := range hcm.GetHttpFilters() {
+		names = append(names, f.GetName())
+	}
+	want := []string{egExtProcName("default", "sluice", 0), egExtProcName("default", "sluice-batch", 0), "envoy.filters.http.ratelimit", "envoy.filters.http.router"}
+	if strings.Join(names, " ") != strings.Join(want, " ") {
+		t.Fatalf("patched http_filters %v; want %v", names, want)
+	}
+	refExtProc := &extprocv3.ExternalProcessor{}
+	_ = ref.extProc.GetTypedConfig().UnmarshalTo(refExtProc)
+	batchOverride := &extprocv3.ExtProcPerRoute{}
+	_ = ref.batchRoute.GetTypedPerFilterConfig()[ref.extProc.GetName()].UnmarshalTo(batchOverride)
+	for i, f := range hcm.GetHttpFilters()[:2] {
+		got := &extprocv3.ExternalProcessor{}
+		_ = f.GetTypedConfig().UnmarshalTo(got)
+		got.GrpcService = refExtProc.GetGrpcService()
+		want := proto.Clone(refExtProc).(*extprocv3.ExternalProcessor)
+		if i == 1 { // the batch route's policy: envoy.yaml's per-route override applied
+			want.ProcessingMode = batchOverride.GetOverrides().GetProcessingMode()
+			want.FailureModeAllow = batchOverride.GetOverrides().GetFailureModeAllow().GetValue()
+		}
+		if !proto.Equal(got, want) {
+			t.Errorf("%s after the patches, gRPC target aside:\n got %s\nwant %s (envoy/envoy.yaml)", f.GetName(), text(got), text(want))
+		}
+	}
+	cluster, _, norm := grpcTarget(t, hcm.GetHttpFilters()[2])
+	if !sameConfig(norm, ref.rateLimit) {
+		t.Errorf("the ratelimit filter differs from envoy/envoy.yaml's (gRPC target aside):\n got %s\nwant %s", text(norm), text(ref.rateLimit))
+	}
+
+	// Its cluster: added by the policy, envoy.yaml's `sluice` but for name and address,
+	// at a headless Service in front of Sluice's gRPC port.
+	var rlCluster *clusterv3.Cluster
+	for _, c := range clusters {
+		if c.GetName() == cluster {
+			rlCluster = c
+		}
+	}
+	if rlCluster == nil {
+		t.Fatalf("the ratelimit filter calls cluster %q, which the policy does not add", cluster)
+	}
+	addr := rlCluster.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+	normCluster := proto.Clone(rlCluster).(*clusterv3.Cluster)
+	normCluster.Name, normCluster.LoadAssignment = ref.cluster.GetName(), ref.cluster.GetLoadAssignment()
+	if !proto.Equal(normCluster, ref.cluster) {
+		t.Errorf("cluster %s differs from envoy.yaml's sluice (name and address aside):\n got %s\nwant %s", cluster, text(normCluster), text(ref.cluster))
+	}
+	checkServiceAddress(t, objs, addr.GetAddress(), int(addr.GetPortValue()), true)
+
+	// The route configuration: envoy.yaml's internal_only_headers.
+	if err := protojson.Unmarshal(docs["route"], routeConfig); err != nil {
+		t.Fatalf("patched route configuration: %v", err)
+	}
+	if err := envoy.Validate(routeConfig); err != nil {
+		t.Fatalf("patched route configuration: %v", err)
+	}
+	if strings.Join(routeConfig.GetInternalOnlyHeaders(), ",") != strings.Join(ref.routeConfig.GetInternalOnlyHeaders(), ",") {
+		t.Errorf("internal_only_headers %v; envoy.yaml has %v", routeConfig.GetInternalOnlyHeaders(), ref.routeConfig.GetInternalOnlyHeaders())
+	}
+
+	// The policies' backends: Sluice's gRPC port, allowed across namespaces by a ReferenceGrant.
+	for name, e := range policies {
+		for _, b := range e.BackendRefs {
+			ns := gw.Namespace
+			if b.Namespace != nil {
+				ns = string(*b.Namespace)
+			}
+			checkServiceAddress(t, objs, fmt.Sprintf("%s.%s.svc.cluster.local", b.Name, ns), int(*b.Port), false)
+			if ns != gw.Namespace && !referenceGranted(t, objs, gw.Namespace, ns, string(b.Name)) {
+				t.Errorf("%s calls Service %s/%s, and no ReferenceGrant there allows EnvoyExtensionPolicies of %s", name, ns, b.Name, gw.Namespace)
+			}
+		}
+	}
+}
