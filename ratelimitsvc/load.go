@@ -8,7 +8,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sluicehq/sluice/internal/yamlerr"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
 
@@ -265,9 +265,6 @@ func (l *loader) sortFrom(start int) {
 	}
 }
 
-// yamlLine finds the line in a yaml.v3 error ("yaml: line 3: ...").
-var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
 // parseFile checks one file and returns its domain, or nil after problems.
 func (l *loader) parseFile(f File) *Domain {
 	p := &parser{l: l, file: f.Name}
@@ -287,12 +284,8 @@ func (l *loader) parseFile(f File) *Domain {
 	}
 	doc, err := decodeOne(f.Data)
 	if err != nil {
-		line, msg := 0, err.Error()
-		if m := yamlLine.FindStringSubmatch(msg); m != nil {
-			line, _ = strconv.Atoi(m[1])
-			msg = m[2]
-		}
-		p.problem(line, "invalid YAML: "+strings.TrimPrefix(msg, "yaml: "))
+		line, msg := yamlerr.Syntax(f.Data, err)
+		p.problem(line, "invalid YAML: "+yamlerr.Hint(msg))
 		return nil
 	}
 	if doc == nil || isNull(doc) {

@@ -57,7 +57,7 @@ var errorCases = map[string][]string{
 	"extensions": {`2: algorithm "leaky_bucket"`, `5: unit_multiplier must be a whole number`, `7: unit_multiplier 11 makes a window longer`,
 		`10: sub_windows must be a whole number`, `11: sub_windows must be a whole number`, `13: sub_windows applies only to the sliding_window`,
 		`15: algorithm "token_bucket"`, `19: two limits of descriptor "same_names" are named "a"`},
-	"invalid_yaml":   {"2: invalid YAML"},
+	"invalid_yaml":   {"4: invalid YAML: did not find expected '-' indicator"},
 	"merge_cycle":    {"3: nests merge keys deeper than 32 levels"},
 	"metadata":       {"4: metadata must be a mapping", "6: metadata numbers must be finite"},
 	"multi_document": {"0: more than one YAML document"},
