@@ -48,7 +48,7 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	}
 	fs := flag.NewFlagSet("sluice worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, workerUsage); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprint(fs.Output(), workerUsage); fs.PrintDefaults() }
 	url := fs.String("database-url", getenv("DATABASE_URL"), "PostgreSQL primary URL (env DATABASE_URL)")
 	dryRun := fs.Bool("dry-run", false, "with migrate: list pending migrations and invalid indexes, change nothing")
 	timeout := fs.Duration("migrate-timeout", 30*time.Minute, "give up migrating after this long")
@@ -66,13 +66,13 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	templates := fs.String("warm-templates", getenv("WARM_TEMPLATES"), "comma-separated paths warmed for the most active tenants, {tenant} substituted (env WARM_TEMPLATES)")
 	activeN := fs.Int("warm-active-tenants", envInt(getenv, "WARM_ACTIVE_TENANTS", 20), "how many of the most active tenants (activities in the last day) get --warm-templates (env WARM_ACTIVE_TENANTS)")
 	reqTimeout := fs.Duration("warm-request-timeout", envDuration(getenv, "WARM_REQUEST_TIMEOUT", warm.DefaultRequestTimeout), "timeout of each warming request (env WARM_REQUEST_TIMEOUT)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, true, stdout, stderr); !ok {
+		return code
 	}
 	if !migrateOnly && fs.Arg(0) == "migrate" { // flags before the subcommand
 		migrateOnly = true
-		if err := fs.Parse(fs.Args()[1:]); err != nil {
-			return 2
+		if code, ok := parseFlags(fs, fs.Args()[1:], true, stdout, stderr); !ok {
+			return code
 		}
 	}
 	if fs.NArg() > 0 {
