@@ -20,6 +20,7 @@ import (
 	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/db"
+	"github.com/sluicehq/sluice/internal/pgtier"
 	"github.com/sluicehq/sluice/internal/redisconn"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 )
@@ -36,7 +37,7 @@ type Config struct {
 	// Database is optional: with a url, tenant tiers come from PostgreSQL
 	// (LISTEN/NOTIFY) instead of extproc.identity.tiers, and the worker
 	// migrates it. DATABASE_URL / DATABASE_READ_URL override the urls.
-	Database db.Config `yaml:"database"`
+	Database Database `yaml:"database"`
 	// Batch configures POST /api/v1/batch fan-out through the Envoy listener.
 	Batch batch.Config `yaml:"batch"`
 
@@ -52,6 +53,14 @@ type Config struct {
 type Cache struct {
 	cachefilter.Config `yaml:",inline"`
 	Store              cachefilter.StoreConfig `yaml:"store"`
+}
+
+// Database is the `database` section: the connection pools (the fields of
+// db.Config, inline) and the tier store's timing under `database.tiers`
+// (pgtier.Config).
+type Database struct {
+	db.Config `yaml:",inline"`
+	Tiers     pgtier.Config `yaml:"tiers"`
 }
 
 // Server holds the listen addresses and process-level settings.
@@ -176,7 +185,8 @@ func (c Config) WithDefaults() Config {
 	c.RateLimit = c.RateLimit.WithDefaults()
 	c.ExtProc = c.ExtProc.WithDefaults()
 	c.Cache.Config = c.Cache.Config.WithDefaults()
-	c.Database = c.Database.WithDefaults()
+	c.Database.Config = c.Database.Config.WithDefaults()
+	c.Database.Tiers = c.Database.Tiers.WithDefaults()
 	c.Batch = c.Batch.WithDefaults()
 	c.Cache.Store = c.Cache.Store.WithDefaults()
 	return c
@@ -213,7 +223,8 @@ func (c Config) Validate() error {
 	add("cache", c.Cache.Config.Validate())
 	add("cache.store", c.Cache.Store.Validate())
 	if c.Database.URL != "" {
-		add("database", c.Database.Validate())
+		add("database", c.Database.Config.Validate())
+		add("database", c.Database.Tiers.Validate())
 	}
 	add("batch", c.Batch.Validate())
 	if len(problems) == 0 {

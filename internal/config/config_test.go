@@ -36,6 +36,17 @@ func TestParseAndValidate(t *testing.T) {
 				t.Errorf("log: %+v", c.Log)
 			}
 		}},
+		{name: "database section with the tier store's timing", yaml: "database:\n  url: postgres://db/x\n  max_conns: 3\n  tiers:\n    resync: 10s\n    reconnect_backoff: 2s\n", check: func(t *testing.T, c Config) {
+			if c.Database.URL != "postgres://db/x" || c.Database.MaxConns != 3 || c.Database.Tiers.Resync != 10*time.Second || c.Database.Tiers.Backoff != 2*time.Second {
+				t.Errorf("database: %+v", c.Database)
+			}
+		}},
+		{name: "tier store defaults", yaml: "database: {url: postgres://db/x}\n", check: func(t *testing.T, c Config) {
+			if c.Database.Tiers.Resync != 30*time.Second || c.Database.Tiers.Backoff != time.Second {
+				t.Errorf("tiers: %+v", c.Database.Tiers)
+			}
+		}},
+		{name: "bad tier resync", yaml: "database:\n  url: postgres://db/x\n  tiers:\n    resync: -1s\n", wantErr: "sluice.yaml:4: database: tiers.resync -1s must be positive"},
 		{name: "a zero duration may be written bare", yaml: "cache:\n  store:\n    stale_retention: 0\n"},
 		{name: "bad cache policy", yaml: "cache:\n  heuristic_fraction: 2\n", wantErr: "sluice.yaml:2: cache: heuristic_fraction"},
 		{name: "unknown key names its line and the valid keys", yaml: "server:\n  grpc_adr: x\n",
