@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"os/signal"
 	"runtime/debug"
@@ -47,7 +48,15 @@ Usage:
 Run 'sluice <command> -h' for the flags of a command.
 `
 
+// setDefaultLogger makes a command's logger slog's default, which gets the
+// log lines of libraries that know no logger of ours (go-redis's about no
+// client in particular: internal/redisconn). Only main sets it: tests run
+// commands with a no-op, so that none changes the process-wide default for
+// the tests after it.
+var setDefaultLogger = func(*slog.Logger) {}
+
 func main() {
+	setDefaultLogger = slog.SetDefault
 	os.Exit(run(context.Background(), os.Args[1:], os.Stdout, os.Stderr, os.Getenv))
 }
 
@@ -158,6 +167,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		return 1
 	}
 	log := cfg.Log.Logger(stdout)
+	setDefaultLogger(log)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	a, err := app.New(ctx, cfg, log, buildVersion(), app.Options{})
@@ -216,6 +226,7 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		cfg.Log.Format = "text"
 	}
 	log := cfg.Log.Logger(stderr)
+	setDefaultLogger(log)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	s, err := devstack.Start(ctx, devstack.Options{Listen: *listen, Upstream: *upstream, Sluice: cfg, RedisSet: redisSet}, log)

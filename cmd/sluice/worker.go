@@ -106,6 +106,7 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	setDefaultLogger(log)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -201,7 +202,7 @@ func runWarmer(ctx context.Context, log *slog.Logger, redisURL, keyPrefix, metri
 	if err := rc.Validate(); err != nil {
 		return err
 	}
-	rdb, err := redisconn.New(rc)
+	rdb, err := redisconn.New(rc, log)
 	if err != nil {
 		return err
 	}

@@ -87,7 +87,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 			a = nil
 		}
 	}()
-	if a.rdb, err = redisconn.New(cfg.Redis); err != nil {
+	if a.rdb, err = redisconn.New(cfg.Redis, log); err != nil {
 		return a, err
 	}
 	if a.lim, err = limiter.New(a.rdb, cfg.RateLimit.LimiterConfig(), a.Registry); err != nil {
