@@ -2,6 +2,7 @@ package config
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -181,5 +182,39 @@ func TestOverrides(t *testing.T) {
 	}
 	if got.Server.AdminAddr != base.Server.AdminAddr || got.RateLimit.ConfigPath != base.RateLimit.ConfigPath {
 		t.Errorf("empty overrides changed the file's values")
+	}
+}
+
+// TestParseBoundsAliasWork: aliases that multiply the work stop with a
+// problem instead of running on: a mapping of 2,000 unknown keys used 2,000
+// times stops at the problem cap, valid values used 150,000 times at the
+// work bound.
+func TestParseBoundsAliasWork(t *testing.T) {
+	var b strings.Builder
+	b.WriteString("extproc:\n  identity:\n    tiers: &t {")
+	for i := range 2000 {
+		fmt.Fprintf(&b, "t%d: free, ", i)
+	}
+	b.WriteString("}\ncache:\n  routes: [")
+	for range 2000 {
+		b.WriteString("*t, ")
+	}
+	b.WriteString("]\n")
+	_, err := Parse("big.yaml", []byte(b.String()))
+	var ce *Error
+	if !errors.As(err, &ce) || len(ce.Problems) != maxProblems || !strings.Contains(err.Error(), "too many problems; stopped after 99") {
+		t.Fatalf("err = %.300v", err)
+	}
+
+	// Valid values multiplied: the work bound stops it.
+	b.Reset()
+	b.WriteString("cache:\n  routes: [&r {name: r, prefix: /r, max_ttl: 1m, query_params: [a, b, c]}")
+	for range 150000 {
+		b.WriteString(", *r")
+	}
+	b.WriteString("]\n")
+	_, err = Parse("big.yaml", []byte(b.String()))
+	if err == nil || !strings.Contains(err.Error(), "big.yaml:2: aliases expand the file by more than 1048576 YAML nodes") {
+		t.Fatalf("err = %.300v", err)
 	}
 }

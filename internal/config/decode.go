@@ -56,8 +56,10 @@ func (e *Error) Error() string {
 // maxProblems bounds the problems one reading reports.
 const maxProblems = 100
 
-// maxWork bounds the YAML nodes one reading visits, aliases expanded each
-// time they are used, so a small file of nested aliases cannot run long.
+// maxWork bounds the YAML nodes aliases may add to one reading (each use of
+// an alias counts its nodes again), beyond twice the file's own nodes, so a
+// small file of nested aliases cannot run long while a large file without
+// aliases is read whole.
 const maxWork = 1 << 20
 
 // source is what a config was read from, kept so that Validate can place its
@@ -74,7 +76,9 @@ type source struct {
 type decoder struct {
 	src      *source
 	problems []Problem
-	work     int
+	work     int  // nodes visited, aliases counted at each use
+	budget   int  // the most work allowed: see maxWork
+	over     bool // work went past budget (reported)
 }
 
 func (d *decoder) add(line int, format string, args ...any) {
@@ -113,6 +117,7 @@ func parse(name string, data []byte, c *Config) (*source, []Problem) {
 		return d.src, d.problems
 	}
 	if doc != nil && !isNull(doc) {
+		d.budget = 2*treeSize(doc) + maxWork
 		d.value(doc, reflect.ValueOf(c).Elem(), "")
 	}
 	sortProblems(d.problems)
@@ -190,6 +195,27 @@ var (
 	textType        = reflect.TypeFor[encoding.TextUnmarshaler]()
 )
 
+// overBudget reports, once, that aliases made the file too much work.
+func (d *decoder) overBudget(line int) {
+	if d.work > d.budget && !d.over {
+		d.over = true
+		d.add(line, "aliases expand the file by more than %d YAML nodes", maxWork)
+	}
+}
+
+// treeSize counts the nodes of a document without following aliases.
+func treeSize(root *yaml.Node) int {
+	n := 0
+	stack := []*yaml.Node{root}
+	for len(stack) > 0 {
+		top := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		n++
+		stack = append(stack, top.Content...)
+	}
+	return n
+}
+
 // resolve follows aliases, counting the work.
 func (d *decoder) resolve(n *yaml.Node) *yaml.Node {
 	for n.Kind == yaml.AliasNode && n.Alias != nil {
@@ -204,11 +230,8 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 	if d.full() {
 		return
 	}
-	if d.work > maxWork {
-		if d.work == maxWork+1 {
-			d.add(n.Line, "aliases expand the file by more than %d YAML nodes", maxWork)
-			d.work++
-		}
+	if d.work > d.budget {
+		d.overBudget(n.Line)
 		return
 	}
 	line := n.Line
@@ -245,6 +268,10 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 		}
 		s := reflect.MakeSlice(t, len(n.Content), len(n.Content))
 		for i, item := range n.Content {
+			if d.full() || d.work > d.budget {
+				d.overBudget(item.Line)
+				break
+			}
 			d.value(item, s.Index(i), fmt.Sprintf("%s[%d]", path, i))
 		}
 		v.Set(s)
@@ -260,6 +287,10 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 		m := reflect.MakeMapWithSize(t, len(n.Content)/2)
 		first := map[string]int{}
 		for _, kv := range d.pairs(n, path) {
+			if d.full() || d.work > d.budget {
+				d.overBudget(kv.key.Line)
+				break
+			}
 			k := reflect.New(t.Key()).Elem()
 			d.scalar(kv.key, k, path+" key", kv.key.Line)
 			ks := fmt.Sprint(k.Interface())
@@ -315,7 +346,7 @@ func (d *decoder) pairs(n *yaml.Node, path string) []pair {
 func (d *decoder) merge(v *yaml.Node, path string, depth int) []pair {
 	line := v.Line
 	v = d.resolve(v)
-	if depth > 32 || d.work > maxWork {
+	if depth > 32 || d.work > d.budget {
 		d.add(line, "%s: merge keys nested too deep", strings.TrimPrefix(path, "."))
 		return nil
 	}
@@ -345,6 +376,10 @@ func (d *decoder) mapping(n *yaml.Node, v reflect.Value, path string, line int) 
 	fields := structFields(v.Type())
 	first := map[string]int{}
 	for _, kv := range d.pairs(n, path) {
+		if d.full() || d.work > d.budget {
+			d.overBudget(kv.key.Line)
+			return
+		}
 		k := d.resolve(kv.key)
 		if k.Kind != yaml.ScalarNode {
 			d.add(kv.key.Line, "%s has a key that is %s; keys are names", where(path), describe(k))
