@@ -146,6 +146,17 @@ func (c *common) register(fs *flag.FlagSet, getenv func(string) string, grpcDefa
 	fs.StringVar(&c.redisURL, "redis-url", getenv("REDIS_URL"), "Redis URL (env REDIS_URL; default redis://127.0.0.1:6379/0; redis+cluster://host:port?addr=host2:port for Cluster)")
 }
 
+// printLoadError prints the problems of a config, one "file:line: message"
+// per line, or another error of loading it.
+func printLoadError(w io.Writer, err error) {
+	var ce *config.Error
+	if errors.As(err, &ce) {
+		fmt.Fprintln(w, err)
+		return
+	}
+	fmt.Fprintln(w, "sluice:", err)
+}
+
 func (c *common) load() (config.Config, error) {
 	return config.Load(c.configPath, config.Overrides{
 		GRPCAddr: c.grpcAddr, AdminAddr: c.adminAddr, RateLimitConfig: c.rlConfig,
@@ -163,7 +174,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 	}
 	cfg, err := c.load()
 	if err != nil {
-		fmt.Fprintln(stderr, "sluice:", err)
+		printLoadError(stderr, err)
 		return 1
 	}
 	log := cfg.Log.Logger(stdout)
@@ -216,7 +227,7 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	redisSet := c.redisURL != ""
 	cfg, err := c.load()
 	if err != nil {
-		fmt.Fprintln(stderr, "sluice:", err)
+		printLoadError(stderr, err)
 		return 1
 	}
 	if c.configPath != "" && cfg.Redis.URL != redisconn.DefaultURL {
@@ -261,7 +272,7 @@ func checkConfig(args []string, stdout, stderr io.Writer, getenv func(string) st
 	failed := false
 	cfg, err := c.load()
 	if err != nil {
-		fmt.Fprintln(stderr, err)
+		printLoadError(stderr, err)
 		failed = true
 	}
 	paths := fs.Args()
