@@ -820,10 +820,11 @@ func polUpdateGolden() bool {
 }
 
 // TestStorableGolden runs each testdata/storable/*.txt case (an optional
-// "config:" line with a YAML flow mapping, the request line and headers, a
-// blank line, the status and the response headers) through Storable,
-// PrimaryKey, VariantKey and Evaluate, and compares a dump with the .golden
-// file beside it. The keys are part of the dump on purpose: a change to key
+// "config:" line with a YAML flow mapping, "want:" lines, the request line
+// and headers, a blank line, the status and the response headers) through
+// Storable, PrimaryKey, VariantKey and Evaluate, checks the decisions its
+// "want:" lines name (checkStorableWants), and compares a dump with the
+// .golden file beside it. The keys are part of the dump on purpose: a change to key
 // derivation orphans every stored entry and must be deliberate.
 func TestStorableGolden(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join("testdata", "storable", "*.txt"))
@@ -838,6 +839,7 @@ func TestStorableGolden(t *testing.T) {
 				t.Fatal(err)
 			}
 			got := polGoldenRun(t, string(in))
+			checkStorableWants(t, string(in), got)
 			golden := strings.TrimSuffix(file, ".txt") + ".golden"
 			if polUpdateGolden() {
 				if err := os.WriteFile(golden, []byte(got), 0o644); err != nil {
@@ -863,7 +865,7 @@ func polGoldenRun(t *testing.T, in string) string {
 	var body []string
 	for _, l := range lines {
 		switch {
-		case strings.HasPrefix(l, "#"):
+		case strings.HasPrefix(l, "#"), strings.HasPrefix(l, "want:"):
 		case strings.HasPrefix(l, "config:"):
 			if err := yaml.Unmarshal([]byte(strings.TrimPrefix(l, "config:")), &cfg); err != nil {
 				t.Fatalf("config: %v", err)

@@ -454,13 +454,9 @@ func sluiceConfig(t *testing.T, c *compose) (config.Config, sluiceFlags) {
 	if err != nil {
 		t.Fatalf("--config %s: %v", f.config, err)
 	}
-	cfg, err := config.Load(host)
-	if err != nil {
-		t.Fatalf("config.Load(%s): %v", host, err)
-	}
 	// The same flag-over-file rule as cmd/sluice.
-	cfg = config.Overrides{GRPCAddr: f.grpcAddr, AdminAddr: f.adminAddr, RateLimitConfig: f.rlConfig, RedisURL: f.redisURL}.Apply(cfg)
-	if err := cfg.Validate(); err != nil {
+	cfg, err := config.Load(host, config.Overrides{GRPCAddr: f.grpcAddr, AdminAddr: f.adminAddr, RateLimitConfig: f.rlConfig, RedisURL: f.redisURL})
+	if err != nil {
 		t.Fatalf("%s with the compose flags does not validate: %v", host, err)
 	}
 	return cfg, f

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/sluicehq/sluice/internal/testenv"
 )
 
 // dockerfile is the repository's Dockerfile read into stages.
@@ -363,9 +365,7 @@ func TestDockerBuildContext(t *testing.T) {
 // and scratch), the version from -ldflags, and `sluice check-config` accepting
 // the compose stack's config as the container would read it.
 func TestStaticBuild(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds three binaries; skipped under -short")
-	}
+	testenv.SkipShort(t, "builds three binaries")
 	d := loadDockerfile(t)
 	gb := d.stage(t, "build").goBuild(t)
 	m := ldflagsRe.FindStringSubmatch(gb)

@@ -91,7 +91,7 @@ type runningApp struct {
 // ports, the given Redis and a key prefix of this test; it stops when the test ends.
 func startApp(t *testing.T, redisURL string, mutate func(*config.Config)) *runningApp {
 	t.Helper()
-	cfg, err := config.Load(filepath.Join(root, "deploy", "sluice", "sluice.yaml"))
+	cfg, err := config.Load(filepath.Join(root, "deploy", "sluice", "sluice.yaml"), config.Overrides{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicehq/sluice/envoy"
+	"github.com/sluicehq/sluice/internal/testenv"
 )
 
 var promDir = filepath.Join(root, "deploy", "prometheus")
@@ -54,14 +55,7 @@ func loadRules(t *testing.T) ruleGroups {
 // locally and fails in CI (CI=true), where scripts/services.sh installs it.
 func promtool(t *testing.T) string {
 	t.Helper()
-	p, err := exec.LookPath("promtool")
-	if err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("promtool not found; scripts/services.sh installs it (from Debian's prometheus package)")
-		}
-		t.Skip("promtool not found; run scripts/services.sh to install it")
-	}
-	return p
+	return testenv.LookPath(t, "promtool", "scripts/services.sh installs it (from Debian's prometheus package)")
 }
 
 func runPromtool(t *testing.T, dir string, args ...string) {

@@ -75,7 +75,7 @@ func (e *envoySide) end() ([]*extprocv3.ProcessingResponse, error) {
 
 // withProtocol adds protocol_config to req, as Envoy does to the first
 // message of a stream outside observability mode (EP ProcessingRequest.
-// protocol_config: "only encoded in the first ProcessingRequest message";
+// protocol_config: present on the first message of a stream only;
 // ext_proc.cc encodeProtocolConfig).
 func withProtocol(req *extprocv3.ProcessingRequest, reqBody, resBody procmodev3.ProcessingMode_BodySendMode, sendWithoutWaiting bool) *extprocv3.ProcessingRequest {
 	req.ProtocolConfig = &extprocv3.ProtocolConfiguration{
@@ -102,21 +102,19 @@ func bodyReply(r *extprocv3.ProcessingResponse) *extprocv3.BodyResponse {
 // filter produces for the body modes and checks that each message gets
 // exactly one reply, in order, of its own type.
 //
-//   - EP ProcessingResponse: "for every received ProcessingRequest, the
-//     server must send back exactly one ProcessingResponse message".
-//   - EP ProcessingRequest.request_body …: "the server must send back a
-//     BodyResponse message, an ImmediateResponse message, or close the
-//     stream"; trailers: "must send back a TrailerResponse message".
+//   - EP ProcessingResponse: each ProcessingRequest gets one
+//     ProcessingResponse, no more and no fewer.
+//   - EP ProcessingRequest.request_body and its siblings: a body message is
+//     answered with a BodyResponse or an ImmediateResponse, or the stream is
+//     closed; a trailers message with a TrailerResponse.
 //   - Sluice changes no body, so outside FULL_DUPLEX_STREAMED a body reply is
-//     a plain CONTINUE. In FULL_DUPLEX_STREAMED (PM: "The server needs to
-//     send StreamedBodyResponse to the client in the body response"; EP
-//     BodyMutation.streamed_response: "Must be used when the corresponding
-//     BodySendMode … is set to FULL_DUPLEX_STREAMED") each chunk goes back
-//     unchanged with its end_of_stream (EP StreamedBodyResponse.end_of_stream).
-//     Envoy treats a plain CONTINUE there as spurious (processor_state.cc
-//     handleStreamedBodyCallback: "Normal body mutation response is
-//     received while body_mode_ is FULL_DUPLEX_STREAMED") and fails the
-//     request.
+//     a plain CONTINUE. In FULL_DUPLEX_STREAMED the body reply has to carry
+//     the chunk back as a streamed response (PM FULL_DUPLEX_STREAMED; EP
+//     BodyMutation.streamed_response, required in that mode), so each chunk
+//     goes back unchanged with its end_of_stream (EP
+//     StreamedBodyResponse.end_of_stream). Envoy counts a plain CONTINUE
+//     there as a spurious message (processor_state.cc
+//     handleStreamedBodyCallback) and fails the request.
 func TestConformanceOneReplyPerMessage(t *testing.T) {
 	const (
 		none     = procmodev3.ProcessingMode_NONE
@@ -129,10 +127,10 @@ func TestConformanceOneReplyPerMessage(t *testing.T) {
 		name string
 		msgs []*extprocv3.ProcessingRequest
 		// pipelined sends every message before reading a reply, as Envoy
-		// does with send_body_without_waiting_for_header_response (CFG: "Send
-		// body to the side stream server once it arrives without waiting for
-		// the header response") and in FULL_DUPLEX_STREAMED (ext_proc.cc
-		// onData sends body while HeadersCallback is pending).
+		// does with send_body_without_waiting_for_header_response (CFG: the
+		// body goes out as it arrives, before the headers are answered) and
+		// in FULL_DUPLEX_STREAMED (ext_proc.cc onData sends body while
+		// HeadersCallback is pending).
 		pipelined  bool
 		wantResult string
 	}{
@@ -201,9 +199,8 @@ func TestConformanceOneReplyPerMessage(t *testing.T) {
 			wantResult: "ok",
 		},
 		{
-			// PM BUFFERED_PARTIAL: "If the body exceeds the configured buffer
-			// limit, then the body contents up to the buffer limit will be
-			// sent"; the rest is not.
+			// PM BUFFERED_PARTIAL: a body larger than the buffer limit is
+			// sent up to the limit; the rest is not.
 			name: "BUFFERED_PARTIAL: one partial chunk, never an end_of_stream",
 			msgs: []*extprocv3.ProcessingRequest{
 				withProtocol(xt.RequestHeaders("POST", "/v1/upload", false), partial, partial, false),
@@ -227,8 +224,8 @@ func TestConformanceOneReplyPerMessage(t *testing.T) {
 			wantResult: "ok",
 		},
 		{
-			// PM FULL_DUPLEX_STREAMED: "The corresponding trailer mode has to
-			// be set to SEND"; trailers tell the server the body is complete.
+			// PM FULL_DUPLEX_STREAMED requires the trailer mode SEND: the
+			// trailers tell the server the body is complete.
 			name: "FULL_DUPLEX_STREAMED: body ended by trailers",
 			msgs: []*extprocv3.ProcessingRequest{
 				withProtocol(xt.RequestHeaders("POST", "/v1/upload", false), duplex, duplex, false),
@@ -320,16 +317,14 @@ func TestConformanceOneReplyPerMessage(t *testing.T) {
 }
 
 // TestConformanceHeaderValues: Envoy sends header values in raw_value (EP
-// HttpHeaders.headers: "The header value is encoded in the raw_value
-// field"; mutation_utils.cc headersToProto fills value instead when the
-// runtime flag send_header_raw_value is off), so Sluice reads either. What
-// Sluice sends sets raw_value only (BASE HeaderValue: "Only one of value or
-// raw_value can be set"; mutation_utils.cc rejects a HeaderValue with both,
-// and reads only raw_value under send_header_raw_value), replaces with
-// append_action OVERWRITE_IF_EXISTS_OR_ADD and never sets the deprecated
-// append to true for a replacement (EP HeaderMutation.set_headers: "the
-// append field in HeaderValueOption defaults to false when used in this
-// message").
+// HttpHeaders.headers; mutation_utils.cc headersToProto fills value instead
+// when the runtime flag send_header_raw_value is off), so Sluice reads
+// either. What Sluice sends sets raw_value only (BASE HeaderValue allows one
+// of the two; mutation_utils.cc rejects a HeaderValue with both, and reads
+// only raw_value under send_header_raw_value), replaces with append_action
+// OVERWRITE_IF_EXISTS_OR_ADD and never sets the deprecated append to true
+// for a replacement (EP HeaderMutation.set_headers: append is false unless
+// set there).
 func TestConformanceHeaderValues(t *testing.T) {
 	tests := []struct {
 		name       string
@@ -386,13 +381,13 @@ func TestConformanceHeaderValues(t *testing.T) {
 }
 
 // TestConformanceFirstMessageFields: the fields Envoy may put beside the
-// first request oneof do not change the exchange. protocol_config (EP: "only
-// encoded in the first ProcessingRequest"), attributes (EP: "The values of
-// properties selected by the request_attributes or response_attributes
-// list", keyed by the filter name, ext_proc.cc addAttributes),
-// metadata_context with typed namespaces (ext_proc.cc addDynamicMetadata),
-// flow_control_init ("[#not-implemented-hide:]"; the server "must not set"
-// window updates unless it supports flow control, and Sluice does not) and
+// first request oneof do not change the exchange. protocol_config (EP: on
+// the first message only), attributes (EP: the values of the properties the
+// filter's request_attributes and response_attributes name, keyed by the
+// filter name, ext_proc.cc addAttributes), metadata_context with typed
+// namespaces (ext_proc.cc addDynamicMetadata), flow_control_init (hidden as
+// not implemented; a server that does no flow control sends no window
+// updates, and Sluice does none) and
 // the retired async_mode field 1 of older protos, which a newer server
 // keeps as an unknown field.
 func TestConformanceFirstMessageFields(t *testing.T) {
@@ -458,9 +453,9 @@ func TestConformanceFirstMessageFields(t *testing.T) {
 // TestConformanceObservabilityMode: with observability_mode Envoy sends
 // headers, STREAMED body chunks and trailers without waiting (ext_proc.cc
 // sendHeadersInObservabilityMode, sendDataInObservabilityMode) and ignores
-// every reply (onReceiveMessage). EP ProcessingRequest.observability_mode:
-// "the server should not respond to this message, as any responses will be
-// ignored". Stages still observe; the stream ends OK when Envoy closes it.
+// every reply (onReceiveMessage); EP ProcessingRequest.observability_mode
+// asks the server not to answer. Stages still observe; the stream ends OK
+// when Envoy closes it.
 func TestConformanceObservabilityMode(t *testing.T) {
 	tests := []struct {
 		name   string
@@ -532,16 +527,15 @@ func TestConformanceObservabilityMode(t *testing.T) {
 }
 
 // TestConformanceModeOverride: mode_override goes only on replies to header
-// messages (EP ProcessingResponse.mode_override: "If set in a response to
-// body or trailer requests, it will be ignored"; "The server can set this
-// field when responding to request or response headers"; ext_proc.cc
-// onReceiveMessage applies it only in inHeaderProcessState), never where
-// Envoy ignores it (EP: ignored with send_body_without_waiting_for_header_
-// response; CFG allow_mode_override: "Mode override is not supported if
-// the body send mode is FULL_DUPLEX_STREAMED"), and spells out every field
-// (PM HeaderSendMode: DEFAULT in a mode_override means "no change from the
-// behavior that is configured for the filter", not from the route; older
-// Envoys read it as SEND for headers and SKIP for trailers).
+// messages (EP ProcessingResponse.mode_override: honoured in replies to
+// request or response headers, ignored in replies to bodies and trailers;
+// ext_proc.cc onReceiveMessage applies it only in inHeaderProcessState),
+// never where Envoy ignores it (EP: ignored with
+// send_body_without_waiting_for_header_response; CFG allow_mode_override:
+// unavailable when the body send mode is FULL_DUPLEX_STREAMED), and spells
+// out every field (PM HeaderSendMode: DEFAULT in a mode_override keeps the
+// filter's configured mode, not the route's; older Envoys read it as SEND
+// for headers and SKIP for trailers).
 func TestConformanceModeOverride(t *testing.T) {
 	type ask func(x *extproc.Exchange)
 	wantBody := func(x *extproc.Exchange) { x.WantResponseBody(extproc.BodyBuffered) }
@@ -771,13 +765,13 @@ func TestConformanceUnexpectedMessages(t *testing.T) {
 // TestConformanceImmediateResponse checks the shape of an ImmediateResponse
 // (EP ImmediateResponse): status as a type.v3.HttpStatus enum value (Envoy
 // turns codes below 200 into 200, MutationUtils::isValidHttpStatus), headers
-// as a HeaderMutation in raw_value ("The header value is encoded in the
-// raw_value field"), repeated names appended, no grpc_status (Envoy derives
+// as a HeaderMutation in raw_value (as Envoy encodes header values),
+// repeated names appended, no grpc_status (Envoy derives
 // grpc-status from the HTTP status for gRPC requests in sendLocalReply),
 // details without whitespace (ext_proc.cc replaces it; shown by
 // %RESPONSE_CODE_DETAILS%), no mode_override; the server then ends the
-// stream OK without waiting (EP: the filter will "ignore any additional
-// messages received from the remote server").
+// stream OK without waiting (EP: after an ImmediateResponse the filter
+// ignores whatever else the server sends).
 func TestConformanceImmediateResponse(t *testing.T) {
 	tests := []struct {
 		name     string
@@ -864,10 +858,10 @@ func TestConformanceImmediateResponse(t *testing.T) {
 }
 
 // TestConformanceSkippedHeaders: with a header mode SKIP (PM HeaderSendMode
-// SKIP: "Do not send the header or trailer") Envoy sends that side's body and
+// SKIP: that side's headers are not sent) Envoy sends that side's body and
 // trailers without its headers (ext_proc.cc decodeHeaders skips onHeaders;
-// onData and onTrailers open the stream themselves; EP ProcessingRequest.
-// request: "Which ones are set … depend on the processing mode"). Sluice,
+// onData and onTrailers open the stream themselves; EP ProcessingRequest:
+// the processing mode decides which messages a stream carries). Sluice,
 // configured the same, answers them like any other message; stages, which
 // never saw those headers, are not called for them. Configured SEND, the
 // same sequence is out of order (TestConformanceUnexpectedMessages).

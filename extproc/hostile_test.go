@@ -228,7 +228,7 @@ func drive(t testing.TB, conn grpc.ClientConnInterface, frames []frame) outcome 
 			// Undecodable here, so for the server too: no reply may come.
 			kind = "?"
 		case m.GetObservabilityMode():
-			kind = "" // "the server should not respond to this message"
+			kind = "" // observability_mode: the server sends no reply
 		}
 		out.asked = append(out.asked, kind)
 		if kind == "" {

@@ -79,8 +79,8 @@ func (st *stream) serve(ps extprocv3.ExternalProcessor_ProcessServer) error {
 		if err != nil {
 			return err
 		}
-		// observability_mode: "the server should not respond to this message,
-		// as any responses will be ignored".
+		// observability_mode: Envoy ignores replies, and the proto asks the
+		// server to send none.
 		if !req.GetObservabilityMode() {
 			if err := ps.Send(resp); err != nil {
 				return fmt.Errorf("%w: %w", errCancelled, err)

@@ -44,9 +44,8 @@ func replyType(r *extprocv3.ProcessingResponse) string {
 
 // TestEveryPhase drives the message sequences Envoy sends for the
 // processing modes Sluice is configured with and checks each message gets
-// exactly the matching reply type (ProcessingResponse: "for every received
-// ProcessingRequest, the server must send back exactly one
-// ProcessingResponse").
+// exactly the matching reply type (ProcessingResponse: one reply per
+// message).
 func TestEveryPhase(t *testing.T) {
 	tests := []struct {
 		name string
@@ -651,8 +650,8 @@ func TestResponseOnly(t *testing.T) {
 	}
 }
 
-// TestObservabilityMode: Envoy expects no replies ("the server should not
-// respond to this message"); the stages still observe.
+// TestObservabilityMode: Envoy expects no replies (EP ProcessingRequest.
+// observability_mode); the stages still observe.
 func TestObservabilityMode(t *testing.T) {
 	// A stage answering from cache would end the stream; here Envoy ignores
 	// replies, so the stream goes on.

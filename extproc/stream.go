@@ -33,8 +33,8 @@ func newModeState(pm *procmodev3.ProcessingMode) modeState {
 // proto spells out every field. ProcessingResponse.mode_override replaces
 // the filter's mode for the rest of the request: body modes always apply
 // (an unset body mode is NONE) and older Envoys also read DEFAULT header and
-// trailer modes as "send headers, skip trailers" (ProcessorState::
-// setProcessingMode), so nothing is left to a default.
+// trailer modes as sending headers and skipping trailers
+// (ProcessorState::setProcessingMode), so nothing is left to a default.
 func (m modeState) proto() *procmodev3.ProcessingMode {
 	return &procmodev3.ProcessingMode{
 		RequestHeaderMode: m.reqHeader, ResponseHeaderMode: m.resHeader,
@@ -88,8 +88,8 @@ func (s *Server) newStream(ctx context.Context) *stream {
 // per request, of the matching type, or an immediate response) or an error
 // that ends the stream.
 func (st *stream) handle(req *extprocv3.ProcessingRequest) (*extprocv3.ProcessingResponse, error) {
-	// protocol_config: "only encoded in the first ProcessingRequest"; it
-	// carries the body modes in force after per-route overrides.
+	// protocol_config comes on the first message only; it carries the body
+	// modes in force after per-route overrides.
 	if pc := req.GetProtocolConfig(); pc != nil {
 		st.mode.reqBody, st.mode.resBody = pc.GetRequestBodyMode(), pc.GetResponseBodyMode()
 		st.x.reqBodyMode, st.x.resBodyMode = BodyMode(st.mode.reqBody), BodyMode(st.mode.resBody)
@@ -290,12 +290,12 @@ func (st *stream) body(p Phase, b *extprocv3.HttpBody) (*extprocv3.ProcessingRes
 	if fullDuplex(bodyMode) {
 		// FULL_DUPLEX_STREAMED (and GRPC): Envoy drains each chunk it sends
 		// and passes on only what comes back in streamed_response, which
-		// "must be used" in these modes (BodyMutation.streamed_response); a
-		// plain CONTINUE is a spurious message to it (ProcessorState::
+		// these modes require (BodyMutation.streamed_response); a plain
+		// CONTINUE is a spurious message to it (ProcessorState::
 		// handleStreamedBodyCallback) and fails the request. Sluice does not
 		// change bodies: every chunk goes back as it came, end_of_stream
-		// included ("the server sets this flag to true if it has received a
-		// body request with end_of_stream set to true").
+		// included (StreamedBodyResponse.end_of_stream: the server echoes
+		// the end_of_stream of the body message it answers).
 		if br.Response == nil {
 			br.Response = &extprocv3.CommonResponse{}
 		}
@@ -364,7 +364,7 @@ func (st *stream) common(request bool) *extprocv3.CommonResponse {
 	}
 	return &extprocv3.CommonResponse{
 		HeaderMutation: headerMutation(r.set, r.remove),
-		// "This field is ignored in the response direction."
+		// CommonResponse.clear_route_cache has no effect on responses.
 		ClearRouteCache: request && r.clearRoute,
 	}
 }

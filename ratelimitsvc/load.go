@@ -8,7 +8,6 @@ import (
 	"math"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,6 +17,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"go.yaml.in/yaml/v3"
 
+	"github.com/sluicehq/sluice/internal/yamlerr"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
 
@@ -265,9 +265,6 @@ func (l *loader) sortFrom(start int) {
 	}
 }
 
-// yamlLine finds the line in a yaml.v3 error ("yaml: line 3: ...").
-var yamlLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
-
 // parseFile checks one file and returns its domain, or nil after problems.
 func (l *loader) parseFile(f File) *Domain {
 	p := &parser{l: l, file: f.Name}
@@ -287,12 +284,8 @@ func (l *loader) parseFile(f File) *Domain {
 	}
 	doc, err := decodeOne(f.Data)
 	if err != nil {
-		line, msg := 0, err.Error()
-		if m := yamlLine.FindStringSubmatch(msg); m != nil {
-			line, _ = strconv.Atoi(m[1])
-			msg = m[2]
-		}
-		p.problem(line, "invalid YAML: "+strings.TrimPrefix(msg, "yaml: "))
+		line, msg := yamlerr.Syntax(f.Data, err)
+		p.problem(line, "invalid YAML: "+yamlerr.Hint(msg))
 		return nil
 	}
 	if doc == nil || isNull(doc) {
@@ -775,7 +768,8 @@ func (p *parser) level(kv pair, d *Domain, parent string, depth int) level {
 				p.problemf(n.line, "duplicate descriptor %q: same key and value as line %d", composite, prev.line)
 			} else {
 				// envoyproxy joins key and value with '_', so it cannot tell
-				// these apart (config_impl.go "duplicate descriptor composite key").
+				// these apart: it refuses the second as a repeat of the first
+				// (src/config/config_impl.go).
 				p.problemf(n.line, "descriptor %q collides with line %d: envoyproxy/ratelimit names both %q", composite, prev.line, composite)
 			}
 			continue
@@ -844,7 +838,7 @@ func (p *parser) descriptor(item *yaml.Node, d *Domain, parent string, depth int
 	}
 	if n.key == "" {
 		if keyOK {
-			// config_impl.go: "descriptor has empty key".
+			// The reference refuses an empty key too (config_impl.go).
 			p.problem(n.line, "descriptor has an empty key")
 		}
 		return nil
@@ -939,14 +933,16 @@ func (p *parser) rateLimit(v *yaml.Node, d *Domain) *Limit {
 	}
 	for _, r := range l.Replaces {
 		if r == l.Name {
-			// config_impl.go: "replaces should not contain name of same descriptor".
+			// The reference refuses a limit that replaces its own name too
+			// (config_impl.go).
 			p.problemf(l.Line, "limit %q replaces its own name", r)
 		}
 	}
 	if l.Unlimited {
 		for _, kv := range []*pair{unit, rpu, mult, alg, sub} {
 			if kv != nil && !isNull(kv.val) {
-				// config_impl.go: "should not specify rate limit unit when unlimited".
+				// The reference refuses a unit on an unlimited limit too
+				// (config_impl.go); Sluice also refuses every other setting.
 				p.problemf(kv.line, "%s cannot be set on an unlimited rate limit", kv.name)
 			}
 		}
@@ -1029,7 +1025,8 @@ func (p *parser) replaces(kv pair) []string {
 			p.unknownKey(e, "a replaces entry", replacesKeys)
 		}
 		if name == "" {
-			// config_impl.go: "should not have an empty replaces entry".
+			// The reference refuses a replaces entry without a name too
+			// (config_impl.go).
 			p.problem(line, "replaces entry has no name")
 			continue
 		}

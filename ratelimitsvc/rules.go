@@ -176,7 +176,7 @@ func globMatch(parts []string, v string) bool {
 // domain's descriptor tree (see level.lookup for the order), and the limits
 // apply only when the last entry reaches a descriptor that has some. A request
 // shorter or longer than the configured path, or one reaching a descriptor
-// without limits (envoyproxy's "whitelisted" descriptor), gets none. An
+// without limits (an exempt value in the reference's README), gets none. An
 // unlimited descriptor matches with its single Unlimited limit. ok is false
 // when nothing applies. Match does not allocate unless share_threshold applies.
 func (r *Rules) Match(domain string, entries []Entry) (m Match, ok bool) {

@@ -49,54 +49,55 @@ func limitsString(ls []*Limit) string {
 	return strings.Join(parts, ",")
 }
 
-// matchConfig mirrors the situations of envoyproxy/ratelimit's README
-// examples and its config tests, written afresh.
+// matchConfig puts side by side the matching situations the rule format
+// has (the reference's README and config tests describe the same ones).
 const matchConfig = `
 domain: test
 descriptors:
-  # Placeholder with no limit; nested key-only default and exact override.
-  - key: key1
-    value: value1
+  # A grouping value with no limit; below it a key-only default and an
+  # exact value with a limit of its own.
+  - key: section
+    value: s1
     descriptors:
-      - key: subkey1
-        rate_limit: {unit: second, requests_per_unit: 5}
-      - key: subkey1
-        value: subvalue1
-        rate_limit: {unit: second, requests_per_unit: 10}
+      - key: item
+        rate_limit: {unit: second, requests_per_unit: 6}
+      - key: item
+        value: i1
+        rate_limit: {unit: second, requests_per_unit: 12}
 
-  # Key-only default, exact override, and an exact value with no limit
-  # (envoyproxy's "whitelisted" value).
-  - key: key2
-    rate_limit: {unit: minute, requests_per_unit: 20}
-  - key: key2
-    value: value2
-    rate_limit: {unit: minute, requests_per_unit: 30}
-  - key: key2
-    value: value3
+  # A key-only default, an exact override, and an exact value without a
+  # limit, which exempts it (no fallback to the default).
+  - key: plan
+    rate_limit: {unit: minute, requests_per_unit: 18}
+  - key: plan
+    value: team
+    rate_limit: {unit: minute, requests_per_unit: 36}
+  - key: plan
+    value: internal
 
   # A limit on a descriptor that also has children.
-  - key: key5
-    value: value5
-    rate_limit: {unit: day, requests_per_unit: 15}
+  - key: store
+    value: s5
+    rate_limit: {unit: day, requests_per_unit: 14}
     descriptors:
-      - key: subkey5
-        value: subvalue5
-        rate_limit: {unit: day, requests_per_unit: 25}
+      - key: aisle
+        value: a5
+        rate_limit: {unit: day, requests_per_unit: 28}
 
-  - key: key6
+  - key: health
     rate_limit: {unlimited: true}
 
   # Wildcards: trailing, middle, several; key-only fallback after them.
-  - key: wild
-    value: foo*
+  - key: sku
+    value: item*
     rate_limit: {unit: minute, requests_per_unit: 1}
-  - key: wild
+  - key: sku
     rate_limit: {unit: minute, requests_per_unit: 2}
   - key: mid
-    value: bar*b
+    value: ca*t
     rate_limit: {unit: minute, requests_per_unit: 3}
   - key: multi
-    value: foo*bar*baz
+    value: red*green*blue
     rate_limit: {unit: minute, requests_per_unit: 4}
   - key: any
     value: "*"
@@ -112,38 +113,38 @@ descriptors:
     rate_limit: {unit: minute, requests_per_unit: 7}
 
   # An exact value beats a wildcard.
-  - key: file
-    value: test1
+  - key: doc
+    value: pinned
     rate_limit: {unit: minute, requests_per_unit: 50}
-  - key: file
-    value: test*
+  - key: doc
+    value: pin*
     share_threshold: true
     rate_limit: {unit: minute, requests_per_unit: 100}
 
   # share_threshold at several levels, mixed with a non-sharing wildcard.
-  - key: files
-    value: files/*
+  - key: docs
+    value: docs/*
     share_threshold: true
     rate_limit: {unit: minute, requests_per_unit: 8}
-  - key: path
-    value: path/*
+  - key: dir
+    value: dir/*
     share_threshold: true
     descriptors:
       - key: file
-        value: file/*
+        value: f/*
         descriptors:
-          - key: type
+          - key: kind
             rate_limit: {unit: minute, requests_per_unit: 9}
-  - key: files
+  - key: docs
     value: top/*
     share_threshold: true
     descriptors:
-      - key: files
-        value: nested/*
+      - key: docs
+        value: sub/*
         share_threshold: true
         rate_limit: {unit: minute, requests_per_unit: 11}
 
-  # envoyproxy joins key and value with '_'; Sluice compares them apart.
+  # The reference joins key and value with '_'; Sluice compares them apart.
   - key: a
     value: b_c
     rate_limit: {unit: minute, requests_per_unit: 12}
@@ -159,50 +160,50 @@ func TestRulesMatch(t *testing.T) {
 		wantLimits  string
 		wantCounter []Entry // nil: the request's own entries
 	}{
-		{name: "unknown domain", domain: "nope", entries: entries("key2=x")},
+		{name: "unknown domain", domain: "nope", entries: entries("plan=x")},
 		{name: "no entries", entries: nil},
-		{name: "placeholder without limit", entries: entries("key1=value1")},
-		{name: "no key-only default at first level", entries: entries("key1=something")},
-		{name: "nested key-only default", entries: entries("key1=value1", "subkey1=something"),
-			wantRule: "key1_value1.subkey1", wantLimits: "5/1s"},
-		{name: "nested exact beats key-only", entries: entries("key1=value1", "subkey1=subvalue1"),
-			wantRule: "key1_value1.subkey1_subvalue1", wantLimits: "10/1s"},
-		{name: "key-only default", entries: entries("key2=something"), wantRule: "key2", wantLimits: "20/1m0s"},
-		{name: "exact override", entries: entries("key2=value2"), wantRule: "key2_value2", wantLimits: "30/1m0s"},
-		{name: "exact without limit is whitelisted, no fallback to key-only", entries: entries("key2=value3")},
-		{name: "request longer than config path", entries: entries("key2=value2", "subkey=subvalue")},
-		{name: "limit on a node with children", entries: entries("key5=value5"),
-			wantRule: "key5_value5", wantLimits: "15/24h0m0s"},
-		{name: "child exact", entries: entries("key5=value5", "subkey5=subvalue5"),
-			wantRule: "key5_value5.subkey5_subvalue5", wantLimits: "25/24h0m0s"},
-		{name: "child unmatched", entries: entries("key5=value5", "subkey5=other")},
-		{name: "unlimited", entries: entries("key6=x"), wantRule: "key6", wantLimits: "unlimited"},
-		{name: "trailing wildcard", entries: entries("wild=foo123"), wantRule: "wild_foo*", wantLimits: "1/1m0s"},
-		{name: "wildcard matches empty rest", entries: entries("wild=foo"), wantRule: "wild_foo*", wantLimits: "1/1m0s"},
-		{name: "wildcard before key-only", entries: entries("wild=fo"), wantRule: "wild", wantLimits: "2/1m0s"},
-		{name: "request value equal to pattern", entries: entries("wild=foo*"), wantRule: "wild_foo*", wantLimits: "1/1m0s"},
-		{name: "middle wildcard", entries: entries("mid=barXYZb"), wantRule: "mid_bar*b", wantLimits: "3/1m0s"},
-		{name: "middle wildcard no overlap of prefix and suffix", entries: entries("mid=bar")},
-		{name: "middle wildcard wrong suffix", entries: entries("mid=barXc")},
-		{name: "multi wildcard", entries: entries("multi=foo1bar2baz"), wantRule: "multi_foo*bar*baz", wantLimits: "4/1m0s"},
-		{name: "multi wildcard empty segments", entries: entries("multi=foobarbaz"), wantRule: "multi_foo*bar*baz", wantLimits: "4/1m0s"},
-		{name: "multi wildcard out of order", entries: entries("multi=foobazbar")},
+		{name: "placeholder without limit", entries: entries("section=s1")},
+		{name: "no key-only default at first level", entries: entries("section=something")},
+		{name: "nested key-only default", entries: entries("section=s1", "item=something"),
+			wantRule: "section_s1.item", wantLimits: "6/1s"},
+		{name: "nested exact beats key-only", entries: entries("section=s1", "item=i1"),
+			wantRule: "section_s1.item_i1", wantLimits: "12/1s"},
+		{name: "key-only default", entries: entries("plan=something"), wantRule: "plan", wantLimits: "18/1m0s"},
+		{name: "exact override", entries: entries("plan=team"), wantRule: "plan_team", wantLimits: "36/1m0s"},
+		{name: "exact without limit is exempt, no fallback to key-only", entries: entries("plan=internal")},
+		{name: "request longer than config path", entries: entries("plan=team", "extra=x")},
+		{name: "limit on a node with children", entries: entries("store=s5"),
+			wantRule: "store_s5", wantLimits: "14/24h0m0s"},
+		{name: "child exact", entries: entries("store=s5", "aisle=a5"),
+			wantRule: "store_s5.aisle_a5", wantLimits: "28/24h0m0s"},
+		{name: "child unmatched", entries: entries("store=s5", "aisle=other")},
+		{name: "unlimited", entries: entries("health=x"), wantRule: "health", wantLimits: "unlimited"},
+		{name: "trailing wildcard", entries: entries("sku=item123"), wantRule: "sku_item*", wantLimits: "1/1m0s"},
+		{name: "wildcard matches empty rest", entries: entries("sku=item"), wantRule: "sku_item*", wantLimits: "1/1m0s"},
+		{name: "wildcard before key-only", entries: entries("sku=ite"), wantRule: "sku", wantLimits: "2/1m0s"},
+		{name: "request value equal to pattern", entries: entries("sku=item*"), wantRule: "sku_item*", wantLimits: "1/1m0s"},
+		{name: "middle wildcard", entries: entries("mid=caXYZt"), wantRule: "mid_ca*t", wantLimits: "3/1m0s"},
+		{name: "middle wildcard no overlap of prefix and suffix", entries: entries("mid=ca")},
+		{name: "middle wildcard wrong suffix", entries: entries("mid=caXs")},
+		{name: "multi wildcard", entries: entries("multi=red1green2blue"), wantRule: "multi_red*green*blue", wantLimits: "4/1m0s"},
+		{name: "multi wildcard empty segments", entries: entries("multi=redgreenblue"), wantRule: "multi_red*green*blue", wantLimits: "4/1m0s"},
+		{name: "multi wildcard out of order", entries: entries("multi=redbluegreen")},
 		{name: "star matches empty value", entries: entries("any="), wantRule: "any_*", wantLimits: "5/1m0s"},
 		{name: "first wildcard in config order wins", entries: entries("order=abc"), wantRule: "order_a*", wantLimits: "6/1m0s"},
-		{name: "exact beats shared wildcard", entries: entries("file=test1"), wantRule: "file_test1", wantLimits: "50/1m0s"},
-		{name: "shared wildcard", entries: entries("file=test2"), wantRule: "file_test*", wantLimits: "100/1m0s",
-			wantCounter: entries("file=test*")},
-		{name: "share_threshold single level", entries: entries("files=files/a.pdf"), wantRule: "files_files/*",
-			wantLimits: "8/1m0s", wantCounter: entries("files=files/*")},
-		{name: "share_threshold on an upper level only", entries: entries("path=path/x", "file=file/y", "type=pdf"),
-			wantRule: "path_path/*.file_file/*.type", wantLimits: "9/1m0s",
-			wantCounter: entries("path=path/*", "file=file/y", "type=pdf")},
-		{name: "share_threshold same key at two levels", entries: entries("files=top/1", "files=nested/2"),
-			wantRule: "files_top/*.files_nested/*", wantLimits: "11/1m0s",
-			wantCounter: entries("files=top/*", "files=nested/*")},
-		{name: "exact match of a pattern does not share", entries: entries("files=files/*"), wantRule: "files_files/*",
+		{name: "exact beats shared wildcard", entries: entries("doc=pinned"), wantRule: "doc_pinned", wantLimits: "50/1m0s"},
+		{name: "shared wildcard", entries: entries("doc=pin2"), wantRule: "doc_pin*", wantLimits: "100/1m0s",
+			wantCounter: entries("doc=pin*")},
+		{name: "share_threshold single level", entries: entries("docs=docs/a.pdf"), wantRule: "docs_docs/*",
+			wantLimits: "8/1m0s", wantCounter: entries("docs=docs/*")},
+		{name: "share_threshold on an upper level only", entries: entries("dir=dir/x", "file=f/y", "kind=pdf"),
+			wantRule: "dir_dir/*.file_f/*.kind", wantLimits: "9/1m0s",
+			wantCounter: entries("dir=dir/*", "file=f/y", "kind=pdf")},
+		{name: "share_threshold same key at two levels", entries: entries("docs=top/1", "docs=sub/2"),
+			wantRule: "docs_top/*.docs_sub/*", wantLimits: "11/1m0s",
+			wantCounter: entries("docs=top/*", "docs=sub/*")},
+		{name: "exact match of a pattern does not share", entries: entries("docs=docs/*"), wantRule: "docs_docs/*",
 			wantLimits: "8/1m0s"},
-		{name: "key and value compared apart (envoyproxy would match a_b_c)", entries: entries("a_b=c")},
+		{name: "key and value compared apart (the reference would match a_b_c)", entries: entries("a_b=c")},
 		{name: "key and value exact", entries: entries("a=b_c"), wantRule: "a_b_c", wantLimits: "12/1m0s"},
 	}
 	for _, tt := range tests {
@@ -240,12 +241,12 @@ func TestRulesMatch(t *testing.T) {
 
 func TestRulesMatchDoesNotModifyRequest(t *testing.T) {
 	r := mustParse(t, matchConfig)
-	req := entries("files=files/a.pdf")
+	req := entries("docs=docs/a.pdf")
 	m, ok := r.Match("test", req)
-	if !ok || m.CounterEntries[0].Value != "files/*" {
+	if !ok || m.CounterEntries[0].Value != "docs/*" {
 		t.Fatalf("Match = %+v, %v", m, ok)
 	}
-	if req[0].Value != "files/a.pdf" {
+	if req[0].Value != "docs/a.pdf" {
 		t.Errorf("request entries changed: %v", req)
 	}
 }
@@ -278,9 +279,9 @@ func TestRulesConcurrentMatch(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range 1000 {
-				req := entries("files=files/"+strconv.Itoa(g*1000+i), "x=y")[:1]
+				req := entries("docs=docs/"+strconv.Itoa(g*1000+i), "x=y")[:1]
 				m, ok := r.Match("test", req)
-				if !ok || m.CounterEntries[0].Value != "files/*" || m.Rule != "files_files/*" {
+				if !ok || m.CounterEntries[0].Value != "docs/*" || m.Rule != "docs_docs/*" {
 					t.Errorf("Match = %+v, %v", m, ok)
 					return
 				}
@@ -297,7 +298,7 @@ func TestRulesConcurrentMatch(t *testing.T) {
 
 func TestRulesMatchAllocs(t *testing.T) {
 	r := mustParse(t, matchConfig)
-	req := entries("key1=value1", "subkey1=subvalue1")
+	req := entries("section=s1", "item=i1")
 	allocs := testing.AllocsPerRun(100, func() {
 		if _, ok := r.Match("test", req); !ok {
 			t.Fatal("no match")

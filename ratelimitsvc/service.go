@@ -246,7 +246,7 @@ func (s *Service) limitsFor(rules *Rules, domain *Domain, d *commonrl.RateLimitD
 		if !ok {
 			return nil, nil, false
 		}
-		// RateLimitOverride.unit_multiplier: "If not specified, defaults to 1".
+		// RateLimitOverride.unit_multiplier: unset (or 0) means 1.
 		mult := uint32(1)
 		if m := o.GetUnitMultiplier(); m != nil && m.GetValue() > 0 {
 			mult = m.GetValue()
@@ -541,7 +541,7 @@ func currentLimit(l *Limit) *rlsv3.RateLimitResponse_RateLimit {
 		RequestsPerUnit: clampU32(l.RequestsPerUnit),
 		Unit:            l.Unit,
 	}
-	// RateLimit.unit_multiplier: "If not specified, defaults to 1".
+	// RateLimit.unit_multiplier: unset means 1, so 1 is left out.
 	if l.UnitMultiplier > 1 {
 		cl.UnitMultiplier = wrapperspb.UInt32(l.UnitMultiplier)
 	}

@@ -388,16 +388,31 @@ func TestFailureModes(t *testing.T) {
 	ln.Close()
 	rdb := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: 10 * time.Millisecond, MaxRetries: -1, ContextTimeoutEnabled: true})
 	t.Cleanup(func() { rdb.Close() })
-	h := newHarness(t, rdb, ratelimitsvc.Config{}, testRules, closedDomain)
+	// The breaker opens after 3 failed calls and stays open for the rest of
+	// the test, so which calls reach Redis is exact.
+	cfg := ratelimitsvc.Config{BreakerFailures: 3, BreakerOpenFor: time.Hour}
+	h := newHarness(t, rdb, cfg, testRules, closedDomain)
 
-	start := time.Now()
 	for i := 0; i < 20; i++ {
 		if got := h.call(t, "api", desc("tier", "free", "tenant_id", "fo")).OverallCode; got != rlsv3.RateLimitResponse_OK {
 			t.Fatalf("fail open: %v", got)
 		}
 	}
-	if el := time.Since(start); el > 2*time.Second {
-		t.Errorf("20 fail-open calls took %v; the breaker should make them fast", el)
+	// A closed port refuses at once, so how long the calls took says nothing
+	// about the breaker; its state and the calls it answered do.
+	const breakerOpen = `
+# HELP sluice_ratelimit_breaker_open 1 while the circuit breaker in front of Redis is open, else 0.
+# TYPE sluice_ratelimit_breaker_open gauge
+sluice_ratelimit_breaker_open 1
+`
+	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(breakerOpen), "sluice_ratelimit_breaker_open"); err != nil {
+		t.Errorf("after 20 failed calls: %v", err)
+	}
+	redisErrors := func(labels map[string]string) float64 {
+		return testutil.ToFloat64(mustCounter(t, h.reg, "sluice_ratelimit_redis_errors_total", labels))
+	}
+	if all, unavailable := redisErrors(nil), redisErrors(map[string]string{"reason": "unavailable"}); all != 20 || unavailable != 17 {
+		t.Errorf("redis errors: %v in all, %v answered by the open breaker; want 20 and 17 (only the first 3 calls reach Redis)", all, unavailable)
 	}
 	if got := h.call(t, "strict", desc("k", "v")).OverallCode; got != rlsv3.RateLimitResponse_OVER_LIMIT {
 		t.Fatalf("fail closed domain: %v", got)

@@ -22,7 +22,11 @@ type Reloader struct {
 	poll time.Duration
 	log  *slog.Logger
 	now  func() time.Time
-	sum  [sha256.Size]byte // digest of the files last applied; guarded by being used only from Load/Run's goroutine
+	// sum is the digest of the files last applied, failing the error of
+	// the last version rejected ("" when the last read was valid); both
+	// are used only from Load's and Run's goroutine.
+	sum     [sha256.Size]byte
+	failing string
 }
 
 // NewReloader returns a reloader for svc reading path (a file or directory).
@@ -127,11 +131,21 @@ func (r *Reloader) Run(ctx context.Context) error {
 	}
 }
 
+// apply re-reads the rules and logs what changed: a rejected version once
+// (the periodic re-read finds it again and again until it is fixed), the
+// return to a valid version once (even when that version's rules are those
+// in force, so nothing was reloaded), a new valid version when applied.
 func (r *Reloader) apply(ctx context.Context) {
 	changed, err := r.reload(false)
 	switch {
 	case err != nil:
-		r.log.ErrorContext(ctx, "rate limit config rejected; previous rules keep serving", "path", r.path, "err", err)
+		if err.Error() != r.failing {
+			r.failing = err.Error()
+			r.log.ErrorContext(ctx, "rate limit config rejected; previous rules keep serving", "path", r.path, "err", err)
+		}
+	case r.failing != "":
+		r.failing = ""
+		r.log.InfoContext(ctx, "rate limit config valid again", "path", r.path, "reloaded", changed, "domains", len(r.svc.Rules().Domains()))
 	case changed:
 		r.log.InfoContext(ctx, "rate limit config reloaded", "path", r.path, "domains", len(r.svc.Rules().Domains()))
 	}

@@ -2,8 +2,10 @@ package ratelimitsvc_test
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -164,5 +166,98 @@ func TestHotReloadConfigMap(t *testing.T) {
 				t.Error("a dropped key's rules are still loaded")
 			}
 		})
+	}
+}
+
+// logCounter is a slog.Handler counting records by message.
+type logCounter struct {
+	mu    sync.Mutex
+	count map[string]int
+}
+
+func (h *logCounter) Enabled(context.Context, slog.Level) bool { return true }
+func (h *logCounter) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *logCounter) WithGroup(string) slog.Handler            { return h }
+func (h *logCounter) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.count[r.Message]++
+	return nil
+}
+
+func (h *logCounter) n(msg string) int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.count[msg]
+}
+
+// TestReloadLogsRejectionAndRecoveryOnce: a file that goes bad is logged
+// once, not at every re-read while it stays bad, and its return to a valid
+// version is logged once, even when that version is the one in force (its
+// rules do not change, so nothing else would say the problem is over).
+func TestReloadLogsRejectionAndRecoveryOnce(t *testing.T) {
+	const (
+		rejected  = "rate limit config rejected; previous rules keep serving"
+		recovered = "rate limit config valid again"
+	)
+	dir := t.TempDir()
+	path := filepath.Join(dir, "rules.yaml")
+	// Each version replaces the file whole (write, then rename), so that no
+	// re-read sees a half-written file, which would be a rejection of its
+	// own.
+	write := func(s string) {
+		t.Helper()
+		tmp := filepath.Join(dir, ".rules.yaml.tmp")
+		if err := os.WriteFile(tmp, []byte(s), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(rulesFor("one"))
+	svc, err := ratelimitsvc.New(ratelimitsvc.Config{}, noLimiter{}, "test:", prometheus.NewRegistry(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := &logCounter{count: map[string]int{}}
+	r := ratelimitsvc.NewReloader(path, svc, 10*time.Millisecond, slog.New(logs))
+	if err := r.Load(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	write("domain: one\ndescriptors:\n  - key: k\n    rate_limit: {unit: eon, requests_per_unit: 1}\n")
+	waitFor(t, "the rejection", func() bool { return logs.n(rejected) > 0 })
+	time.Sleep(150 * time.Millisecond) // many polls of the same bad file
+	if n := logs.n(rejected); n != 1 {
+		t.Errorf("the same invalid file was logged %d times, want once", n)
+	}
+
+	write(rulesFor("one")) // back to the rules in force
+	waitFor(t, "the recovery", func() bool { return logs.n(recovered) > 0 })
+	time.Sleep(150 * time.Millisecond)
+	if n := logs.n(recovered); n != 1 {
+		t.Errorf("the recovery was logged %d times, want once", n)
+	}
+	if !hasDomain(svc, "one") {
+		t.Error("rules in force lost")
+	}
+
+	// A second, different mistake is news again.
+	write("domain: one\ndescriptors:\n  - key: k\n    rate_limit: {unit: second}\n")
+	waitFor(t, "the second rejection", func() bool { return logs.n(rejected) == 2 })
+	write(rulesFor("two"))
+	waitFor(t, "the second recovery", func() bool { return logs.n(recovered) == 2 })
+	if !hasDomain(svc, "two") {
+		t.Error("the valid new version was not applied")
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluicehq/sluice/cachefilter"
@@ -57,8 +56,9 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	}
 	fs := flag.NewFlagSet("sluice worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, workerUsage); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprint(fs.Output(), workerUsage); fs.PrintDefaults() }
 	url := fs.String("database-url", getenv("DATABASE_URL"), "PostgreSQL primary URL (env DATABASE_URL)")
+	readURL := fs.String("database-read-url", getenv("DATABASE_READ_URL"), "PostgreSQL read replica for the warmer's queries; the primary answers while it is unusable (env DATABASE_READ_URL)")
 	dryRun := fs.Bool("dry-run", false, "with migrate: list pending migrations and invalid indexes, change nothing")
 	timeout := fs.Duration("migrate-timeout", 30*time.Minute, "give up migrating after this long")
 	redisURL := fs.String("redis-url", getenv("REDIS_URL"), "Redis of the cache, for warming (env REDIS_URL)")
@@ -77,13 +77,13 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	templates := fs.String("warm-templates", getenv("WARM_TEMPLATES"), "comma-separated paths warmed for the most active tenants, {tenant} substituted (env WARM_TEMPLATES)")
 	activeN := fs.Int("warm-active-tenants", envInt(getenv, "WARM_ACTIVE_TENANTS", 20), "how many of the most active tenants (activities in the last day) get --warm-templates (env WARM_ACTIVE_TENANTS)")
 	reqTimeout := fs.Duration("warm-request-timeout", envDuration(getenv, "WARM_REQUEST_TIMEOUT", warm.DefaultRequestTimeout), "timeout of each warming request (env WARM_REQUEST_TIMEOUT)")
-	if err := fs.Parse(args); err != nil {
-		return 2
+	if code, ok := parseFlags(fs, args, true, stdout, stderr); !ok {
+		return code
 	}
 	if !migrateOnly && fs.Arg(0) == "migrate" { // flags before the subcommand
 		migrateOnly = true
-		if err := fs.Parse(fs.Args()[1:]); err != nil {
-			return 2
+		if code, ok := parseFlags(fs, fs.Args()[1:], true, stdout, stderr); !ok {
+			return code
 		}
 	}
 	if fs.NArg() > 0 {
@@ -117,6 +117,7 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 		return 2
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
+	setDefaultLogger(log)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
@@ -151,7 +152,7 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 		}()
 	}
 
-	d, err := db.Open(ctx, db.Config{URL: *url, MaxConns: 2}, nil, log)
+	d, err := db.Open(ctx, db.Config{URL: *url, ReadURL: *readURL, MaxConns: 2, ReadMaxConns: 2}, nil, log)
 	if err != nil {
 		log.Error("sluice worker: open database", "err", err)
 		return 1
@@ -179,11 +180,17 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	}
 	migrated.Store(true)
 	if warming {
+		// The replica's lag check runs beside the warmer, whose reads go
+		// through it.
+		checkCtx, stopChecks := context.WithCancel(ctx)
+		checks := make(chan struct{})
+		go func() { defer close(checks); _ = d.Run(checkCtx) }()
+		defer func() { stopChecks(); <-checks }()
 		if err := runWarmer(ctx, log, reg, *redisURL, *keyPrefix, warm.Config{
 			EnvoyURL: *envoyURL, Host: *warmHost, Tenants: tenantList, TenantHeader: *tenantHeader,
 			Interval: *interval, TopN: *topN, Concurrency: *concurrency, EarlyRefresh: *early,
 			RequestTimeout: *reqTimeout, Templates: templateList,
-			ActiveTenants: activeTenants(d.Primary(), *activeN, len(templateList) > 0),
+			ActiveTenants: activeTenants(d, *activeN, len(templateList) > 0),
 		}); err != nil {
 			log.Error("sluice worker: cache warming", "err", err)
 			return 1
@@ -200,20 +207,35 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	return 0
 }
 
+// reader runs reads that tolerate replica lag (db.DB.Read).
+type reader interface {
+	Read(ctx context.Context, fn func(ctx context.Context, q db.Querier) error) error
+}
+
 // activeTenants returns the query the warmer uses to find the most active
 // tenants (by activities in the last day), or nil when no templates need it.
-func activeTenants(pool *pgxpool.Pool, n int, needed bool) func(context.Context) ([]string, error) {
+// It reads the replica when one is usable: a ranking a few seconds old
+// warms the same entries.
+func activeTenants(r reader, n int, needed bool) func(context.Context) ([]string, error) {
 	if !needed || n <= 0 {
 		return nil
 	}
 	return func(ctx context.Context) ([]string, error) {
-		rows, err := pool.Query(ctx, `SELECT tenant_id FROM activities
-			WHERE created_at > now() - interval '1 day'
-			GROUP BY tenant_id ORDER BY count(*) DESC, tenant_id LIMIT $1`, n)
+		var tenants []string
+		err := r.Read(ctx, func(ctx context.Context, q db.Querier) error {
+			rows, err := q.Query(ctx, `SELECT tenant_id FROM activities
+				WHERE created_at > now() - interval '1 day'
+				GROUP BY tenant_id ORDER BY count(*) DESC, tenant_id LIMIT $1`, n)
+			if err != nil {
+				return err
+			}
+			tenants, err = pgx.CollectRows(rows, pgx.RowTo[string])
+			return err
+		})
 		if err != nil {
 			return nil, fmt.Errorf("active tenants: %w", err)
 		}
-		return pgx.CollectRows(rows, pgx.RowTo[string])
+		return tenants, nil
 	}
 }
 
@@ -223,7 +245,7 @@ func runWarmer(ctx context.Context, log *slog.Logger, reg *prometheus.Registry, 
 	if err := rc.Validate(); err != nil {
 		return err
 	}
-	rdb, err := redisconn.New(rc)
+	rdb, err := redisconn.New(rc, log)
 	if err != nil {
 		return err
 	}

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"regexp"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -14,9 +15,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/pressly/goose/v3/lock"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluicehq/sluice/internal/db"
 	"github.com/sluicehq/sluice/internal/db/dbtest"
+	"github.com/sluicehq/sluice/internal/faultproxy"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -140,10 +143,20 @@ func TestWorkerWarmsWithRedisAndEnvoy(t *testing.T) {
 }
 
 // TestActiveTenantsQuery: the warmer's tenant source ranks tenants by their
-// activities of the last day, against the migrated schema.
+// activities of the last day, against the migrated schema. It reads the
+// replica (here the same database behind a fault proxy), and the primary
+// when the replica stops answering.
 func TestActiveTenantsQuery(t *testing.T) {
 	ctx := context.Background()
-	d, err := db.Open(ctx, db.Config{URL: dbtest.New(t)}.WithDefaults(), nil, nil)
+	primary := dbtest.New(t)
+	u, err := url.Parse(primary)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxy := faultproxy.Start(t, u.Host)
+	u.Host = proxy.Addr()
+	reg := prometheus.NewRegistry()
+	d, err := db.Open(ctx, db.Config{URL: primary, ReadURL: u.String(), ConnectTimeout: time.Second}.WithDefaults(), reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,15 +176,43 @@ func TestActiveTenantsQuery(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := activeTenants(d.Primary(), 5, false); f != nil {
+	if f := activeTenants(d, 5, false); f != nil {
 		t.Error("no templates: the query should not run")
 	}
-	got, err := activeTenants(d.Primary(), 2, true)(ctx)
-	if err != nil {
+	if err := d.CheckReplica(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(got, ",") != "busy,mid" {
-		t.Errorf("active tenants %v, want [busy mid] (old activity does not count)", got)
+	replicaQueries := func() float64 {
+		mfs, err := reg.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if mf.GetName() == "sluice_db_queries_total" && l.GetName() == "pool" && l.GetValue() == "replica" {
+						return m.GetCounter().GetValue()
+					}
+				}
+			}
+		}
+		return 0
+	}
+	for _, fault := range []string{"none", "replica cut off"} {
+		if fault != "none" {
+			proxy.Cut()
+		}
+		before := replicaQueries()
+		got, err := activeTenants(d, 2, true)(ctx)
+		if err != nil {
+			t.Fatalf("%s: %v", fault, err)
+		}
+		if strings.Join(got, ",") != "busy,mid" {
+			t.Errorf("%s: active tenants %v, want [busy mid] (old activity does not count)", fault, got)
+		}
+		if fault == "none" && replicaQueries() == before {
+			t.Errorf("the query did not go to the replica")
+		}
 	}
 }
 

@@ -25,7 +25,7 @@ const defaultMessageTimeout = 200 * time.Millisecond
 
 // streamedChunk is the size of the body pieces sent in STREAMED mode; Envoy
 // sends what each network read delivered, at most min(buffer limit, 16 KiB)
-// (Route.request_body_buffer_limit: "flow control chunk sizes").
+// (Route.request_body_buffer_limit, which also sizes flow control chunks).
 const streamedChunk = 16 * 1024
 
 // extProcConfig is the ext_proc filter's config. Immutable; safe for

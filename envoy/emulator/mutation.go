@@ -72,7 +72,8 @@ func (c *checker) check(op checkOp, name, value string) checkResult {
 }
 
 func (c *checker) allowed(op checkOp, name string) bool {
-	// "No matter what, you can't remove the host or any ':' headers."
+	// Removing host or a pseudo-header (":...") is refused whatever the
+	// rules say (mutation_rules.cc Checker::isAllowed).
 	if op == opRemove && (name == "host" || strings.HasPrefix(name, ":")) {
 		return false
 	}
@@ -156,9 +157,10 @@ func applyHeaderMutation(m *extprocsvc.HeaderMutation, h *headerMap, replacing, 
 		if hv == nil {
 			continue
 		}
-		// "Only one of value or raw_value in the HeaderValue message should be set."
+		// A HeaderValue may set value or raw_value, not both (base.proto
+		// HeaderValue; Envoy fails the request).
 		if hv.GetValue() != "" && len(hv.GetRawValue()) > 0 {
-			return fmt.Errorf("%w: only one of value or raw_value in the HeaderValue message should be set", errMutation)
+			return fmt.Errorf("%w: header %q sets both value and raw_value", errMutation, hv.GetKey())
 		}
 		// Envoy reads raw_value only (send_header_raw_value); a mutation that
 		// sets just `value` yields an empty header value (envoy#31555).

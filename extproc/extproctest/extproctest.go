@@ -58,8 +58,8 @@ type Stream struct {
 	sent   bool
 
 	// Protocol is sent as ProcessingRequest.protocol_config with the first
-	// message ("only encoded in the first ProcessingRequest"), as Envoy
-	// does outside observability mode. Set it before the first Send; nil
+	// message (the only one that carries it), as Envoy does outside
+	// observability mode. Set it before the first Send; nil
 	// sends none (older Envoys).
 	Protocol *extprocv3.ProtocolConfiguration
 }

@@ -87,7 +87,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 			a = nil
 		}
 	}()
-	if a.rdb, err = redisconn.New(cfg.Redis); err != nil {
+	if a.rdb, err = redisconn.New(cfg.Redis, log); err != nil {
 		return a, err
 	}
 	if a.lim, err = limiter.New(a.rdb, cfg.RateLimit.LimiterConfig(), a.Registry); err != nil {
@@ -118,10 +118,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	if tiers == nil && cfg.Database.URL != "" {
 		// Tenant tiers from PostgreSQL: held in memory, refreshed by
 		// LISTEN/NOTIFY (Run), never a query per request.
-		if a.DB, err = db.Open(ctx, cfg.Database, a.Registry, log); err != nil {
+		if a.DB, err = db.Open(ctx, cfg.Database.Config, a.Registry, log); err != nil {
 			return a, fmt.Errorf("app: database: %w", err)
 		}
-		if a.tiers, err = pgtier.New(a.DB.Primary(), pgtier.Config{}, log); err != nil {
+		if a.tiers, err = pgtier.New(a.DB, cfg.Database.Tiers, log); err != nil {
 			return a, fmt.Errorf("app: tier store: %w", err)
 		}
 		tiers = a.tiers

@@ -208,7 +208,9 @@ func TestRedisDownAtStart(t *testing.T) {
 	srv := redistest.StartServer(t)
 	srv.Kill()
 	r := start(t, "redis://"+srv.Addr(), nil)
-	if code, body := get(t, r.admin+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "redis") {
+	// The check names why Redis cannot be reached, not only that the
+	// ping's time ran out.
+	if code, body := get(t, r.admin+"/readyz"); code != http.StatusServiceUnavailable || !strings.Contains(body, "redis") || !strings.Contains(body, "connection refused") {
 		t.Errorf("/readyz with Redis down at start = %d %s", code, body)
 	}
 	if got := r.decide(t, "x"); got != rlsv3.RateLimitResponse_OK {

@@ -1,24 +1,26 @@
 // Package config loads the Sluice config file: one YAML document with a
 // section per component, each a component-owned struct with defaults and
-// Validate. Flags and environment variables are applied by cmd/sluice.
+// Validate. cmd/sluice passes the flags and environment variables that
+// override it (Overrides). Like the rate limit rule loader, it reports
+// every problem of a file in one run, each as "file:line: message".
 package config
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 
 	"github.com/sluicehq/sluice/batch"
 	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/db"
+	"github.com/sluicehq/sluice/internal/pgtier"
 	"github.com/sluicehq/sluice/internal/redisconn"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 )
@@ -35,9 +37,12 @@ type Config struct {
 	// Database is optional: with a url, tenant tiers come from PostgreSQL
 	// (LISTEN/NOTIFY) instead of extproc.identity.tiers, and the worker
 	// migrates it. DATABASE_URL / DATABASE_READ_URL override the urls.
-	Database db.Config `yaml:"database"`
+	Database Database `yaml:"database"`
 	// Batch configures POST /api/v1/batch fan-out through the Envoy listener.
 	Batch batch.Config `yaml:"batch"`
+
+	src        *source  // the file read by Load or Parse, for Validate's lines
+	overridden []string // paths set by Overrides.Apply
 }
 
 // Cache is the `cache` section: the response cache's policy (the fields of
@@ -48,6 +53,14 @@ type Config struct {
 type Cache struct {
 	cachefilter.Config `yaml:",inline"`
 	Store              cachefilter.StoreConfig `yaml:"store"`
+}
+
+// Database is the `database` section: the connection pools (the fields of
+// db.Config, inline) and the tier store's timing under `database.tiers`
+// (pgtier.Config).
+type Database struct {
+	db.Config `yaml:",inline"`
+	Tiers     pgtier.Config `yaml:"tiers"`
 }
 
 // Server holds the listen addresses and process-level settings.
@@ -76,37 +89,74 @@ type Log struct {
 // maxFileBytes bounds the config file; anything larger is a mistake.
 const maxFileBytes = 4 << 20
 
-// Load reads the file at path (strict: unknown keys are errors with their
-// line) and applies defaults. An empty path yields the defaults.
-func Load(path string) (Config, error) {
-	var c Config
+// Load reads the config file at path (an empty path reads nothing: the
+// defaults), applies the defaults, then the overrides, and validates the
+// result. Every problem found (YAML syntax, unknown fields, values of the
+// wrong type, invalid settings) comes back at once in an *Error, each as
+// "file:line: message"; a file that cannot be read is a plain error.
+func Load(path string, o Overrides) (Config, error) {
+	var (
+		c        Config
+		problems []Problem
+	)
 	if path != "" {
-		f, err := os.Open(path)
+		data, err := readFile(path)
 		if err != nil {
-			return Config{}, fmt.Errorf("config: %w", err)
+			return Config{}, err
 		}
-		defer f.Close()
-		data, err := io.ReadAll(io.LimitReader(f, maxFileBytes+1))
-		if err != nil {
-			return Config{}, fmt.Errorf("config: read %s: %w", path, err)
-		}
-		if len(data) > maxFileBytes {
-			return Config{}, fmt.Errorf("config: %s is larger than %d bytes", path, maxFileBytes)
-		}
-		if c, err = Parse(data); err != nil {
-			return Config{}, fmt.Errorf("config: %s: %w", path, err)
-		}
+		c.src, problems = parse(path, data, &c)
 	}
-	return c.WithDefaults(), nil
+	c = o.Apply(c.WithDefaults())
+	if err := c.Validate(); err != nil {
+		var ve *Error
+		if !errors.As(err, &ve) {
+			return c, err
+		}
+		problems = append(problems, ve.Problems...)
+	}
+	if len(problems) > 0 {
+		// In line order; those of flags and the environment last.
+		slices.SortStableFunc(problems, func(a, b Problem) int {
+			if (a.File == "") != (b.File == "") {
+				if a.File == "" {
+					return 1
+				}
+				return -1
+			}
+			return a.Line - b.Line
+		})
+		return c, &Error{Problems: problems}
+	}
+	return c, nil
 }
 
-// Parse decodes one YAML document strictly. It does not apply defaults.
-func Parse(data []byte) (Config, error) {
+// readFile reads at most maxFileBytes of path.
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("config: read %s: %w", path, err)
+	}
+	if len(data) > maxFileBytes {
+		return nil, fmt.Errorf("config: %s is larger than %d bytes", path, maxFileBytes)
+	}
+	return data, nil
+}
+
+// Parse decodes one YAML document, named name in problems, strictly: the
+// problems (syntax, unknown fields, wrong types) come back together in an
+// *Error, and the fields that decoded are set. It applies no defaults and
+// does not validate.
+func Parse(name string, data []byte) (Config, error) {
 	var c Config
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, err
+	var problems []Problem
+	c.src, problems = parse(name, data, &c)
+	if len(problems) > 0 {
+		return c, &Error{Problems: problems}
 	}
 	return c, nil
 }
@@ -135,33 +185,104 @@ func (c Config) WithDefaults() Config {
 	c.RateLimit = c.RateLimit.WithDefaults()
 	c.ExtProc = c.ExtProc.WithDefaults()
 	c.Cache.Config = c.Cache.Config.WithDefaults()
-	c.Database = c.Database.WithDefaults()
+	c.Database.Config = c.Database.Config.WithDefaults()
+	c.Database.Tiers = c.Database.Tiers.WithDefaults()
 	c.Batch = c.Batch.WithDefaults()
 	c.Cache.Store = c.Cache.Store.WithDefaults()
 	return c
 }
 
-// Validate reports every problem with a defaulted c.
+// Validate reports every problem with a defaulted c as an *Error. When c
+// was read from a file, each problem carries the line that sets the value
+// it is about; one about a value a flag or the environment set says so.
 func (c Config) Validate() error {
-	var errs []error
+	var problems []Problem
+	add := func(section string, err error) {
+		for _, msg := range leaves(err) {
+			if section == "cache.store" {
+				msg = "cache.store: " + strings.TrimPrefix(msg, "cachefilter: store config: ")
+			}
+			problems = append(problems, c.locate(section, msg))
+		}
+	}
 	if c.Server.ShutdownGrace < 0 {
-		errs = append(errs, errors.New("server: shutdown_grace must not be negative"))
+		add("server", errors.New("server: shutdown_grace must not be negative"))
 	}
 	if c.Server.MaxRecvMsgBytes < 1024 {
-		errs = append(errs, errors.New("server: max_recv_msg_bytes must be at least 1024"))
+		add("server", errors.New("server: max_recv_msg_bytes must be at least 1024"))
 	}
 	if _, err := c.Log.level(); err != nil {
-		errs = append(errs, err)
+		add("log", err)
 	}
 	if c.Log.Format != "json" && c.Log.Format != "text" {
-		errs = append(errs, fmt.Errorf("log: format %q must be json or text", c.Log.Format))
+		add("log", fmt.Errorf("log: format %q must be json or text", c.Log.Format))
 	}
-	errs = append(errs, c.Redis.Validate(), c.RateLimit.Validate(), c.ExtProc.Validate(), c.Cache.Config.Validate(), c.Cache.Store.Validate())
+	add("redis", c.Redis.Validate())
+	add("ratelimit", c.RateLimit.Validate())
+	add("extproc", c.ExtProc.Validate())
+	add("cache", c.Cache.Config.Validate())
+	add("cache.store", c.Cache.Store.Validate())
 	if c.Database.URL != "" {
-		errs = append(errs, c.Database.Validate())
+		add("database", c.Database.Config.Validate())
+		add("database", c.Database.Tiers.Validate())
 	}
-	errs = append(errs, c.Batch.Validate())
-	return errors.Join(errs...)
+	add("batch", c.Batch.Validate())
+	if len(problems) == 0 {
+		return nil
+	}
+	sortProblems(problems)
+	return &Error{Problems: problems}
+}
+
+// leaves splits err into its messages: the errors it joins, and the lines
+// of each.
+func leaves(err error) []string {
+	if err == nil {
+		return nil
+	}
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		var out []string
+		for _, e := range j.Unwrap() {
+			out = append(out, leaves(e)...)
+		}
+		return out
+	}
+	return strings.Split(err.Error(), "\n")
+}
+
+// pathToken matches what may name a setting in a message: "timeout",
+// "identity.tenant_header", "metrics.routes[2]".
+var pathToken = regexp.MustCompile(`^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*|\[[0-9]+\])*$`)
+
+// locate places a validation message of section: on the line of the first
+// setting the message names that the file sets, else on the section's line.
+// A setting a flag or the environment overrode has no line in the file.
+func (c Config) locate(section, msg string) Problem {
+	p := Problem{Msg: msg}
+	rest := strings.TrimPrefix(msg, section+": ")
+	for _, tok := range strings.FieldsFunc(rest, func(r rune) bool { return r == ' ' || r == ':' || r == ',' || r == '(' || r == ')' }) {
+		if !pathToken.MatchString(tok) {
+			continue
+		}
+		path := section + "." + tok
+		if slices.Contains(c.overridden, path) {
+			p.Msg += " (set by a flag or an environment variable)"
+			return p
+		}
+		if c.src == nil {
+			continue
+		}
+		if line, ok := c.src.lines[path]; ok {
+			p.File, p.Line = c.src.file, line
+			return p
+		}
+	}
+	if c.src == nil {
+		return p
+	}
+	p.File = c.src.file
+	p.Line = c.src.lines[section]
+	return p
 }
 
 func (l Log) level() (slog.Level, error) {
@@ -190,16 +311,18 @@ type Overrides struct {
 
 // Apply returns c with every non-empty override set.
 func (o Overrides) Apply(c Config) Config {
-	set := func(dst *string, v string) {
+	c.overridden = slices.Clone(c.overridden)
+	set := func(path string, dst *string, v string) {
 		if v != "" {
 			*dst = v
+			c.overridden = append(c.overridden, path)
 		}
 	}
-	set(&c.Server.GRPCAddr, o.GRPCAddr)
-	set(&c.Server.AdminAddr, o.AdminAddr)
-	set(&c.RateLimit.ConfigPath, o.RateLimitConfig)
-	set(&c.Redis.URL, o.RedisURL)
-	set(&c.Database.URL, o.DatabaseURL)
-	set(&c.Database.ReadURL, o.DatabaseReadURL)
+	set("server.grpc_addr", &c.Server.GRPCAddr, o.GRPCAddr)
+	set("server.admin_addr", &c.Server.AdminAddr, o.AdminAddr)
+	set("ratelimit.config_path", &c.RateLimit.ConfigPath, o.RateLimitConfig)
+	set("redis.url", &c.Redis.URL, o.RedisURL)
+	set("database.url", &c.Database.URL, o.DatabaseURL)
+	set("database.read_url", &c.Database.ReadURL, o.DatabaseReadURL)
 	return c
 }

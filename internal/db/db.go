@@ -11,6 +11,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -89,12 +90,53 @@ func newPool(url string, maxConns int32, connectTimeout time.Duration, queries p
 func (d *DB) Primary() *pgxpool.Pool { return d.primary }
 
 // Reader returns the pool for reads that tolerate replica lag: the replica
-// when the last check found it healthy, else the primary. It never queries.
+// when the last check found it healthy, else the primary. It never queries;
+// a read through it fails if the replica fails before the next check. Read
+// falls back instead.
 func (d *DB) Reader(ctx context.Context) *pgxpool.Pool {
 	if d.replica != nil && d.useReplica.Load() {
 		return d.replica
 	}
 	return d.primary
+}
+
+// Querier is what a read needs of a pool (pgxpool.Pool, pgx.Conn and pgx.Tx
+// have it).
+type Querier interface {
+	Query(ctx context.Context, sql string, args ...any) (pgx.Rows, error)
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+var _ Querier = (*pgxpool.Pool)(nil)
+
+// Read runs fn, a read that tolerates replica lag, against the replica when
+// the last check found it usable, else against the primary. When fn fails
+// on the replica while ctx is still live, the replica is taken out of use
+// until a check passes again, the fallback is counted, and fn runs again on
+// the primary; so fn must start afresh on each call and keep nothing from a
+// failed one. Read returns fn's last error.
+//
+// The replica gets half of ctx's remaining time (Config.ConnectTimeout when
+// ctx has no deadline), so that a replica that stopped answering leaves the
+// primary time to.
+func (d *DB) Read(ctx context.Context, fn func(ctx context.Context, q Querier) error) error {
+	if d.replica == nil || !d.useReplica.Load() {
+		return fn(ctx, d.primary)
+	}
+	budget := d.cfg.ConnectTimeout
+	if deadline, ok := ctx.Deadline(); ok {
+		budget = time.Until(deadline) / 2
+	}
+	rctx, cancel := context.WithTimeout(ctx, budget)
+	err := fn(rctx, d.replica)
+	cancel()
+	if err == nil || ctx.Err() != nil {
+		return err
+	}
+	d.m.fallbacks.Inc()
+	d.setReplica(false)
+	d.log.Warn("database: read failed on the replica; reading from the primary until it passes a check", "err", err)
+	return fn(ctx, d.primary)
 }
 
 // Run checks the replica every Config.LagCheckInterval until ctx is done, and

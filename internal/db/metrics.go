@@ -8,9 +8,10 @@ import (
 )
 
 type metrics struct {
-	queries *prometheus.CounterVec // by pool: primary, replica
-	lag     prometheus.Gauge
-	healthy prometheus.Gauge
+	queries   *prometheus.CounterVec // by pool: primary, replica
+	lag       prometheus.Gauge
+	healthy   prometheus.Gauge
+	fallbacks prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -27,9 +28,13 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "sluice_db_replica_in_use",
 			Help: "1 when reads go to the replica, 0 when they fall back to the primary.",
 		}),
+		fallbacks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sluice_db_replica_fallbacks_total",
+			Help: "Reads that failed on the replica and were served by the primary.",
+		}),
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.queries, m.lag, m.healthy} {
+		for _, c := range []prometheus.Collector{m.queries, m.lag, m.healthy, m.fallbacks} {
 			if err := reg.Register(c); err != nil {
 				return nil, err
 			}

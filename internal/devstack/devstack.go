@@ -123,6 +123,24 @@ type Stack struct {
 	upstream string
 }
 
+// CheckUpstream reports why raw cannot be the API behind the gateway. It
+// must be an origin, scheme://host[:port], with no path, query, fragment or
+// credentials: the gateway forwards each request's path unchanged to it, as
+// Envoy forwards to a cluster, whose endpoints are addresses and have no
+// path (a path prefix is a route's prefix_rewrite in envoy.yaml).
+func CheckUpstream(raw string) error {
+	u, err := url.Parse(raw)
+	switch {
+	case err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Opaque != "":
+		return fmt.Errorf("--upstream %q must be an http:// or https:// URL", raw)
+	case u.User != nil:
+		return fmt.Errorf("--upstream %q carries credentials; the gateway sends none of its own: give scheme://host[:port]", u.Redacted())
+	case (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery:
+		return fmt.Errorf("--upstream %q has a path or query: requests keep their own path on the way to the upstream, as with an Envoy cluster; give scheme://host[:port] (for a prefix, use a route's prefix_rewrite in envoy.yaml)", raw)
+	}
+	return nil
+}
+
 // Start builds every piece and opens every listener, so the addresses are
 // known before Run.
 func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err error) {
@@ -198,10 +216,11 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 		}
 		s.demo = &http.Server{Handler: demoapi.New(store), ReadHeaderTimeout: 5 * time.Second}
 		s.upstream = "http://" + s.demoLn.Addr().String()
-	} else if u, err := url.Parse(s.upstream); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return s, fmt.Errorf("dev: --upstream %q must be an http:// or https:// URL", o.Upstream)
+	} else if err := CheckUpstream(s.upstream); err != nil {
+		return s, fmt.Errorf("dev: %w", err)
 	} else if external {
 		// The external gateway's `app` cluster is plain HTTP at AppAddr.
+		u, _ := url.Parse(s.upstream)
 		if u.Scheme != "http" {
 			return s, fmt.Errorf("dev: an external gateway reaches the upstream over plain HTTP; %s is not", o.Upstream)
 		}

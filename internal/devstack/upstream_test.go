@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/testenv"
 )
 
 // origin is a test API: it records exactly what it received (by the
@@ -606,9 +608,7 @@ func runCaching(t *testing.T, g gateway) {
 // <origin> --listen 127.0.0.1:0` as a developer would, with the embedded
 // Redis, reading the gateway's address from the banner.
 func TestSluiceDevBinary(t *testing.T) {
-	if testing.Short() {
-		t.Skip("builds the binary")
-	}
+	testenv.SkipShort(t, "builds the binary")
 	bin := filepath.Join(t.TempDir(), "sluice")
 	build := exec.Command("go", "build", "-o", bin, "github.com/sluicehq/sluice/cmd/sluice")
 	if out, err := build.CombinedOutput(); err != nil {

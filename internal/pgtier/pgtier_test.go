@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/sluicehq/sluice/internal/db"
@@ -20,17 +21,43 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // stopped (and waited for) in Cleanup.
 func setup(t *testing.T, cfg pgtier.Config) (*pgtier.Store, *pgxpool.Pool) {
 	t.Helper()
+	d := openDB(t, db.Config{URL: dbtest.New(t)}, nil)
+	s := start(t, d, cfg)
+	return s, d.Primary()
+}
+
+// openDB opens d's pools on migrated databases holding acme (pro) and
+// globex (free).
+func openDB(t *testing.T, cfg db.Config, reg prometheus.Registerer) *db.DB {
+	t.Helper()
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, dbtest.New(t))
+	for _, url := range []string{cfg.URL, cfg.ReadURL} {
+		if url == "" {
+			continue
+		}
+		pool, err := pgxpool.New(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.Migrate(ctx, pool, db.MigrateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		exec(t, pool, `INSERT INTO tenants (id, tier) VALUES ('acme', 'pro'), ('globex', 'free') ON CONFLICT DO NOTHING`)
+		pool.Close()
+	}
+	d, err := db.Open(ctx, cfg, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(pool.Close)
-	if _, err := db.Migrate(ctx, pool, db.MigrateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	exec(t, pool, `INSERT INTO tenants (id, tier) VALUES ('acme', 'pro'), ('globex', 'free')`)
-	s, err := pgtier.New(pool, cfg, nil)
+	t.Cleanup(d.Close)
+	return d
+}
+
+// start runs a Store on d until the test ends and waits for its first load.
+func start(t *testing.T, d *db.DB, cfg pgtier.Config) *pgtier.Store {
+	t.Helper()
+	ctx := context.Background()
+	s, err := pgtier.New(d, cfg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,7 +75,7 @@ func setup(t *testing.T, cfg pgtier.Config) (*pgtier.Store, *pgxpool.Pool) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("first load did not complete")
 	}
-	return s, pool
+	return s
 }
 
 func exec(t *testing.T, p *pgxpool.Pool, sql string) {
@@ -95,9 +122,9 @@ func TestNotifyReachesStore(t *testing.T) {
 			t.Logf("visible after %s", d)
 		})
 	}
-	if got, _ := s.Tier(context.Background(), "acme2"); got != "enterprise" {
-		t.Fatalf("renamed tenant's tier %q", got)
-	}
+	// The rename sends two notifications, acme's and then acme2's: the
+	// subtest saw the first take effect.
+	waitTier(t, s, "acme2", "enterprise", time.Second)
 }
 
 func TestResyncAfterReconnect(t *testing.T) {
@@ -139,4 +166,73 @@ func TestConfigValidate(t *testing.T) {
 	if err := (pgtier.Config{Resync: -1}).Validate(); err == nil {
 		t.Fatal("negative resync accepted")
 	}
+}
+
+// TestResyncFromALaggingReplica: the periodic resync reads the replica, and
+// the replica's stale rows never replace what the primary says. The
+// "replica" is a second database holding an older copy of the table: acme
+// still free (the primary has it pro), ghost (deleted on the primary), and
+// globex already enterprise, a change the primary made without a
+// notification, so only a resync can bring it.
+func TestResyncFromALaggingReplica(t *testing.T) {
+	primaryURL, replicaURL := dbtest.New(t), dbtest.New(t)
+	reg := prometheus.NewRegistry()
+	d := openDB(t, db.Config{URL: primaryURL, ReadURL: replicaURL}, reg)
+	ctx := context.Background()
+	if err := d.CheckReplica(ctx); err != nil {
+		t.Fatal(err)
+	}
+	replica, err := pgxpool.New(ctx, replicaURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer replica.Close()
+	exec(t, replica, `UPDATE tenants SET tier = 'free' WHERE id = 'acme'`)
+	exec(t, replica, `UPDATE tenants SET tier = 'enterprise' WHERE id = 'globex'`)
+	exec(t, replica, `INSERT INTO tenants (id, tier) VALUES ('ghost', 'pro')`)
+
+	s := start(t, d, pgtier.Config{Resync: 20 * time.Millisecond})
+	replicaReads := queries(t, reg, "replica")
+	exec(t, d.Primary(), `ALTER TABLE tenants DISABLE TRIGGER tenants_tier_notify`)
+	exec(t, d.Primary(), `UPDATE tenants SET tier = 'enterprise' WHERE id = 'globex'`)
+	waitTier(t, s, "globex", "enterprise", 3*time.Second)
+	// Let several more resyncs read the stale replica.
+	deadline := time.Now().Add(200 * time.Millisecond)
+	for time.Now().Before(deadline) {
+		if got, _ := s.Tier(ctx, "acme"); got != "pro" {
+			t.Fatalf("Tier(acme) = %q: the replica's stale row replaced the primary's", got)
+		}
+		if got, ok := s.Tier(ctx, "ghost"); ok {
+			t.Fatalf("Tier(ghost) = %q: a tenant only the replica still has appeared", got)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := queries(t, reg, "replica"); n <= replicaReads {
+		t.Errorf("replica queries %v -> %v: the resync did not read the replica", replicaReads, n)
+	}
+	if s.Len() != 2 {
+		t.Errorf("Len() = %d, want 2", s.Len())
+	}
+}
+
+// queries reads sluice_db_queries_total for one pool.
+func queries(t *testing.T, reg *prometheus.Registry, pool string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "sluice_db_queries_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "pool" && l.GetValue() == pool {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

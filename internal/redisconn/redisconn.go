@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"time"
@@ -122,12 +123,21 @@ func (c Config) Redacted() string { return redact(c.URL) }
 // New returns a client for c (already defaulted and validated). It does not
 // connect; use Ping to check the server. Context deadlines bound socket I/O
 // (ContextTimeoutEnabled), so a caller's 20 ms budget is never exceeded by a
-// larger ReadTimeout.
-func New(c Config) (redis.UniversalClient, error) {
+// larger ReadTimeout. A call that runs out of time while Redis cannot be
+// reached fails with an *UnreachableError naming the dial's error (connection
+// refused, DNS). log (nil: slog.Default()) gets one warning when Redis
+// becomes unreachable, with the cause, one line when it is reachable again,
+// and go-redis's own lines about the client's calls (see router).
+func New(c Config, log *slog.Logger) (redis.UniversalClient, error) {
 	o, co, err := c.options()
 	if err != nil {
 		return nil, err
 	}
+	installRouter.Do(func() { redis.SetLogger(router{}) })
+	if log == nil {
+		log = slog.Default()
+	}
+	h := &hook{log: log}
 	if co != nil {
 		co.DialTimeout = c.DialTimeout
 		co.ReadTimeout = c.ReadTimeout
@@ -136,7 +146,12 @@ func New(c Config) (redis.UniversalClient, error) {
 		if c.PoolSize > 0 {
 			co.PoolSize = c.PoolSize
 		}
-		return redis.NewClusterClient(co), nil
+		cc := redis.NewClusterClient(co)
+		// Calls go through the cluster client's hooks; dials happen in the
+		// node clients.
+		cc.AddHook(h)
+		cc.OnNewNode(func(n *redis.Client) { n.AddHook(dialOnly{h}) })
+		return cc, nil
 	}
 	o.DialTimeout = c.DialTimeout
 	o.ReadTimeout = c.ReadTimeout
@@ -145,7 +160,21 @@ func New(c Config) (redis.UniversalClient, error) {
 	if c.PoolSize > 0 {
 		o.PoolSize = c.PoolSize
 	}
-	return redis.NewClient(o), nil
+	rc := redis.NewClient(o)
+	rc.AddHook(h)
+	return rc, nil
+}
+
+// dialOnly is the part of a hook a cluster's node clients need: their calls
+// are the cluster client's, already explained there.
+type dialOnly struct{ h *hook }
+
+func (d dialOnly) DialHook(next redis.DialHook) redis.DialHook { return d.h.DialHook(next) }
+func (dialOnly) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return next
+}
+func (dialOnly) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
 }
 
 // Ping checks that the server (every master, for a cluster) answers within timeout.

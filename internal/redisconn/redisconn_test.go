@@ -38,7 +38,7 @@ func TestNew(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cl, err := New(c)
+			cl, err := New(c, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -52,7 +52,7 @@ func TestNew(t *testing.T) {
 
 func TestPing(t *testing.T) {
 	c := Config{URL: "redis://" + redistest.Addr()}.WithDefaults()
-	cl, err := New(c)
+	cl, err := New(c, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func TestPing(t *testing.T) {
 		t.Fatalf("ping real redis: %v", err)
 	}
 	cluster := redistest.StartCluster(t)
-	cc, err := New(Config{URL: "redis+cluster://" + cluster.Addrs()[0]}.WithDefaults())
+	cc, err := New(Config{URL: "redis+cluster://" + cluster.Addrs()[0]}.WithDefaults(), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +71,7 @@ func TestPing(t *testing.T) {
 	}
 	down := redistest.StartServer(t)
 	down.Kill()
-	dc, _ := New(Config{URL: "redis://" + down.Addr()}.WithDefaults())
+	dc, _ := New(Config{URL: "redis://" + down.Addr()}.WithDefaults(), nil)
 	defer dc.Close()
 	if err := Ping(context.Background(), dc, 200*time.Millisecond); err == nil {
 		t.Fatal("ping of a killed server succeeded")

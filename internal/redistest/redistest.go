@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/sluicehq/sluice/internal/testenv"
 )
 
 // DefaultAddr is the Redis that Addr returns when REDIS_ADDR is not set.
@@ -95,7 +97,5 @@ func DeletePrefix(ctx context.Context, c redis.Cmdable, prefix string) error {
 
 func skipShort(t testing.TB) {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("redistest: integration test needs Redis; skipped under -short")
-	}
+	testenv.SkipShort(t, "redistest: integration test needs Redis")
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/sluicehq/sluice/internal/testenv"
 )
 
 // AdminURL is the server tests create their databases on: env
@@ -25,12 +27,10 @@ func AdminURL() string {
 
 // New creates an empty database with a random name and returns its URL. The
 // database is dropped (WITH (FORCE), ending leftover sessions) in t.Cleanup.
-// With -short the test is skipped.
+// With -short the test is skipped (it fails under CI=true: testenv.SkipShort).
 func New(t testing.TB) string {
 	t.Helper()
-	if testing.Short() {
-		t.Skip("needs PostgreSQL; skipped with -short")
-	}
+	testenv.SkipShort(t, "needs PostgreSQL")
 	b := make([]byte, 6)
 	rand.Read(b)
 	name := "sluice_test_" + hex.EncodeToString(b)
