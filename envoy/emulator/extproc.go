@@ -934,6 +934,9 @@ func (e *extProcStream) nextChunk(p *payload) ([]byte, bool, error) {
 func (e *extProcStream) readError(k msgKind, err error) *localReply {
 	e.close()
 	if k == kindRequestBody {
+		if lr := timeoutReply(err); lr != nil {
+			return lr
+		}
 		// The client reset mid-body; Envoy would reset the stream.
 		return &localReply{code: http.StatusBadRequest, details: "downstream_remote_disconnect"}
 	}

@@ -169,10 +169,11 @@ func (f *rlsFake) requests() []*rlsv3.RateLimitRequest {
 
 // upstreamFake records what reached the application.
 type upstreamFake struct {
-	mu     sync.Mutex // guards hits, header, body
+	mu     sync.Mutex // guards hits, header, host, uri, body
 	hits   int
 	header http.Header
 	host   string
+	uri    string
 	body   []byte
 }
 
@@ -183,6 +184,7 @@ func (u *upstreamFake) record(r *http.Request) {
 	u.hits++
 	u.header = r.Header.Clone()
 	u.host = r.Host
+	u.uri = r.RequestURI
 	u.body = b
 }
 
