@@ -23,21 +23,15 @@ import (
 
 // Listener names of envoy.yaml. Ingress faces clients. Internal takes only
 // Sluice's own requests (batch items, cache warming): it trusts the client
-// address Sluice sets in HeaderClientAddress, so only Sluice may reach it
-// (loopback in a sidecar layout, a NetworkPolicy otherwise). Stats exposes
+// address Sluice sets on each request, so only Sluice may reach it
+// (loopback in a sidecar layout, a NetworkPolicy otherwise); Sluice's
+// extproc.HeaderClientAddress carries it. Stats exposes
 // Envoy's /stats/prometheus and nothing else of the admin interface.
 const (
 	IngressListener  = "ingress"
 	InternalListener = "internal"
 	StatsListener    = "stats"
 )
-
-// HeaderClientAddress carries the address of the client a request is made
-// for (the batch request's client) to the Internal listener, whose
-// original_ip_detection_extensions (custom_header) makes it the request's
-// remote address: the remote_address rate-limit descriptor and the
-// internal/external decision.
-const HeaderClientAddress = "x-sluice-client-address"
 
 // Settings is what the emulator needs from one listener of a bootstrap: its
 // HTTP connection manager, its filters and routes, and where each cluster

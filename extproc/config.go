@@ -232,7 +232,7 @@ func (c Config) Validate() error {
 		if id.UserHeader != "-" && !validHeaderName(id.UserHeader) {
 			errs = append(errs, fmt.Errorf("extproc: identity.user_header %q is not a valid lower-case header name", id.UserHeader))
 		}
-		if isOwnedHeader(id.TenantHeader) || isOwnedHeader(id.UserHeader) {
+		if strings.HasPrefix(id.TenantHeader, OwnedPrefix) || strings.HasPrefix(id.UserHeader, OwnedPrefix) {
 			errs = append(errs, errors.New("extproc: identity headers must not be headers Sluice sets (x-sluice-*)"))
 		}
 	case SourceJWTMetadata:

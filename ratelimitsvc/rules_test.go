@@ -391,16 +391,21 @@ func TestRulesExampleConfig(t *testing.T) {
 		wantShadow bool
 	}{
 		{"free tenant", entries("tier=free", "tenant_id=acme"), "tier_free.tenant_id", "10/1s,10000/24h0m0s", false},
-		{"free user", entries("tier=free", "user_id=u1"), "tier_free.user_id", "5/1s,2000/24h0m0s", false},
+		{"free user of a tenant", entries("tier=free", "tenant_id=acme", "user_id=u1"), "tier_free.tenant_id.user_id", "5/1s,2000/24h0m0s", false},
+		{"a user without a tenant is not limited", entries("tier=free", "user_id=u1"), "", "", false},
 		{"basic tenant", entries("tier=basic", "tenant_id=acme"), "tier_basic.tenant_id", "50/1s,100000/24h0m0s", false},
+		{"basic user", entries("tier=basic", "tenant_id=acme", "user_id=u1"), "tier_basic.tenant_id.user_id", "20/1s,20000/24h0m0s", false},
 		{"pro tenant", entries("tier=pro", "tenant_id=acme"), "tier_pro.tenant_id", "200/1s,1000000/24h0m0s", false},
-		{"pro user", entries("tier=pro", "user_id=u1"), "tier_pro.user_id", "50/1s,100000/24h0m0s", false},
+		{"pro user", entries("tier=pro", "tenant_id=acme", "user_id=u1"), "tier_pro.tenant_id.user_id", "50/1s,100000/24h0m0s", false},
 		{"enterprise tenant", entries("tier=enterprise", "tenant_id=acme"), "tier_enterprise.tenant_id", "5000/10s,50000000/24h0m0s", false},
-		{"enterprise user shadow", entries("tier=enterprise", "user_id=u1"), "tier_enterprise.user_id", "200/1s,1000000/24h0m0s", true},
+		{"enterprise user shadow", entries("tier=enterprise", "tenant_id=acme", "user_id=u1"), "tier_enterprise.tenant_id.user_id", "200/1s,1000000/24h0m0s", true},
 		{"unknown tier falls back", entries("tier=trial", "tenant_id=acme"), "tier.tenant_id", "10/1s,10000/24h0m0s", false},
+		{"unknown tier user falls back", entries("tier=trial", "tenant_id=acme", "user_id=u1"), "tier.tenant_id.user_id", "5/1s,2000/24h0m0s", false},
 		{"anonymous per ip", entries("tier=anonymous", "remote_address=1.2.3.4"), "tier_anonymous.remote_address", "60/1m0s,1000/24h0m0s", false},
 		{"anonymous tenant is not shared-limited", entries("tier=anonymous", "tenant_id=anonymous"), "", "", false},
-		{"identified callers are not limited per ip", entries("tier=pro", "remote_address=1.2.3.4"), "", "", false},
+		{"identified callers are not limited per ip and tier", entries("tier=pro", "remote_address=1.2.3.4"), "", "", false},
+		{"every address has a ceiling", entries("remote_address=1.2.3.4"), "remote_address", "500/1s", false},
+		{"requests ext_proc did not identify, per ip", entries("identity=missing", "remote_address=1.2.3.4"), "identity_missing.remote_address", "10/1s", false},
 		{"tier alone", entries("tier=pro"), "", "", false},
 		{"unknown key", entries("tier=pro", "org=x"), "", "", false},
 	}
@@ -426,6 +431,9 @@ func TestRulesExampleConfig(t *testing.T) {
 			}
 			if burst := m.Limits[0]; burst.Algorithm != limiter.SlidingWindow {
 				t.Errorf("burst algorithm = %s", burst.Algorithm)
+			}
+			if len(m.Limits) < 2 {
+				return
 			}
 			if daily := m.Limits[1]; daily.Algorithm != limiter.FixedWindow {
 				t.Errorf("daily algorithm = %s", daily.Algorithm)

@@ -142,6 +142,7 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	var c common
 	c.register(fs, getenv)
 	listen := fs.String("listen", ":8080", "gateway (Envoy emulator) listen address")
+	internalListen := fs.String("internal-listen", "127.0.0.1:0", "address of the emulated internal listener that batch items go through (keep it on loopback)")
 	upstream := fs.String("upstream", "", "API to put behind the gateway (default: the built-in demo API)")
 	if err := fs.Parse(args); err != nil {
 		return 2
@@ -168,7 +169,7 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	log := cfg.Log.Logger(stderr)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	s, err := devstack.Start(ctx, devstack.Options{Listen: *listen, Upstream: *upstream, Sluice: cfg, RedisSet: redisSet}, log)
+	s, err := devstack.Start(ctx, devstack.Options{Listen: *listen, InternalListen: *internalListen, Upstream: *upstream, Sluice: cfg, RedisSet: redisSet}, log)
 	if err != nil {
 		log.Error("sluice dev failed to start", "err", err)
 		return 1

@@ -24,6 +24,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sluicehq/sluice/envoy"
+	"github.com/sluicehq/sluice/extproc"
 )
 
 // doFrom is do from a chosen loopback address (127.0.0.x), so that the
@@ -87,9 +88,9 @@ func TestClientAddress(t *testing.T) {
 		return func(h *hcmv3.HttpConnectionManager) {
 			h.UseRemoteAddress = wrapperspb.Bool(false)
 			h.OriginalIpDetectionExtensions = []*corev3.TypedExtensionConfig{customHeader(t, &customheaderv3.CustomHeaderConfig{
-				HeaderName: envoy.HeaderClientAddress, RejectWithStatus: reject,
+				HeaderName: extproc.HeaderClientAddress, RejectWithStatus: reject,
 			})}
-			h.GetRouteConfig().InternalOnlyHeaders = append(h.GetRouteConfig().InternalOnlyHeaders, envoy.HeaderClientAddress)
+			h.GetRouteConfig().InternalOnlyHeaders = append(h.GetRouteConfig().InternalOnlyHeaders, extproc.HeaderClientAddress)
 		}
 	}
 	tests := []struct {
@@ -127,13 +128,13 @@ func TestClientAddress(t *testing.T) {
 		{
 			name:       "custom header: its address, stripped before filters and upstream",
 			hcm:        internalListener(nil),
-			hdr:        map[string]string{envoy.HeaderClientAddress: "198.51.100.4", "X-Forwarded-For": "203.0.113.9"},
+			hdr:        map[string]string{extproc.HeaderClientAddress: "198.51.100.4", "X-Forwarded-For": "203.0.113.9"},
 			wantStatus: 200, wantRemote: "198.51.100.4", wantXFF: "203.0.113.9",
 		},
 		{
 			name:       "custom header IPv6",
 			hcm:        internalListener(nil),
-			hdr:        map[string]string{envoy.HeaderClientAddress: "2001:db8::7"},
+			hdr:        map[string]string{extproc.HeaderClientAddress: "2001:db8::7"},
 			wantStatus: 200, wantRemote: "2001:db8::7",
 		},
 		{
@@ -144,7 +145,7 @@ func TestClientAddress(t *testing.T) {
 		{
 			name:       "custom header with a port is no address: the peer",
 			hcm:        internalListener(nil),
-			hdr:        map[string]string{envoy.HeaderClientAddress: "198.51.100.4:80"},
+			hdr:        map[string]string{extproc.HeaderClientAddress: "198.51.100.4:80"},
 			wantStatus: 200, wantRemote: client,
 		},
 		{
@@ -180,12 +181,12 @@ func TestClientAddress(t *testing.T) {
 			if got := up.Get("X-Envoy-External-Address"); got != tt.wantExternal {
 				t.Errorf("upstream x-envoy-external-address %q; want %q", got, tt.wantExternal)
 			}
-			if v := up.Get(envoy.HeaderClientAddress); v != "" {
-				t.Errorf("%s reached the upstream: %q", envoy.HeaderClientAddress, v)
+			if v := up.Get(extproc.HeaderClientAddress); v != "" {
+				t.Errorf("%s reached the upstream: %q", extproc.HeaderClientAddress, v)
 			}
 			for _, r := range h.extProc.requests() {
-				if v, ok := reqHeaderValue(r, envoy.HeaderClientAddress); ok {
-					t.Errorf("%s reached ext_proc: %q", envoy.HeaderClientAddress, v)
+				if v, ok := reqHeaderValue(r, extproc.HeaderClientAddress); ok {
+					t.Errorf("%s reached ext_proc: %q", extproc.HeaderClientAddress, v)
 				}
 			}
 		})
