@@ -213,9 +213,11 @@ type stream struct {
 	// Request body: noBody when the request ended with its headers;
 	// bodyBuf holds what a filter buffered (or replaced); bodyRest is what
 	// still streams from the client after bodyBuf.
-	noBody      bool
-	bodyBuf     []byte
-	bodyRest    io.Reader
+	noBody   bool
+	bodyBuf  []byte
+	bodyRest io.Reader
+	// body is the client's body under the HCM's timeouts (nil without one).
+	body        *deadlineBody
 	reqTrailers *headerMap
 	// bodyReplaced: ext_proc's CONTINUE_AND_REPLACE replaced the body.
 	bodyReplaced bool

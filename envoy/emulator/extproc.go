@@ -803,7 +803,10 @@ func (e *extProcStream) bodyPhase(k msgKind, st *modeState, p *payload) *localRe
 	}
 	switch st.body {
 	case extprocv3.ProcessingMode_BUFFERED:
-		over, err := p.readRest(p.limit)
+		over, err, lr := e.readWatching(k, func() (bool, error) { return p.readRest(p.limit) })
+		if lr != nil {
+			return lr
+		}
 		if err != nil {
 			return e.readError(k, err)
 		}
@@ -874,7 +877,10 @@ func (e *extProcStream) bodyPhase(k msgKind, st *modeState, p *payload) *localRe
 	case extprocv3.ProcessingMode_BUFFERED_PARTIAL:
 		// Buffer up to the limit; send what is there (end_of_stream if that
 		// is all of it); the rest then flows unprocessed.
-		over, err := p.readRest(p.limit)
+		over, err, lr := e.readWatching(k, func() (bool, error) { return p.readRest(p.limit) })
+		if lr != nil {
+			return lr
+		}
 		if err != nil {
 			return e.readError(k, err)
 		}
@@ -905,6 +911,64 @@ func (e *extProcStream) bodyPhase(k msgKind, st *modeState, p *payload) *localRe
 		st.headersHeld = false
 	}
 	return nil
+}
+
+// readWatching runs read (the rest of a request body Envoy buffers before
+// sending it) while listening to the processor. Envoy handles a message
+// whenever it arrives (Filter::onReceiveMessage), not only as a reply: an
+// ImmediateResponse, or a stream failure without failure_mode_allow,
+// answers the client while it is still sending its body, and the read is
+// abandoned. With failure_mode_allow a failure only ends processing: the
+// body is read and goes upstream. Response bodies are read as before.
+func (e *extProcStream) readWatching(k msgKind, read func() (bool, error)) (bool, error, *localReply) {
+	if k != kindRequestBody || e.grpc == nil || e.complete || e.s.body == nil {
+		over, err := read()
+		return over, err, nil
+	}
+	type result struct {
+		over bool
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		over, err := read()
+		done <- result{over, err}
+	}()
+	for {
+		select {
+		case r := <-done:
+			return r.over, r.err, nil
+		case m := <-e.msgs:
+			o := e.unsolicited(m)
+			if o.lr != nil {
+				e.s.body.abort()
+				<-done
+				return false, nil, o.lr
+			}
+			if e.complete {
+				r := <-done
+				return r.over, r.err, nil
+			}
+		}
+	}
+}
+
+// unsolicited handles a message that arrived while no message was
+// outstanding.
+func (e *extProcStream) unsolicited(m recvMsg) outcome {
+	if m.err != nil {
+		return e.onGRPCError(m.err)
+	}
+	r := m.resp
+	if r.GetOverrideMessageTimeout() != nil {
+		// No timer runs: nothing to extend.
+		return outcome{}
+	}
+	if ir := r.GetImmediateResponse(); ir != nil && !e.cfg.cfg.GetDisableImmediateResponse() {
+		e.close()
+		return outcome{lr: e.immediateResponse(ir)}
+	}
+	return e.spurious(r)
 }
 
 // nextChunk reads the next STREAMED chunk and whether it is the last.

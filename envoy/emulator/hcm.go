@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -345,7 +346,8 @@ func (s *stream) decodeHCM() *localReply {
 	// end_stream with the headers when the request has no body.
 	s.noBody = r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
 	if !s.noBody {
-		s.bodyRest = s.timedBody(r.Body)
+		s.body = s.timedBody(r.Body)
+		s.bodyRest = s.body
 	}
 	s.vh, s.route = s.g.router.match(s.req)
 	return nil
@@ -511,8 +513,8 @@ func (s *stream) timedBody(body io.Reader) *deadlineBody {
 	}
 }
 
-// deadlineBody is the client's body read under the HCM's timeouts. Used by
-// one goroutine at a time.
+// deadlineBody is the client's body read under the HCM's timeouts. Read is
+// used by one goroutine at a time; abort may be called from another.
 type deadlineBody struct {
 	r        io.Reader
 	rc       *http.ResponseController
@@ -520,11 +522,26 @@ type deadlineBody struct {
 	overall  bool
 	idle     time.Duration
 	done     bool
+	aborted  atomic.Bool
+}
+
+// errAborted ends a body read the stream gave up on (a local reply was sent
+// while the body was still arriving).
+var errAborted = errors.New("emulator: request body read aborted")
+
+// abort makes a pending or later Read fail at once: the stream answered
+// while the client was still sending.
+func (b *deadlineBody) abort() {
+	b.aborted.Store(true)
+	_ = b.rc.SetReadDeadline(time.Now())
 }
 
 func (b *deadlineBody) Read(p []byte) (int, error) {
 	if b.done {
 		return 0, errors.New("emulator: body already ended")
+	}
+	if b.aborted.Load() {
+		return 0, errAborted
 	}
 	var dl time.Time
 	cause := errStreamIdleTimeout
@@ -535,7 +552,14 @@ func (b *deadlineBody) Read(p []byte) (int, error) {
 		dl, cause = b.deadline, errRequestTimeout
 	}
 	armed := !dl.IsZero() && b.rc.SetReadDeadline(dl) == nil
+	if b.aborted.Load() {
+		// abort ran between the check above and the deadline just set.
+		_ = b.rc.SetReadDeadline(time.Now())
+	}
 	n, err := b.r.Read(p)
+	if err != nil && b.aborted.Load() {
+		return n, errAborted
+	}
 	switch {
 	case err == nil:
 	case errors.Is(err, io.EOF):

@@ -431,3 +431,28 @@ func TestAppendActionIgnored(t *testing.T) {
 		})
 	}
 }
+
+// TestImmediateResponseWhileBodyArrives: Envoy acts on an ImmediateResponse
+// whenever it arrives (Filter::onReceiveMessage), also while it is still
+// buffering a request body the processor asked for; the client gets the
+// reply at once, not when its body (or request_timeout) ends.
+func TestImmediateResponseWhileBodyArrives(t *testing.T) {
+	h := newHarness(t, harnessOpts{extProc: func(_ context.Context, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
+		if req.GetRequestHeaders() != nil {
+			return []*extprocsvc.ProcessingResponse{continueReply(req, nil), pauseMsg, {Response: &extprocsvc.ProcessingResponse_ImmediateResponse{
+				ImmediateResponse: &extprocsvc.ImmediateResponse{Status: &typev3.HttpStatus{Code: typev3.StatusCode_RequestTimeout}, Body: []byte("too slow")},
+			}}}, nil
+		}
+		return passThrough(nil, req)
+	}})
+	code, body, took := trickle(t, strings.TrimPrefix(h.srv.URL, "http://"), "/api/v1/batch")
+	if code != http.StatusRequestTimeout || body != "too slow" {
+		t.Fatalf("status %d body %q; want the processor's 408", code, body)
+	}
+	if took > 5*time.Second {
+		t.Errorf("answered after %v", took)
+	}
+	if hits, _, _ := h.upstream.last(); hits != 0 {
+		t.Error("the upstream was reached")
+	}
+}
