@@ -2,8 +2,8 @@ package deploy
 
 import (
 	"bufio"
-	"fmt"
 	"bytes"
+	"fmt"
 	"regexp"
 	"slices"
 	"strings"

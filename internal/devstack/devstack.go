@@ -71,15 +71,15 @@ type Options struct {
 // Stack is a running dev stack. Build it with Start; stop it by cancelling
 // Run's context.
 type Stack struct {
-	opts     Options
-	log      *slog.Logger
-	app      *app.App
-	mini     *miniredis.Miniredis
-	demo     *http.Server
-	demoLn   net.Listener
-	gw       *emulator.Gateway
-	gwSrv    *http.Server
-	gwLn     net.Listener
+	opts   Options
+	log    *slog.Logger
+	app    *app.App
+	mini   *miniredis.Miniredis
+	demo   *http.Server
+	demoLn net.Listener
+	gw     *emulator.Gateway
+	gwSrv  *http.Server
+	gwLn   net.Listener
 	// The internal listener's gateway; nil when the Envoy config has none.
 	inGW     *emulator.Gateway
 	inSrv    *http.Server
