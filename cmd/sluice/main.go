@@ -9,9 +9,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strings"
 	"syscall"
 
 	"github.com/sluicehq/sluice/internal/app"
@@ -78,20 +81,31 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 }
 
 // common holds the deployment flags shared by serve and check-config. Flags
-// beat environment variables, which beat the config file.
+// beat environment variables, which beat the config file. URLs that may
+// carry a password never get a flag default from the environment (flag
+// help would print it) and can come from a file (--*-url-file, *_URL_FILE),
+// so that they need not appear on a command line, which every user of the
+// host can read.
 type common struct {
 	configPath, grpcAddr, adminAddr, rlConfig, redisURL string
 	databaseURL, databaseReadURL                        string
+	redisURLFile, databaseURLFile, adminTokenFile       string
+	getenv                                              func(string) string
+	// redisSet: a Redis URL came from a flag, the environment or a file.
+	redisSet bool
 }
 
 func (c *common) register(fs *flag.FlagSet, getenv func(string) string) {
+	c.getenv = getenv
 	fs.StringVar(&c.configPath, "config", getenv("SLUICE_CONFIG"), "Sluice config file (YAML; env SLUICE_CONFIG); defaults apply without one")
-	fs.StringVar(&c.grpcAddr, "grpc-addr", "", "gRPC listen address (default :8081)")
-	fs.StringVar(&c.adminAddr, "admin-addr", "", "admin HTTP listen address for /metrics, /healthz, /readyz, /debug (default :9091)")
+	fs.StringVar(&c.grpcAddr, "grpc-addr", "", "gRPC listen address (default "+config.DefaultGRPCAddr+")")
+	fs.StringVar(&c.adminAddr, "admin-addr", "", "admin HTTP listen address for /metrics, /healthz, /readyz, /debug (default "+config.DefaultAdminAddr+")")
 	fs.StringVar(&c.rlConfig, "ratelimit-config", "", "rate limit rules: an envoyproxy/ratelimit YAML file or a directory of them")
-	fs.StringVar(&c.databaseURL, "database-url", getenv("DATABASE_URL"), "PostgreSQL URL (env DATABASE_URL); when set, tenant tiers come from the tenants table")
-	c.databaseReadURL = getenv("DATABASE_READ_URL")
-	fs.StringVar(&c.redisURL, "redis-url", getenv("REDIS_URL"), "Redis URL (env REDIS_URL; default redis://127.0.0.1:6379/0; redis+cluster://host:port?addr=host2:port for Cluster)")
+	fs.StringVar(&c.databaseURL, "database-url", "", "PostgreSQL URL (env DATABASE_URL); when set, tenant tiers come from the tenants table. A password here is visible to every user of the host: prefer --database-url-file")
+	fs.StringVar(&c.databaseURLFile, "database-url-file", "", "file holding the PostgreSQL URL (env DATABASE_URL_FILE)")
+	fs.StringVar(&c.redisURL, "redis-url", "", "Redis URL (env REDIS_URL; default redis://127.0.0.1:6379/0; redis+cluster://host:port?addr=host2:port for Cluster). A password here is visible to every user of the host: prefer --redis-url-file")
+	fs.StringVar(&c.redisURLFile, "redis-url-file", "", "file holding the Redis URL (env REDIS_URL_FILE)")
+	fs.StringVar(&c.adminTokenFile, "admin-token-file", "", "file holding the bearer token of the admin port's purge and /debug endpoints (env SLUICE_ADMIN_TOKEN gives the token itself)")
 }
 
 func (c *common) load() (config.Config, error) {
@@ -99,11 +113,67 @@ func (c *common) load() (config.Config, error) {
 	if err != nil {
 		return cfg, err
 	}
+	redisURL, err := urlSetting("redis-url", c.redisURL, c.redisURLFile, c.getenv("REDIS_URL"), c.getenv("REDIS_URL_FILE"))
+	if err != nil {
+		return cfg, err
+	}
+	c.redisSet = redisURL != ""
+	dbURL, err := urlSetting("database-url", c.databaseURL, c.databaseURLFile, c.getenv("DATABASE_URL"), c.getenv("DATABASE_URL_FILE"))
+	if err != nil {
+		return cfg, err
+	}
+	dbReadURL, err := urlSetting("database-read-url", "", "", c.getenv("DATABASE_READ_URL"), c.getenv("DATABASE_READ_URL_FILE"))
+	if err != nil {
+		return cfg, err
+	}
 	cfg = config.Overrides{
 		GRPCAddr: c.grpcAddr, AdminAddr: c.adminAddr, RateLimitConfig: c.rlConfig,
-		RedisURL: c.redisURL, DatabaseURL: c.databaseURL, DatabaseReadURL: c.databaseReadURL,
+		RedisURL: redisURL, DatabaseURL: dbURL, DatabaseReadURL: dbReadURL,
+		AdminToken: c.getenv("SLUICE_ADMIN_TOKEN"), AdminTokenFile: c.adminTokenFile,
 	}.Apply(cfg)
 	return cfg, cfg.Validate()
+}
+
+// urlSetting picks a URL setting: the flag, else the file the flag names,
+// else the environment variable, else the file it names. Errors name files,
+// never contents.
+func urlSetting(name, flagValue, flagFile, envValue, envFile string) (string, error) {
+	if flagValue != "" && flagFile != "" {
+		return "", fmt.Errorf("give --%s or --%s-file, not both", name, name)
+	}
+	read := func(path string) (string, error) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return "", fmt.Errorf("--%s-file: %w", name, err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}
+	switch {
+	case flagValue != "":
+		return flagValue, nil
+	case flagFile != "":
+		return read(flagFile)
+	case envValue != "":
+		return envValue, nil
+	case envFile != "":
+		return read(envFile)
+	}
+	return "", nil
+}
+
+// warnCommandLineSecrets logs when a URL given as a flag carries a
+// password: /proc/<pid>/cmdline and ps show it to every user of the host.
+func (c *common) warnCommandLineSecrets(log *slog.Logger) {
+	for _, f := range []struct{ flag, value, instead string }{
+		{"--redis-url", c.redisURL, "REDIS_URL_FILE or --redis-url-file"},
+		{"--database-url", c.databaseURL, "DATABASE_URL_FILE or --database-url-file"},
+	} {
+		if u, err := url.Parse(f.value); err == nil && u.User != nil {
+			if _, ok := u.User.Password(); ok {
+				log.Warn("a password given in "+f.flag+" is visible to every user of this host; use "+f.instead, "flag", f.flag)
+			}
+		}
+	}
 }
 
 func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv func(string) string) int {
@@ -120,6 +190,7 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		return 1
 	}
 	log := cfg.Log.Logger(stdout)
+	c.warnCommandLineSecrets(log)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	a, err := app.New(ctx, cfg, log, buildVersion(), app.Options{})
@@ -154,12 +225,12 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	if c.adminAddr == "" {
 		c.adminAddr = "127.0.0.1:9091"
 	}
-	redisSet := c.redisURL != ""
 	cfg, err := c.load()
 	if err != nil {
 		fmt.Fprintln(stderr, "sluice:", err)
 		return 1
 	}
+	redisSet := c.redisSet
 	if c.configPath != "" && cfg.Redis.URL != redisconn.DefaultURL {
 		redisSet = true
 	}
@@ -167,6 +238,7 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		cfg.Log.Format = "text"
 	}
 	log := cfg.Log.Logger(stderr)
+	c.warnCommandLineSecrets(log)
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	s, err := devstack.Start(ctx, devstack.Options{Listen: *listen, InternalListen: *internalListen, Upstream: *upstream, Sluice: cfg, RedisSet: redisSet}, log)
