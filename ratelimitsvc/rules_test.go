@@ -540,3 +540,43 @@ descriptors:
 	// bad.yaml:5: invalid rate limit unit "fortnight" (want second, minute, hour, day, week, month or year)
 	// bad.yaml:7: unknown key "ratelimit" in a descriptor (valid: key, value, rate_limit, rate_limits, descriptors, shadow_mode, quota_mode, detailed_metric, value_to_metric, share_threshold, metadata)
 }
+
+func TestPaths(t *testing.T) {
+	r, err := ParseRules([]File{{Name: "r.yaml", Data: []byte(`domain: d
+descriptors:
+  - key: tier
+    value: free
+    descriptors:
+      - key: tenant_id
+        rate_limit: {unit: second, requests_per_unit: 1}
+        descriptors:
+          - key: user_id
+            rate_limit: {unit: second, requests_per_unit: 1}
+  - key: path
+    value: "/api/*"
+    rate_limit: {unit: second, requests_per_unit: 1}
+`)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range r.Paths("d") {
+		var parts []string
+		for _, e := range p.Entries {
+			parts = append(parts, e.Key+"="+e.Value)
+		}
+		got = append(got, fmt.Sprintf("%s %s %v r.yaml:%d", strings.Join(parts, ","), p.Rule, p.Limited, p.Line))
+	}
+	want := []string{
+		"tier=free tier_free false r.yaml:3",
+		"tier=free,tenant_id= tier_free.tenant_id true r.yaml:6",
+		"tier=free,tenant_id=,user_id= tier_free.tenant_id.user_id true r.yaml:9",
+		"path=/api/* path_/api/* true r.yaml:11",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Paths =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if r.Paths("nope") != nil {
+		t.Error("unknown domain has paths")
+	}
+}

@@ -17,8 +17,10 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/sluicehq/sluice/envoy"
 	"github.com/sluicehq/sluice/internal/app"
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/crosscheck"
 	"github.com/sluicehq/sluice/internal/devstack"
 	"github.com/sluicehq/sluice/internal/redisconn"
 	"github.com/sluicehq/sluice/ratelimitsvc"
@@ -259,6 +261,7 @@ func checkConfig(args []string, stdout, stderr io.Writer, getenv func(string) st
 	fs.SetOutput(stderr)
 	var c common
 	c.register(fs, getenv)
+	envoyPath := fs.String("envoy", "", "also check the Sluice config and rules against this Envoy bootstrap (envoy.yaml): body sizes, message timeouts, processing mode, the batch listener and route, and which rate limit descriptors reach which rules")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -273,6 +276,7 @@ func checkConfig(args []string, stdout, stderr io.Writer, getenv func(string) st
 		paths = append([]string{cfg.RateLimit.ConfigPath}, paths...)
 	}
 	failed := false
+	var first *ratelimitsvc.Rules
 	for _, p := range paths {
 		rules, err := ratelimitsvc.LoadRules(p)
 		if err != nil {
@@ -280,7 +284,15 @@ func checkConfig(args []string, stdout, stderr io.Writer, getenv func(string) st
 			failed = true
 			continue
 		}
+		if first == nil {
+			first = rules
+		}
 		fmt.Fprintf(stdout, "%s: ok (%d domains)\n", p, len(rules.Domains()))
+	}
+	if *envoyPath != "" {
+		if !crossCheck(cfg, c.configPath, first, firstOr(paths, ""), *envoyPath, stdout, stderr) {
+			failed = true
+		}
 	}
 	if failed {
 		return 1
@@ -289,4 +301,46 @@ func checkConfig(args []string, stdout, stderr io.Writer, getenv func(string) st
 		fmt.Fprintf(stdout, "%s: ok\n", c.configPath)
 	}
 	return 0
+}
+
+// crossCheck runs the checks of internal/crosscheck and prints each problem
+// as "file:line: message"; it reports whether there were none.
+func crossCheck(cfg config.Config, configPath string, rules *ratelimitsvc.Rules, rulesPath, envoyPath string, stdout, stderr io.Writer) bool {
+	data, err := os.ReadFile(envoyPath)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", envoyPath, err)
+		return false
+	}
+	listeners, err := envoy.ParseListeners(data)
+	if err != nil {
+		fmt.Fprintf(stderr, "%s: %v\n", envoyPath, err)
+		return false
+	}
+	if configPath == "" {
+		configPath = "sluice config (defaults)"
+	}
+	problems := crosscheck.Check(crosscheck.Inputs{
+		Config: cfg, ConfigFile: configPath,
+		Rules: rules, RulesFile: rulesPath,
+		Envoy: listeners, EnvoyFile: envoyPath,
+	})
+	for _, p := range problems {
+		fmt.Fprintln(stderr, p)
+	}
+	if len(problems) > 0 {
+		return false
+	}
+	note := ""
+	if rules == nil {
+		note = " (no rate limit rules given: descriptors not checked)"
+	}
+	fmt.Fprintf(stdout, "%s: ok against the Sluice config%s\n", envoyPath, note)
+	return true
+}
+
+func firstOr(s []string, def string) string {
+	if len(s) > 0 {
+		return s[0]
+	}
+	return def
 }

@@ -111,3 +111,48 @@ func TestURLFiles(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckConfigEnvoy: check-config --envoy prints each coupling problem
+// as file:line: message and exits 1; the shipped configs pass.
+func TestCheckConfigEnvoy(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, data string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(data), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	old := write("old.yaml", "domain: sluice\ndescriptors:\n  - key: tier\n    descriptors:\n      - key: user_id\n        rate_limit: {unit: second, requests_per_unit: 5}\n")
+	big := write("big.yaml", "cache:\n  max_object_bytes: 4194304\n")
+	envoyYAML := "../../envoy/envoy.yaml"
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  []string
+	}{
+		{"shipped", []string{"--config", "../../deploy/sluice/sluice.yaml", "--ratelimit-config", "../../config/ratelimit/tiers.yaml", "--envoy", envoyYAML}, 0, nil},
+		{"old user rules", []string{"--ratelimit-config", old, "--envoy", envoyYAML}, 1, []string{
+			old + ":5: descriptor (tier, user_id) has limits, but " + envoyYAML + " never sends a descriptor that reaches it",
+		}},
+		{"cache objects over the buffer limit", []string{"--config", big, "--envoy", envoyYAML}, 1, []string{
+			big + ": cache.max_object_bytes 4194304 is above " + envoyYAML + " listener ingress's per_connection_buffer_limit_bytes 1048576",
+		}},
+		{"missing bootstrap", []string{"--envoy", filepath.Join(dir, "nope.yaml")}, 1, []string{"nope.yaml"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out, errOut bytes.Buffer
+			code := run(context.Background(), append([]string{"check-config"}, tt.args...), &out, &errOut, env(nil))
+			if code != tt.wantCode {
+				t.Fatalf("exit %d; want %d\nstdout:\n%s\nstderr:\n%s", code, tt.wantCode, out.String(), errOut.String())
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(errOut.String(), w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errOut.String())
+				}
+			}
+		})
+	}
+}

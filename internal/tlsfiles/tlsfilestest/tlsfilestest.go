@@ -70,4 +70,3 @@ func (c *CA) Issue(t testing.TB, cn string, serial int64, client bool) (certPEM,
 	}
 	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kb})
 }
-
