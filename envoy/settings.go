@@ -15,6 +15,7 @@ import (
 	zstdv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/compression/zstd/compressor/v3"
 	compressorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/compressor/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	jwtauthnv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
@@ -51,6 +52,10 @@ type Settings struct {
 	Filters []string
 	// Compressors are the compressor filters, in config order.
 	Compressors []Compressor
+	// JWTAuthn is the jwt_authn filter's config (nil when absent), named
+	// JWTAuthnName.
+	JWTAuthn     *jwtauthnv3.JwtAuthentication
+	JWTAuthnName string
 	// ExtProc and RateLimit are the ext_proc and ratelimit filter configs
 	// (nil when absent); ExtProcName and RateLimitName their filter names,
 	// the keys of their typed_per_filter_config.
@@ -185,6 +190,8 @@ func settingsFrom(l *listenerv3.Listener) (*Settings, error) {
 				return nil, err
 			}
 			s.Compressors = append(s.Compressors, comp)
+		case *jwtauthnv3.JwtAuthentication:
+			s.JWTAuthn, s.JWTAuthnName = c, f.GetName()
 		case *extprocv3.ExternalProcessor:
 			s.ExtProc, s.ExtProcName = c, f.GetName()
 		case *ratelimitv3.RateLimit:

@@ -29,6 +29,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sluicehq/sluice/envoy"
 )
@@ -62,6 +63,7 @@ type Gateway struct {
 	settings    *envoy.Settings
 	router      *router
 	compressors []*compressor
+	jwt         *jwtConfig
 	extProc     *extProcConfig
 	rateLimit   *rateLimitConfig
 	transport   http.RoundTripper
@@ -129,6 +131,11 @@ func New(o Options) (*Gateway, error) {
 	case corev3.HttpProtocolOptions_DROP_HEADER:
 		g.dropUnderscores = true
 	}
+	if s.JWTAuthn != nil {
+		if g.jwt, err = newJWTConfig(s.JWTAuthn); err != nil {
+			return nil, err
+		}
+	}
 	if s.ExtProc != nil {
 		if g.extProc, err = newExtProcConfig(s.ExtProc, s.ExtProcName); err != nil {
 			return nil, fmt.Errorf("emulator: %w", err)
@@ -157,13 +164,16 @@ func (g *Gateway) Close() error {
 	return nil
 }
 
-// checkFilterOrder accepts compressors, then ext_proc, then ratelimit, then
-// the router — each optional but the router — which is the only shape the
-// stream code below implements.
+// checkFilterOrder accepts compressors, then jwt_authn, then ext_proc, then
+// ratelimit, then the router — each optional but the router — which is the
+// only shape the stream code below implements.
 func checkFilterOrder(s *envoy.Settings) error {
 	want := []string{}
 	for _, c := range s.Compressors {
 		want = append(want, c.Name)
+	}
+	if s.JWTAuthn != nil {
+		want = append(want, s.JWTAuthnName)
 	}
 	if s.ExtProc != nil {
 		want = append(want, s.ExtProcName)
@@ -175,11 +185,11 @@ func checkFilterOrder(s *envoy.Settings) error {
 		return errors.New("emulator: no router filter")
 	}
 	if len(s.Filters) != len(want)+1 {
-		return fmt.Errorf("emulator: http_filters %v: want compressors, ext_proc, ratelimit, router in that order", s.Filters)
+		return fmt.Errorf("emulator: http_filters %v: want compressors, jwt_authn, ext_proc, ratelimit, router in that order", s.Filters)
 	}
 	for i, name := range want {
 		if s.Filters[i] != name {
-			return fmt.Errorf("emulator: http_filters %v: want compressors, ext_proc, ratelimit, router in that order", s.Filters)
+			return fmt.Errorf("emulator: http_filters %v: want compressors, jwt_authn, ext_proc, ratelimit, router in that order", s.Filters)
 		}
 	}
 	return nil
@@ -225,6 +235,10 @@ type stream struct {
 	acceptEncoding *string
 	encoding       string // chosen by the first compressor to decide (filter state "encoding_decision")
 	decided        bool
+
+	// dynMeta is the stream's dynamic metadata (StreamInfo::dynamicMetadata)
+	// by namespace, as filters (jwt_authn) set it.
+	dynMeta map[string]*structpb.Struct
 
 	ep *extProcStream
 	rl *rateLimitStream
@@ -310,6 +324,16 @@ func (s *stream) run() *response {
 			s.req.remove("accept-encoding")
 		}
 	}
+	if s.g.jwt != nil {
+		if lr := s.g.jwt.decode(s); lr != nil {
+			// The filters after jwt_authn exist but never decoded: ext_proc
+			// sees the reply's headers alone.
+			if s.g.extProc != nil {
+				s.ep = newExtProcStream(s)
+			}
+			return s.sendLocalReply(lr)
+		}
+	}
 	if s.g.extProc != nil {
 		s.ep = newExtProcStream(s)
 		if lr := s.ep.decode(); lr != nil {
@@ -327,6 +351,20 @@ func (s *stream) run() *response {
 		return s.sendLocalReply(lr)
 	}
 	return s.encode(resp)
+}
+
+// metadata returns the stream's dynamic metadata namespace ns, created
+// empty when missing.
+func (s *stream) metadata(ns string) *structpb.Struct {
+	if s.dynMeta == nil {
+		s.dynMeta = map[string]*structpb.Struct{}
+	}
+	st, ok := s.dynMeta[ns]
+	if !ok {
+		st = &structpb.Struct{Fields: map[string]*structpb.Value{}}
+		s.dynMeta[ns] = st
+	}
+	return st
 }
 
 // rematch re-runs route selection after clear_route_cache.

@@ -207,6 +207,8 @@ type harness struct {
 }
 
 type harnessOpts struct {
+	// config replaces envoy.yaml (its first listener runs).
+	config []byte
 	// settings edits a copy of the parsed envoy.yaml.
 	settings func(*envoy.Settings)
 	// app serves upstream requests (after they are recorded); nil: 200 with
@@ -225,7 +227,11 @@ var appBody = []byte(`{"items":[` + "\"aaaaaaaaaa\",\"bbbbbbbbbb\",\"cccccccccc\
 
 func newHarness(t *testing.T, o harnessOpts) *harness {
 	t.Helper()
-	s, err := envoy.ParseSettings(envoy.DefaultConfig)
+	cfg := envoy.DefaultConfig
+	if o.config != nil {
+		cfg = o.config
+	}
+	s, err := envoy.ParseSettings(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -20,7 +20,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/envoy/envoytest"
+	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/devstack"
 )
 
 // from is an HTTP client whose connections leave from ip (127.0.0.x).
@@ -446,5 +449,63 @@ func waitMetric(t *testing.T, s *stack, series string, want float64) {
 			t.Fatalf("%s = %v; want %v", series, got, want)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestHostileJWTIdentity: with identity.source jwt_metadata, the tenant and
+// user come from a token Envoy's jwt_authn verified (forwarded to Sluice as
+// dynamic metadata, metadata_options), never from a header a client sets;
+// a forged token is refused before Sluice's request path; batch items are
+// their sender's tenant.
+func TestHostileJWTIdentity(t *testing.T) {
+	iss := envoytest.NewIssuer(t)
+	s := startWith(t, devstack.Options{Upstream: echo(t).URL, RedisSet: true, EnvoyConfig: envoytest.WithJWT(t, iss)}, func(c *config.Config) {
+		c.ExtProc.Identity.Source = extproc.SourceJWTMetadata
+		c.ExtProc.Identity.JWTMetadata.TenantClaim = "jwt_payload.tenant"
+		c.ExtProc.Identity.JWTMetadata.UserClaim = "jwt_payload.sub"
+	})
+	c := s.from(t, "127.0.0.40")
+	exp := time.Now().Add(5 * time.Minute).Unix()
+	token := "Bearer " + iss.Sign(t, map[string]any{"tenant": "initech", "sub": "alice", "exp": exp})
+	identity := func(body string) (tenant, tier, user string) {
+		h := upstreamSaw(t, body)
+		return h.Get("X-Sluice-Tenant"), h.Get("X-Sluice-Tier"), h.Get("X-Sluice-User")
+	}
+	tests := []struct {
+		name                           string
+		hdr                            []string
+		wantStatus                     int
+		wantTenant, wantTier, wantUser string
+	}{
+		{"verified token", []string{"authorization", token}, 200, "initech", "free", "alice"},
+		{"a tenant header beside the token is ignored", []string{"authorization", token, "x-tenant-id", "umbrella", "x-user-id", "root"}, 200, "initech", "free", "alice"},
+		{"a tenant header without a token is ignored", []string{"x-tenant-id", "umbrella"}, 200, "anonymous", "anonymous", ""},
+		{"a token signed by another key", []string{"authorization", "Bearer " + envoytest.NewIssuer(t).Sign(t, map[string]any{"tenant": "umbrella", "sub": "root", "exp": exp})}, 401, "", "", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			resp, body := c.do(t, "GET", s.URL()+"/api/v1/me", "", tt.hdr...)
+			if resp.StatusCode != tt.wantStatus {
+				t.Fatalf("status %d %q; want %d", resp.StatusCode, body, tt.wantStatus)
+			}
+			if tt.wantStatus != 200 {
+				return
+			}
+			if tenant, tier, user := identity(body); tenant != tt.wantTenant || tier != tt.wantTier || user != tt.wantUser {
+				t.Errorf("origin saw %q/%q/%q; want %q/%q/%q", tenant, tier, user, tt.wantTenant, tt.wantTier, tt.wantUser)
+			}
+		})
+	}
+	// The refusal ran through ext_proc's response path (a response-only stream).
+	waitMetric(t, s, `sluice_extproc_streams_total{result="response_only"}`, 1)
+
+	// Batch items carry the sender's token and are its tenant's requests.
+	out := c.batch(t, s, `{"requests":[{"id":"1","method":"GET","url":"/api/v1/me"}]}`, "authorization", token)
+	var item http.Header
+	if err := json.Unmarshal(out.Responses[0].Body, &item); err != nil || out.Responses[0].Status != 200 {
+		t.Fatalf("item %d %s: %v", out.Responses[0].Status, out.Responses[0].Body, err)
+	}
+	if item.Get("X-Sluice-Tenant") != "initech" || item.Get("X-Sluice-User") != "alice" {
+		t.Errorf("batch item seen as %q/%q; want initech/alice", item.Get("X-Sluice-Tenant"), item.Get("X-Sluice-User"))
 	}
 }

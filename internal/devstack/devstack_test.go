@@ -49,18 +49,27 @@ type stack struct {
 // plain `sluice dev`.
 func start(t *testing.T, upstream string, realRedis bool, mutate func(*config.Config), stages ...extproc.Option) *stack {
 	t.Helper()
+	return startWith(t, devstack.Options{Upstream: upstream, RedisSet: realRedis, Stages: stages}, mutate)
+}
+
+// startWith is start with every devstack option (an Envoy config of a
+// test's own, say); Listen, the Sluice config's addresses and Redis are
+// set here.
+func startWith(t *testing.T, o devstack.Options, mutate func(*config.Config)) *stack {
+	t.Helper()
 	cfg := config.Config{}.WithDefaults()
 	cfg.Server.GRPCAddr, cfg.Server.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Server.ShutdownGrace = time.Second
-	if realRedis {
+	if o.RedisSet {
 		cfg.Redis.URL = "redis://" + redistest.Addr()
 		cfg.Redis.KeyPrefix = redistest.Prefix(t)
 	}
 	if mutate != nil {
 		mutate(&cfg)
 	}
+	o.Listen, o.Sluice = "127.0.0.1:0", cfg
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := devstack.Start(ctx, devstack.Options{Listen: "127.0.0.1:0", Upstream: upstream, Sluice: cfg, RedisSet: realRedis, Stages: stages}, slog.New(slog.DiscardHandler))
+	s, err := devstack.Start(ctx, o, slog.New(slog.DiscardHandler))
 	if err != nil {
 		cancel()
 		t.Fatal(err)
