@@ -105,7 +105,6 @@ func TestJWTAuthnConfigRefused(t *testing.T) {
 	}
 }
 
-
 // FuzzJWTVerify feeds the emulated jwt_authn verifier (a client's bearer
 // token) arbitrary tokens: it never panics, and it accepts none that the
 // test issuer did not sign.
