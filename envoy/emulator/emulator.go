@@ -101,6 +101,19 @@ func New(o Options) (*Gateway, error) {
 	if err := checkFilterOrder(s); err != nil {
 		return nil, err
 	}
+	if err := checkFields(s.Router, routerFields, "router"); err != nil {
+		return nil, err
+	}
+	if s.ExtProc != nil {
+		if err := checkFields(s.ExtProc, extProcFields, "ext_proc"); err != nil {
+			return nil, err
+		}
+	}
+	if s.RateLimit != nil {
+		if err := checkFields(s.RateLimit, rateLimitFields, "ratelimit"); err != nil {
+			return nil, err
+		}
+	}
 	r, err := newRouter(s.Routes)
 	if err != nil {
 		return nil, fmt.Errorf("emulator: %w", err)

@@ -32,6 +32,29 @@ var hcmFields = map[protoreflect.Name]bool{
 	"server_name": true, "server_header_transformation": true,
 }
 
+// extProcFields, rateLimitFields and routerFields are the filter config
+// fields the emulator implements, or that change nothing it models (stats,
+// tracing and log settings).
+var (
+	extProcFields = map[protoreflect.Name]bool{
+		"grpc_service": true, "failure_mode_allow": true, "processing_mode": true, "message_timeout": true,
+		"max_message_timeout": true, "mutation_rules": true, "allow_mode_override": true, "allowed_override_modes": true,
+		"disable_immediate_response": true, "metadata_options": true, "disable_clear_route_cache": true,
+		"route_cache_action": true, "status_on_error": true, "allow_content_length_header": true,
+		"stat_prefix": true, "filter_metadata": true, "emit_client_span": true,
+	}
+	rateLimitFields = map[protoreflect.Name]bool{
+		"domain": true, "stage": true, "request_type": true, "timeout": true, "failure_mode_deny": true,
+		"rate_limited_as_resource_exhausted": true, "rate_limit_service": true, "enable_x_ratelimit_headers": true,
+		"disable_x_envoy_ratelimited_header": true, "rate_limited_status": true, "response_headers_to_add": true,
+		"status_on_error": true, "stat_prefix": true, "rate_limits": true, "enable_retry_after_header": true,
+	}
+	routerFields = map[protoreflect.Name]bool{
+		"dynamic_stats": true, "start_child_span": true, "upstream_log": true, "upstream_log_options": true,
+		"suppress_envoy_headers": true, "suppress_grpc_request_failure_code_stats": true,
+	}
+)
+
 // protocolOptionFields are the common_http_protocol_options implemented.
 var protocolOptionFields = map[protoreflect.Name]bool{
 	"headers_with_underscores_action": true, "max_headers_count": true, "idle_timeout": true,

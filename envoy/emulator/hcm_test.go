@@ -13,7 +13,9 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	customheaderv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/original_ip_detection/custom_header/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
@@ -454,5 +456,35 @@ func TestImmediateResponseWhileBodyArrives(t *testing.T) {
 	}
 	if hits, _, _ := h.upstream.last(); hits != 0 {
 		t.Error("the upstream was reached")
+	}
+}
+
+// TestFilterFieldsRefused: a filter field the emulator does not implement
+// fails New instead of being ignored.
+func TestFilterFieldsRefused(t *testing.T) {
+	for name, edit := range map[string]func(*envoy.Settings){
+		"ext_proc deferred_close_timeout": func(s *envoy.Settings) {
+			s.ExtProc = proto.Clone(s.ExtProc).(*extprocv3.ExternalProcessor)
+			s.ExtProc.DeferredCloseTimeout = durationpb.New(time.Second)
+		},
+		"ratelimit metadata_namespace": func(s *envoy.Settings) {
+			s.RateLimit = proto.Clone(s.RateLimit).(*ratelimitv3.RateLimit)
+			s.RateLimit.MetadataNamespace = "x"
+		},
+		"router respect_expected_rq_timeout": func(s *envoy.Settings) {
+			s.Router = proto.Clone(s.Router).(*routerv3.Router)
+			s.Router.RespectExpectedRqTimeout = true
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			s, err := envoy.ParseSettings(envoy.DefaultConfig)
+			if err != nil {
+				t.Fatal(err)
+			}
+			edit(s)
+			if _, err := New(Options{Settings: s}); err == nil || !strings.Contains(err.Error(), "not emulated") {
+				t.Fatalf("New = %v; want a refusal", err)
+			}
+		})
 	}
 }
