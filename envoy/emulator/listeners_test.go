@@ -65,3 +65,38 @@ func TestStatsListenerExposesOnlyPrometheus(t *testing.T) {
 		}
 	}
 }
+
+// TestInternalListenerWithoutExtProc: on envoy.yaml's internal listener,
+// Sluice's markers never reach the app, even when ext_proc is down and
+// fails open (request_headers_to_remove runs in the router, after the
+// filters); the client address Sluice names is still the one limited.
+func TestInternalListenerWithoutExtProc(t *testing.T) {
+	ls, err := envoy.ParseListeners(envoy.DefaultConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	internal := envoy.Find(ls, envoy.InternalListener)
+	h := newHarness(t, harnessOpts{noExtProc: true, settings: func(s *envoy.Settings) {
+		*s = *internal
+		remoteAddressOnly(s)
+	}})
+	resp, _ := h.doFrom("127.0.0.8", "GET", "/api/v1/x", map[string]string{
+		"X-Sluice-Batch": "1", "X-Sluice-Warm": "1", "X-Sluice-Client-Address": "198.51.100.7",
+		"X-Sluice-Tenant": "umbrella", "X-Forwarded-For": "198.51.100.7",
+	})
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	_, up, _ := h.upstream.last()
+	for _, name := range []string{"X-Sluice-Batch", "X-Sluice-Warm", "X-Sluice-Client-Address", "X-Sluice-Tenant"} {
+		if v := up.Get(name); v != "" {
+			t.Errorf("the app got %s: %q", name, v)
+		}
+	}
+	if got := up.Get("X-Forwarded-For"); got != "198.51.100.7" {
+		t.Errorf("x-forwarded-for %q; want Sluice's, unchanged", got)
+	}
+	if reqs := h.rls.requests(); len(reqs) != 1 || reqs[0].GetDescriptors()[0].GetEntries()[0].GetValue() != "198.51.100.7" {
+		t.Errorf("rate limited as %v; want 198.51.100.7", reqs)
+	}
+}
