@@ -92,6 +92,22 @@ func statuses(out batchResponse) map[int]int {
 	return n
 }
 
+// decisions counts a batch's items by status, only those Sluice's rate
+// limit service decided (a RateLimit-Policy header): an item let through
+// because the ratelimit filter's 20 ms budget ran out on a loaded machine
+// proves nothing either way; undecided counts the others.
+func decisions(out batchResponse) (byStatus map[int]int, undecided int) {
+	byStatus = map[int]int{}
+	for _, r := range out.Responses {
+		if r.Headers["ratelimit-policy"] == "" {
+			undecided++
+			continue
+		}
+		byStatus[r.Status]++
+	}
+	return byStatus, undecided
+}
+
 // TestHostileBatchItemsLimitedAsTheirClient: batch items re-enter Envoy
 // from Sluice's socket, so before the internal listener they were all
 // limited as Sluice's own address: an anonymous client over its limit got
@@ -102,23 +118,31 @@ func TestHostileBatchItemsLimitedAsTheirClient(t *testing.T) {
 	s := start(t, echo(t).URL, true, nil)
 	filler, fresh := s.from(t, "127.0.0.31"), s.from(t, "127.0.0.32")
 
-	// The filler spends its whole anonymous quota on items: 3 × 20.
-	for i := range 3 {
-		if got := statuses(filler.batch(t, s, batchOf(fmt.Sprintf("fill%d", i), 20))); got[200] != 20 {
-			t.Fatalf("filler batch %d: statuses %v; want 20×200 (its own 60 per minute)", i, got)
+	// The filler spends its whole anonymous quota on items, 20 at a time,
+	// until an item is refused. Whatever failed open, no more than its 60
+	// per minute may be decided OK.
+	allowed, refusedAt := 0, -1
+	for i := 0; i < 8 && refusedAt < 0; i++ {
+		got, _ := decisions(filler.batch(t, s, batchOf(fmt.Sprintf("fill%d", i), 20)))
+		allowed += got[200]
+		if got[429] > 0 {
+			refusedAt = i
 		}
 	}
-	// Over its limit, its items are refused like its direct calls.
-	if got := statuses(filler.batch(t, s, batchOf("over", 20))); got[429] != 20 {
-		t.Errorf("filler over its limit: item statuses %v; want 20×429", got)
+	if allowed > 60 || refusedAt < 0 {
+		t.Fatalf("the filler's items: %d allowed, refused from batch %d; want at most its 60 per minute, then refusals", allowed, refusedAt)
 	}
-	if resp, _ := filler.do(t, "GET", s.URL()+"/api/v1/direct", "", "cache-control", "no-cache"); resp.StatusCode != 429 {
+	// Over its limit, its items are refused like its direct calls.
+	if got, undecided := decisions(filler.batch(t, s, batchOf("over", 20))); got[200] > 0 || got[429]+undecided != 20 {
+		t.Errorf("filler over its limit: decided item statuses %v (%d undecided); want every decided item 429", got, undecided)
+	}
+	if resp, _ := filler.do(t, "GET", s.URL()+"/api/v1/direct", "", "cache-control", "no-cache"); decided(resp) && resp.StatusCode != 429 {
 		t.Errorf("filler direct call: %d; want 429", resp.StatusCode)
 	}
 	// A fresh client is not charged for what the filler did.
 	out := fresh.batch(t, s, batchOf("fresh", 20), "x-forwarded-for", "203.0.113.50")
-	if got := statuses(out); got[200] != 20 {
-		t.Fatalf("fresh client's batch: statuses %v; want 20×200", got)
+	if got, undecided := decisions(out); got[429] > 0 || undecided == 20 {
+		t.Fatalf("fresh client's batch: decided item statuses %v (%d undecided); want its items allowed", got, undecided)
 	}
 	// The origin sees the fresh client: the same XFF and external address
 	// as on its direct call, and none of Sluice's headers but the ones ext_proc sets.
@@ -225,7 +249,7 @@ func newHeldOrigin(t *testing.T) (*heldOrigin, string) {
 func TestHostileSaturatedExtProc(t *testing.T) {
 	origin, url := newHeldOrigin(t)
 	s := start(t, url, true, func(c *config.Config) { c.ExtProc.MaxStreams = 3 })
-	holder, attacker := s.from(t, "127.0.0.34"), s.from(t, "127.0.0.35")
+	holder := s.from(t, "127.0.0.34")
 	// Three requests wait at the origin, each holding its ext_proc stream
 	// (Sluice waits for the response headers).
 	done := make(chan struct{}, 3)
@@ -247,33 +271,50 @@ func TestHostileSaturatedExtProc(t *testing.T) {
 			t.Fatal("the holding requests never reached the origin")
 		}
 	}
-	start := time.Now()
-	ok, limited := 0, 0
+	// Rounds from fresh addresses until one is decided: on a loaded machine
+	// the ratelimit filter's own 20 ms budget can run out too (it then also
+	// fails open), which proves nothing.
 	var sawSluice []string
-	for i := range 30 {
-		resp, body := attacker.do(t, "GET", s.URL()+fmt.Sprintf("/api/v1/x%d", i), "",
-			"x-tenant-id", "initech", "x-sluice-tier", "enterprise", "x-sluice-tenant", "umbrella", "x-sluice-cost", "0")
-		switch resp.StatusCode {
-		case 200:
-			ok++
-			for name := range upstreamSaw(t, body) {
-				if strings.HasPrefix(strings.ToLower(name), "x-sluice-") {
-					sawSluice = append(sawSluice, name)
+	for round := 1; ; round++ {
+		attacker := s.from(t, fmt.Sprintf("127.0.0.%d", 40+round))
+		start := time.Now()
+		allowed, limited, undecided := 0, 0, 0
+		for i := range 30 {
+			resp, body := attacker.do(t, "GET", s.URL()+fmt.Sprintf("/api/v1/r%dx%d", round, i), "",
+				"x-tenant-id", "initech", "x-sluice-tier", "enterprise", "x-sluice-tenant", "umbrella", "x-sluice-cost", "0")
+			switch {
+			case resp.StatusCode == 429:
+				limited++
+			case resp.StatusCode != 200:
+				t.Fatalf("status %d", resp.StatusCode)
+			case !decided(resp):
+				undecided++
+			default:
+				allowed++
+			}
+			if resp.StatusCode == 200 {
+				for name := range upstreamSaw(t, body) {
+					if strings.HasPrefix(strings.ToLower(name), "x-sluice-") {
+						sawSluice = append(sawSluice, name)
+					}
 				}
 			}
-		case 429:
-			limited++
-		default:
-			t.Fatalf("status %d", resp.StatusCode)
 		}
+		elapsed := time.Since(start)
+		if allowed > 10*(int(elapsed/time.Second)+1) {
+			t.Fatalf("30 requests ext_proc could not take (%v): %d allowed by the rate limit service; want at most 10 per second", elapsed, allowed)
+		}
+		if limited > 0 {
+			break
+		}
+		if round == 5 {
+			t.Fatalf("5 rounds of 30 requests ext_proc could not take: none refused (last round %d allowed, %d undecided)", allowed, undecided)
+		}
+		t.Logf("round %d: %d allowed, %d undecided; again", round, allowed, undecided)
 	}
-	elapsed := time.Since(start)
 	close(origin.release)
 	for range 3 {
 		<-done
-	}
-	if limited == 0 || ok > 10*(int(elapsed/time.Second)+1) {
-		t.Fatalf("30 requests ext_proc could not take (%v): %d ok, %d refused; want at most 10 per second", elapsed, ok, limited)
 	}
 	if len(sawSluice) > 0 {
 		t.Errorf("the origin saw the client's %v without ext_proc", sawSluice)
@@ -389,17 +430,20 @@ func TestHostileSpoofedSluiceHeaders(t *testing.T) {
 	// The address a client names is not the address it is limited as:
 	// anonymous, 60 per minute per address.
 	anon := s.from(t, "127.0.0.39")
-	refused := 0
-	for i := range 61 {
+	allowed, refused := 0, 0
+	for i := 0; i < 90 && refused == 0; i++ {
 		resp, _ := anon.do(t, "GET", s.URL()+fmt.Sprintf("/api/v1/a%d", i), "", "x-sluice-client-address", "127.0.0.99")
-		if resp.StatusCode == 429 {
+		switch {
+		case resp.StatusCode == 429:
 			refused++
+		case decided(resp):
+			allowed++
 		}
 	}
-	if refused == 0 {
-		t.Error("61 anonymous requests from one address naming another: none refused")
+	if refused == 0 || allowed > 60 {
+		t.Errorf("anonymous requests from one address naming another: %d allowed, %d refused; want at most 60, then refusals", allowed, refused)
 	}
-	if resp, _ := s.from(t, "127.0.0.99").do(t, "GET", s.URL()+"/api/v1/fresh", ""); resp.StatusCode != 200 {
+	if resp, _ := s.from(t, "127.0.0.99").do(t, "GET", s.URL()+"/api/v1/fresh", ""); resp.StatusCode == 429 {
 		t.Errorf("the named address was charged: %d", resp.StatusCode)
 	}
 }
