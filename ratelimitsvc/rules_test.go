@@ -404,7 +404,7 @@ func TestRulesExampleConfig(t *testing.T) {
 		{"anonymous per ip", entries("tier=anonymous", "remote_address=1.2.3.4"), "tier_anonymous.remote_address", "60/1m0s,1000/24h0m0s", false},
 		{"anonymous tenant is not shared-limited", entries("tier=anonymous", "tenant_id=anonymous"), "", "", false},
 		{"identified callers are not limited per ip and tier", entries("tier=pro", "remote_address=1.2.3.4"), "", "", false},
-		{"every address has a ceiling", entries("remote_address=1.2.3.4"), "remote_address", "500/1s", false},
+		{"every address has a ceiling (fixed window: every request counts there)", entries("remote_address=1.2.3.4"), "remote_address", "500/1s", false},
 		{"requests ext_proc did not identify, per ip", entries("identity=missing", "remote_address=1.2.3.4"), "identity_missing.remote_address", "10/1s", false},
 		{"tier alone", entries("tier=pro"), "", "", false},
 		{"unknown key", entries("tier=pro", "org=x"), "", "", false},
@@ -429,8 +429,12 @@ func TestRulesExampleConfig(t *testing.T) {
 					t.Errorf("limit %+v: want a name as ID", l)
 				}
 			}
-			if burst := m.Limits[0]; burst.Algorithm != limiter.SlidingWindow {
-				t.Errorf("burst algorithm = %s", burst.Algorithm)
+			wantBurst := limiter.SlidingWindow
+			if m.Rule == "remote_address" {
+				wantBurst = limiter.FixedWindow // every request counts there: the cheaper window
+			}
+			if burst := m.Limits[0]; burst.Algorithm != wantBurst {
+				t.Errorf("burst algorithm = %s; want %s", burst.Algorithm, wantBurst)
 			}
 			if len(m.Limits) < 2 {
 				return
