@@ -22,13 +22,16 @@ import (
 )
 
 // Config configures batch fan-out: the `batch` section of Sluice's config
-// file. The zero value plus WithDefaults is a working configuration for an
-// Envoy listener on 127.0.0.1:8080.
+// file. The zero value plus WithDefaults is a working configuration for
+// envoy.yaml's internal listener on 127.0.0.1:8082.
 type Config struct {
 	// ListenerURL is the Envoy listener sub-requests are sent to:
 	// "http://host:port", no path, query or userinfo. The client dials only
 	// this address (a host name is resolved at each dial and only its
-	// addresses are dialed). Default "http://127.0.0.1:8080".
+	// addresses are dialed). It must be a listener that takes the client
+	// address from x-sluice-client-address (envoy.yaml's "internal"), or
+	// every item is limited as Sluice's own address. Default
+	// "http://127.0.0.1:8082".
 	ListenerURL string `yaml:"listener_url"`
 	// BatchPath is the path of the batch endpoint; items may not target it.
 	// Default "/api/v1/batch".
@@ -73,7 +76,7 @@ type Config struct {
 
 // Defaults of Config.
 const (
-	DefaultListenerURL           = "http://127.0.0.1:8080"
+	DefaultListenerURL           = "http://127.0.0.1:8082"
 	DefaultBatchPath             = "/api/v1/batch"
 	DefaultMaxItems              = 20
 	DefaultConcurrency           = 20

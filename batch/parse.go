@@ -44,6 +44,7 @@ const (
 	CodeUpstream          = "upstreamError"     // transport failure to the listener (502)
 	CodeItemTooLarge      = "responseTooLarge"  // item body over MaxItemResponseBytes (507)
 	CodeBatchTooLarge     = "batchResponseFull" // MaxTotalResponseBytes reached (507)
+	CodeNoClientAddress   = "noClientAddress"   // the batch request carries no client address (500)
 )
 
 // Limits of the parser that are not worth configuring.

@@ -59,6 +59,13 @@ type Parent struct {
 	// Host so routing and cache keys match a direct call; "" or an invalid
 	// value sends the listener's host. It never chooses what is dialed.
 	Host string
+	// ClientAddress is the IP address of the client that sent the batch
+	// (Envoy's x-envoy-external-address on it). Every sub-request carries it
+	// in x-sluice-client-address, which Envoy's internal listener takes as
+	// the request's remote address (rate limits per address), and in
+	// x-envoy-external-address for the application. "" sends neither: the
+	// items are then limited as Sluice's own address.
+	ClientAddress string
 }
 
 // Response is the batch reply body, one entry per item in request order.
@@ -223,9 +230,15 @@ func (r *Runner) send(batchCtx context.Context, it *Item, base http.Header, host
 }
 
 // baseHeader is what every sub-request carries: the forwarded parent
-// headers, the parent's User-Agent and the loop-prevention marker.
+// headers, the parent's User-Agent, the loop-prevention marker, and what
+// makes the item the parent client's request for Envoy and the application:
+// its address (HeaderClientAddress, x-envoy-external-address) and the
+// parent's X-Forwarded-For and X-Forwarded-Proto as Envoy's ingress wrote
+// them (the internal listener passes them on unchanged, so the application
+// sees the same client, and the cache the same scheme, as on a direct
+// call). Items may not set any of these (reservedHeader, itemForbidden).
 func (r *Runner) baseHeader(p Parent) http.Header {
-	h := make(http.Header, len(r.cfg.ForwardHeaders)+2)
+	h := make(http.Header, len(r.cfg.ForwardHeaders)+6)
 	for _, name := range r.cfg.ForwardHeaders {
 		key := http.CanonicalHeaderKey(name)
 		for _, v := range p.Header.Values(key) {
@@ -240,11 +253,27 @@ func (r *Runner) baseHeader(p Parent) http.Header {
 	}
 	h.Set("User-Agent", ua)
 	h.Set(HeaderBatch, "1")
+	if p.ClientAddress != "" {
+		h.Set(HeaderClientAddress, p.ClientAddress)
+		h.Set("X-Envoy-External-Address", p.ClientAddress)
+	}
+	for _, key := range []string{"X-Forwarded-For", "X-Forwarded-Proto"} {
+		if vs := p.Header.Values(key); len(vs) > 0 {
+			v := strings.Join(vs, ",")
+			if validHeaderValue(v) {
+				h.Set(key, v)
+			}
+		}
+	}
 	return h
 }
 
 // HeaderBatch marks sub-requests (extproc.HeaderBatch, loop prevention).
 const HeaderBatch = "x-sluice-batch"
+
+// HeaderClientAddress carries the parent client's address to Envoy's
+// internal listener (extproc.HeaderClientAddress).
+const HeaderClientAddress = "x-sluice-client-address"
 
 // ctxError answers an item stopped by the batch context: its deadline
 // (Config.Deadline, or the shorter one of the caller's ctx) or cancellation.

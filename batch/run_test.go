@@ -71,6 +71,8 @@ func (u *upstream) serve(w http.ResponseWriter, r *http.Request) {
 		_ = json.NewEncoder(w).Encode(map[string]string{
 			"uri": r.RequestURI, "host": r.Host, "auth": r.Header.Get("Authorization"),
 			"batch": r.Header.Get("X-Sluice-Batch"), "trace": r.Header.Get("X-Trace"), "ua": r.Header.Get("User-Agent"),
+			"client": r.Header.Get("X-Sluice-Client-Address"), "external": r.Header.Get("X-Envoy-External-Address"),
+			"xff": r.Header.Get("X-Forwarded-For"), "xfp": r.Header.Get("X-Forwarded-Proto"),
 		})
 	case r.URL.Path == "/api/fail":
 		http.Error(w, "boom", http.StatusInternalServerError)
@@ -130,8 +132,12 @@ func newTestRunner(t *testing.T, u *upstream, cfg Config) *Runner {
 }
 
 var testParent = Parent{
-	Header: http.Header{"Authorization": {"Bearer tok"}, "Cookie": {"s=1"}, "X-Other": {"not forwarded"}, "User-Agent": {"client/1"}},
-	Host:   "api.example.com",
+	Header: http.Header{
+		"Authorization": {"Bearer tok"}, "Cookie": {"s=1"}, "X-Other": {"not forwarded"}, "User-Agent": {"client/1"},
+		"X-Forwarded-For": {"198.51.100.9, 192.0.2.10"}, "X-Forwarded-Proto": {"https"}, "X-Envoy-External-Address": {"10.9.9.9"},
+	},
+	Host:          "api.example.com",
+	ClientAddress: "192.0.2.10",
 }
 
 // handle runs body and decodes the reply.
@@ -188,7 +194,10 @@ func TestRunBasics(t *testing.T) {
 	if err := json.Unmarshal(one.Body, &echoed); err != nil {
 		t.Fatalf("item 1 body %s: %v", one.Body, err)
 	}
-	want := map[string]string{"uri": "/api/v1/users/a%20b?x=1", "host": "api.example.com", "auth": "Bearer tok", "batch": "1", "trace": "t1", "ua": "client/1"}
+	want := map[string]string{"uri": "/api/v1/users/a%20b?x=1", "host": "api.example.com", "auth": "Bearer tok", "batch": "1", "trace": "t1", "ua": "client/1",
+		// The item is the parent client's request: its address for Envoy's internal listener
+		// and the app, the XFF and scheme Envoy's ingress wrote.
+		"client": "192.0.2.10", "external": "192.0.2.10", "xff": "198.51.100.9, 192.0.2.10", "xfp": "https"}
 	for k, v := range want {
 		if echoed[k] != v {
 			t.Errorf("upstream saw %s=%q, want %q", k, echoed[k], v)

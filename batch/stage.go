@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -15,9 +16,14 @@ import (
 // cache, so the batch request itself is never looked up or stored; each
 // sub-request then comes back through Envoy and every stage, cache included.
 //
-//   - request headers of a request to Config.BatchPath: a request carrying
+//   - request headers of a request to Config.BatchPath (any ASCII case, one
+//     optional trailing slash: the paths envoy.yaml's batch route matches
+//     after Envoy's normalize_path and merge_slashes): a request carrying
 //     x-sluice-batch (a sub-request, or a client forging the marker) is
-//     answered 400 nestedBatch; a method other than POST 405; otherwise the
+//     answered 400 nestedBatch; a method other than POST 405; one without a
+//     client address (x-envoy-external-address, which Envoy's client-facing
+//     listener sets with use_remote_address) 500 noClientAddress, since its
+//     items could only be limited as Sluice's own address; otherwise the
 //     stage asks for the body BUFFERED (a no-op when envoy.yaml's
 //     ExtProcPerRoute already does: Exchange.RequestBodyMode reports it from
 //     protocol_config) and marks the exchange.
@@ -60,14 +66,16 @@ func (*Stage) Name() string { return "batch" }
 // exchangeKey holds the *pending body of a batch exchange (Exchange.Set).
 type exchangeKey struct{}
 
-type pending struct{ body []byte }
+type pending struct {
+	body   []byte
+	client string // the client's address
+}
 
 var jsonHeaders = extproc.Headers{{Name: "content-type", Value: "application/json"}, {Name: "cache-control", Value: "no-store"}}
 
 // RequestHeaders implements extproc.RequestHeadersHook.
-func (s *Stage) RequestHeaders(_ context.Context, x *extproc.Exchange) error {
-	path, _, _ := strings.Cut(x.Path, "?")
-	if !strings.EqualFold(strings.TrimSuffix(path, "/"), strings.TrimSuffix(s.r.cfg.BatchPath, "/")) {
+func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
+	if !s.IsBatchPath(x.Path) {
 		return nil
 	}
 	if x.RequestHeaders.Get(HeaderBatch) != "" {
@@ -77,6 +85,12 @@ func (s *Stage) RequestHeaders(_ context.Context, x *extproc.Exchange) error {
 	if x.Method != http.MethodPost {
 		e := &Error{Status: http.StatusMethodNotAllowed, Code: CodeInvalidRequest, Message: "use POST for a batch"}
 		x.Respond(e.Status, append(extproc.Headers{{Name: "allow", Value: "POST"}}, jsonHeaders...), errorJSON(e))
+		return nil
+	}
+	client, err := netip.ParseAddr(x.RequestHeaders.Get("x-envoy-external-address"))
+	if err != nil || client.Zone() != "" {
+		s.log.WarnContext(ctx, "batch refused: no x-envoy-external-address on the batch request; Envoy's client-facing listener must set use_remote_address")
+		s.respondError(x, &Error{Status: http.StatusInternalServerError, Code: CodeNoClientAddress, Message: "the batch cannot be limited as its client"})
 		return nil
 	}
 	if x.RequestEndOfStream || x.RequestHeaders.Get("content-length") == "0" {
@@ -89,8 +103,37 @@ func (s *Stage) RequestHeaders(_ context.Context, x *extproc.Exchange) error {
 	if x.RequestBodyMode() != extproc.BodyBuffered {
 		x.WantRequestBody(extproc.BodyBuffered)
 	}
-	x.Set(exchangeKey{}, &pending{})
+	x.Set(exchangeKey{}, &pending{client: client.String()})
 	return nil
+}
+
+// IsBatchPath reports whether the request path (query ignored) is the batch
+// endpoint: Config.BatchPath in any ASCII case, with or without one
+// trailing slash. envoy.yaml's batch route (safe_regex "(?i)/api/v1/batch/?")
+// matches the same set, so a spelling the stage answers never reaches the
+// application.
+func (s *Stage) IsBatchPath(path string) bool {
+	path, _, _ = strings.Cut(path, "?")
+	return asciiEqualFold(strings.TrimSuffix(path, "/"), strings.TrimSuffix(s.r.cfg.BatchPath, "/"))
+}
+
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		ca, cb := a[i], b[i]
+		if 'A' <= ca && ca <= 'Z' {
+			ca += 'a' - 'A'
+		}
+		if 'A' <= cb && cb <= 'Z' {
+			cb += 'a' - 'A'
+		}
+		if ca != cb {
+			return false
+		}
+	}
+	return true
 }
 
 // RequestBody implements extproc.RequestBodyHook.
@@ -116,7 +159,7 @@ func (s *Stage) RequestBody(ctx context.Context, x *extproc.Exchange, body []byt
 	ctx, cancel := context.WithTimeout(ctx, deadline)
 	defer cancel()
 	start := time.Now()
-	status, reply := s.r.Handle(ctx, Parent{Header: httpHeader(x.RequestHeaders), Host: x.Authority}, p.body)
+	status, reply := s.r.Handle(ctx, Parent{Header: httpHeader(x.RequestHeaders), Host: x.Authority, ClientAddress: p.client}, p.body)
 	s.log.DebugContext(ctx, "batch answered", "tenant", x.Tenant, "status", status, "bytes", len(reply), "duration", time.Since(start))
 	x.Respond(status, jsonHeaders, reply)
 	return nil

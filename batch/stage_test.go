@@ -63,6 +63,7 @@ func TestStage(t *testing.T) {
 		atHeader bool // answered at request headers
 		eos      bool // end_of_stream on the request headers (no body, e.g. HTTP/2 without DATA)
 		override bool // headers reply carries mode_override BUFFERED
+		noClient bool // no x-envoy-external-address
 	}{
 		{name: "buffered by the route", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", chunks: []string{body}, status: 200},
 		{name: "mode override", mode: procmodev3.ProcessingMode_NONE, method: "POST", path: "/api/v1/batch?x=1", chunks: []string{body}, status: 200, override: true},
@@ -72,6 +73,9 @@ func TestStage(t *testing.T) {
 		{name: "get", mode: procmodev3.ProcessingMode_BUFFERED, method: "GET", path: "/api/v1/batch", status: 405, atHeader: true},
 		{name: "empty body", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", headers: []string{"content-length", "0"}, status: 400, atHeader: true},
 		{name: "no body at all", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", eos: true, status: 400, atHeader: true},
+		{name: "upper case", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/API/V1/BATCH", chunks: []string{body}, status: 200},
+		{name: "trailing slash", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/Api/v1/Batch/?x", chunks: []string{body}, status: 200},
+		{name: "no client address: its items could not be limited as their client", mode: procmodev3.ProcessingMode_BUFFERED, method: "POST", path: "/api/v1/batch", noClient: true, status: 500, atHeader: true},
 	}
 	u := newUpstream(t)
 	conn := newStageConn(t, u)
@@ -80,6 +84,9 @@ func TestStage(t *testing.T) {
 			s := extproctest.Open(t, conn)
 			s.Protocol.RequestBodyMode = tc.mode
 			hdrs := append([]string{"authorization", "Bearer tok"}, tc.headers...)
+			if !tc.noClient {
+				hdrs = append(hdrs, "x-envoy-external-address", "192.0.2.10")
+			}
 			if err := s.Send(extproctest.RequestHeaders(tc.method, tc.path, tc.eos, hdrs...)); err != nil {
 				t.Fatal(err)
 			}
@@ -146,13 +153,34 @@ func TestStageIgnoresOtherPaths(t *testing.T) {
 	_ = s.Finish()
 }
 
+// TestIsBatchPath: the set of paths the stage answers, which envoy.yaml's
+// batch route must match exactly (envoy/emulator and check-config --envoy
+// test the route against it).
+func TestIsBatchPath(t *testing.T) {
+	r, err := New(Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	st := NewStage(r, nil)
+	for path, want := range map[string]bool{
+		"/api/v1/batch": true, "/api/v1/batch/": true, "/API/V1/BATCH": true, "/api/v1/Batch/?x=1": true,
+		"/api/v1/batch//": false, "/api/v1/batchx": false, "/api/v1/batc": false, "/api/v1": false,
+		"/api/v1/batch/x": false, "/api/v1/bat\u0441h": false, "/api/v1/bat%63h": false,
+	} {
+		if got := st.IsBatchPath(path); got != want {
+			t.Errorf("IsBatchPath(%q) = %v; want %v", path, got, want)
+		}
+	}
+}
+
 func TestStageExtendsBeforeRunning(t *testing.T) {
 	// The default deadline is 1.8s; a batch that sleeps shorter must finish.
 	u := newUpstream(t)
 	conn := newStageConn(t, u)
 	s := extproctest.Open(t, conn)
 	s.Protocol.RequestBodyMode = procmodev3.ProcessingMode_BUFFERED
-	if _, err := s.Do(extproctest.RequestHeaders("POST", "/api/v1/batch", false)); err != nil {
+	if _, err := s.Do(extproctest.RequestHeaders("POST", "/api/v1/batch", false, "x-envoy-external-address", "192.0.2.10")); err != nil {
 		t.Fatal(err)
 	}
 	start := time.Now()

@@ -502,14 +502,16 @@ func TestComposeSluiceConfig(t *testing.T) {
 	})
 
 	t.Run("defaults", func(t *testing.T) {
-		// The compose stack uses Sluice's default ports, so the docs' numbers hold everywhere.
+		// The compose stack uses Sluice's default ports, so the docs' numbers hold everywhere;
+		// it binds them on every interface of its container (Envoy and Prometheus are other
+		// containers), where Sluice's defaults are loopback only.
 		def := config.Config{}.WithDefaults()
-		if cfg.Server.GRPCAddr != def.Server.GRPCAddr || cfg.Server.AdminAddr != def.Server.AdminAddr {
-			t.Errorf("compose runs sluice on grpc %s, admin %s; the defaults are %s, %s",
+		if port(t, cfg.Server.GRPCAddr) != port(t, def.Server.GRPCAddr) || port(t, cfg.Server.AdminAddr) != port(t, def.Server.AdminAddr) {
+			t.Errorf("compose runs sluice on grpc %s, admin %s; the default ports are those of %s, %s",
 				cfg.Server.GRPCAddr, cfg.Server.AdminAddr, def.Server.GRPCAddr, def.Server.AdminAddr)
 		}
-		if def.Server.GRPCAddr != ":8081" || def.Server.AdminAddr != ":9091" {
-			t.Errorf("Sluice's default ports changed to %s, %s: update docker-compose.yaml, the Dockerfile's EXPOSE and deploy/README.md",
+		if def.Server.GRPCAddr != "127.0.0.1:8081" || def.Server.AdminAddr != "127.0.0.1:9091" {
+			t.Errorf("Sluice's default addresses changed to %s, %s: update docker-compose.yaml, the Dockerfile's EXPOSE and deploy/README.md",
 				def.Server.GRPCAddr, def.Server.AdminAddr)
 		}
 	})
@@ -547,17 +549,18 @@ func TestComposeSluiceConfig(t *testing.T) {
 	})
 
 	t.Run("batch listener", func(t *testing.T) {
-		// Batch items go back through Envoy's listener: the envoy service on its listener port.
+		// Batch items go back through Envoy's internal listener: the envoy service on that
+		// listener's port, which limits each item as the batch's client.
 		u, err := url.Parse(cfg.Batch.ListenerURL)
 		if err != nil {
 			t.Fatal(err)
 		}
-		settings, err := envoy.ParseSettings(envoyConfig(t, c))
+		ls, err := envoy.ParseListeners(envoyConfig(t, c))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := fmt.Sprintf("envoy:%d", port(t, settings.Address)); u.Host != want {
-			t.Errorf("batch.listener_url %s; want http://%s (the envoy service's listener)", cfg.Batch.ListenerURL, want)
+		if want := fmt.Sprintf("envoy:%d", port(t, envoy.Find(ls, envoy.InternalListener).Address)); u.Host != want {
+			t.Errorf("batch.listener_url %s; want http://%s (the envoy service's internal listener)", cfg.Batch.ListenerURL, want)
 		}
 		if _, ok := c.Services[u.Hostname()]; !ok {
 			t.Errorf("batch.listener_url host %q is not a compose service", u.Hostname())
@@ -629,22 +632,37 @@ func TestComposeMatchesEnvoy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	settings, err := envoy.ParseSettings(data)
+	ls, err := envoy.ParseListeners(data)
 	if err != nil {
 		t.Fatal(err)
 	}
+	settings := envoy.Find(ls, envoy.IngressListener)
 	e := c.svc(t, "envoy")
 
 	listener := port(t, settings.Address)
-	admin := int(b.GetAdmin().GetAddress().GetSocketAddress().GetPortValue())
-	if listener != 8080 || admin != 9901 {
-		t.Errorf("envoy.yaml listens on %d (admin %d); the stack documents 8080 (admin 9901)", listener, admin)
+	internal := port(t, envoy.Find(ls, envoy.InternalListener).Address)
+	stats := port(t, envoy.Find(ls, envoy.StatsListener).Address)
+	admin := b.GetAdmin().GetAddress().GetSocketAddress()
+	if listener != 8080 || internal != 8082 || stats != 9902 || admin.GetPortValue() != 9901 {
+		t.Errorf("envoy.yaml listens on %d, %d, %d (admin %d); the stack documents 8080, 8082, 9902 (admin 9901)", listener, internal, stats, admin.GetPortValue())
 	}
 	if p, ok := e.port(listener); !ok || p.Published != listener {
 		t.Errorf("envoy's listener port %d is not published as %d", listener, listener)
 	}
-	if p, ok := e.port(admin); !ok || p.Published != admin || p.HostIP != "127.0.0.1" {
-		t.Errorf("envoy's admin port %d: want it published as 127.0.0.1:%d:%d, got %+v", admin, admin, admin, p)
+	if p, ok := e.port(stats); !ok || p.Published != stats || p.HostIP != "127.0.0.1" {
+		t.Errorf("envoy's stats port %d: want it published as 127.0.0.1:%d:%d, got %+v", stats, stats, stats, p)
+	}
+	if p, ok := e.port(internal); ok && p.Published != 0 {
+		t.Errorf("envoy's internal listener %d is published (%+v): whoever reaches it chooses the client address it is limited as", internal, p)
+	}
+	if !slices.Contains(e.containerPorts(), internal) {
+		t.Errorf("envoy does not declare its internal listener port %d (expose), which Sluice dials", internal)
+	}
+	if admin.GetAddress() != "127.0.0.1" {
+		t.Errorf("envoy's admin interface listens on %q; want 127.0.0.1", admin.GetAddress())
+	}
+	if p, ok := e.port(int(admin.GetPortValue())); ok {
+		t.Errorf("envoy's admin port is published (%+v): it listens on the container's loopback", p)
 	}
 
 	cfg, _ := sluiceConfig(t, c)
@@ -656,6 +674,9 @@ func TestComposeMatchesEnvoy(t *testing.T) {
 		t.Errorf("envoy clusters %v; want sluice at sluice:8081 and app at app:8000", settings.Clusters)
 	}
 	for cluster, addr := range settings.Clusters {
+		if cluster == "envoy_admin" {
+			continue // Envoy's own admin interface, for the stats listener
+		}
 		host, p, err := net.SplitHostPort(addr)
 		if err != nil {
 			t.Fatal(err)

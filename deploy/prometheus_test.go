@@ -232,7 +232,14 @@ func TestPrometheusConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	envoyAdmin := int(b.GetAdmin().GetAddress().GetSocketAddress().GetPortValue())
+	ls, err := envoy.ParseListeners(envoyConfig(t, c))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := b.GetAdmin().GetAddress().GetSocketAddress().GetAddress(); a != "127.0.0.1" {
+		t.Errorf("envoy's admin interface listens on %q: Prometheus must scrape the stats listener, the admin stays on loopback", a)
+	}
+	envoyStats := port(t, envoy.Find(ls, envoy.StatsListener).Address)
 
 	ps := c.svc(t, "prometheus")
 	var configFile string
@@ -270,7 +277,7 @@ func TestPrometheusConfig(t *testing.T) {
 	}{
 		"sluice":        {target: net.JoinHostPort("sluice", strconv.Itoa(port(t, cfg.Server.AdminAddr))), path: "/metrics"},
 		"sluice-worker": {target: net.JoinHostPort("worker", strconv.Itoa(port(t, parseWorkerCommand(t, c.svc(t, "worker")).adminAddr))), path: "/metrics"},
-		"envoy":         {target: net.JoinHostPort("envoy", strconv.Itoa(envoyAdmin)), path: "/stats/prometheus"},
+		"envoy":         {target: net.JoinHostPort("envoy", strconv.Itoa(envoyStats)), path: "/stats/prometheus"},
 		"prometheus":    {target: net.JoinHostPort("localhost", strconv.Itoa(webPort)), path: ""},
 	}
 	seen := map[string]bool{}

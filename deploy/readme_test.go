@@ -3,6 +3,7 @@ package deploy
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"regexp"
 	"slices"
 	"strings"
@@ -199,6 +200,46 @@ func TestReadmeEnvoySnippets(t *testing.T) {
 	}
 	if got.Clusters["sluice"] != "127.0.0.1:8081" {
 		t.Errorf("README's sidecar cluster points at %s; want 127.0.0.1:8081 (Sluice's default gRPC port)", got.Clusters["sluice"])
+	}
+
+	// The internal listener's connection manager: the snippet's fields on
+	// a copy of the first listener's must give envoy.yaml's internal one.
+	var internalHCM map[string]any
+	if err := yaml.Unmarshal([]byte(snippets["internal_hcm"]), &internalHCM); err != nil {
+		t.Fatalf("README snippet internal_hcm: %v", err)
+	}
+	ls, err := envoy.ParseListeners(envoy.DefaultConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := envoy.Find(ls, envoy.InternalListener).HCM
+	if got, ref := want.GetUseRemoteAddress().GetValue(), internalHCM["use_remote_address"]; ref != got {
+		t.Errorf("README's internal listener use_remote_address %v; envoy.yaml has %v", ref, got)
+	}
+	exts := want.GetOriginalIpDetectionExtensions()
+	snippetExts, _ := internalHCM["original_ip_detection_extensions"].([]any)
+	if len(exts) != 1 || len(snippetExts) != 1 {
+		t.Fatalf("original_ip_detection_extensions: README %d, envoy.yaml %d", len(snippetExts), len(exts))
+	}
+	if name := snippetExts[0].(map[string]any)["name"]; name != exts[0].GetName() {
+		t.Errorf("README's detection extension %v; envoy.yaml's %s", name, exts[0].GetName())
+	}
+	if !strings.Contains(snippets["internal_hcm"], "header_name: x-sluice-client-address") {
+		t.Error("README's internal listener does not read x-sluice-client-address")
+	}
+	routeCfg, _ := internalHCM["route_config"].(map[string]any)
+	for field, ref := range map[string][]string{
+		"internal_only_headers":     want.GetRouteConfig().GetInternalOnlyHeaders(),
+		"request_headers_to_remove": want.GetRouteConfig().GetRequestHeadersToRemove(),
+	} {
+		var got []string
+		list, _ := routeCfg[field].([]any)
+		for _, v := range list {
+			got = append(got, fmt.Sprint(v))
+		}
+		if !slices.Equal(got, ref) {
+			t.Errorf("README's internal listener %s %v; envoy.yaml has %v", field, got, ref)
+		}
 	}
 }
 

@@ -24,3 +24,17 @@ func ExampleParseSettings() {
 	// envoy.filters.http.router
 	// sluice:8081 1048576
 }
+
+func ExampleParseListeners() {
+	ls, err := envoy.ParseListeners(envoy.DefaultConfig)
+	if err != nil {
+		panic(err)
+	}
+	for _, l := range ls {
+		fmt.Println(l.Listener, l.Address, l.HCM.GetUseRemoteAddress().GetValue())
+	}
+	// Output:
+	// ingress 0.0.0.0:8080 true
+	// internal 0.0.0.0:8082 false
+	// stats 0.0.0.0:9902 true
+}

@@ -15,13 +15,26 @@ import (
 	zstdv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/compression/zstd/compressor/v3"
 	compressorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/compressor/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	jwtauthnv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/proto"
 )
 
-// Settings is what the emulator needs from a bootstrap: the first listener's
+// Listener names of envoy.yaml. Ingress faces clients. Internal takes only
+// Sluice's own requests (batch items, cache warming): it trusts the client
+// address Sluice sets on each request, so only Sluice may reach it
+// (loopback in a sidecar layout, a NetworkPolicy otherwise); Sluice's
+// extproc.HeaderClientAddress carries it. Stats exposes
+// Envoy's /stats/prometheus and nothing else of the admin interface.
+const (
+	IngressListener  = "ingress"
+	InternalListener = "internal"
+	StatsListener    = "stats"
+)
+
+// Settings is what the emulator needs from one listener of a bootstrap: its
 // HTTP connection manager, its filters and routes, and where each cluster
 // lives. Messages are the parsed protos; treat them as read-only. A Settings
 // is safe for concurrent reads.
@@ -39,6 +52,10 @@ type Settings struct {
 	Filters []string
 	// Compressors are the compressor filters, in config order.
 	Compressors []Compressor
+	// JWTAuthn is the jwt_authn filter's config (nil when absent), named
+	// JWTAuthnName.
+	JWTAuthn     *jwtauthnv3.JwtAuthentication
+	JWTAuthnName string
 	// ExtProc and RateLimit are the ext_proc and ratelimit filter configs
 	// (nil when absent); ExtProcName and RateLimitName their filter names,
 	// the keys of their typed_per_filter_config.
@@ -74,24 +91,73 @@ const defaultBufferLimit = 1 << 20
 // ParseSettings loads a bootstrap with LoadBootstrap and extracts the
 // Settings of its first listener.
 func ParseSettings(data []byte) (*Settings, error) {
+	ls, err := ParseListeners(data)
+	if err != nil {
+		return nil, err
+	}
+	return ls[0], nil
+}
+
+// ParseListeners loads a bootstrap with LoadBootstrap and extracts the
+// Settings of every static listener, in config order. Every listener must be
+// an HTTP connection manager with a static route_config.
+func ParseListeners(data []byte) ([]*Settings, error) {
 	b, err := LoadBootstrap(data)
 	if err != nil {
 		return nil, err
 	}
-	return settingsFrom(b)
-}
-
-func settingsFrom(b *bootstrapv3.Bootstrap) (*Settings, error) {
 	listeners := b.GetStaticResources().GetListeners()
 	if len(listeners) == 0 {
 		return nil, errors.New("envoy: no static listener")
 	}
-	l := listeners[0]
+	clusters, configs := clustersFrom(b)
+	out := make([]*Settings, 0, len(listeners))
+	for _, l := range listeners {
+		s, err := settingsFrom(l)
+		if err != nil {
+			return nil, err
+		}
+		s.Clusters, s.ClusterConfigs = clusters, configs
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// Find returns the listener named name, or nil.
+func Find(ls []*Settings, name string) *Settings {
+	for _, s := range ls {
+		if s.Listener == name {
+			return s
+		}
+	}
+	return nil
+}
+
+// clustersFrom maps each static cluster to the "host:port" of its first
+// endpoint.
+func clustersFrom(b *bootstrapv3.Bootstrap) (map[string]string, map[string]*clusterv3.Cluster) {
+	addrs, configs := map[string]string{}, map[string]*clusterv3.Cluster{}
+	for _, c := range b.GetStaticResources().GetClusters() {
+		configs[c.GetName()] = c
+		for _, eps := range c.GetLoadAssignment().GetEndpoints() {
+			for _, ep := range eps.GetLbEndpoints() {
+				sa := ep.GetEndpoint().GetAddress().GetSocketAddress()
+				if sa == nil {
+					continue
+				}
+				if _, ok := addrs[c.GetName()]; !ok {
+					addrs[c.GetName()] = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
+				}
+			}
+		}
+	}
+	return addrs, configs
+}
+
+func settingsFrom(l *listenerv3.Listener) (*Settings, error) {
 	s := &Settings{
-		Listener:       l.GetName(),
-		BufferLimit:    defaultBufferLimit,
-		Clusters:       map[string]string{},
-		ClusterConfigs: map[string]*clusterv3.Cluster{},
+		Listener:    l.GetName(),
+		BufferLimit: defaultBufferLimit,
 	}
 	if sa := l.GetAddress().GetSocketAddress(); sa != nil {
 		s.Address = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
@@ -106,7 +172,7 @@ func settingsFrom(b *bootstrapv3.Bootstrap) (*Settings, error) {
 	s.HCM = hcm
 	s.Routes = hcm.GetRouteConfig()
 	if s.Routes == nil {
-		return nil, errors.New("envoy: the HTTP connection manager has no static route_config (RDS is not emulated)")
+		return nil, fmt.Errorf("envoy: listener %q: the HTTP connection manager has no static route_config (RDS is not emulated)", l.GetName())
 	}
 	for _, f := range hcm.GetHttpFilters() {
 		s.Filters = append(s.Filters, f.GetName())
@@ -124,6 +190,8 @@ func settingsFrom(b *bootstrapv3.Bootstrap) (*Settings, error) {
 				return nil, err
 			}
 			s.Compressors = append(s.Compressors, comp)
+		case *jwtauthnv3.JwtAuthentication:
+			s.JWTAuthn, s.JWTAuthnName = c, f.GetName()
 		case *extprocv3.ExternalProcessor:
 			s.ExtProc, s.ExtProcName = c, f.GetName()
 		case *ratelimitv3.RateLimit:
@@ -131,21 +199,7 @@ func settingsFrom(b *bootstrapv3.Bootstrap) (*Settings, error) {
 		case *routerv3.Router:
 			s.Router = c
 		default:
-			return nil, fmt.Errorf("envoy: http filter %q: type %s is not emulated", f.GetName(), m.ProtoReflect().Descriptor().FullName())
-		}
-	}
-	for _, c := range b.GetStaticResources().GetClusters() {
-		s.ClusterConfigs[c.GetName()] = c
-		for _, eps := range c.GetLoadAssignment().GetEndpoints() {
-			for _, ep := range eps.GetLbEndpoints() {
-				sa := ep.GetEndpoint().GetAddress().GetSocketAddress()
-				if sa == nil {
-					continue
-				}
-				if _, ok := s.Clusters[c.GetName()]; !ok {
-					s.Clusters[c.GetName()] = net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
-				}
-			}
+			return nil, fmt.Errorf("envoy: listener %q: http filter %q: type %s is not emulated", l.GetName(), f.GetName(), m.ProtoReflect().Descriptor().FullName())
 		}
 	}
 	return s, nil

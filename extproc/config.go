@@ -46,6 +46,16 @@ type Config struct {
 	// refused at once with RESOURCE_EXHAUSTED, so Envoy applies failure_mode_allow to that
 	// request instead of the process running out of memory. Default 50000.
 	MaxStreams int `yaml:"max_streams"`
+	// RequestBodyTimeout bounds how long a stream waits for a request body
+	// message it is owed (a stage asked for the body, or the route's mode
+	// sends it): past it Sluice answers 408 itself (an ImmediateResponse,
+	// which Envoy sends whenever it arrives) and the stream ends. Envoy
+	// buffers a BUFFERED body until the client sent all of it, so a client
+	// trickling its body would otherwise hold the stream, and one of
+	// MaxStreams, for as long as it liked. Keep it below Envoy's
+	// request_timeout for clear 408s from Sluice; Envoy's own timeouts still
+	// apply. Default 10s.
+	RequestBodyTimeout time.Duration `yaml:"request_body_timeout"`
 	// ProcessingMode mirrors the ext_proc filter's processing_mode in
 	// envoy.yaml. Sluice needs it because a mode_override replaces every field
 	// (ProcessingResponse.mode_override: body modes always apply, unset means
@@ -152,13 +162,14 @@ type ProcessingModeConfig struct {
 
 // Defaults.
 const (
-	DefaultMaxBodyBytes   = 1 << 20
-	DefaultMaxStreams     = 50000
-	DefaultTenantHeader   = "x-tenant-id"
-	DefaultUserHeader     = "x-user-id"
-	DefaultJWTNamespace   = "envoy.filters.http.jwt_authn"
-	DefaultTier           = "free"
-	DefaultMaxValueLength = 128
+	DefaultMaxBodyBytes       = 1 << 20
+	DefaultMaxStreams         = 50000
+	DefaultRequestBodyTimeout = 10 * time.Second
+	DefaultTenantHeader       = "x-tenant-id"
+	DefaultUserHeader         = "x-user-id"
+	DefaultJWTNamespace       = "envoy.filters.http.jwt_authn"
+	DefaultTier               = "free"
+	DefaultMaxValueLength     = 128
 )
 
 // WithDefaults returns c with every unset field given its documented default.
@@ -168,6 +179,9 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxStreams == 0 {
 		c.MaxStreams = DefaultMaxStreams
+	}
+	if c.RequestBodyTimeout == 0 {
+		c.RequestBodyTimeout = DefaultRequestBodyTimeout
 	}
 	id := &c.Identity
 	if id.Source == "" {
@@ -223,6 +237,9 @@ func (c Config) Validate() error {
 	if c.MaxStreams < 1 {
 		errs = append(errs, errors.New("extproc: max_streams must be positive"))
 	}
+	if c.RequestBodyTimeout < time.Millisecond {
+		errs = append(errs, fmt.Errorf("extproc: request_body_timeout %v must be at least 1ms", c.RequestBodyTimeout))
+	}
 	id := c.Identity
 	switch id.Source {
 	case SourceHeader:
@@ -232,7 +249,7 @@ func (c Config) Validate() error {
 		if id.UserHeader != "-" && !validHeaderName(id.UserHeader) {
 			errs = append(errs, fmt.Errorf("extproc: identity.user_header %q is not a valid lower-case header name", id.UserHeader))
 		}
-		if isOwnedHeader(id.TenantHeader) || isOwnedHeader(id.UserHeader) {
+		if strings.HasPrefix(id.TenantHeader, OwnedPrefix) || strings.HasPrefix(id.UserHeader, OwnedPrefix) {
 			errs = append(errs, errors.New("extproc: identity headers must not be headers Sluice sets (x-sluice-*)"))
 		}
 	case SourceJWTMetadata:

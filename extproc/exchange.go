@@ -22,11 +22,21 @@ const (
 	HeaderBatch = "x-sluice-batch"
 	// HeaderWarm marks cache-warming traffic.
 	HeaderWarm = "x-sluice-warm"
+	// HeaderClientAddress carries the address of the client a batch item is
+	// sent for to Envoy's internal listener, whose original IP detection
+	// (custom_header) makes it the item's remote address (envoy.yaml,
+	// listener "internal").
+	HeaderClientAddress = "x-sluice-client-address"
+	// OwnedPrefix starts every header Sluice owns: the identity stage
+	// removes any other the client sent.
+	OwnedPrefix = "x-sluice-"
 )
 
-// OwnedHeaders lists every header Sluice owns, in a fixed order.
-var OwnedHeaders = []string{HeaderTenant, HeaderTier, HeaderUser, HeaderCost, HeaderBatch, HeaderWarm}
+// OwnedHeaders lists every header Sluice uses, in a fixed order. Envoy's
+// ingress listener lists each in internal_only_headers.
+var OwnedHeaders = []string{HeaderTenant, HeaderTier, HeaderUser, HeaderCost, HeaderBatch, HeaderWarm, HeaderClientAddress}
 
+// isOwnedHeader reports whether name is one of OwnedHeaders.
 func isOwnedHeader(name string) bool {
 	for _, h := range OwnedHeaders {
 		if h == name {

@@ -719,7 +719,7 @@ func TestHostileMessages(t *testing.T) {
 		{
 			name: "batch body over max_request_bytes in chunks",
 			frames: msgs(
-				xt.RequestHeaders("POST", "/api/v1/batch", false, "x-tenant-id", "acme"),
+				xt.RequestHeaders("POST", "/api/v1/batch", false, "x-tenant-id", "acme", "x-envoy-external-address", "192.0.2.10"),
 				xt.RequestBody(chunk, false), xt.RequestBody(chunk, true),
 			),
 			want:    codes.ResourceExhausted,

@@ -21,10 +21,12 @@ import (
 //     repeated, over-long or oddly-charactered value as absent;
 //   - resolves the tier: "anonymous" without a tenant, else tier.Store, else
 //     the default tier;
-//   - removes every client copy of the x-sluice-* headers (spoofable) and
-//     sets x-sluice-tenant, x-sluice-tier, x-sluice-user (when known) and
-//     x-sluice-cost: 1, with clear_route_cache so routes and rate-limit
-//     actions see them.
+//   - removes every x-sluice-* header of the request (the namespace is
+//     Sluice's: OwnedHeaders it does not set, and any other name with the
+//     prefix) and sets x-sluice-tenant, x-sluice-tier, x-sluice-user (when
+//     known) and x-sluice-cost: 1, with clear_route_cache so routes and
+//     rate-limit actions see them. Stages still read the markers Sluice's
+//     own requests carry (x-sluice-batch) in Exchange.RequestHeaders.
 //
 // A bad value is never reflected: it is neither logged nor forwarded.
 type identity struct {
@@ -57,7 +59,7 @@ func newIdentity(cfg IdentityConfig, tiers tier.Store) *identity {
 func (*identity) Name() string { return "identity" }
 
 // removeHeaders are the owned headers identity never sets.
-var removeHeaders = []string{HeaderBatch, HeaderWarm}
+var removeHeaders = []string{HeaderBatch, HeaderWarm, HeaderClientAddress}
 
 func (id *identity) RequestHeaders(ctx context.Context, x *Exchange) error {
 	tenant, user := id.resolve(x)
@@ -83,6 +85,11 @@ func (id *identity) RequestHeaders(ctx context.Context, x *Exchange) error {
 	x.SetRequestHeader(HeaderCost, "1")
 	for _, h := range removeHeaders {
 		x.RemoveRequestHeader(h)
+	}
+	for _, f := range x.RequestHeaders {
+		if strings.HasPrefix(f.Name, OwnedPrefix) && !isOwnedHeader(f.Name) {
+			x.RemoveRequestHeader(f.Name)
+		}
 	}
 	x.ClearRouteCache()
 	return nil

@@ -17,6 +17,7 @@ import (
 var spoofed = []string{
 	"x-sluice-tenant", "evil", "x-sluice-tier", "enterprise", "x-sluice-user", "root",
 	"x-sluice-cost", "0", "x-sluice-batch", "1", "x-sluice-warm", "1",
+	"x-sluice-client-address", "192.0.2.1",
 }
 
 func TestIdentity(t *testing.T) {
@@ -33,6 +34,9 @@ func TestIdentity(t *testing.T) {
 		wantTenant string
 		wantTier   string
 		wantUser   string
+		// wantRemoveMore are removed besides the owned headers Sluice does
+		// not set.
+		wantRemoveMore []string
 	}{
 		{
 			name:       "known tenant and user from headers",
@@ -64,6 +68,13 @@ func TestIdentity(t *testing.T) {
 			name:       "spoofed x-sluice-* with identity",
 			req:        xt.RequestHeaders("GET", "/", true, append([]string{"x-tenant-id", "acme"}, spoofed...)...),
 			wantTenant: "acme", wantTier: "pro",
+		},
+		{
+			name: "any other x-sluice-* is removed too",
+			req: xt.RequestHeaders("GET", "/", true, "x-tenant-id", "acme", "x-sluice-debug", "1",
+				"x-sluice-tenant-override", "globex", "x-sluice-", "bare", "x-sluicer", "not ours"),
+			wantTenant: "acme", wantTier: "pro",
+			wantRemoveMore: []string{"x-sluice-debug", "x-sluice-tenant-override", "x-sluice-"},
 		},
 		{
 			name:       "bad characters: anonymous, never reflected",
@@ -160,7 +171,7 @@ func TestIdentity(t *testing.T) {
 				"x-sluice-tier":   {tt.wantTier},
 				"x-sluice-cost":   {"1"},
 			}
-			wantRemove := []string{"x-sluice-batch", "x-sluice-warm"}
+			wantRemove := append([]string{"x-sluice-batch", "x-sluice-warm", "x-sluice-client-address"}, tt.wantRemoveMore...)
 			if tt.wantUser != "" {
 				want["x-sluice-user"] = []string{tt.wantUser}
 			} else {

@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"sync"
 	"time"
 
+	procmodev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -56,8 +60,18 @@ func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 }
 
 func (st *stream) serve(ps extprocv3.ExternalProcessor_ProcessServer) error {
+	bt := &bodyTimer{}
 	for {
+		if st.owesRequestBody() {
+			bt.arm(st.s.cfg.RequestBodyTimeout, func() { st.bodyTimedOut(ps) })
+		}
 		req, err := ps.Recv()
+		if bt.disarm() {
+			// The 408 went out; Envoy ends the stream on it.
+			st.finished, st.complete = true, true
+			st.x.ResponseStatus, st.x.End = http.StatusRequestTimeout, st.s.now()
+			return errBodyTimeout
+		}
 		if err != nil {
 			if errors.Is(err, io.EOF) {
 				return nil
@@ -92,7 +106,72 @@ func (st *stream) serve(ps extprocv3.ExternalProcessor_ProcessServer) error {
 	}
 }
 
+// owesRequestBody reports whether Envoy still owes the stream a request
+// body message that Sluice will answer: the request headers came without
+// end_of_stream and the request body mode in force sends the body.
+func (st *stream) owesRequestBody() bool {
+	return st.reqHeaders && !st.reqEnded && !st.finished && !st.observability &&
+		st.mode.reqBody != procmodev3.ProcessingMode_NONE
+}
+
+// bodyTimedOut runs on the timer's goroutine while serve waits in Recv: it
+// answers 408 with an ImmediateResponse, which ends the request.
+func (st *stream) bodyTimedOut(ps extprocv3.ExternalProcessor_ProcessServer) {
+	d := st.s.cfg.RequestBodyTimeout
+	_ = ps.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{
+		ImmediateResponse: &extprocv3.ImmediateResponse{
+			Status: &typev3.HttpStatus{Code: typev3.StatusCode_RequestTimeout},
+			Body:   []byte("request body not received within " + d.String() + "\n"),
+			Headers: headerMutation([]Header{
+				{Name: "content-type", Value: "text/plain; charset=utf-8"},
+				{Name: "cache-control", Value: "no-store"},
+			}, nil),
+			Details: "sluice_request_body_timeout",
+		},
+	}})
+}
+
+// bodyTimer bounds one wait for a request body. The timer's function runs
+// on its own goroutine while serve is blocked in Recv; the mutex makes the
+// timer's Send and serve's next Send never overlap (grpc-go allows one
+// sender at a time), and tells serve whether the timer fired. The zero
+// value is ready; used by one stream.
+type bodyTimer struct {
+	mu    sync.Mutex // guards armed and fired; held while the timer sends
+	t     *time.Timer
+	armed bool
+	fired bool
+}
+
+func (b *bodyTimer) arm(d time.Duration, fire func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.armed = true
+	b.t = time.AfterFunc(d, func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		if !b.armed {
+			return
+		}
+		b.armed, b.fired = false, true
+		fire()
+	})
+}
+
+// disarm stops a pending timer and reports whether it fired.
+func (b *bodyTimer) disarm() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.t != nil {
+		b.t.Stop()
+		b.t = nil
+	}
+	b.armed = false
+	return b.fired
+}
+
 var (
+	errBodyTimeout = errors.New("extproc: request body not received within request_body_timeout")
 	errMsgTooLarge = errors.New("extproc: message larger than the gRPC server's MaxRecvMsgSize")
 	errUndecodable = errors.New("extproc: message not decodable")
 )
@@ -138,6 +217,10 @@ func (s *Server) finish(st *stream, err error) error {
 	case errors.Is(err, errBodyTooLarge):
 		result = "body_too_large"
 		ret = status.Error(codes.ResourceExhausted, err.Error())
+	case errors.Is(err, errBodyTimeout):
+		// A slow or stalled client; Sluice answered 408. Routine enough for
+		// Info, counted apart.
+		result, level = "body_timeout", slog.LevelInfo
 	case errors.Is(err, errMsgTooLarge):
 		result = "message_too_large"
 		ret = status.Error(codes.ResourceExhausted, "extproc: message too large")

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	procmodev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
@@ -720,5 +721,63 @@ func TestMaxStreams(t *testing.T) {
 	next := h.open(t)
 	if _, err := next.Do(xt.RequestHeaders("GET", "/v1/users", true)); err != nil {
 		t.Fatalf("a stream after one ended: %v", err)
+	}
+}
+
+// TestRequestBodyTimeout: a stream that asked for the request body (here a
+// stage's mode_override; the batch route's BUFFERED mode alike) waits for
+// it at most request_body_timeout. A client trickling its body would
+// otherwise hold the stream (and a max_streams slot) as long as it liked:
+// Sluice answers 408 itself, which Envoy sends at once, ending the stream
+// (Filter::onReceiveMessage handles an ImmediateResponse whenever it
+// arrives).
+func TestRequestBodyTimeout(t *testing.T) {
+	p := &probe{name: "wants_body"}
+	p.requestHeaders = func(_ context.Context, x *extproc.Exchange) error {
+		x.WantRequestBody(extproc.BodyBuffered)
+		return nil
+	}
+	h := newHarness(t, extproc.Config{RequestBodyTimeout: 200 * time.Millisecond, MaxStreams: 1}, harnessOpts{stages: []extproc.Stage{p}})
+	s := h.open(t)
+	start := time.Now()
+	r, err := s.Do(xt.RequestHeaders("POST", "/v1/upload", false, "x-tenant-id", "acme"))
+	if err != nil || r.GetModeOverride().GetRequestBodyMode() != procmodev3.ProcessingMode_BUFFERED {
+		t.Fatalf("headers reply %v, %v", r, err)
+	}
+	r, err = s.Recv()
+	if err != nil {
+		t.Fatalf("waiting for the body timeout: %v", err)
+	}
+	if took := time.Since(start); took < 200*time.Millisecond {
+		t.Errorf("answered after %v, before the timeout", took)
+	}
+	ir := r.GetImmediateResponse()
+	if ir.GetStatus().GetCode() != 408 || !strings.Contains(string(ir.GetBody()), "request body") {
+		t.Fatalf("reply %v; want an immediate 408", r)
+	}
+	// Envoy closes the stream after an immediate response.
+	_ = s.Finish()
+	h.waitStreams(t, "body_timeout", 1)
+	if got := counter(t, h.reg, "sluice_extproc_streams_open", nil); got != 0 {
+		t.Errorf("streams_open = %v; the slot was not given back", got)
+	}
+	// The slot is free for the next request.
+	next := h.open(t)
+	if _, err := next.Do(xt.RequestHeaders("GET", "/v1/users", true)); err != nil {
+		t.Fatalf("next stream: %v", err)
+	}
+	if err := next.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	h.waitStreams(t, "ok", 1)
+
+	// A body that arrives in time is answered normally.
+	s2 := h.open(t)
+	if _, err := s2.Do(xt.RequestHeaders("POST", "/v1/upload", false)); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	if r, err := s2.Do(xt.RequestBody([]byte("{}"), true)); err != nil || replyType(r) != "request_body" {
+		t.Fatalf("body reply %v, %v", r, err)
 	}
 }

@@ -277,6 +277,42 @@ func unitName(u rlsv3.RateLimitResponse_RateLimit_Unit) string {
 	return strings.ToLower(u.String())
 }
 
+// Path is one configured descriptor of a domain, from the root: what a
+// request descriptor must look like to reach it.
+type Path struct {
+	// Entries are the keys and configured values from the root; Value is ""
+	// for a key-only descriptor (any value) and may hold '*' wildcards.
+	Entries []Entry
+	// Rule is the descriptor's rule name (Match.Rule).
+	Rule string
+	// Limited reports whether the descriptor has limits (one without only
+	// leads to others).
+	Limited bool
+	// File and Line say where the descriptor is defined.
+	File string
+	Line int
+}
+
+// Paths lists every descriptor of domain in config order, parents before
+// their children; nil for an unknown domain.
+func (r *Rules) Paths(domain string) []Path {
+	d, ok := r.Domain(domain)
+	if !ok {
+		return nil
+	}
+	var out []Path
+	var walk func(l *level, prefix []Entry)
+	walk = func(l *level, prefix []Entry) {
+		for _, n := range l.nodes {
+			entries := append(append([]Entry(nil), prefix...), Entry{Key: n.key, Value: n.value})
+			out = append(out, Path{Entries: entries, Rule: n.rule, Limited: len(n.limits) > 0, File: n.file, Line: n.line})
+			walk(&n.children, entries)
+		}
+	}
+	walk(&d.root, nil)
+	return out
+}
+
 // MarshalJSON writes the effective rules as a readable tree, for
 // /debug/ratelimit: domains sorted by name, descriptors in config order, each
 // with its rule name and limits with their defaults filled in.

@@ -392,16 +392,21 @@ func TestRulesExampleConfig(t *testing.T) {
 		wantShadow bool
 	}{
 		{"free tenant", entries("tier=free", "tenant_id=acme"), "tier_free.tenant_id", "10/1s,10000/24h0m0s", false},
-		{"free user", entries("tier=free", "user_id=u1"), "tier_free.user_id", "5/1s,2000/24h0m0s", false},
+		{"free user of a tenant", entries("tier=free", "tenant_id=acme", "user_id=u1"), "tier_free.tenant_id.user_id", "5/1s,2000/24h0m0s", false},
+		{"a user without a tenant is not limited", entries("tier=free", "user_id=u1"), "", "", false},
 		{"basic tenant", entries("tier=basic", "tenant_id=acme"), "tier_basic.tenant_id", "50/1s,100000/24h0m0s", false},
+		{"basic user", entries("tier=basic", "tenant_id=acme", "user_id=u1"), "tier_basic.tenant_id.user_id", "20/1s,20000/24h0m0s", false},
 		{"pro tenant", entries("tier=pro", "tenant_id=acme"), "tier_pro.tenant_id", "200/1s,1000000/24h0m0s", false},
-		{"pro user", entries("tier=pro", "user_id=u1"), "tier_pro.user_id", "50/1s,100000/24h0m0s", false},
+		{"pro user", entries("tier=pro", "tenant_id=acme", "user_id=u1"), "tier_pro.tenant_id.user_id", "50/1s,100000/24h0m0s", false},
 		{"enterprise tenant", entries("tier=enterprise", "tenant_id=acme"), "tier_enterprise.tenant_id", "5000/10s,50000000/24h0m0s", false},
-		{"enterprise user shadow", entries("tier=enterprise", "user_id=u1"), "tier_enterprise.user_id", "200/1s,1000000/24h0m0s", true},
+		{"enterprise user shadow", entries("tier=enterprise", "tenant_id=acme", "user_id=u1"), "tier_enterprise.tenant_id.user_id", "200/1s,1000000/24h0m0s", true},
 		{"unknown tier falls back", entries("tier=trial", "tenant_id=acme"), "tier.tenant_id", "10/1s,10000/24h0m0s", false},
+		{"unknown tier user falls back", entries("tier=trial", "tenant_id=acme", "user_id=u1"), "tier.tenant_id.user_id", "5/1s,2000/24h0m0s", false},
 		{"anonymous per ip", entries("tier=anonymous", "remote_address=1.2.3.4"), "tier_anonymous.remote_address", "60/1m0s,1000/24h0m0s", false},
 		{"anonymous tenant is not shared-limited", entries("tier=anonymous", "tenant_id=anonymous"), "", "", false},
-		{"identified callers are not limited per ip", entries("tier=pro", "remote_address=1.2.3.4"), "", "", false},
+		{"identified callers are not limited per ip and tier", entries("tier=pro", "remote_address=1.2.3.4"), "", "", false},
+		{"every address has a ceiling (fixed window: every request counts there)", entries("remote_address=1.2.3.4"), "remote_address", "500/1s", false},
+		{"requests ext_proc did not identify, per ip", entries("identity=missing", "remote_address=1.2.3.4"), "identity_missing.remote_address", "10/1s", false},
 		{"tier alone", entries("tier=pro"), "", "", false},
 		{"unknown key", entries("tier=pro", "org=x"), "", "", false},
 	}
@@ -425,8 +430,15 @@ func TestRulesExampleConfig(t *testing.T) {
 					t.Errorf("limit %+v: want a name as ID", l)
 				}
 			}
-			if burst := m.Limits[0]; burst.Algorithm != limiter.SlidingWindow {
-				t.Errorf("burst algorithm = %s", burst.Algorithm)
+			wantBurst := limiter.SlidingWindow
+			if m.Rule == "remote_address" {
+				wantBurst = limiter.FixedWindow // every request counts there: the cheaper window
+			}
+			if burst := m.Limits[0]; burst.Algorithm != wantBurst {
+				t.Errorf("burst algorithm = %s; want %s", burst.Algorithm, wantBurst)
+			}
+			if len(m.Limits) < 2 {
+				return
 			}
 			if daily := m.Limits[1]; daily.Algorithm != limiter.FixedWindow {
 				t.Errorf("daily algorithm = %s", daily.Algorithm)
@@ -532,4 +544,44 @@ descriptors:
 	// Output:
 	// bad.yaml:5: invalid rate limit unit "fortnight" (want second, minute, hour, day, week, month or year)
 	// bad.yaml:7: unknown key "ratelimit" in a descriptor (valid: key, value, rate_limit, rate_limits, descriptors, shadow_mode, quota_mode, detailed_metric, value_to_metric, share_threshold, metadata)
+}
+
+func TestPaths(t *testing.T) {
+	r, err := ParseRules([]File{{Name: "r.yaml", Data: []byte(`domain: d
+descriptors:
+  - key: tier
+    value: free
+    descriptors:
+      - key: tenant_id
+        rate_limit: {unit: second, requests_per_unit: 1}
+        descriptors:
+          - key: user_id
+            rate_limit: {unit: second, requests_per_unit: 1}
+  - key: path
+    value: "/api/*"
+    rate_limit: {unit: second, requests_per_unit: 1}
+`)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range r.Paths("d") {
+		var parts []string
+		for _, e := range p.Entries {
+			parts = append(parts, e.Key+"="+e.Value)
+		}
+		got = append(got, fmt.Sprintf("%s %s %v r.yaml:%d", strings.Join(parts, ","), p.Rule, p.Limited, p.Line))
+	}
+	want := []string{
+		"tier=free tier_free false r.yaml:3",
+		"tier=free,tenant_id= tier_free.tenant_id true r.yaml:6",
+		"tier=free,tenant_id=,user_id= tier_free.tenant_id.user_id true r.yaml:9",
+		"path=/api/* path_/api/* true r.yaml:11",
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("Paths =\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+	if r.Paths("nope") != nil {
+		t.Error("unknown domain has paths")
+	}
 }

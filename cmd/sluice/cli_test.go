@@ -44,7 +44,7 @@ func TestCLI(t *testing.T) {
 		{name: "no command", args: nil, wantCode: 2, wantStderr: []string{"Usage:"}},
 		{name: "help", args: []string{"-h"}, wantCode: 0, wantStdout: []string{"Usage:"}},
 
-		{name: "serve -h", args: []string{"serve", "-h"}, wantCode: 0, wantStdout: []string{"Usage: sluice serve [flags]", "-grpc-addr", "(default :8081"}},
+		{name: "serve -h", args: []string{"serve", "-h"}, wantCode: 0, wantStdout: []string{"Usage: sluice serve [flags]", "-grpc-addr", "(default 127.0.0.1:8081, or the config file"}},
 		{name: "serve --help", args: []string{"serve", "--help"}, wantCode: 0, wantStdout: []string{"Usage: sluice serve [flags]"}},
 		{name: "serve with a stray argument before a flag", args: []string{"serve", "oops", "--admin-addr", "127.0.0.1:0"}, wantCode: 2,
 			wantStderr: []string{`sluice serve: unexpected argument "oops"`, "Usage: sluice serve [flags]"}},

@@ -57,11 +57,11 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	fs := flag.NewFlagSet("sluice worker", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(fs.Output(), workerUsage); fs.PrintDefaults() }
-	url := fs.String("database-url", getenv("DATABASE_URL"), "PostgreSQL primary URL (env DATABASE_URL)")
-	readURL := fs.String("database-read-url", getenv("DATABASE_READ_URL"), "PostgreSQL read replica for the warmer's queries; the primary answers while it is unusable (env DATABASE_READ_URL)")
+	url := fs.String("database-url", "", "PostgreSQL primary URL (env DATABASE_URL)")
+	readURL := fs.String("database-read-url", "", "PostgreSQL read replica for the warmer's queries; the primary answers while it is unusable (env DATABASE_READ_URL)")
 	dryRun := fs.Bool("dry-run", false, "with migrate: list pending migrations and invalid indexes, change nothing")
 	timeout := fs.Duration("migrate-timeout", 30*time.Minute, "give up migrating after this long")
-	redisURL := fs.String("redis-url", getenv("REDIS_URL"), "Redis of the cache, for warming (env REDIS_URL)")
+	redisURL := fs.String("redis-url", "", "Redis of the cache, for warming (env REDIS_URL)")
 	keyPrefix := fs.String("redis-key-prefix", envOr(getenv, "REDIS_KEY_PREFIX", "sluice:"), "key prefix of the cache in Redis (env REDIS_KEY_PREFIX)")
 	envoyURL := fs.String("envoy-url", getenv("ENVOY_URL"), "Envoy listener warming requests go through, e.g. "+warm.DefaultEnvoyURL+" (env ENVOY_URL)")
 	tenants := fs.String("warm-tenants", getenv("WARM_TENANTS"), "comma-separated tenant identities to warm (env WARM_TENANTS)")
@@ -79,6 +79,17 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	reqTimeout := fs.Duration("warm-request-timeout", envDuration(getenv, "WARM_REQUEST_TIMEOUT", warm.DefaultRequestTimeout), "timeout of each warming request (env WARM_REQUEST_TIMEOUT)")
 	if code, ok := parseFlags(fs, args, true, stdout, stderr); !ok {
 		return code
+	}
+	// The URLs' environment variables are read after parsing, not as flag
+	// defaults: -h would print a password they carry.
+	if *url == "" {
+		*url = getenv("DATABASE_URL")
+	}
+	if *redisURL == "" {
+		*redisURL = getenv("REDIS_URL")
+	}
+	if *readURL == "" {
+		*readURL = getenv("DATABASE_READ_URL")
 	}
 	if !migrateOnly && fs.Arg(0) == "migrate" { // flags before the subcommand
 		migrateOnly = true
@@ -127,7 +138,7 @@ func worker(ctx context.Context, args []string, stdout, stderr io.Writer, getenv
 	reg := metrics.NewRegistry(buildVersion())
 	var migrated atomic.Bool
 	if !migrateOnly {
-		srv := admin.New(log)
+		srv := admin.New(log, admin.Options{})
 		srv.Handle("GET /metrics", metrics.Handler(reg))
 		srv.AddCheck("migrations", func(context.Context) error {
 			if !migrated.Load() {

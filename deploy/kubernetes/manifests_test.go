@@ -214,7 +214,7 @@ func sluiceServe(t *testing.T, objs []*object, dep *object) served {
 	if err := os.WriteFile(f, []byte(text), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := config.Load(f)
+	cfg, err := config.Load(f, config.Overrides{})
 	if err != nil {
 		t.Fatalf("%s: %v", dep, err)
 	}

@@ -29,6 +29,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sluicehq/sluice/envoy"
 )
@@ -62,13 +63,15 @@ type Gateway struct {
 	settings    *envoy.Settings
 	router      *router
 	compressors []*compressor
+	jwt         *jwtConfig
 	extProc     *extProcConfig
 	rateLimit   *rateLimitConfig
 	transport   http.RoundTripper
 	ownTrans    *http.Transport
 	log         *slog.Logger
 	limits      mutationLimits
-	// hcm
+	hcm         hcmConfig
+	// codec
 	maxRequestHeadersKB int
 	rejectUnderscores   bool
 	dropUnderscores     bool
@@ -98,6 +101,19 @@ func New(o Options) (*Gateway, error) {
 	if err := checkFilterOrder(s); err != nil {
 		return nil, err
 	}
+	if err := checkFields(s.Router, routerFields, "router"); err != nil {
+		return nil, err
+	}
+	if s.ExtProc != nil {
+		if err := checkFields(s.ExtProc, extProcFields, "ext_proc"); err != nil {
+			return nil, err
+		}
+	}
+	if s.RateLimit != nil {
+		if err := checkFields(s.RateLimit, rateLimitFields, "ratelimit"); err != nil {
+			return nil, err
+		}
+	}
 	r, err := newRouter(s.Routes)
 	if err != nil {
 		return nil, fmt.Errorf("emulator: %w", err)
@@ -111,7 +127,7 @@ func New(o Options) (*Gateway, error) {
 		g.compressors = append(g.compressors, cc)
 	}
 	hcm := s.HCM
-	if err := checkHCM(hcm); err != nil {
+	if g.hcm, err = newHCMConfig(hcm); err != nil {
 		return nil, err
 	}
 	g.limits = mutationLimits{maxCount: 100, maxBytes: 60 * 1024}
@@ -127,6 +143,11 @@ func New(o Options) (*Gateway, error) {
 		g.rejectUnderscores = true
 	case corev3.HttpProtocolOptions_DROP_HEADER:
 		g.dropUnderscores = true
+	}
+	if s.JWTAuthn != nil {
+		if g.jwt, err = newJWTConfig(s.JWTAuthn); err != nil {
+			return nil, err
+		}
 	}
 	if s.ExtProc != nil {
 		if g.extProc, err = newExtProcConfig(s.ExtProc, s.ExtProcName); err != nil {
@@ -156,13 +177,16 @@ func (g *Gateway) Close() error {
 	return nil
 }
 
-// checkFilterOrder accepts compressors, then ext_proc, then ratelimit, then
-// the router — each optional but the router — which is the only shape the
-// stream code below implements.
+// checkFilterOrder accepts compressors, then jwt_authn, then ext_proc, then
+// ratelimit, then the router — each optional but the router — which is the
+// only shape the stream code below implements.
 func checkFilterOrder(s *envoy.Settings) error {
 	want := []string{}
 	for _, c := range s.Compressors {
 		want = append(want, c.Name)
+	}
+	if s.JWTAuthn != nil {
+		want = append(want, s.JWTAuthnName)
 	}
 	if s.ExtProc != nil {
 		want = append(want, s.ExtProcName)
@@ -174,22 +198,12 @@ func checkFilterOrder(s *envoy.Settings) error {
 		return errors.New("emulator: no router filter")
 	}
 	if len(s.Filters) != len(want)+1 {
-		return fmt.Errorf("emulator: http_filters %v: want compressors, ext_proc, ratelimit, router in that order", s.Filters)
+		return fmt.Errorf("emulator: http_filters %v: want compressors, jwt_authn, ext_proc, ratelimit, router in that order", s.Filters)
 	}
 	for i, name := range want {
 		if s.Filters[i] != name {
-			return fmt.Errorf("emulator: http_filters %v: want compressors, ext_proc, ratelimit, router in that order", s.Filters)
+			return fmt.Errorf("emulator: http_filters %v: want compressors, jwt_authn, ext_proc, ratelimit, router in that order", s.Filters)
 		}
-	}
-	return nil
-}
-
-func checkHCM(h *hcmv3.HttpConnectionManager) error {
-	if h.GetXffNumTrustedHops() != 0 || len(h.GetOriginalIpDetectionExtensions()) > 0 || h.GetInternalAddressConfig() != nil {
-		return errors.New("emulator: xff_num_trusted_hops, original_ip_detection_extensions and internal_address_config are not emulated")
-	}
-	if h.GetLocalReplyConfig() != nil {
-		return errors.New("emulator: local_reply_config is not emulated")
 	}
 	return nil
 }
@@ -222,9 +236,11 @@ type stream struct {
 	// Request body: noBody when the request ended with its headers;
 	// bodyBuf holds what a filter buffered (or replaced); bodyRest is what
 	// still streams from the client after bodyBuf.
-	noBody      bool
-	bodyBuf     []byte
-	bodyRest    io.Reader
+	noBody   bool
+	bodyBuf  []byte
+	bodyRest io.Reader
+	// body is the client's body under the HCM's timeouts (nil without one).
+	body        *deadlineBody
 	reqTrailers *headerMap
 	// bodyReplaced: ext_proc's CONTINUE_AND_REPLACE replaced the body.
 	bodyReplaced bool
@@ -232,6 +248,10 @@ type stream struct {
 	acceptEncoding *string
 	encoding       string // chosen by the first compressor to decide (filter state "encoding_decision")
 	decided        bool
+
+	// dynMeta is the stream's dynamic metadata (StreamInfo::dynamicMetadata)
+	// by namespace, as filters (jwt_authn) set it.
+	dynMeta map[string]*structpb.Struct
 
 	ep *extProcStream
 	rl *rateLimitStream
@@ -274,6 +294,9 @@ type localReply struct {
 	modify     func(*headerMap)
 	grpcStatus *int
 	details    string
+	// beforeFilters: sent by the codec or the connection manager before
+	// the filter chain ran (no route, nothing decoded).
+	beforeFilters bool
 }
 
 func (s *stream) finish() {
@@ -289,11 +312,18 @@ func (s *stream) logf(msg string, args ...any) {
 // run is the decoder filter chain, then the encoder chain.
 func (s *stream) run() *response {
 	if lr := s.decodeHCM(); lr != nil {
-		// Rejected by the codec/HCM before any filter ran. Simplification:
-		// sent directly; Envoy creates the filter chain for such a reply,
-		// where the compressors have no Accept-Encoding but ext_proc's
-		// encodeHeaders could still see it.
-		return s.prepareLocalReply(lr)
+		// Refused by the codec or the connection manager before any filter
+		// ran. Envoy still creates the filter chain for the reply ("For
+		// early error handling, do a best-effort attempt to create a filter
+		// chain", DownstreamFilterManager::sendLocalReplyViaFilterChain) and
+		// sends it through every encoder filter: ext_proc opens a stream
+		// with the response headers alone; the compressors never saw an
+		// Accept-Encoding, so they do not compress. Simplification: no route
+		// is selected for such a reply.
+		if s.g.extProc != nil {
+			s.ep = newExtProcStream(s)
+		}
+		return s.sendLocalReply(lr)
 	}
 	// Compressor decodeHeaders: remember Accept-Encoding, then (filter
 	// closest to upstream) remove it if configured
@@ -305,6 +335,16 @@ func (s *stream) run() *response {
 		}
 		if c.removeAcceptEnc {
 			s.req.remove("accept-encoding")
+		}
+	}
+	if s.g.jwt != nil {
+		if lr := s.g.jwt.decode(s); lr != nil {
+			// The filters after jwt_authn exist but never decoded: ext_proc
+			// sees the reply's headers alone.
+			if s.g.extProc != nil {
+				s.ep = newExtProcStream(s)
+			}
+			return s.sendLocalReply(lr)
 		}
 	}
 	if s.g.extProc != nil {
@@ -326,133 +366,18 @@ func (s *stream) run() *response {
 	return s.encode(resp)
 }
 
-// decodeHCM is the HCM's part before the filters: codec-level checks,
-// hop-by-hop headers, ConnectionManagerUtility::mutateRequestHeaders, route
-// selection.
-func (s *stream) decodeHCM() *localReply {
-	r := s.r
-	s.req = &headerMap{}
-	s.req.add(":method", r.Method)
-	path := r.RequestURI
-	if path == "" || r.Method == http.MethodConnect {
-		path = r.URL.RequestURI()
+// metadata returns the stream's dynamic metadata namespace ns, created
+// empty when missing.
+func (s *stream) metadata(ns string) *structpb.Struct {
+	if s.dynMeta == nil {
+		s.dynMeta = map[string]*structpb.Struct{}
 	}
-	s.req.add(":path", path)
-	s.req.add(":authority", r.Host)
-	fromHTTP(r.Header, s.req)
-	s.isHead = r.Method == http.MethodHead
-	s.isGRPC = strings.HasPrefix(s.req.value("content-type"), "application/grpc")
-
-	// headers_with_underscores_action (HttpProtocolOptions): REJECT_REQUEST
-	// answers 400, DROP_HEADER drops them.
-	for _, e := range append([]headerEntry(nil), s.req.kv...) {
-		if strings.Contains(e.key, "_") && !strings.HasPrefix(e.key, ":") {
-			if s.g.rejectUnderscores {
-				return &localReply{code: http.StatusBadRequest, details: "http1.unexpected_underscore"}
-			}
-			if s.g.dropUnderscores {
-				s.req.remove(e.key)
-			}
-		}
+	st, ok := s.dynMeta[ns]
+	if !ok {
+		st = &structpb.Struct{Fields: map[string]*structpb.Value{}}
+		s.dynMeta[ns] = st
 	}
-	if s.req.byteSize() > s.g.maxRequestHeadersKB*1024 {
-		return &localReply{code: http.StatusRequestHeaderFieldsTooLarge, details: "http1.headers_too_large"}
-	}
-	// Hop-by-hop headers (RFC 9110 §7.6.1) never reach the filters: the
-	// headers Connection nominates (Utility::sanitizeConnectionHeader, which
-	// rejects nominating X-Forwarded-* or a pseudo-header), then Connection,
-	// Keep-Alive, Proxy-Connection, Transfer-Encoding and Upgrade; TE is kept
-	// only as "trailers".
-	if conn, ok := s.req.get("connection"); ok {
-		for _, tok := range strings.Split(conn, ",") {
-			t := strings.ToLower(strings.TrimSpace(tok))
-			switch t {
-			case "", "close", "keep-alive", "upgrade", "http2-settings":
-			case "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto":
-				return &localReply{code: http.StatusBadRequest, details: "http1.invalid_characters"}
-			default:
-				if strings.HasPrefix(t, ":") {
-					return &localReply{code: http.StatusBadRequest, details: "http1.invalid_characters"}
-				}
-				s.req.remove(t)
-			}
-		}
-	}
-	for _, h := range []string{"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"} {
-		s.req.remove(h)
-	}
-	if te, ok := s.req.get("te"); ok {
-		if hasToken(te, "trailers") {
-			s.req.set("te", "trailers")
-		} else {
-			s.req.remove("te")
-		}
-	}
-
-	// use_remote_address: the trusted client address is the TCP peer; it is
-	// appended to X-Forwarded-For (the listener's own address instead when
-	// the peer is loopback), x-forwarded-proto is overwritten, and the
-	// request counts as an edge request (no internal_address_config: since
-	// Envoy 1.33 no address is internal by default)
-	// (ConnectionManagerUtility::mutateRequestHeaders).
-	hcm := s.g.settings.HCM
-	peer, _, _ := net.SplitHostPort(r.RemoteAddr)
-	s.remoteIP = peer
-	if hcm.GetUseRemoteAddress().GetValue() {
-		if !hcm.GetSkipXffAppend() {
-			xffAddr := peer
-			if ip := net.ParseIP(peer); ip != nil && ip.IsLoopback() {
-				if la, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-					if h, _, err := net.SplitHostPort(la.String()); err == nil {
-						xffAddr = h
-					}
-				}
-			}
-			if xff, ok := s.req.get("x-forwarded-for"); ok && xff != "" {
-				s.req.set("x-forwarded-for", xff+","+xffAddr)
-			} else {
-				s.req.set("x-forwarded-for", xffAddr)
-			}
-		}
-		s.req.set("x-forwarded-proto", "http")
-	} else {
-		return &localReply{code: http.StatusInternalServerError, details: "emulator: use_remote_address false is not emulated"}
-	}
-	if !s.req.has(":scheme") {
-		s.req.add(":scheme", s.req.value("x-forwarded-proto"))
-	}
-	// Edge request: cleanInternalHeaders, x-envoy-external-address.
-	s.req.remove("x-envoy-internal")
-	for _, h := range []string{
-		"x-envoy-decorator-operation", "x-envoy-downstream-service-cluster", "x-envoy-downstream-service-node",
-		"x-envoy-retriable-status-codes", "x-envoy-retriable-header-names", "x-envoy-retry-on", "x-envoy-retry-grpc-on",
-		"x-envoy-max-retries", "x-envoy-upstream-alt-stat-name", "x-envoy-upstream-rq-timeout-ms",
-		"x-envoy-upstream-rq-per-try-timeout-ms", "x-envoy-upstream-rq-timeout-alt-response",
-		"x-envoy-expected-rq-timeout-ms", "x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-original-url",
-		"x-envoy-hedge-on-per-try-timeout",
-	} {
-		s.req.remove(h)
-	}
-	for _, h := range s.g.settings.Routes.GetInternalOnlyHeaders() {
-		s.req.remove(h)
-	}
-	if peer != "" {
-		s.req.set("x-envoy-external-address", peer)
-	}
-	// generate_request_id (default true): an edge request always gets a new
-	// id unless preserve_external_request_id.
-	if hcm.GetGenerateRequestId() == nil || hcm.GetGenerateRequestId().GetValue() {
-		if !s.req.has("x-request-id") || !hcm.GetPreserveExternalRequestId() {
-			s.req.set("x-request-id", newUUID())
-		}
-	}
-	// end_stream with the headers when the request has no body.
-	s.noBody = r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
-	if !s.noBody {
-		s.bodyRest = r.Body
-	}
-	s.vh, s.route = s.g.router.match(s.req)
-	return nil
+	return st
 }
 
 // rematch re-runs route selection after clear_route_cache.

@@ -501,32 +501,40 @@ func sluiceHeaders(tier, tenant, cost string) func(context.Context, *extprocsvc.
 	}
 }
 
+// TestRateLimitDescriptorsFromMutatedHeaders builds envoy.yaml's
+// descriptors from what ext_proc set: the identity ones need x-sluice-cost,
+// the address ones need nothing from ext_proc, and the "identity missing"
+// one appears only when ext_proc set no tier.
 func TestRateLimitDescriptorsFromMutatedHeaders(t *testing.T) {
 	tests := []struct {
-		name string
-		cost string
-		want []string
+		name    string
+		extProc func(context.Context, *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error)
+		want    []string
 	}{
-		{name: "numeric cost", cost: "3", want: []string{"tier=pro,tenant_id=t1 +3", "tier=pro,remote_address=127.0.0.1 +3"}},
-		{name: "missing cost drops every descriptor", cost: "", want: nil},
-		{name: "non-numeric cost drops every descriptor", cost: "lots", want: nil},
+		{name: "numeric cost", extProc: sluiceHeaders("pro", "t1", "3"), want: []string{
+			"tier=pro,tenant_id=t1 +3", "tier=pro,remote_address=127.0.0.1 +3", "remote_address=127.0.0.1 +<nil>",
+		}},
+		{name: "missing cost drops the descriptors that read it", extProc: sluiceHeaders("pro", "t1", ""), want: []string{
+			"remote_address=127.0.0.1 +<nil>",
+		}},
+		{name: "non-numeric cost likewise", extProc: sluiceHeaders("pro", "t1", "lots"), want: []string{
+			"remote_address=127.0.0.1 +<nil>",
+		}},
+		{name: "ext_proc failing open: the address limits only", extProc: grpcErr, want: []string{
+			"remote_address=127.0.0.1 +<nil>", "identity=missing,remote_address=127.0.0.1 +<nil>",
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, harnessOpts{extProc: sluiceHeaders("pro", "t1", tt.cost)})
-			// The client's own x-sluice-user is removed by ext_proc, so the
-			// user descriptor is dropped.
+			h := newHarness(t, harnessOpts{extProc: tt.extProc})
+			// The client's own x-sluice-* are stripped by Envoy
+			// (internal_only_headers), so without ext_proc there is no tier
+			// and no user.
 			resp, _ := h.do("GET", "/", map[string]string{"X-Sluice-User": "spoofed", "X-Sluice-Tier": "enterprise"}, nil)
 			if resp.StatusCode != 200 {
 				t.Fatalf("status %d", resp.StatusCode)
 			}
 			reqs := h.rls.requests()
-			if tt.want == nil {
-				if len(reqs) != 0 {
-					t.Fatalf("RLS called with %v", reqs)
-				}
-				return
-			}
 			if len(reqs) != 1 || reqs[0].GetDomain() != "sluice" {
 				t.Fatalf("RLS requests %v", reqs)
 			}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // defaultMessageTimeout is ExternalProcessor.message_timeout's default.
@@ -43,8 +44,13 @@ func newExtProcConfig(c *extprocv3.ExternalProcessor, name string) (*extProcConf
 	switch {
 	case c.GetHttpService() != nil, c.GetObservabilityMode(), c.GetSendBodyWithoutWaitingForHeaderResponse(),
 		len(c.GetRequestAttributes()) > 0, len(c.GetResponseAttributes()) > 0, c.GetProcessingRequestModifier() != nil,
-		c.GetOnProcessingResponse() != nil, c.GetForwardRules() != nil, c.GetMetadataOptions() != nil:
-		return nil, errors.New("ext_proc: http_service, observability_mode, send_body_without_waiting_for_header_response, attributes, forward_rules, metadata_options and extensions are not emulated")
+		c.GetOnProcessingResponse() != nil, c.GetForwardRules() != nil:
+		return nil, errors.New("ext_proc: http_service, observability_mode, send_body_without_waiting_for_header_response, attributes, forward_rules and extensions are not emulated")
+	}
+	if mo := c.GetMetadataOptions(); mo != nil {
+		if mo.GetReceivingNamespaces() != nil || mo.GetClusterMetadataForwardingNamespaces() != nil || len(mo.GetForwardingNamespaces().GetTyped()) > 0 {
+			return nil, errors.New("ext_proc: metadata_options other than forwarding_namespaces.untyped are not emulated")
+		}
 	}
 	if err := checkMode(c.GetProcessingMode()); err != nil {
 		return nil, fmt.Errorf("ext_proc: %w", err)
@@ -362,6 +368,22 @@ func (e *extProcStream) open() (outcome, bool) {
 	return outcome{}, true
 }
 
+// forwardedMetadata is the dynamic metadata of the namespaces listed in
+// metadata_options.forwarding_namespaces.untyped, sent with every message
+// (Filter::addDynamicMetadata).
+func (e *extProcStream) forwardedMetadata() *corev3.Metadata {
+	md := &corev3.Metadata{}
+	for _, ns := range e.cfg.cfg.GetMetadataOptions().GetForwardingNamespaces().GetUntyped() {
+		if st, ok := e.s.dynMeta[ns]; ok {
+			if md.FilterMetadata == nil {
+				md.FilterMetadata = map[string]*structpb.Struct{}
+			}
+			md.FilterMetadata[ns] = st
+		}
+	}
+	return md
+}
+
 // close ends the gRPC stream, as ExternalProcessorStreamImpl::close resets
 // it (graceful half-close is off by default). Processing is complete
 // afterwards.
@@ -399,7 +421,7 @@ func (e *extProcStream) call(req *extprocsvc.ProcessingRequest, want msgKind, af
 		req.ProtocolConfig = &extprocsvc.ProtocolConfiguration{RequestBodyMode: e.dec.body, ResponseBodyMode: e.enc.body}
 		e.protocolSent = true
 	}
-	req.MetadataContext = &corev3.Metadata{}
+	req.MetadataContext = e.forwardedMetadata()
 	// Send runs aside so that message_timeout also bounds a send blocked by
 	// flow control; a failed Send surfaces as the stream's error on Recv.
 	sent := make(chan struct{})
@@ -803,7 +825,10 @@ func (e *extProcStream) bodyPhase(k msgKind, st *modeState, p *payload) *localRe
 	}
 	switch st.body {
 	case extprocv3.ProcessingMode_BUFFERED:
-		over, err := p.readRest(p.limit)
+		over, err, lr := e.readWatching(k, func() (bool, error) { return p.readRest(p.limit) })
+		if lr != nil {
+			return lr
+		}
 		if err != nil {
 			return e.readError(k, err)
 		}
@@ -874,7 +899,10 @@ func (e *extProcStream) bodyPhase(k msgKind, st *modeState, p *payload) *localRe
 	case extprocv3.ProcessingMode_BUFFERED_PARTIAL:
 		// Buffer up to the limit; send what is there (end_of_stream if that
 		// is all of it); the rest then flows unprocessed.
-		over, err := p.readRest(p.limit)
+		over, err, lr := e.readWatching(k, func() (bool, error) { return p.readRest(p.limit) })
+		if lr != nil {
+			return lr
+		}
 		if err != nil {
 			return e.readError(k, err)
 		}
@@ -907,6 +935,73 @@ func (e *extProcStream) bodyPhase(k msgKind, st *modeState, p *payload) *localRe
 	return nil
 }
 
+// readWatching runs read (the rest of a request body Envoy buffers before
+// sending it) while listening to the processor. Envoy handles a message
+// whenever it arrives (Filter::onReceiveMessage), not only as a reply: an
+// ImmediateResponse, or a stream failure without failure_mode_allow,
+// answers the client while it is still sending its body, and the read is
+// abandoned. With failure_mode_allow a failure only ends processing: the
+// body is read and goes upstream. Response bodies are read as before.
+func (e *extProcStream) readWatching(k msgKind, read func() (bool, error)) (bool, error, *localReply) {
+	if k != kindRequestBody || e.grpc == nil || e.complete || e.s.body == nil {
+		over, err := read()
+		return over, err, nil
+	}
+	type result struct {
+		over bool
+		err  error
+	}
+	done := make(chan result, 1)
+	go func() {
+		over, err := read()
+		done <- result{over, err}
+	}()
+	for {
+		select {
+		case r := <-done:
+			return r.over, r.err, nil
+		case m := <-e.msgs:
+			if m.err != nil && e.s.ctx.Err() != nil {
+				// The request's context ended (Go's server cancels it when a
+				// body read fails, a timeout included), which cancelled the
+				// gRPC stream too: not a processor failure. The read's own
+				// error decides.
+				e.close()
+				r := <-done
+				return r.over, r.err, nil
+			}
+			o := e.unsolicited(m)
+			if o.lr != nil {
+				e.s.body.abort()
+				<-done
+				return false, nil, o.lr
+			}
+			if e.complete {
+				r := <-done
+				return r.over, r.err, nil
+			}
+		}
+	}
+}
+
+// unsolicited handles a message that arrived while no message was
+// outstanding.
+func (e *extProcStream) unsolicited(m recvMsg) outcome {
+	if m.err != nil {
+		return e.onGRPCError(m.err)
+	}
+	r := m.resp
+	if r.GetOverrideMessageTimeout() != nil {
+		// No timer runs: nothing to extend.
+		return outcome{}
+	}
+	if ir := r.GetImmediateResponse(); ir != nil && !e.cfg.cfg.GetDisableImmediateResponse() {
+		e.close()
+		return outcome{lr: e.immediateResponse(ir)}
+	}
+	return e.spurious(r)
+}
+
 // nextChunk reads the next STREAMED chunk and whether it is the last.
 func (e *extProcStream) nextChunk(p *payload) ([]byte, bool, error) {
 	if *p.rest == nil {
@@ -934,6 +1029,9 @@ func (e *extProcStream) nextChunk(p *payload) ([]byte, bool, error) {
 func (e *extProcStream) readError(k msgKind, err error) *localReply {
 	e.close()
 	if k == kindRequestBody {
+		if lr := timeoutReply(err); lr != nil {
+			return lr
+		}
 		// The client reset mid-body; Envoy would reset the stream.
 		return &localReply{code: http.StatusBadRequest, details: "downstream_remote_disconnect"}
 	}

@@ -169,10 +169,11 @@ func (f *rlsFake) requests() []*rlsv3.RateLimitRequest {
 
 // upstreamFake records what reached the application.
 type upstreamFake struct {
-	mu     sync.Mutex // guards hits, header, body
+	mu     sync.Mutex // guards hits, header, host, uri, body
 	hits   int
 	header http.Header
 	host   string
+	uri    string
 	body   []byte
 }
 
@@ -183,6 +184,7 @@ func (u *upstreamFake) record(r *http.Request) {
 	u.hits++
 	u.header = r.Header.Clone()
 	u.host = r.Host
+	u.uri = r.RequestURI
 	u.body = b
 }
 
@@ -205,6 +207,8 @@ type harness struct {
 }
 
 type harnessOpts struct {
+	// config replaces envoy.yaml (its first listener runs).
+	config []byte
 	// settings edits a copy of the parsed envoy.yaml.
 	settings func(*envoy.Settings)
 	// app serves upstream requests (after they are recorded); nil: 200 with
@@ -223,7 +227,11 @@ var appBody = []byte(`{"items":[` + "\"aaaaaaaaaa\",\"bbbbbbbbbb\",\"cccccccccc\
 
 func newHarness(t *testing.T, o harnessOpts) *harness {
 	t.Helper()
-	s, err := envoy.ParseSettings(envoy.DefaultConfig)
+	cfg := envoy.DefaultConfig
+	if o.config != nil {
+		cfg = o.config
+	}
+	s, err := envoy.ParseSettings(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"strings"
 
 	mutationv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 )
 
@@ -172,32 +171,14 @@ func applyHeaderMutation(m *extprocsvc.HeaderMutation, h *headerMap, replacing, 
 		if dropContentLength && name == "content-length" {
 			continue
 		}
-		exists := h.has(name)
-		var op checkOp
-		appendMode := false
-		switch sh.GetAppendAction() {
-		case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
-			// The zero value: ext_proc falls back to the deprecated `append`
-			// field, which defaults to false (overwrite).
-			appendMode = sh.GetAppend().GetValue()
-			op = opSet
-			if appendMode && exists {
-				op = opAppend
-			}
-		case corev3.HeaderValueOption_ADD_IF_ABSENT:
-			if exists {
-				continue
-			}
-			op, appendMode = opSet, true
-		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
-			op = opSet
-		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
-			if !exists {
-				continue
-			}
-			op = opSet
-		default:
-			return fmt.Errorf("%w: invalid append_action for %s", errMutation, name)
+		// Envoy's ext_proc reads only the deprecated `append` field (false
+		// when unset) and never append_action, whatever its value
+		// (MutationUtils::applyHeaderMutations, source/extensions/filters/
+		// http/ext_proc/mutation_utils.cc; envoy#36982).
+		appendMode := sh.GetAppend().GetValue()
+		op := opSet
+		if appendMode && h.has(name) {
+			op = opAppend
 		}
 		res := c.check(op, name, value)
 		if replacing && name == ":method" {

@@ -8,6 +8,8 @@ import (
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+
+	"github.com/sluicehq/sluice/envoy"
 )
 
 // defaultRouteTimeout is RouteAction.timeout's default (15 s).
@@ -262,4 +264,31 @@ func routeTimeout(rt *routev3.Route) time.Duration {
 		return defaultRouteTimeout
 	}
 	return ra.GetTimeout().AsDuration()
+}
+
+// MatchRoute selects the route Envoy's router would for a request with
+// this method, path (after the connection manager's normalisation, which
+// MatchRoute applies as configured) and authority: the matched route, or nil
+// (404). For configuration checks (sluice check-config --envoy).
+func MatchRoute(s *envoy.Settings, method, path, authority string) (*routev3.Route, error) {
+	r, err := newRouter(s.Routes)
+	if err != nil {
+		return nil, err
+	}
+	if s.HCM.GetNormalizePath().GetValue() {
+		p, ok := canonicalPath(path)
+		if !ok {
+			return nil, nil
+		}
+		path = p
+	}
+	if s.HCM.GetMergeSlashes() {
+		path = mergeSlashes(path)
+	}
+	h := &headerMap{}
+	h.add(":method", method)
+	h.add(":path", path)
+	h.add(":authority", authority)
+	_, rt := r.match(h)
+	return rt, nil
 }

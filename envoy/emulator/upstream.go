@@ -33,14 +33,15 @@ func (d *downstreamBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// failed reports whether reading the client's body failed; false for nil.
-func (d *downstreamBody) failed() bool {
+// failure returns the error reading the client's body failed with; nil
+// for nil.
+func (d *downstreamBody) failure() error {
 	if d == nil {
-		return false
+		return nil
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	return d.err != nil
+	return d.err
 }
 
 // forward is the router filter (source/common/router/router.cc): pick the
@@ -152,7 +153,12 @@ func (s *stream) forward() (*response, *localReply) {
 	res, err := s.g.transport.RoundTrip(req)
 	if err != nil {
 		cancel()
-		if down.failed() {
+		if derr := down.failure(); derr != nil {
+			if lr := timeoutReply(derr); lr != nil {
+				// request_timeout or stream_idle_timeout while the body
+				// streamed upstream, before the response started.
+				return nil, lr
+			}
 			// The client's body broke off or was malformed (a bad chunk):
 			// Envoy's HTTP/1 codec fails the downstream request with a 400,
 			// the upstream is not to blame.

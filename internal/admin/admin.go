@@ -4,6 +4,8 @@ package admin
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,9 +14,24 @@ import (
 	"net/http"
 	"net/http/pprof"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 )
+
+// Options configure a Server. The zero value asks no token and serves no
+// profiling.
+type Options struct {
+	// Token, when set, must come as "Authorization: Bearer <Token>" on the
+	// protected endpoints (HandleProtected and /debug/pprof/); others get
+	// 401. /metrics, /healthz and /readyz stay open for scrapers and
+	// probes.
+	Token string
+	// Pprof serves Go's profiling endpoints under /debug/pprof/ (protected):
+	// the index and named profiles, profile, symbol and trace. Never
+	// cmdline, which shows the command line and so any secret passed on it.
+	Pprof bool
+}
 
 // Check reports whether one dependency is ready; a nil error means ready.
 type Check func(ctx context.Context) error
@@ -22,33 +39,65 @@ type Check func(ctx context.Context) error
 // Server is the admin HTTP server. Register handlers and checks before Serve.
 // Its methods are safe for concurrent use.
 type Server struct {
-	mux    *http.ServeMux
-	log    *slog.Logger
-	mu     sync.Mutex // guards checks
-	checks map[string]Check
-	srv    *http.Server
+	mux      *http.ServeMux
+	log      *slog.Logger
+	tokenSum *[sha256.Size]byte // nil: no token asked
+	mu       sync.Mutex         // guards checks
+	checks   map[string]Check
+	srv      *http.Server
 }
 
 // New returns a server with /healthz (always 200 while the process serves) and
 // /readyz (200 only when every registered check passes).
-func New(log *slog.Logger) *Server {
+func New(log *slog.Logger, o Options) *Server {
 	s := &Server{mux: http.NewServeMux(), log: log, checks: map[string]Check{}}
+	if o.Token != "" {
+		sum := sha256.Sum256([]byte(o.Token))
+		s.tokenSum = &sum
+	}
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintln(w, "ok")
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
-	// Profiling for operators; the admin listener must stay internal.
-	s.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
-	s.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
-	s.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
-	s.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
-	s.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	if o.Pprof {
+		// pprof.Index also serves the named profiles (/debug/pprof/heap, …);
+		// it answers /debug/pprof/cmdline 404, as no profile has that name.
+		s.HandleProtected("GET /debug/pprof/", http.HandlerFunc(pprof.Index))
+		s.HandleProtected("GET /debug/pprof/profile", http.HandlerFunc(pprof.Profile))
+		s.HandleProtected("GET /debug/pprof/symbol", http.HandlerFunc(pprof.Symbol))
+		s.HandleProtected("GET /debug/pprof/trace", http.HandlerFunc(pprof.Trace))
+	}
 	return s
 }
 
-// Handle registers h for pattern (http.ServeMux syntax).
+// Handle registers h for pattern (http.ServeMux syntax), open to anyone who
+// reaches the admin port: for scrapers and probes.
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
+
+// HandleProtected registers h for pattern behind Options.Token: for
+// endpoints that change state (cache purges) or show internals (/debug).
+func (s *Server) HandleProtected(pattern string, h http.Handler) { s.mux.Handle(pattern, s.guard(h)) }
+
+// guard asks for the bearer token. The comparison is of SHA-256 sums in
+// constant time, so neither the token's length nor its prefix leaks through
+// timing.
+func (s *Server) guard(h http.Handler) http.Handler {
+	if s.tokenSum == nil {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		auth := r.Header.Get("Authorization")
+		scheme, token, _ := strings.Cut(auth, " ")
+		sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+		if !strings.EqualFold(scheme, "bearer") || subtle.ConstantTimeCompare(sum[:], s.tokenSum[:]) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="sluice-admin"`)
+			http.Error(w, "unauthorized: this endpoint needs the admin token (Authorization: Bearer ...)", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
 
 // AddCheck registers a readiness check under name, replacing one of the same name.
 func (s *Server) AddCheck(name string, c Check) {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync/atomic"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
@@ -32,6 +34,7 @@ import (
 	"github.com/sluicehq/sluice/internal/pgtier"
 	"github.com/sluicehq/sluice/internal/redisconn"
 	"github.com/sluicehq/sluice/internal/tier"
+	"github.com/sluicehq/sluice/internal/tlsfiles"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -153,27 +156,47 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 	}
 
 	a.health = health.NewServer()
-	a.grpc = grpc.NewServer(
+	grpcOpts := []grpc.ServerOption{
 		// ext_proc carries bodies (BUFFERED batch requests, cached responses):
 		// the larger of the two limits applies to the whole server.
 		grpc.MaxRecvMsgSize(max(cfg.Server.MaxRecvMsgBytes, cfg.ExtProc.MaxRecvMsgBytes(), int(cfg.Batch.MaxRequestBytes)+1<<20)),
 		// A pool of stream workers instead of a goroutine per RPC: measured
 		// 7-10 µs less CPU per ShouldRateLimit (no per-call stack growth);
 		// RPCs beyond the pool still get their own goroutine.
-		grpc.NumStreamWorkers(uint32(4*runtime.GOMAXPROCS(0))),
+		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-	)
+	}
+	if t := cfg.Server.GRPCTLS; t.Enabled() {
+		// TLS, and mutual TLS with a client CA, from files read again when
+		// they change (certificate rotation without a restart).
+		files, err := tlsfiles.New(tlsfiles.Files{Cert: t.CertFile, Key: t.KeyFile, ClientCA: t.ClientCAFile}, log)
+		if err != nil {
+			return a, fmt.Errorf("app: grpc_tls: %w", err)
+		}
+		grpcOpts = append(grpcOpts, grpc.Creds(credentials.NewTLS(files.Config())))
+	}
+	a.grpc = grpc.NewServer(grpcOpts...)
 	a.RLS.Register(a.grpc)
 	a.ExtProc.Register(a.grpc)
 	healthpb.RegisterHealthServer(a.grpc, a.health)
 	reflection.Register(a.grpc)
 
-	a.admin = admin.New(log)
+	token, err := cfg.Server.Token()
+	if err != nil {
+		return a, fmt.Errorf("app: %w", err)
+	}
+	a.admin = admin.New(log, admin.Options{Token: token, Pprof: cfg.Server.Pprof})
 	a.admin.Handle("GET /metrics", metrics.Handler(a.Registry))
-	a.admin.Handle("GET /debug/ratelimit", a.RLS.DebugHandler())
+	a.admin.HandleProtected("GET /debug/ratelimit", a.RLS.DebugHandler())
 	if a.Cache != nil {
-		a.admin.Handle("POST /cache/purge", cachefilter.PurgeHandler(cfg.Cache.Config, a.Cache, cfg.Cache.Store.PurgeTimeout+time.Second))
+		a.admin.HandleProtected("POST /cache/purge", cachefilter.PurgeHandler(cfg.Cache.Config, a.Cache, cfg.Cache.Store.PurgeTimeout+time.Second))
+	}
+	if !loopback(cfg.Server.AdminAddr) && token == "" {
+		log.Warn("the admin port listens beyond loopback without a token: anyone who reaches it can purge any tenant's cache (set SLUICE_ADMIN_TOKEN or server.admin_token_file)", "admin", cfg.Server.AdminAddr)
+	}
+	if !loopback(cfg.Server.GRPCAddr) && cfg.Server.GRPCTLS.ClientCAFile == "" {
+		log.Warn("the gRPC port listens beyond loopback without client certificates: anyone who reaches it can read any tenant's cached answers and spend any tenant's quota; restrict it to Envoy (network policy, server.grpc_tls.client_ca_file)", "grpc", cfg.Server.GRPCAddr)
 	}
 	a.admin.AddCheck("ratelimit_rules", a.RLS.Ready)
 	a.admin.AddCheck("redis", a.redisReady)
@@ -196,6 +219,19 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		return a, fmt.Errorf("app: listen admin: %w", err)
 	}
 	return a, nil
+}
+
+// loopback reports whether a listen address binds loopback only.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }
 
 // redisReady passes once Redis has answered once. Later outages do not flip

@@ -65,17 +65,72 @@ type Database struct {
 
 // Server holds the listen addresses and process-level settings.
 type Server struct {
-	// GRPCAddr serves the rate limit (and later ext_proc) gRPC services.
-	// Default ":8081"; --grpc-addr overrides.
+	// GRPCAddr serves the ext_proc and rate limit gRPC services. Default
+	// "127.0.0.1:8081" (a sidecar beside Envoy); --grpc-addr overrides.
+	// Whoever reaches it can read any tenant's cached answers through
+	// ext_proc and spend any tenant's quota: bind it beyond loopback only to
+	// a network where just Envoy reaches it, or with GRPCTLS's client CA.
 	GRPCAddr string `yaml:"grpc_addr"`
-	// AdminAddr serves /metrics, /healthz, /readyz and /debug/*. Default
-	// ":9091"; --admin-addr overrides.
+	// AdminAddr serves /metrics, /healthz, /readyz, /debug/* and POST
+	// /cache/purge. Default "127.0.0.1:9091"; --admin-addr overrides. Set
+	// AdminTokenFile before binding it beyond loopback.
 	AdminAddr string `yaml:"admin_addr"`
+	// AdminTokenFile names a file holding the bearer token the admin port's
+	// protected endpoints (cache purges, /debug) ask for; the
+	// SLUICE_ADMIN_TOKEN environment variable gives the token itself
+	// instead. At least 16 bytes; surrounding white space is trimmed.
+	// Default none: no token asked.
+	AdminTokenFile string `yaml:"admin_token_file"`
+	// AdminToken is the token itself, from SLUICE_ADMIN_TOKEN (never from
+	// the file: a config file is for settings, not secrets).
+	AdminToken string `yaml:"-"`
+	// Pprof serves Go's profiling endpoints under /debug/pprof/ on the admin
+	// port (behind the token). Default false.
+	Pprof bool `yaml:"pprof"`
+	// GRPCTLS makes the gRPC port speak TLS, and with ClientCAFile ask
+	// clients (Envoy) for a certificate. Default: plaintext.
+	GRPCTLS TLS `yaml:"grpc_tls"`
 	// ShutdownGrace is how long in-flight RPCs may run after SIGTERM before
 	// they are cut. Default 15s.
 	ShutdownGrace time.Duration `yaml:"shutdown_grace"`
 	// MaxRecvMsgBytes bounds one gRPC message. Default 4 MiB (gRPC's default).
 	MaxRecvMsgBytes int `yaml:"max_recv_msg_bytes"`
+}
+
+// TLS names the PEM files of a TLS server. The files are read again when
+// they change (on the next handshake), so certificates can be rotated
+// without a restart.
+type TLS struct {
+	// CertFile and KeyFile are the server's certificate (chain) and key;
+	// both or neither.
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// ClientCAFile, when set, holds the CAs a client certificate must chain
+	// to: mutual TLS, clients without one are refused.
+	ClientCAFile string `yaml:"client_ca_file"`
+}
+
+// Enabled reports whether TLS is configured.
+func (t TLS) Enabled() bool { return t.CertFile != "" || t.KeyFile != "" || t.ClientCAFile != "" }
+
+// minAdminToken is the shortest admin token accepted.
+const minAdminToken = 16
+
+// Token returns the admin token: AdminToken, else the trimmed content of
+// AdminTokenFile, else "".
+func (s Server) Token() (string, error) {
+	if s.AdminToken != "" || s.AdminTokenFile == "" {
+		return s.AdminToken, nil
+	}
+	b, err := os.ReadFile(s.AdminTokenFile)
+	if err != nil {
+		return "", fmt.Errorf("server: admin_token_file: %w", err)
+	}
+	tok := strings.TrimSpace(string(b))
+	if len(tok) < minAdminToken {
+		return "", fmt.Errorf("server: admin_token_file %s: the token must be at least %d bytes", s.AdminTokenFile, minAdminToken)
+	}
+	return tok, nil
 }
 
 // Log configures structured logging.
@@ -85,6 +140,13 @@ type Log struct {
 	// Format is json or text. Default json.
 	Format string `yaml:"format"`
 }
+
+// Default listen addresses: loopback, the sidecar layout. A deployment that
+// puts Envoy elsewhere sets them (and reads docs/security.md).
+const (
+	DefaultGRPCAddr  = "127.0.0.1:8081"
+	DefaultAdminAddr = "127.0.0.1:9091"
+)
 
 // maxFileBytes bounds the config file; anything larger is a mistake.
 const maxFileBytes = 4 << 20
@@ -164,10 +226,10 @@ func Parse(name string, data []byte) (Config, error) {
 // WithDefaults returns c with every unset field given its documented default.
 func (c Config) WithDefaults() Config {
 	if c.Server.GRPCAddr == "" {
-		c.Server.GRPCAddr = ":8081"
+		c.Server.GRPCAddr = DefaultGRPCAddr
 	}
 	if c.Server.AdminAddr == "" {
-		c.Server.AdminAddr = ":9091"
+		c.Server.AdminAddr = DefaultAdminAddr
 	}
 	if c.Server.ShutdownGrace == 0 {
 		c.Server.ShutdownGrace = 15 * time.Second
@@ -210,6 +272,15 @@ func (c Config) Validate() error {
 	}
 	if c.Server.MaxRecvMsgBytes < 1024 {
 		add("server", errors.New("server: max_recv_msg_bytes must be at least 1024"))
+	}
+	if c.Server.AdminToken != "" && c.Server.AdminTokenFile != "" {
+		add("server", errors.New("server: set the admin token once: SLUICE_ADMIN_TOKEN or admin_token_file"))
+	}
+	if c.Server.AdminToken != "" && len(c.Server.AdminToken) < minAdminToken {
+		add("server", fmt.Errorf("server: SLUICE_ADMIN_TOKEN must be at least %d bytes", minAdminToken))
+	}
+	if t := c.Server.GRPCTLS; t.Enabled() && (t.CertFile == "" || t.KeyFile == "") {
+		add("server", errors.New("server: grpc_tls needs cert_file and key_file (client_ca_file alone cannot serve TLS)"))
 	}
 	if _, err := c.Log.level(); err != nil {
 		add("log", err)
@@ -307,6 +378,7 @@ func (l Log) Logger(w io.Writer) *slog.Logger {
 // set over the file. Empty fields leave the file's value.
 type Overrides struct {
 	GRPCAddr, AdminAddr, RateLimitConfig, RedisURL, DatabaseURL, DatabaseReadURL string
+	AdminToken, AdminTokenFile                                                   string
 }
 
 // Apply returns c with every non-empty override set.
@@ -324,5 +396,7 @@ func (o Overrides) Apply(c Config) Config {
 	set("redis.url", &c.Redis.URL, o.RedisURL)
 	set("database.url", &c.Database.URL, o.DatabaseURL)
 	set("database.read_url", &c.Database.ReadURL, o.DatabaseReadURL)
+	set("server.admin_token", &c.Server.AdminToken, o.AdminToken)
+	set("server.admin_token_file", &c.Server.AdminTokenFile, o.AdminTokenFile)
 	return c
 }

@@ -18,7 +18,7 @@ func TestParseAndValidate(t *testing.T) {
 		check   func(t *testing.T, c Config)
 	}{
 		{name: "empty file gives defaults", yaml: "", check: func(t *testing.T, c Config) {
-			if c.Server.GRPCAddr != ":8081" || c.Server.AdminAddr != ":9091" || c.RateLimit.Timeout != 20*time.Millisecond || c.Redis.KeyPrefix != "sluice:" {
+			if c.Server.GRPCAddr != "127.0.0.1:8081" || c.Server.AdminAddr != "127.0.0.1:9091" || c.Server.Pprof || c.Server.GRPCTLS.Enabled() || c.RateLimit.Timeout != 20*time.Millisecond || c.Redis.KeyPrefix != "sluice:" {
 				t.Errorf("defaults: %+v", c)
 			}
 		}},
@@ -51,7 +51,7 @@ func TestParseAndValidate(t *testing.T) {
 		{name: "a zero duration may be written bare", yaml: "cache:\n  store:\n    stale_retention: 0\n"},
 		{name: "bad cache policy", yaml: "cache:\n  heuristic_fraction: 2\n", wantErr: "sluice.yaml:2: cache: heuristic_fraction"},
 		{name: "unknown key names its line and the valid keys", yaml: "server:\n  grpc_adr: x\n",
-			wantErr: `sluice.yaml:2: unknown field "grpc_adr" in server (valid: grpc_addr, admin_addr, shutdown_grace, max_recv_msg_bytes)`},
+			wantErr: `sluice.yaml:2: unknown field "grpc_adr" in server (valid: grpc_addr, admin_addr, admin_token_file, pprof, grpc_tls, shutdown_grace, max_recv_msg_bytes)`},
 		{name: "unknown top-level key", yaml: "ratelimits: {}\n", wantErr: `sluice.yaml:1: unknown field "ratelimits" in the top level (valid: server, log, redis, ratelimit, extproc, cache, database, batch)`},
 		{name: "unknown key of an inline section", yaml: "cache:\n  stor: {}\n", wantErr: `sluice.yaml:2: unknown field "stor" in cache (valid: enabled,`},
 		{name: "unknown key in a list item", yaml: "cache:\n  routes:\n    - {name: a, prefix: /a}\n    - {name: b, prefix: /b, max_tll: 1m}\n",
@@ -70,6 +70,13 @@ func TestParseAndValidate(t *testing.T) {
 		{name: "store problem on its line", yaml: "cache:\n  store:\n    subscription_lease: 1ms\n", wantErr: "sluice.yaml:3: cache.store: subscription_lease 1ms is below"},
 		{name: "problem of a list item", yaml: "extproc:\n  metrics:\n    routes:\n      - {name: a, prefix: /a}\n      - {name: a, prefix: /b}\n",
 			wantErr: `sluice.yaml:5: extproc: metrics.routes[1]: duplicate name "a"`},
+		{name: "grpc tls", yaml: "server:\n  pprof: true\n  grpc_tls: {cert_file: /c, key_file: /k, client_ca_file: /ca}\n", check: func(t *testing.T, c Config) {
+			if !c.Server.Pprof || c.Server.GRPCTLS != (TLS{CertFile: "/c", KeyFile: "/k", ClientCAFile: "/ca"}) {
+				t.Errorf("server: %+v", c.Server)
+			}
+		}},
+		{name: "client CA without a certificate", yaml: "server:\n  grpc_tls: {client_ca_file: /ca}\n", wantErr: "sluice.yaml:2: server: grpc_tls needs cert_file and key_file"},
+		{name: "the admin token is not a file setting", yaml: "server:\n  admin_token: abc\n", wantErr: `sluice.yaml:2: unknown field "admin_token" in server`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -216,5 +223,53 @@ func TestParseBoundsAliasWork(t *testing.T) {
 	_, err = Parse("big.yaml", []byte(b.String()))
 	if err == nil || !strings.Contains(err.Error(), "big.yaml:2: aliases expand the file by more than 1048576 YAML nodes") {
 		t.Fatalf("err = %.300v", err)
+	}
+}
+
+func TestAdminToken(t *testing.T) {
+	dir := t.TempDir()
+	good := dir + "/token"
+	short := dir + "/short"
+	if err := os.WriteFile(good, []byte("  0123456789abcdef-file\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(short, []byte("abc\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		server  Server
+		want    string
+		wantErr string // from Token
+		invalid string // from Validate
+	}{
+		{name: "none", want: ""},
+		{name: "from the environment", server: Server{AdminToken: "0123456789abcdef-env"}, want: "0123456789abcdef-env"},
+		{name: "from a file, trimmed", server: Server{AdminTokenFile: good}, want: "0123456789abcdef-file"},
+		{name: "file too short", server: Server{AdminTokenFile: short}, wantErr: "at least 16 bytes"},
+		{name: "missing file", server: Server{AdminTokenFile: dir + "/nope"}, wantErr: "admin_token_file"},
+		{name: "env too short", server: Server{AdminToken: "abc"}, invalid: "at least 16 bytes"},
+		{name: "both", server: Server{AdminToken: "0123456789abcdef-env", AdminTokenFile: good}, invalid: "once"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := Config{Server: tt.server}.WithDefaults()
+			if err := c.Validate(); tt.invalid != "" || err != nil {
+				if err == nil || tt.invalid == "" || !strings.Contains(err.Error(), tt.invalid) {
+					t.Fatalf("Validate = %v; want %q", err, tt.invalid)
+				}
+				return
+			}
+			got, err := c.Server.Token()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("Token = %q, %v; want an error with %q", got, err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tt.want {
+				t.Fatalf("Token = %q, %v; want %q", got, err, tt.want)
+			}
+		})
 	}
 }

@@ -3,6 +3,7 @@ package db
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -143,3 +144,24 @@ type atomicDuration struct{ v atomic.Int64 }
 
 func (a *atomicDuration) load() time.Duration   { return time.Duration(a.v.Load()) }
 func (a *atomicDuration) store(d time.Duration) { a.v.Store(int64(d)) }
+
+// TestOpenErrorHidesPassword guards the contract that no output shows a
+// database password: pgconn reports a connection string that does not
+// parse with the password replaced (ParseConfigError), which this pins for
+// the pgx version in go.mod.
+func TestOpenErrorHidesPassword(t *testing.T) {
+	const secret = "hunter2-not-for-logs"
+	for _, u := range []string{
+		"postgres://u:" + secret + "@[::1/db",
+		"postgres://u:" + secret + "@host:port/db",
+		"host=x password=" + secret + " port=notanumber",
+	} {
+		_, err := Open(context.Background(), Config{URL: u}.WithDefaults(), nil, nil)
+		if err == nil {
+			t.Fatalf("Open(%q) succeeded", u)
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("the error shows the password: %v", err)
+		}
+	}
+}

@@ -49,8 +49,13 @@ var DemoTiers = map[string]string{
 
 // Options configure a dev stack.
 type Options struct {
-	// Listen is the gateway's address (default ":8080").
+	// Listen is the gateway's address (default ":8080"): envoy.yaml's
+	// ingress listener.
 	Listen string
+	// InternalListen is where envoy.yaml's internal listener (batch items,
+	// warming) is emulated (default "127.0.0.1:0"). Batch items go there
+	// unless the Sluice config names another batch.listener_url.
+	InternalListen string
 	// Upstream is the API behind the gateway; "" runs the built-in demo API.
 	Upstream string
 	// Sluice is the Sluice config (defaults applied). Its Redis URL is used
@@ -109,16 +114,20 @@ func (e External) Apply(o *Options) {
 // Stack is a running dev stack. Build it with Start; stop it by cancelling
 // Run's context.
 type Stack struct {
-	opts     Options
-	log      *slog.Logger
-	app      *app.App
-	mini     *miniredis.Miniredis
-	demo     *http.Server
-	demoLn   net.Listener
-	gw       *emulator.Gateway
-	gwSrv    *http.Server
-	gwLn     net.Listener
-	fwd      *forwarder // the upstream at AppAddr, with an external gateway
+	opts   Options
+	log    *slog.Logger
+	app    *app.App
+	mini   *miniredis.Miniredis
+	demo   *http.Server
+	demoLn net.Listener
+	gw     *emulator.Gateway
+	gwSrv  *http.Server
+	gwLn   net.Listener
+	fwd    *forwarder // the upstream at AppAddr, with an external gateway
+	// The internal listener's gateway; nil when the Envoy config has none.
+	inGW     *emulator.Gateway
+	inSrv    *http.Server
+	inLn     net.Listener
 	conn     *grpc.ClientConn
 	upstream string
 }
@@ -171,19 +180,49 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 		o.AppAddr = "127.0.0.1:8000"
 		s.opts.AppAddr = o.AppAddr
 	}
-	// The gateway listens first: batch sub-requests go back through it, so
-	// they meet the same filters as a direct call (the batch issue's rule).
-	switch {
-	case external:
-		if cfg.Batch.ListenerURL == batch.DefaultListenerURL {
+	envoyYAML := o.EnvoyConfig
+	if envoyYAML == nil {
+		envoyYAML = envoy.DefaultConfig
+	}
+	listeners, err := envoy.ParseListeners(envoyYAML)
+	if err != nil {
+		return s, fmt.Errorf("dev: envoy config: %w", err)
+	}
+	ingress, internal := envoy.Find(listeners, envoy.IngressListener), envoy.Find(listeners, envoy.InternalListener)
+	if ingress == nil {
+		ingress = listeners[0]
+	}
+	defaultItems := cfg.Batch.ListenerURL == batch.DefaultListenerURL || cfg.Batch.ListenerURL == ""
+	if external {
+		// Batch items go to the external gateway's internal listener: the
+		// gateway's host at the port envoy.yaml gives that listener.
+		if defaultItems {
 			cfg.Batch.ListenerURL = strings.TrimSuffix(o.Gateway, "/")
+			if u, perr := url.Parse(o.Gateway); perr == nil && internal != nil {
+				if _, port, serr := net.SplitHostPort(internal.Address); serr == nil {
+					cfg.Batch.ListenerURL = u.Scheme + "://" + net.JoinHostPort(u.Hostname(), port)
+				}
+			}
 		}
-	default:
+	} else {
+		// The gateways listen first: batch sub-requests go back through the
+		// internal one (or, in a config without it, the ingress one), so they
+		// meet the same filters as a direct call (the batch issue's rule).
 		if s.gwLn, err = net.Listen("tcp", o.Listen); err != nil {
 			return s, fmt.Errorf("dev: listen %s: %w", o.Listen, err)
 		}
-		if cfg.Batch.ListenerURL == batch.DefaultListenerURL {
-			cfg.Batch.ListenerURL = "http://127.0.0.1:" + strconv.Itoa(s.gwLn.Addr().(*net.TCPAddr).Port)
+		itemsLn := s.gwLn
+		if internal != nil {
+			if o.InternalListen == "" {
+				o.InternalListen = "127.0.0.1:0"
+			}
+			if s.inLn, err = net.Listen("tcp", o.InternalListen); err != nil {
+				return s, fmt.Errorf("dev: listen %s: %w", o.InternalListen, err)
+			}
+			itemsLn = s.inLn
+		}
+		if defaultItems {
+			cfg.Batch.ListenerURL = "http://127.0.0.1:" + strconv.Itoa(itemsLn.Addr().(*net.TCPAddr).Port)
 		}
 	}
 	appOpts := app.Options{Stages: o.Stages}
@@ -236,32 +275,31 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 		return s, nil
 	}
 
-	envoyYAML := o.EnvoyConfig
-	if envoyYAML == nil {
-		envoyYAML = envoy.DefaultConfig
-	}
-	settings, err := envoy.ParseSettings(envoyYAML)
-	if err != nil {
-		return s, fmt.Errorf("dev: envoy config: %w", err)
-	}
 	if s.conn, err = grpc.NewClient(s.app.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 		return s, fmt.Errorf("dev: grpc client: %w", err)
 	}
-	s.gw, err = emulator.New(emulator.Options{
-		Settings:  settings,
-		ExtProc:   extprocsvc.NewExternalProcessorClient(s.conn),
-		RateLimit: rlsv3.NewRateLimitServiceClient(s.conn),
-		Upstreams: map[string]string{"app": s.upstream},
-		Logger:    log,
-	})
-	if err != nil {
-		return s, fmt.Errorf("dev: emulator: %w", err)
+	gateway := func(settings *envoy.Settings) (*emulator.Gateway, error) {
+		g, err := emulator.New(emulator.Options{
+			Settings:  settings,
+			ExtProc:   extprocsvc.NewExternalProcessorClient(s.conn),
+			RateLimit: rlsv3.NewRateLimitServiceClient(s.conn),
+			Upstreams: map[string]string{"app": s.upstream},
+			Logger:    log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("dev: emulator, listener %s: %w", settings.Listener, err)
+		}
+		return g, nil
 	}
-	s.gwSrv = &http.Server{
-		Handler:           s.gw,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    60 << 10, // Envoy's max_request_headers_kb default
+	if s.gw, err = gateway(ingress); err != nil {
+		return s, err
+	}
+	s.gwSrv = s.gw.NewServer()
+	if internal != nil {
+		if s.inGW, err = gateway(internal); err != nil {
+			return s, err
+		}
+		s.inSrv = s.inGW.NewServer()
 	}
 	return s, nil
 }
@@ -272,6 +310,15 @@ func (s *Stack) URL() string {
 		return strings.TrimSuffix(s.opts.Gateway, "/")
 	}
 	return "http://" + hostPort(s.gwLn.Addr())
+}
+
+// InternalURL is the internal listener's base URL (batch items, warming), or
+// URL when the Envoy config has no internal listener.
+func (s *Stack) InternalURL() string {
+	if s.inLn == nil {
+		return s.URL()
+	}
+	return "http://" + hostPort(s.inLn.Addr())
 }
 
 // AdminURL is Sluice's admin base URL.
@@ -314,6 +361,9 @@ func (s *Stack) Run(ctx context.Context) error {
 	if s.gwSrv != nil {
 		serve(s.gwSrv, s.gwLn)
 	}
+	if s.inSrv != nil {
+		serve(s.inSrv, s.inLn)
+	}
 	if s.demo != nil {
 		serve(s.demo, s.demoLn)
 	}
@@ -326,6 +376,12 @@ func (s *Stack) Run(ctx context.Context) error {
 func (s *Stack) Close() {
 	if s.gw != nil {
 		s.gw.Close()
+	}
+	if s.inGW != nil {
+		s.inGW.Close()
+	}
+	if s.inLn != nil {
+		s.inLn.Close()
 	}
 	if s.conn != nil {
 		s.conn.Close()
@@ -375,6 +431,7 @@ func (s *Stack) Banner(w io.Writer) {
   emulates Envoy's ext_proc and ratelimit filters (from envoy/envoy.yaml).
 
   gateway   %s   (send requests here)
+  internal  %s   (batch items and warming only; trusts the client address Sluice sets)
   upstream  %s
   sluice    grpc %s, admin %s (/metrics, /readyz, /debug/ratelimit)
   redis     %s
@@ -388,6 +445,6 @@ func (s *Stack) Banner(w io.Writer) {
     for i in $(seq 1 30); do curl -s -o /dev/null -w '%%{http_code} ' %s/api/v1/contacts; done; echo
     curl -s %s/metrics | grep '^sluice_'
 
-`, s.URL(), s.upstream, s.app.GRPCAddr(), s.AdminURL(), redis, strings.Join(lines, "\n"),
+`, s.URL(), s.InternalURL(), s.upstream, s.app.GRPCAddr(), s.AdminURL(), redis, strings.Join(lines, "\n"),
 		s.URL(), s.URL(), s.URL(), s.AdminURL())
 }

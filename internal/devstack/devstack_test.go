@@ -66,6 +66,14 @@ var externalInUse atomic.Int32
 // that gateway (a real Envoy) instead of the emulator.
 func start(t *testing.T, upstream string, realRedis bool, mutate func(*config.Config), stages ...extproc.Option) *stack {
 	t.Helper()
+	return startWith(t, devstack.Options{Upstream: upstream, RedisSet: realRedis, Stages: stages}, mutate)
+}
+
+// startWith is start with every devstack option (an Envoy config of a
+// test's own, say); Listen, the Sluice config's addresses and Redis are
+// set here.
+func startWith(t *testing.T, o devstack.Options, mutate func(*config.Config)) *stack {
+	t.Helper()
 	if external.Gateway != "" {
 		if externalInUse.Add(1) > 1 {
 			externalInUse.Add(-1)
@@ -76,17 +84,17 @@ func start(t *testing.T, upstream string, realRedis bool, mutate func(*config.Co
 	cfg := config.Config{}.WithDefaults()
 	cfg.Server.GRPCAddr, cfg.Server.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
 	cfg.Server.ShutdownGrace = time.Second
-	if realRedis {
+	if o.RedisSet {
 		cfg.Redis.URL = "redis://" + redistest.Addr()
 		cfg.Redis.KeyPrefix = redistest.Prefix(t)
 	}
 	if mutate != nil {
 		mutate(&cfg)
 	}
-	opts := devstack.Options{Listen: "127.0.0.1:0", Upstream: upstream, Sluice: cfg, RedisSet: realRedis, Stages: stages}
-	external.Apply(&opts)
+	o.Listen, o.Sluice = "127.0.0.1:0", cfg
+	external.Apply(&o)
 	ctx, cancel := context.WithCancel(context.Background())
-	s, err := devstack.Start(ctx, opts, slog.New(slog.DiscardHandler))
+	s, err := devstack.Start(ctx, o, slog.New(slog.DiscardHandler))
 	if err != nil {
 		cancel()
 		t.Fatal(err)

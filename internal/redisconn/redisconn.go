@@ -97,15 +97,25 @@ func (c Config) options() (*redis.Options, *redis.ClusterOptions, error) {
 	if cluster {
 		o, err := redis.ParseClusterURL(u)
 		if err != nil {
-			return nil, nil, fmt.Errorf("redis: parse cluster url %s: %w", redact(u), err)
+			return nil, nil, fmt.Errorf("redis: parse cluster url %s: %w", redact(u), withoutURL(err))
 		}
 		return nil, o, nil
 	}
 	o, err := redis.ParseURL(u)
 	if err != nil {
-		return nil, nil, fmt.Errorf("redis: parse url %s: %w", redact(u), err)
+		return nil, nil, fmt.Errorf("redis: parse url %s: %w", redact(u), withoutURL(err))
 	}
 	return o, nil, nil
+}
+
+// withoutURL drops the URL a *url.Error carries (the whole string, password
+// included) and keeps what went wrong.
+func withoutURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }
 
 // redact hides a password in a URL for error messages and logs.

@@ -25,7 +25,10 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultEnvoyURL       = "http://127.0.0.1:8080"
+	// DefaultEnvoyURL is envoy.yaml's internal listener: warming requests
+	// carry Sluice's x-sluice-warm marker, which the client-facing listener
+	// strips.
+	DefaultEnvoyURL       = "http://127.0.0.1:8082"
 	DefaultInterval       = 30 * time.Second
 	DefaultTopN           = 50
 	DefaultConcurrency    = 4
@@ -44,7 +47,8 @@ type Source interface {
 
 // Config configures a Warmer. Zero fields take the defaults above.
 type Config struct {
-	// EnvoyURL is the listener the warming requests go through (scheme and host[:port]).
+	// EnvoyURL is the listener the warming requests go through (scheme and host[:port]):
+	// Envoy's internal listener (envoy.yaml), which only Sluice and the worker reach.
 	EnvoyURL string
 	// Host, when set, is the Host header of warming requests. The cache key includes the
 	// authority, and the store does not record it: set Host to the authority clients use

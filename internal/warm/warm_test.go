@@ -132,7 +132,9 @@ func TestWarmRefreshesHotEntryBeforeExpiry(t *testing.T) {
 	}
 
 	reg := prometheus.NewRegistry()
-	w, err := warm.New(warm.Config{EnvoyURL: s.URL(), Tenants: []string{"acme", "globex"}, EarlyRefresh: 1}, src, reg, nil)
+	// Through the internal listener, as the worker warms; with the
+	// client-facing authority, which the cache keys on.
+	w, err := warm.New(warm.Config{EnvoyURL: s.InternalURL(), Host: strings.TrimPrefix(s.URL(), "http://"), Tenants: []string{"acme", "globex"}, EarlyRefresh: 1}, src, reg, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
