@@ -133,8 +133,8 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 		return nil
 	}
 	st.primary = PrimaryKey(req, st.route)
-	// Before anything goes upstream: a response fetched across an invalidation of the
-	// tenant is not stored (see Store.PutSince).
+	// Before anything goes upstream: a response fetched across an invalidation that
+	// covers it is not stored (see Store.PutSince).
 	st.epoch = s.store.Epoch(st.primary)
 	e, layer, err := s.store.Lookup(ctx, st.primary, func(vary []string) string {
 		return VariantKey(st.primary, vary, req.Header)
