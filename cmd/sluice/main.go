@@ -143,6 +143,8 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	c.register(fs, getenv)
 	listen := fs.String("listen", ":8080", "gateway (Envoy emulator) listen address")
 	upstream := fs.String("upstream", "", "API to put behind the gateway (default: the built-in demo API)")
+	compression := fs.Bool("compression", true, "run envoy.yaml's compressor filters (false: responses go out as the upstream and the cache produce them)")
+	envoyConfig := fs.String("envoy-config", "", "Envoy bootstrap the gateway emulates (default: the built-in envoy/envoy.yaml)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -166,9 +168,17 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 		cfg.Log.Format = "text"
 	}
 	log := cfg.Log.Logger(stderr)
+	var bootstrap []byte
+	if *envoyConfig != "" {
+		if bootstrap, err = os.ReadFile(*envoyConfig); err != nil {
+			fmt.Fprintln(stderr, "sluice:", err)
+			return 1
+		}
+	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	s, err := devstack.Start(ctx, devstack.Options{Listen: *listen, Upstream: *upstream, Sluice: cfg, RedisSet: redisSet}, log)
+	s, err := devstack.Start(ctx, devstack.Options{Listen: *listen, Upstream: *upstream, Sluice: cfg, RedisSet: redisSet,
+		EnvoyConfig: bootstrap, NoCompression: !*compression}, log)
 	if err != nil {
 		log.Error("sluice dev failed to start", "err", err)
 		return 1

@@ -59,6 +59,11 @@ type Options struct {
 	RedisSet bool
 	// EnvoyConfig is the bootstrap the emulator follows; nil = envoy.yaml.
 	EnvoyConfig []byte
+	// NoCompression runs the gateway without the bootstrap's compressor
+	// filters, as an envoy.yaml without them would (`sluice dev
+	// --compression=false`): responses reach clients as the upstream and the
+	// cache produce them, the way HTTP caches are usually compared.
+	NoCompression bool
 	// Stages are extra ext_proc pipeline options (tests add stages here).
 	Stages []extproc.Option
 }
@@ -163,6 +168,9 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 	if err != nil {
 		return s, fmt.Errorf("dev: envoy config: %w", err)
 	}
+	if o.NoCompression {
+		withoutCompressors(settings)
+	}
 	if s.conn, err = grpc.NewClient(s.app.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 		return s, fmt.Errorf("dev: grpc client: %w", err)
 	}
@@ -193,6 +201,22 @@ func (s *Stack) AdminURL() string { return "http://" + hostPort(s.app.AdminAddr(
 
 // Upstream is the API the gateway forwards to.
 func (s *Stack) Upstream() string { return s.upstream }
+
+// withoutCompressors removes the compressor filters from the emulated chain.
+func withoutCompressors(st *envoy.Settings) {
+	drop := map[string]bool{}
+	for _, c := range st.Compressors {
+		drop[c.Name] = true
+	}
+	st.Compressors = nil
+	filters := st.Filters[:0:0]
+	for _, f := range st.Filters {
+		if !drop[f] {
+			filters = append(filters, f)
+		}
+	}
+	st.Filters = filters
+}
 
 func hostPort(a net.Addr) string {
 	if ta, ok := a.(*net.TCPAddr); ok && ta.IP.IsUnspecified() {
