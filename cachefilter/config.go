@@ -58,6 +58,12 @@ type Config struct {
 	// TagRules attach tags to stored responses and purge them after unsafe
 	// requests. Default none.
 	TagRules []TagRule `yaml:"tag_rules"`
+	// TargetedCacheControl lists the targeted cache-control fields Sluice
+	// obeys (RFC 9213), first match first: when a response carries one with
+	// a valid value, its directives replace Cache-Control and Expires for
+	// Sluice (not for the caches after it). Default [cdn-cache-control];
+	// an empty list ([]) obeys none.
+	TargetedCacheControl []string `yaml:"targeted_cache_control"`
 }
 
 // RouteConfig is the policy of one route. Exactly one of Prefix and Path is
@@ -125,6 +131,8 @@ type RoutePolicy struct {
 	// Tags are the tag templates for stored responses ({tenant} not yet
 	// substituted; Storable does it).
 	Tags []string
+	// Targets are Config.TargetedCacheControl's lower-case field names.
+	Targets []string
 }
 
 // Defaults of Config.
@@ -205,6 +213,14 @@ func (c Config) Validate() error {
 			}
 		}
 	}
+	for i, f := range c.TargetedCacheControl {
+		switch lf := strings.ToLower(f); {
+		case !isToken(f):
+			bad("targeted_cache_control[%d]: %q is not a field name", i, f)
+		case lf == "cache-control" || lf == "expires":
+			bad("targeted_cache_control[%d]: %q is what a targeted field replaces", i, f)
+		}
+	}
 	for i, t := range c.TagRules {
 		if t.Method != "" && t.Method != "*" && (!isToken(t.Method) || strings.ToUpper(t.Method) != t.Method) {
 			bad("tag_rules[%d]: method %q must be an upper-case method or *", i, t.Method)
@@ -265,6 +281,7 @@ func (c Config) Route(path string) RoutePolicy {
 		HeuristicFraction: orDefault(c.HeuristicFraction, DefaultHeuristicFraction),
 		HeuristicMax:      orDefault(c.HeuristicMax, DefaultHeuristicMax),
 		StoreSetCookie:    c.StoreSetCookie,
+		Targets:           c.targets(),
 	}
 	for i := range c.Routes {
 		r := &c.Routes[i]
@@ -285,6 +302,19 @@ func (c Config) Route(path string) RoutePolicy {
 		}
 	}
 	return p
+}
+
+// targets returns the targeted fields to obey: the default list when the
+// config names none (nil), the configured ones lower-cased otherwise.
+func (c Config) targets() []string {
+	if c.TargetedCacheControl == nil {
+		return DefaultTargets
+	}
+	out := make([]string, len(c.TargetedCacheControl))
+	for i, f := range c.TargetedCacheControl {
+		out[i] = strings.ToLower(f)
+	}
+	return out
 }
 
 // PurgeTags returns the tags to purge after the response to an unsafe

@@ -524,8 +524,8 @@ const (
 // assess is Storable's response half, shared with Freshen. It fills e as
 // far as it can even when it refuses, so Freshen can serve the result once.
 func assess(req Request, status int, header []Header, now time.Time, route RoutePolicy) (Entry, bool, string) {
-	ccLines := fieldValues(header, "cache-control")
-	cc := ParseCacheControl(ccLines...)
+	// Cache-Control, or the targeted field that replaces it and Expires (targeted.go).
+	cc, targeted := responseDirectives(header, route.Targets)
 	reqTime := req.Time
 	if reqTime.IsZero() || reqTime.After(now) {
 		reqTime = now
@@ -576,7 +576,11 @@ func assess(req Request, status int, header []Header, now time.Time, route Route
 	e.Tags = entryTags(req.Tenant, route.Tags, header)
 
 	// Freshness (§4.2.1, §4.2.2).
-	lifetime, explicit := explicitLifetime(cc, header, dateValue, now)
+	expiresFrom := header
+	if targeted {
+		expiresFrom = nil
+	}
+	lifetime, explicit := explicitLifetime(cc, expiresFrom, dateValue, now)
 	heuristic := false
 	if !explicit && route.Heuristic && (heuristicStatus(status) || cc.Public) {
 		if lm, ok := httpDateField(header, "last-modified", now); ok && !lm.After(dateValue) {
