@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,10 +26,11 @@ import (
 //     answered from the leader's entry. Validation replaces the client's
 //     If-None-Match/If-Modified-Since with the entry's validators.
 //   - response headers: a 304 to Sluice's validation freshens the entry and
-//     the response is replaced (a response-phase ImmediateResponse, which
-//     Envoy and the emulator accept for any message: ext_proc.proto
-//     ProcessingResponse.immediate_response); a 5xx is replaced by the stale
-//     entry when ServeStaleOnError allows; a storable response asks for its
+//     the response is replaced by it (Exchange.ReplaceResponse: a
+//     CONTINUE_AND_REPLACE mutation, so the answer still runs through the
+//     encoder filters, compressors included); a 5xx is replaced by the stale
+//     entry when ServeStaleOnError allows, and so is Envoy's own reply to a
+//     failed upstream connection (ServeStaleDisconnected); a storable response asks for its
 //     body (mode_override BUFFERED) only when it will be stored; unsafe
 //     methods answered 2xx/3xx invalidate (RFC 9111 §4.4) and purge tags.
 //   - response body: the entry is stored and the collapse completed.
@@ -255,12 +257,45 @@ func (s *Stage) serve(x *extproc.Exchange, st *state, e *Entry, now time.Time) {
 	s.respond(x, st, e, now, st.d.Status, cs, XCacheValue(result, layerName(st.layer)))
 }
 
+// respond answers from e at the request headers: an ImmediateResponse, which
+// Envoy sends through every encoder filter (sendLocalReplyViaFilterChain).
+// A HEAD gets the body too: Envoy sends none for HEAD, but an empty local
+// reply would lose Content-Type and Content-Length (Utility::
+// prepareLocalReply), which a HEAD answer must keep.
 func (s *Stage) respond(x *extproc.Exchange, st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) {
 	var body []byte
-	if status != 304 && st.req.Method != "HEAD" {
+	if status != 304 {
 		body = e.Body
 	}
 	x.Respond(status, toExt(ServeHeaders(e, now, status, cs, xcache)), body)
+}
+
+// replace answers from e at the response headers: the upstream response (a
+// 304, a 5xx, Envoy's own reply to a failed connection) becomes e's, as a
+// mutation that travels the rest of the encoder chain (Exchange.
+// ReplaceResponse). The fields the ratelimit filter added stay.
+func (s *Stage) replace(x *extproc.Exchange, st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) {
+	h := toExt(ServeHeaders(e, now, status, cs, xcache))
+	var body []byte
+	switch {
+	case status == 304 || status == 204:
+	case st.req.Method == "HEAD":
+		// No body (Envoy would send none), and the length a GET would get.
+		h = append(h, extproc.Header{Name: "content-length", Value: strconv.Itoa(len(e.Body))})
+	default:
+		body = e.Body
+		if body == nil {
+			body = []byte{}
+		}
+	}
+	x.ReplaceResponse(extproc.Replacement{Status: status, Headers: h, Body: body, Keep: rateLimitField})
+}
+
+// rateLimitField reports the response fields of Envoy's ratelimit filter
+// (RateLimit, RateLimit-Policy, the older RateLimit-*, X-RateLimit-*): they
+// describe the caller's quota and stay on a replaced response.
+func rateLimitField(name string) bool {
+	return strings.HasPrefix(name, "ratelimit") || strings.HasPrefix(name, "x-ratelimit-")
 }
 
 func layerName(l Layer) string {
@@ -311,16 +346,27 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 			code = 304
 		}
 		cs.Stored, cs.TTL, cs.HasTTL = store, e.Lifetime-e.Age(now), true
-		s.respond(x, st, e, now, code, cs, XCacheRevalidated)
+		s.replace(x, st, e, now, code, cs, XCacheRevalidated)
 		return nil
 	}
-	if st.entry != nil && status >= 500 && ServeStaleOnError(st.req, st.entry, now, status) {
-		s.complete(st, nil)
-		// Not a "hit": the request went upstream (RFC 9211 §2.1); fwd and
-		// fwd-status say the stored response stood in for the 5xx.
-		cs = CacheStatus{Fwd: FwdStale, FwdStatus: status, TTL: st.entry.Lifetime - st.entry.Age(now), HasTTL: true}
-		s.respond(x, st, st.entry, now, st.entry.Status, cs, XCacheValue(XCacheStale, layerName(st.layer)))
-		return nil
+	if st.entry != nil && status >= 500 {
+		disconnected := Disconnected(status, header)
+		if disconnected && ServeStaleDisconnected(st.req, st.entry, now) || ServeStaleOnError(st.req, st.entry, now, status) {
+			s.complete(st, nil)
+			// Not a "hit": the request went upstream (RFC 9211 §2.1); fwd and
+			// fwd-status say the stored response stood in for the 5xx, or
+			// detail that no response came.
+			cs = CacheStatus{Fwd: FwdStale, FwdStatus: status, TTL: st.entry.Lifetime - st.entry.Age(now), HasTTL: true}
+			if disconnected {
+				cs.FwdStatus, cs.Detail = 0, "origin unreachable"
+			}
+			code := st.entry.Status
+			if NotModified(st.req, st.entry, now) {
+				code = 304
+			}
+			s.replace(x, st, st.entry, now, code, cs, XCacheValue(XCacheStale, layerName(st.layer)))
+			return nil
+		}
 	}
 	if st.store {
 		// Only what the store will keep is buffered and reported stored.

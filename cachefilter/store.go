@@ -526,8 +526,8 @@ func (s *Store) keeps(e *Entry, now time.Time) bool {
 }
 
 // expires returns when e stops being kept: at the end of its freshness plus its stale windows
-// plus StaleRetention for entries with a validator, at most MaxTTL after its ResponseTime (now if that is unset). It depends
-// on e alone, so both layers and every replica agree.
+// plus StaleRetention (unless it must be revalidated and has no validator: then nothing could use it), at most MaxTTL
+// after its ResponseTime (now if that is unset). It depends on e alone, so both layers and every replica agree.
 func (s *Store) expires(e *Entry, now time.Time) time.Time {
 	window := max(e.StaleWhileRevalidate, e.StaleIfError, 0)
 	if e.MustRevalidate {
@@ -540,8 +540,11 @@ func (s *Store) expires(e *Entry, now time.Time) time.Time {
 	// current_age at base is InitialAge (RFC 9111 §4.2.3), so freshness ends Lifetime-InitialAge
 	// after it.
 	var retain time.Duration
-	if (e.ETag != "" || e.LastModified != "") && s.cfg.StaleRetention > 0 {
-		retain = s.cfg.StaleRetention // kept for revalidation
+	validator := e.ETag != "" || e.LastModified != ""
+	if s.cfg.StaleRetention > 0 && (validator || !e.MustRevalidate && !e.NoCache) {
+		// Kept to be revalidated (a 304 costs the origin no body) and to be served when the
+		// origin cannot be reached (RFC 9111 §4.2.4).
+		retain = s.cfg.StaleRetention
 	}
 	return base.Add(min(e.Lifetime-e.InitialAge+window+retain, s.cfg.MaxTTL))
 }

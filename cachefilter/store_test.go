@@ -233,6 +233,11 @@ func TestLookupPut(t *testing.T) {
 
 // TestExpiry checks the TTL of entries in Redis (freshness left + the longer stale window +
 // stale_retention, capped by max_ttl), that nothing Sluice writes lives without a TTL, and that
+// retention sets StaleRetention (0: the default).
+func retention(d time.Duration) func(*cachefilter.StoreConfig) {
+	return func(c *cachefilter.StoreConfig) { c.StaleRetention = d }
+}
+
 // entries past their expiry are not served.
 func TestExpiry(t *testing.T) {
 	tests := []struct {
@@ -249,14 +254,17 @@ func TestExpiry(t *testing.T) {
 		{name: "age counts", lifetime: time.Minute, age: 20 * time.Second, want: 40 * time.Second},
 		{name: "longer stale window", lifetime: time.Minute, swr: 30 * time.Second, sie: 2 * time.Minute, want: 3 * time.Minute},
 		{name: "must-revalidate drops stale windows", lifetime: time.Minute, sie: time.Hour, mustReval: true, want: time.Minute},
-		{name: "stale retention", lifetime: time.Minute, swr: 10 * time.Second, etag: `"v1"`,
-			cfg: func(c *cachefilter.StoreConfig) { c.StaleRetention = time.Hour }, want: time.Hour + 70*time.Second},
-		{name: "default stale retention for an entry with a validator", lifetime: time.Minute, etag: `"v1"`,
-			want: time.Minute + cachefilter.DefaultStaleRetention},
-		{name: "no stale retention without a validator", lifetime: time.Minute, swr: 10 * time.Second,
-			cfg: func(c *cachefilter.StoreConfig) { c.StaleRetention = time.Hour }, want: 70 * time.Second},
-		{name: "stale retention disabled", lifetime: time.Minute, etag: `"v1"`,
-			cfg: func(c *cachefilter.StoreConfig) { c.StaleRetention = -1 }, want: time.Minute},
+		{name: "stale retention, with a validator", lifetime: time.Minute, swr: 10 * time.Second, etag: `"v1"`,
+			cfg: retention(time.Hour), want: time.Hour + 70*time.Second},
+		{name: "default stale retention", lifetime: time.Minute, etag: `"v1"`,
+			cfg: retention(0), want: time.Minute + cachefilter.DefaultStaleRetention},
+		{name: "stale retention without a validator: served when the origin is unreachable", lifetime: time.Minute, swr: 10 * time.Second,
+			cfg: retention(time.Hour), want: time.Hour + 70*time.Second},
+		{name: "no stale retention for must-revalidate without a validator: nothing could use it", lifetime: time.Minute, mustReval: true,
+			cfg: retention(time.Hour), want: time.Minute},
+		{name: "stale retention for must-revalidate with a validator: revalidated", lifetime: time.Minute, mustReval: true, etag: `"v1"`,
+			cfg: retention(time.Hour), want: time.Hour + time.Minute},
+		{name: "stale retention disabled", lifetime: time.Minute, etag: `"v1"`, want: time.Minute},
 		{name: "capped by max_ttl", lifetime: 48 * time.Hour,
 			cfg: func(c *cachefilter.StoreConfig) { c.MaxTTL = time.Hour }, want: time.Hour},
 		{name: "stale within its window", lifetime: time.Minute, age: 90 * time.Second, sie: time.Minute, want: 30 * time.Second},
@@ -267,6 +275,7 @@ func TestExpiry(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			prefix, clk := redistest.Prefix(t), newClock()
 			cfg := testConfig()
+			cfg.StaleRetention = -1 // the windows alone, unless the case sets it
 			if tt.cfg != nil {
 				tt.cfg(&cfg)
 			}

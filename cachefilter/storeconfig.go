@@ -41,10 +41,12 @@ type StoreConfig struct {
 	// L2Enabled stores entries in Redis too. Default true. With false, Redis (if a client is
 	// given) only carries invalidations between replicas.
 	L2Enabled *bool `yaml:"l2_enabled"`
-	// StaleRetention keeps an entry that has a validator (ETag or Last-Modified) this long
-	// after its freshness and stale windows end, so that it is revalidated with a conditional
-	// request (a 304 costs the origin no body) instead of refetched (RFC 9111 §4.3). Entries
-	// without a validator are never kept stale. Default 10m; negative disables.
+	// StaleRetention keeps an entry this long after its freshness and stale windows end: one
+	// with a validator (ETag or Last-Modified) to be revalidated with a conditional request (a
+	// 304 costs the origin no body) instead of refetched (RFC 9111 §4.3), and any that may be
+	// served stale to be served when the origin cannot be reached (RFC 9111 §4.2.4; never
+	// must-revalidate, proxy-revalidate, s-maxage or no-cache ones). Default 10m; negative
+	// disables.
 	StaleRetention time.Duration `yaml:"stale_retention"`
 	// MaxTTL caps how long an entry is kept, in both layers. Default 24h.
 	MaxTTL time.Duration `yaml:"max_ttl"`

@@ -199,3 +199,62 @@ func TestCacheRedisDown(t *testing.T) {
 	}
 	t.Logf("origin GETs with Redis down: %d of 4", o.gets.Load())
 }
+
+// TestAnswersAtResponseTimeTravelTheEncoders: the answers the cache makes once the upstream
+// response exists — the freshened entry for an upstream 304, the stale entry when the origin
+// cannot be reached — are mutations of that response, so Envoy's encoder filters still see
+// them: the ratelimit filter's RateLimit headers reach the client. (As ImmediateResponses they
+// would go straight to the client, without them: sendDirectLocalReply.)
+func TestAnswersAtResponseTimeTravelTheEncoders(t *testing.T) {
+	var drop atomic.Bool
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if drop.Load() {
+			if c, _, err := http.NewResponseController(w).Hijack(); err == nil {
+				c.Close() // no response at all
+			}
+			return
+		}
+		w.Header().Set("Cache-Control", "max-age=1")
+		w.Header().Set("ETag", `"v1"`)
+		w.Header().Set("Content-Type", "text/plain")
+		if r.Header.Get("If-None-Match") == `"v1"` {
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		io.WriteString(w, "stored body")
+	}))
+	t.Cleanup(origin.Close)
+	s := start(t, origin.URL, true, nil)
+	acme := []string{"x-tenant-id", "acme"}
+	if resp, body := s.get(t, "/r", acme...); resp.StatusCode != 200 || body != "stored body" {
+		t.Fatalf("first GET: %d %q", resp.StatusCode, body)
+	}
+
+	resp, body := s.get(t, "/r", append(acme, "cache-control", "no-cache")...)
+	if resp.StatusCode != 200 || body != "stored body" || resp.Header.Get("x-cache") != "REVALIDATED" ||
+		resp.Header.Get("Ratelimit") == "" || resp.Header.Get("Content-Type") != "text/plain" {
+		t.Fatalf("revalidated: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+
+	time.Sleep(1100 * time.Millisecond) // stale
+	drop.Store(true)
+	resp, body = s.get(t, "/r", acme...)
+	if resp.StatusCode != 200 || body != "stored body" || !strings.HasPrefix(resp.Header.Get("x-cache"), "STALE") ||
+		resp.Header.Get("Ratelimit") == "" || !strings.Contains(resp.Header.Get("Cache-Status"), `detail="origin unreachable"`) {
+		t.Fatalf("origin unreachable: %d %q %v", resp.StatusCode, body, resp.Header)
+	}
+
+	// A cached HEAD keeps the entry's Content-Type and Content-Length.
+	drop.Store(false)
+	req, _ := http.NewRequest("HEAD", s.URL()+"/r", nil)
+	req.Header.Set("x-tenant-id", "acme")
+	req.Header.Set("Cache-Control", "max-stale")
+	hresp, err := s.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hresp.Body.Close()
+	if hresp.Header.Get("Content-Type") != "text/plain" || hresp.ContentLength != int64(len("stored body")) {
+		t.Errorf("HEAD from the cache: Content-Type %q, Content-Length %d; want the GET's", hresp.Header.Get("Content-Type"), hresp.ContentLength)
+	}
+}
