@@ -64,6 +64,8 @@ type Config struct {
 	// Sluice (not for the caches after it). Default [cdn-cache-control];
 	// an empty list ([]) obeys none.
 	TargetedCacheControl []string `yaml:"targeted_cache_control"`
+	// Refresh revalidates entries served stale in the background (refresh.go).
+	Refresh RefreshConfig `yaml:"refresh"`
 }
 
 // RouteConfig is the policy of one route. Exactly one of Prefix and Path is
@@ -170,6 +172,7 @@ func (c Config) WithDefaults() Config {
 	if c.DefaultMaxTTL == 0 {
 		c.DefaultMaxTTL = DefaultPolicyMaxTTL
 	}
+	c.Refresh = c.Refresh.WithDefaults()
 	return c
 }
 
@@ -212,6 +215,12 @@ func (c Config) Validate() error {
 				bad("routes[%d] (%s): query parameter name %q must be non-empty without & = #", i, r.Name, q)
 			}
 		}
+	}
+	if err := c.Refresh.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := c.Refresh.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	for i, f := range c.TargetedCacheControl {
 		switch lf := strings.ToLower(f); {

@@ -39,11 +39,32 @@ import (
 // Every Store failure fails open: the request is forwarded or answered as
 // if there were no cache. Stage is safe for concurrent use.
 type Stage struct {
-	cfg   Config
-	store *Store
-	log   *slog.Logger
-	now   func() time.Time
+	cfg     Config
+	store   *Store
+	log     *slog.Logger
+	now     func() time.Time
+	refresh Refreshing
 }
+
+// StageOptions are a Stage's optional dependencies; the zero value works.
+type StageOptions struct {
+	// Log receives the stage's warnings; nil discards them.
+	Log *slog.Logger
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+	// Refresher revalidates entries served stale in the background; nil
+	// makes the first request that finds an entry stale revalidate it while
+	// the others get the stale entry.
+	Refresher Refreshing
+}
+
+// Refreshing queues background refreshes; *Refresher implements it.
+// Refresh must not block, and reports whether the refresh was queued.
+type Refreshing interface {
+	Refresh(key string, req Request) bool
+}
+
+var _ Refreshing = (*Refresher)(nil)
 
 var (
 	_ extproc.RequestHeadersHook  = (*Stage)(nil)
@@ -68,8 +89,8 @@ const (
 )
 
 // NewStage returns the cache stage. cfg is defaulted and validated; store
-// must outlive the ext_proc server. log may be nil; now nil is time.Now.
-func NewStage(cfg Config, store *Store, log *slog.Logger, now func() time.Time) (*Stage, error) {
+// must outlive the ext_proc server.
+func NewStage(cfg Config, store *Store, opts StageOptions) (*Stage, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -77,13 +98,14 @@ func NewStage(cfg Config, store *Store, log *slog.Logger, now func() time.Time) 
 	if store == nil {
 		return nil, errors.New("cachefilter: stage needs a store")
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	s := &Stage{cfg: cfg, store: store, log: opts.Log, now: opts.Now, refresh: opts.Refresher}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
 	}
-	if now == nil {
-		now = time.Now
+	if s.now == nil {
+		s.now = time.Now
 	}
-	return &Stage{cfg: cfg, store: store, log: log, now: now}, nil
+	return s, nil
 }
 
 // Name implements extproc.Stage.
@@ -156,8 +178,16 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 		x.Respond(504, extproc.Headers{{Name: "x-cache", Value: XCacheMiss}, {Name: "cache-control", Value: "no-store"}}, nil)
 		return nil
 	case ActionStale:
-		// One request refreshes (the collapse leader, forwarded with the
-		// entry's validators); the others are served the stale entry now.
+		if s.refresh != nil {
+			// Served stale now; the refresher sends the request again in
+			// the background, forcing validation (refresh.go).
+			s.serve(x, st, e, now)
+			s.refresh.Refresh(VariantKey(st.primary, e.Vary, req.Header), req)
+			return nil
+		}
+		// Without a refresher one request refreshes (the collapse leader,
+		// forwarded with the entry's validators); the others are served the
+		// stale entry now.
 		if st.store {
 			if leader, _ := s.join(st); leader {
 				st.entry = e

@@ -48,11 +48,18 @@ type stageEnv struct {
 
 func newStageEnv(t *testing.T, cfg cachefilter.Config) *stageEnv {
 	t.Helper()
+	return newStageEnvWith(t, cfg, cachefilter.StageOptions{})
+}
+
+// newStageEnvWith is newStageEnv with stage options (Now is the env's clock).
+func newStageEnvWith(t *testing.T, cfg cachefilter.Config, opts cachefilter.StageOptions) *stageEnv {
+	t.Helper()
 	clk := newClock()
 	rdb := redistest.Client(t)
 	store := newStore(t, testConfig(), rdb, redistest.Prefix(t), clk, nil)
 	run(t, store)
-	stage, err := cachefilter.NewStage(cfg, store, nil, clk.Now)
+	opts.Now = clk.Now
+	stage, err := cachefilter.NewStage(cfg, store, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

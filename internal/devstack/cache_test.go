@@ -258,3 +258,49 @@ func TestAnswersAtResponseTimeTravelTheEncoders(t *testing.T) {
 		t.Errorf("HEAD from the cache: Content-Type %q, Content-Length %d; want the GET's", hresp.Header.Get("Content-Type"), hresp.ContentLength)
 	}
 }
+
+// TestStaleWhileRevalidateInTheBackground (RFC 5861 §3): in the stale-while-revalidate window
+// the client is answered from the stale entry at once, and Sluice revalidates the entry in the
+// background through the gateway (a conditional request the origin answers 304), after which
+// the entry is fresh again.
+func TestStaleWhileRevalidateInTheBackground(t *testing.T) {
+	var full, conditional atomic.Int64
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "max-age=1, stale-while-revalidate=60")
+		w.Header().Set("ETag", `"v1"`)
+		if r.Header.Get("If-None-Match") == `"v1"` {
+			conditional.Add(1)
+			w.WriteHeader(http.StatusNotModified)
+			return
+		}
+		full.Add(1)
+		io.WriteString(w, "v1 body")
+	}))
+	t.Cleanup(origin.Close)
+	s := start(t, origin.URL, true, nil)
+	acme := []string{"x-tenant-id", "acme"}
+	s.get(t, "/swr", acme...)
+	time.Sleep(1100 * time.Millisecond)
+	resp, body := s.get(t, "/swr", acme...)
+	if body != "v1 body" || !strings.HasPrefix(resp.Header.Get("x-cache"), "STALE") {
+		t.Fatalf("in the window: %q %v", body, resp.Header)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for conditional.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if conditional.Load() != 1 || full.Load() != 1 {
+		t.Fatalf("origin: %d conditional, %d full requests; want the background revalidation", conditional.Load(), full.Load())
+	}
+	var x string
+	for time.Now().Before(deadline) { // the 304 is stored just after the refresh's answer
+		resp, _ = s.get(t, "/swr", acme...)
+		if x = resp.Header.Get("x-cache"); strings.HasPrefix(x, "HIT") {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !strings.HasPrefix(x, "HIT") {
+		t.Errorf("after the background revalidation: x-cache %q, want a fresh hit", x)
+	}
+}
