@@ -166,3 +166,16 @@ func FuzzParseSFDictionary(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseByteRange: the Range parser never panics, and a satisfiable range it accepts lies
+// within the representation.
+//
+// Seeds: testdata/fuzz/FuzzParseByteRange.
+func FuzzParseByteRange(f *testing.F) {
+	f.Fuzz(func(t *testing.T, v string, size uint16) {
+		first, last, ok := parseByteRange(v, int64(size))
+		if ok && first >= 0 && (first > last || last >= int64(size)) {
+			t.Fatalf("parseByteRange(%q, %d) = %d-%d", v, size, first, last)
+		}
+	})
+}

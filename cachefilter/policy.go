@@ -194,10 +194,10 @@ type RequestPolicy struct {
 }
 
 // CheckRequest classifies a request (RFC 9111 §4, §5.2.1). Requests with
-// Range or If-Range bypass the lookup (Sluice stores only complete
-// responses and leaves range selection to the origin), as do If-Match and
-// If-Unmodified-Since (preconditions for the origin to evaluate); their
-// complete 200 responses may still be stored.
+// If-Match or If-Unmodified-Since bypass the lookup (preconditions for the
+// origin to evaluate); their complete 200 responses may still be stored.
+// Range requests are looked up: a stored complete response answers them
+// (ranges.go), and a 206 from the origin is never stored.
 func CheckRequest(req Request) RequestPolicy {
 	ccLines := fieldValues(req.Header, "cache-control")
 	p := RequestPolicy{CacheControl: ParseCacheControl(ccLines...)}
@@ -224,9 +224,9 @@ func CheckRequest(req Request) RequestPolicy {
 	default:
 		p.Reason = ReasonUnkeyedField
 	}
+	// Range (and If-Range) do not stop a lookup: a stored complete response
+	// answers them (ranges.go).
 	switch {
-	case hasField(req.Header, "range"), hasField(req.Header, "if-range"):
-		p.Reason, p.Fwd = "range", FwdBypass
 	case hasField(req.Header, "if-match"), hasField(req.Header, "if-unmodified-since"):
 		p.Reason, p.Fwd = "precondition", FwdBypass
 	default:

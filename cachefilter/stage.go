@@ -293,11 +293,28 @@ func (s *Stage) serve(x *extproc.Exchange, st *state, e *Entry, now time.Time) {
 // reply would lose Content-Type and Content-Length (Utility::
 // prepareLocalReply), which a HEAD answer must keep.
 func (s *Stage) respond(x *extproc.Exchange, st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) {
-	var body []byte
-	if status != 304 {
-		body = e.Body
+	status, h, body := s.answer(st, e, now, status, cs, xcache)
+	x.Respond(status, h, body)
+}
+
+// answer is the status, fields and body an answer from e gets: e's, or a
+// byte range of it for a Range request (ranges.go), or none for a 304.
+func (s *Stage) answer(st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) (int, extproc.Headers, []byte) {
+	body := e.Body
+	var contentRange string
+	switch {
+	case status == 304 || status == 204:
+		body = nil
+	case status == e.Status && hasField(st.req.Header, "range"):
+		if ra := answerRange(st.req, e, now); ra.status != 0 {
+			status, body, contentRange = ra.status, ra.body, ra.contentRange
+		}
 	}
-	x.Respond(status, toExt(ServeHeaders(e, now, status, cs, xcache)), body)
+	h := toExt(ServeHeaders(e, now, status, cs, xcache))
+	if contentRange != "" {
+		h = append(h, extproc.Header{Name: "content-range", Value: contentRange})
+	}
+	return status, h, body
 }
 
 // replace answers from e at the response headers: the upstream response (a
@@ -305,18 +322,15 @@ func (s *Stage) respond(x *extproc.Exchange, st *state, e *Entry, now time.Time,
 // mutation that travels the rest of the encoder chain (Exchange.
 // ReplaceResponse). The fields the ratelimit filter added stay.
 func (s *Stage) replace(x *extproc.Exchange, st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) {
-	h := toExt(ServeHeaders(e, now, status, cs, xcache))
-	var body []byte
+	status, h, body := s.answer(st, e, now, status, cs, xcache)
 	switch {
 	case status == 304 || status == 204:
 	case st.req.Method == "HEAD":
 		// No body (Envoy would send none), and the length a GET would get.
-		h = append(h, extproc.Header{Name: "content-length", Value: strconv.Itoa(len(e.Body))})
-	default:
-		body = e.Body
-		if body == nil {
-			body = []byte{}
-		}
+		h = append(h, extproc.Header{Name: "content-length", Value: strconv.Itoa(len(body))})
+		body = nil
+	case body == nil:
+		body = []byte{} // replaces whatever body the upstream response has
 	}
 	x.ReplaceResponse(extproc.Replacement{Status: status, Headers: h, Body: body, Keep: rateLimitField})
 }

@@ -246,6 +246,17 @@ func TestStage(t *testing.T) {
 			wantHits: 1,
 		},
 		{
+			name:   "a Range request answered from the stored complete response",
+			origin: fixed(200, "cache-control", "max-age=60", "a", "1"),
+			reqs:   [][]string{{"GET", "/a", a, "acme"}, {"GET", "/a", a, "acme", "range", "bytes=5-"}},
+			want: func(t *testing.T, r result) {
+				if r.upstream || r.status != 206 || r.body != "of acme" || r.header["content-range"] != "bytes 5-11/12" || r.header["a"] != "1" {
+					t.Errorf("got %+v", r)
+				}
+			},
+			wantHits: 1,
+		},
+		{
 			name:   "client conditional answered 304",
 			origin: fixed(200, "cache-control", "max-age=60", "etag", `"v1"`),
 			reqs:   [][]string{{"GET", "/a", a, "acme"}, {"GET", "/a", a, "acme", "if-none-match", `"v1"`}},
