@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"slices"
 	"strings"
 	"testing"
@@ -15,6 +18,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -673,6 +677,55 @@ func TestHCMRequestHeaders(t *testing.T) {
 			t.Errorf("status %d; want 400", resp.StatusCode)
 		}
 	})
+}
+
+// TestInterimResponses: with proxy_100_continue (envoy.yaml sets it) the upstream's first 102
+// or 103 reaches the client before the final response, with its own fields only; later ones
+// are dropped (Envoy keeps one); without it, none does.
+func TestInterimResponses(t *testing.T) {
+	for _, proxy := range []bool{true, false} {
+		t.Run(fmt.Sprintf("proxy_100_continue=%v", proxy), func(t *testing.T) {
+			h := newHarness(t, harnessOpts{
+				settings: func(s *envoy.Settings) {
+					s.HCM = proto.Clone(s.HCM).(*hcmv3.HttpConnectionManager)
+					s.HCM.Proxy_100Continue = proxy
+				},
+				app: func(w http.ResponseWriter, r *http.Request) {
+					w.Header().Set("Link", "</a.css>; rel=preload")
+					w.WriteHeader(103)
+					w.Header().Set("Link", "</b.css>; rel=preload")
+					w.WriteHeader(103)
+					w.Header().Del("Link")
+					w.Header().Set("Content-Type", "text/plain")
+					io.WriteString(w, "final")
+				},
+			})
+			var codes []int
+			var links []string
+			trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, hdr textproto.MIMEHeader) error {
+				codes = append(codes, code)
+				links = append(links, hdr.Get("Link"))
+				return nil
+			}}
+			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", h.srv.URL+"/", nil)
+			resp, err := h.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != "final" || resp.Header.Get("Link") != "" {
+				t.Errorf("final response %d %q %v", resp.StatusCode, b, resp.Header)
+			}
+			want := []int{103}
+			if !proxy {
+				want = nil
+			}
+			if fmt.Sprint(codes) != fmt.Sprint(want) || proxy && links[0] != "</a.css>; rel=preload" {
+				t.Errorf("interim responses %v %q, want %v with the first Link", codes, links, want)
+			}
+		})
+	}
 }
 
 func TestCompression(t *testing.T) {
