@@ -136,9 +136,12 @@ type state struct {
 // RequestHeaders implements extproc.RequestHeadersHook.
 func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 	now := s.now()
+	// The request as the origin will receive it: with the x-sluice-* fields
+	// identity set, so that a Vary on them (x-sluice-user: per-user caching)
+	// selects what the origin saw, never what the client claimed.
 	req := Request{
 		Method: x.Method, Scheme: x.Scheme, Authority: x.Authority, Path: x.Path,
-		Header: fromExt(x.RequestHeaders), Tenant: x.Tenant, Time: now,
+		Header: fromExt(x.ForwardedRequestHeaders()), Tenant: x.Tenant, Time: now,
 	}
 	st := &state{req: req, route: s.cfg.Route(req.Path)}
 	x.Set(stateKey{}, st)

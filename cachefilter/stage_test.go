@@ -293,6 +293,22 @@ func TestStage(t *testing.T) {
 			wantHits: 2,
 		},
 		{
+			// The origin asks for per-user caching with Vary on the field
+			// Sluice sets from the identity; variants are keyed on the
+			// request as the origin receives it, not as the client sent it.
+			name: "Vary: x-sluice-user separates the users of a tenant",
+			origin: &origin{respond: func(_, _ string, h map[string]string) (int, []string, string) {
+				return 200, []string{"cache-control", "max-age=60", "vary", "x-sluice-user"}, "for " + h["x-sluice-user"]
+			}},
+			reqs: [][]string{
+				{"GET", "/me", a, "acme", "x-user-id", "u1"},
+				{"GET", "/me", a, "acme", "x-user-id", "u2"},
+				{"GET", "/me", a, "acme", "x-user-id", "u1"},
+			},
+			want:     func(t *testing.T, r result) { wantBody(t, r, false, "for u1") },
+			wantHits: 2,
+		},
+		{
 			name:     "no-store",
 			origin:   fixed(200, "cache-control", "no-store"),
 			reqs:     [][]string{{"GET", "/a", a, "acme"}, {"GET", "/a", a, "acme"}},

@@ -229,6 +229,44 @@ func (x *Exchange) Get(key any) any {
 	return nil
 }
 
+// ForwardedRequestHeaders returns the request headers as Envoy will forward
+// them once the reply to the request headers applies the mutations queued so
+// far (by earlier stages, or by this one): RequestHeaders with their removals
+// and sets, so x-sluice-tenant, x-sluice-user and the rest as identity set
+// them. What a stage must key on to see the request the origin sees.
+// Pseudo-headers are kept. Outside PhaseRequestHeaders it is RequestHeaders.
+func (x *Exchange) ForwardedRequestHeaders() Headers {
+	r := &x.reply
+	if x.phase != PhaseRequestHeaders || len(r.set) == 0 && len(r.remove) == 0 {
+		return x.RequestHeaders
+	}
+	out := make(Headers, 0, len(x.RequestHeaders)+len(r.set))
+	for _, h := range x.RequestHeaders {
+		if !containsName(r.remove, h.Name) && !r.setsName(h.Name) {
+			out = append(out, h)
+		}
+	}
+	return append(out, r.set...)
+}
+
+func containsName(names []string, name string) bool {
+	for _, n := range names {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *pendingReply) setsName(name string) bool {
+	for _, h := range r.set {
+		if h.Name == name {
+			return true
+		}
+	}
+	return false
+}
+
 // SetRequestHeader sets (replacing any value) a request header in the reply
 // to the current request-side message. Envoy applies request header
 // mutations from replies to request headers, and to a request body only in

@@ -304,3 +304,35 @@ func TestStaleWhileRevalidateInTheBackground(t *testing.T) {
 		t.Errorf("after the background revalidation: x-cache %q, want a fresh hit", x)
 	}
 }
+
+// TestVaryOnSluiceUser: an application behind Sluice asks for per-user caching with
+// "Vary: x-sluice-user", the field Sluice sets from the caller's identity. Each user of the
+// tenant gets their own answer; a client cannot pick another user's entry by sending
+// x-sluice-user itself (it is stripped and replaced).
+func TestVaryOnSluiceUser(t *testing.T) {
+	var hits atomic.Int64
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Header().Set("Cache-Control", "max-age=60")
+		w.Header().Set("Vary", "x-sluice-user")
+		io.WriteString(w, "private data of "+r.Header.Get("x-sluice-user"))
+	}))
+	t.Cleanup(origin.Close)
+	s := start(t, origin.URL, true, nil)
+	get := func(user string, extra ...string) string {
+		_, body := s.get(t, "/me", append([]string{"x-tenant-id", "acme", "x-user-id", user}, extra...)...)
+		return body
+	}
+	if b := get("alice"); b != "private data of alice" {
+		t.Fatalf("alice: %q", b)
+	}
+	if b := get("bob"); b != "private data of bob" {
+		t.Fatalf("bob got %q", b)
+	}
+	if b := get("bob", "x-sluice-user", "alice"); b != "private data of bob" {
+		t.Fatalf("bob claiming alice's x-sluice-user got %q", b)
+	}
+	if b := get("alice"); b != "private data of alice" || hits.Load() != 2 {
+		t.Fatalf("alice again: %q after %d origin requests, want a hit of her own entry", b, hits.Load())
+	}
+}
