@@ -142,6 +142,7 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 	req := Request{
 		Method: x.Method, Scheme: x.Scheme, Authority: x.Authority, Path: x.Path,
 		Header: fromExt(x.ForwardedRequestHeaders()), Tenant: x.Tenant, Time: now,
+		HasBody: !x.RequestEndOfStream,
 	}
 	st := &state{req: req, route: s.cfg.Route(req.Path)}
 	x.Set(stateKey{}, st)

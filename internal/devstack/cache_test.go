@@ -4,6 +4,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -334,5 +335,44 @@ func TestVaryOnSluiceUser(t *testing.T) {
 	}
 	if b := get("alice"); b != "private data of alice" || hits.Load() != 2 {
 		t.Fatalf("alice again: %q after %d origin requests, want a hit of her own entry", b, hits.Load())
+	}
+}
+
+// TestGetWithBodyIsNotCached: the key does not cover a request body, so a GET or HEAD that
+// carries one is neither answered from the cache (the stored answer is to a request without it)
+// nor stored (its answer may depend on the body, and would be served to requests without it).
+func TestGetWithBodyIsNotCached(t *testing.T) {
+	var hits atomic.Int64
+	origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		b, _ := io.ReadAll(r.Body)
+		w.Header().Set("Cache-Control", "max-age=60")
+		io.WriteString(w, "answer to body "+strconv.Quote(string(b)))
+	}))
+	t.Cleanup(origin.Close)
+	s := start(t, origin.URL, true, nil)
+	withBody := func(body string) (*http.Response, string) {
+		req, _ := http.NewRequest("GET", s.URL()+"/search", strings.NewReader(body))
+		req.Header.Set("x-tenant-id", "acme")
+		resp, err := s.client.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp, string(b)
+	}
+	if _, b := s.get(t, "/search", "x-tenant-id", "acme"); b != `answer to body ""` {
+		t.Fatalf("plain GET: %q", b)
+	}
+	resp, b := withBody(`{"q":"secret"}`)
+	if b != `answer to body "{\"q\":\"secret\"}"` || resp.Header.Get("x-cache") != "BYPASS" {
+		t.Fatalf("GET with a body: %q x-cache %q, want the origin's answer to it, bypassing the cache", b, resp.Header.Get("x-cache"))
+	}
+	if resp, b := s.get(t, "/search", "x-tenant-id", "acme"); b != `answer to body ""` || !strings.HasPrefix(resp.Header.Get("x-cache"), "HIT") {
+		t.Fatalf("plain GET after: %q %v; want the first answer, from the cache", b, resp.Header)
+	}
+	if hits.Load() != 2 {
+		t.Errorf("origin requests %d, want 2", hits.Load())
 	}
 }
