@@ -66,6 +66,15 @@ type Config struct {
 	TargetedCacheControl []string `yaml:"targeted_cache_control"`
 	// Refresh revalidates entries served stale in the background (refresh.go).
 	Refresh RefreshConfig `yaml:"refresh"`
+	// CollapseWait is how long a request that misses while another request
+	// for the same entry is upstream (a collapsed follower) waits for that
+	// response before going upstream itself. Sluice asks Envoy to wait
+	// CollapseWait plus 300 ms for its answer (override_message_timeout),
+	// which Envoy grants only up to the ext_proc filter's
+	// max_message_timeout: keep CollapseWait + 300ms within it (sluice dev
+	// and `sluice check-config --envoy-config` check it). Default 9.5s, for
+	// envoy.yaml's 10s.
+	CollapseWait time.Duration `yaml:"collapse_wait"`
 }
 
 // RouteConfig is the policy of one route. Exactly one of Prefix and Path is
@@ -143,6 +152,10 @@ const (
 	DefaultHeuristicMax      = 24 * time.Hour
 	DefaultMaxObjectBytes    = 1 << 20
 	DefaultPolicyMaxTTL      = time.Hour
+	DefaultCollapseWait      = 9500 * time.Millisecond
+	// ExtendSlack is what Sluice adds to a wait when it asks Envoy to extend
+	// the ext_proc message timeout: the time to send its answer after it.
+	ExtendSlack = 300 * time.Millisecond
 	// DefaultRouteName is RoutePolicy.Name for paths no route matches.
 	DefaultRouteName = "default"
 )
@@ -173,7 +186,22 @@ func (c Config) WithDefaults() Config {
 		c.DefaultMaxTTL = DefaultPolicyMaxTTL
 	}
 	c.Refresh = c.Refresh.WithDefaults()
+	if c.CollapseWait == 0 {
+		c.CollapseWait = DefaultCollapseWait
+	}
 	return c
+}
+
+// CheckEnvoy reports whether the waits Sluice asks Envoy for fit the ext_proc
+// filter's max_message_timeout (0: Envoy grants no extension, so a collapsed
+// follower waits at most 150 ms, under the 200 ms message_timeout).
+func (c Config) CheckEnvoy(maxMessageTimeout time.Duration) error {
+	c = c.WithDefaults()
+	if maxMessageTimeout > 0 && c.CollapseWait+ExtendSlack > maxMessageTimeout {
+		return fmt.Errorf("cache: collapse_wait %v + %v exceeds the ext_proc filter's max_message_timeout %v: Envoy would refuse the extension and stop waiting for Sluice (failure_mode_allow: the request goes on uncached)",
+			c.CollapseWait, ExtendSlack, maxMessageTimeout)
+	}
+	return nil
 }
 
 // Validate reports every problem with a defaulted c. It changes nothing.
@@ -218,6 +246,9 @@ func (c Config) Validate() error {
 	}
 	if err := c.Refresh.Validate(); err != nil {
 		errs = append(errs, err)
+	}
+	if c.CollapseWait < 0 || c.CollapseWait > 10*time.Minute {
+		bad("collapse_wait %v must be in [0, 10m]", c.CollapseWait)
 	}
 	if err := c.Refresh.Validate(); err != nil {
 		errs = append(errs, err)

@@ -181,3 +181,24 @@ func TestPurgeTags(t *testing.T) {
 		t.Errorf("Route tags = %v", got)
 	}
 }
+
+// TestCheckEnvoy: the collapsed follower's wait, plus the time to answer, must fit the ext_proc
+// filter's max_message_timeout; without one (0) Envoy grants no extension and nothing is asked.
+func TestCheckEnvoy(t *testing.T) {
+	tests := []struct {
+		wait, max time.Duration
+		ok        bool
+	}{
+		{0, 10 * time.Second, true}, // the default 9.5s + 300ms
+		{0, 9 * time.Second, false},
+		{time.Second, 2 * time.Second, true},
+		{1800 * time.Millisecond, 2 * time.Second, false},
+		{time.Hour, 0, true},
+	}
+	for _, tt := range tests {
+		err := Config{CollapseWait: tt.wait}.CheckEnvoy(tt.max)
+		if (err == nil) != tt.ok {
+			t.Errorf("collapse_wait %v, max_message_timeout %v: %v, want ok=%v", tt.wait, tt.max, err, tt.ok)
+		}
+	}
+}

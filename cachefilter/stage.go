@@ -73,19 +73,16 @@ var (
 	_ extproc.DoneHook            = (*Stage)(nil)
 )
 
-// Waits of the stage, bounded by Envoy's message timeouts.
+// Waits of the stage, bounded by Envoy's message timeouts. A collapsed
+// follower waits Config.CollapseWait.
 const (
-	// followerWait bounds a collapsed follower's wait for its leader when
-	// Envoy accepted override_message_timeout for it (envoy.yaml's
-	// max_message_timeout is 2s).
-	followerWait = time.Second
 	// shortWait bounds waits Envoy's message_timeout (default 200 ms) must
 	// cover when the timeout could not be extended.
 	shortWait = 150 * time.Millisecond
 	// invalidateWait bounds an invalidation after an unsafe request, with
-	// the message timeout extended to invalidateWait+extendSlack.
+	// the message timeout extended to invalidateWait+ExtendSlack.
 	invalidateWait = 1500 * time.Millisecond
-	extendSlack    = 300 * time.Millisecond
+	extendSlack    = ExtendSlack
 )
 
 // NewStage returns the cache stage. cfg is defaulted and validated; store
@@ -233,9 +230,11 @@ func (s *Stage) join(st *state) (bool, func(context.Context) (*Entry, bool)) {
 // follow waits for the leader of st's flight and serves its entry when it
 // answers this request; it reports whether it did.
 func (s *Stage) follow(ctx context.Context, x *extproc.Exchange, st *state, wait func(context.Context) (*Entry, bool)) bool {
+	// As long as Envoy lets Sluice take (max_message_timeout, checked by
+	// Config.CheckEnvoy); past it the follower goes upstream itself.
 	limit := shortWait
-	if x.ExtendMessageTimeout(followerWait + extendSlack) {
-		limit = followerWait
+	if x.ExtendMessageTimeout(s.cfg.CollapseWait + extendSlack) {
+		limit = s.cfg.CollapseWait
 	}
 	wctx, cancel := context.WithTimeout(ctx, limit)
 	e, ok := wait(wctx)

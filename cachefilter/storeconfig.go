@@ -21,7 +21,7 @@ const (
 	DefaultHotSampleRate    = 16
 	DefaultHotMaxKeys       = 1000
 	DefaultHotHalfLife      = 10 * time.Minute
-	DefaultCollapseTimeout  = 5 * time.Second
+	DefaultCollapseTimeout  = 10 * time.Second
 	DefaultCollapseMaxKeys  = 10_000
 )
 
@@ -86,8 +86,9 @@ type StoreConfig struct {
 	// HotHalfLife halves the hot-key counts of a tenant this often, so that they rank recent hits.
 	// Default 10m.
 	HotHalfLife time.Duration `yaml:"hot_half_life"`
-	// CollapseTimeout releases the followers of a collapsed miss whose leader neither stored nor
-	// failed within it. Default 5s.
+	// CollapseTimeout ends a collapse whose leader neither stored nor failed within it (its
+	// stream died without a word): its followers go upstream. Keep it at least the policy's
+	// collapse_wait, which bounds each follower's own wait. Default 10s.
 	CollapseTimeout time.Duration `yaml:"collapse_timeout"`
 	// CollapseMaxKeys bounds the misses being collapsed at once; beyond it every caller is a
 	// leader. Default 10000; negative disables collapsing.

@@ -14,6 +14,7 @@ import (
 	"runtime/debug"
 	"syscall"
 
+	"github.com/sluicehq/sluice/envoy"
 	"github.com/sluicehq/sluice/internal/app"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/devstack"
@@ -196,6 +197,7 @@ func checkConfig(args []string, stdout, stderr io.Writer, getenv func(string) st
 	fs.SetOutput(stderr)
 	var c common
 	c.register(fs, getenv)
+	envoyConfig := fs.String("envoy-config", "", "also check the Sluice config against this Envoy bootstrap (the waits Sluice asks the ext_proc filter for)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -219,6 +221,14 @@ func checkConfig(args []string, stdout, stderr io.Writer, getenv func(string) st
 		}
 		fmt.Fprintf(stdout, "%s: ok (%d domains)\n", p, len(rules.Domains()))
 	}
+	if *envoyConfig != "" {
+		if err := checkAgainstEnvoy(cfg, *envoyConfig); err != nil {
+			fmt.Fprintln(stderr, err)
+			failed = true
+		} else {
+			fmt.Fprintf(stdout, "%s: ok against the Sluice config\n", *envoyConfig)
+		}
+	}
 	if failed {
 		return 1
 	}
@@ -226,4 +236,30 @@ func checkConfig(args []string, stdout, stderr io.Writer, getenv func(string) st
 		fmt.Fprintf(stdout, "%s: ok\n", c.configPath)
 	}
 	return 0
+}
+
+// checkAgainstEnvoy checks that what Sluice asks the ext_proc filter for fits
+// its max_message_timeout in the bootstrap at path: a collapsed follower's
+// wait and a batch's.
+func checkAgainstEnvoy(cfg config.Config, path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	st, err := envoy.ParseSettings(b)
+	if err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if st.ExtProc == nil {
+		return fmt.Errorf("%s: no ext_proc filter", path)
+	}
+	limit := st.ExtProc.GetMaxMessageTimeout().AsDuration()
+	var errs []error
+	if err := cfg.Cache.Config.CheckEnvoy(limit); err != nil {
+		errs = append(errs, fmt.Errorf("%s: %w", path, err))
+	}
+	if bm := cfg.Batch.WithDefaults().MaxMessageTimeout; bm > limit {
+		errs = append(errs, fmt.Errorf("%s: batch.max_message_timeout %v exceeds the ext_proc filter's max_message_timeout %v", path, bm, limit))
+	}
+	return errors.Join(errs...)
 }

@@ -376,3 +376,26 @@ func TestGetWithBodyIsNotCached(t *testing.T) {
 		t.Errorf("origin requests %d, want 2", hits.Load())
 	}
 }
+
+// TestSlowOriginCollapses: 30 concurrent misses of one URL whose origin takes 2 s reach the
+// origin once: the followers wait for the leader's response (up to cache.collapse_wait, which
+// Sluice asks Envoy for with override_message_timeout) and are answered from its entry.
+func TestSlowOriginCollapses(t *testing.T) {
+	o := newCacheOrigin(t, 2*time.Second)
+	s := start(t, o.URL, true, nil)
+	const n = 30
+	var wg sync.WaitGroup
+	bodies := make([]string, n)
+	for i := range n {
+		wg.Go(func() { _, bodies[i] = s.get(t, "/slow", "x-tenant-id", "acme") })
+	}
+	wg.Wait()
+	for i, b := range bodies {
+		if b != "tenant=acme path=/slow" {
+			t.Fatalf("request %d: %q", i, b)
+		}
+	}
+	if got := o.gets.Load(); got != 1 {
+		t.Errorf("origin GETs %d, want 1: followers gave up on the leader", got)
+	}
+}

@@ -171,6 +171,9 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 	if o.NoCompression {
 		withoutCompressors(settings)
 	}
+	if err := cfg.Cache.Config.CheckEnvoy(settings.ExtProc.GetMaxMessageTimeout().AsDuration()); err != nil {
+		return s, fmt.Errorf("dev: envoy config: %w", err)
+	}
 	if s.conn, err = grpc.NewClient(s.app.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 		return s, fmt.Errorf("dev: grpc client: %w", err)
 	}
