@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sluicehq/sluice/batch"
+	"github.com/sluicehq/sluice/cachefilter"
 	examples "github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/envoy"
 	"github.com/sluicehq/sluice/envoy/emulator"
@@ -36,6 +37,9 @@ import (
 	"github.com/sluicehq/sluice/internal/demoapi"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 )
+
+// embeddedRedisTimeout is the cache's Redis budget with the embedded server.
+const embeddedRedisTimeout = 100 * time.Millisecond
 
 // DemoTiers is the static tier map `sluice dev` uses when the config names no
 // tiers: a few demo tenants in each tier.
@@ -108,6 +112,14 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 			return s, fmt.Errorf("dev: embedded redis: %w", err)
 		}
 		cfg.Redis.URL = "redis://" + s.mini.Addr()
+		// The embedded server answers from this process's own goroutines, so a
+		// busy machine delays it like a GC pause, not like a network: the cache's
+		// per-call budget left at its default (20 ms, sized for a Redis a network
+		// hop away) becomes 100 ms, so that a loaded laptop does not trip the
+		// breaker and drop the in-process cache at start.
+		if cfg.Cache.Store.RedisTimeout == cachefilter.DefaultRedisTimeout {
+			cfg.Cache.Store.RedisTimeout = embeddedRedisTimeout
+		}
 	}
 	if len(cfg.ExtProc.Identity.Tiers) == 0 && o.Upstream == "" {
 		// The demo API's tenants; in front of the user's API every tenant
