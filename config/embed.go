@@ -10,9 +10,9 @@ import _ "embed"
 //go:embed ratelimit/tiers.yaml
 var RateLimitTiers []byte
 
-// RateLimitDev is ratelimit/dev.yaml: the loose rules `sluice dev --upstream`
+// RateLimitDev is dev/ratelimit.yaml: the loose rules `sluice dev --upstream`
 // enforces in front of the user's own API, so that a browser or a test suite
 // is not refused.
 //
-//go:embed ratelimit/dev.yaml
+//go:embed dev/ratelimit.yaml
 var RateLimitDev []byte

@@ -141,7 +141,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 		// dev.yaml), so that a browser or a test suite is not refused.
 		file := ratelimitsvc.File{Name: "config/ratelimit/tiers.yaml", Data: examples.RateLimitTiers}
 		if o.Upstream != "" {
-			file = ratelimitsvc.File{Name: "config/ratelimit/dev.yaml", Data: examples.RateLimitDev}
+			file = ratelimitsvc.File{Name: "config/dev/ratelimit.yaml", Data: examples.RateLimitDev}
 		}
 		rules, err := ratelimitsvc.ParseRules([]ratelimitsvc.File{file})
 		if err != nil {
@@ -373,8 +373,8 @@ func (s *Stack) rateLimits(w io.Writer) {
 	source := "from " + s.opts.Sluice.RateLimit.ConfigPath
 	switch s.rulesFile {
 	case "":
-	case "config/ratelimit/dev.yaml":
-		source = "config/ratelimit/dev.yaml, loose for development; --ratelimit-config FILE for others"
+	case "config/dev/ratelimit.yaml":
+		source = "config/dev/ratelimit.yaml, loose for development; --ratelimit-config FILE for others"
 	default:
 		source = s.rulesFile + "; --ratelimit-config FILE for others"
 	}

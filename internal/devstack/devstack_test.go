@@ -360,7 +360,7 @@ func TestUpstreamDefaults(t *testing.T) {
 	banner := b.String()
 	for _, want := range []string{
 		s.Upstream() + "   (your API",
-		"config/ratelimit/dev.yaml",
+		"config/dev/ratelimit.yaml",
 		"tier=anonymous, per remote_address: 1000 per second (dev_anonymous_ip)",
 		"tier=any other, per tenant_id: 1000 per second (dev_tenant)",
 		`without x-tenant-id is the tenant "anonymous"`,
