@@ -266,13 +266,14 @@ func (r *Refresher) send(ctx context.Context, req Request) error {
 // refreshedField reports the request fields a refresh sends again: the end-to-end fields of the
 // client's request that select or shape the answer (identity, content negotiation, Vary's
 // fields), not those Envoy adds or replaces (x-forwarded-*, x-request-id, x-envoy-*), not
-// Sluice's own, not the framing, and not the client's own caching and conditional fields,
-// which the refresh replaces with Cache-Control: max-age=0.
+// Sluice's own, not the framing, not the client's own caching and conditional fields, which
+// the refresh replaces with Cache-Control: max-age=0, and not the unkeyed fields that keep an
+// answer from being stored (unkeyedFields): the refresh is the clean request the entry answers.
 func refreshedField(name string) bool {
 	switch {
 	case name == "" || name[0] == ':',
 		strings.HasPrefix(name, "x-sluice-"), strings.HasPrefix(name, "x-envoy-"), strings.HasPrefix(name, "x-forwarded-"),
-		strings.HasPrefix(name, "if-"):
+		strings.HasPrefix(name, "if-"), containsString(unkeyedFields, name):
 		return false
 	}
 	switch name {

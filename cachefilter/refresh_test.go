@@ -48,6 +48,7 @@ func TestRefresher(t *testing.T) {
 			{Name: "cache-control", Value: "max-stale"}, {Name: "x-forwarded-for", Value: "192.0.2.1"},
 			{Name: "x-request-id", Value: "r1"}, {Name: "x-envoy-external-address", Value: "192.0.2.1"},
 			{Name: "x-sluice-tenant", Value: "acme"}, {Name: "range", Value: "bytes=0-1"},
+			{Name: "x-original-host", Value: "evil.example"},
 		},
 	}
 	if !r.Refresh("k1", req) {
@@ -76,7 +77,7 @@ func TestRefresher(t *testing.T) {
 			t.Errorf("refresh %s = %q, want %q", k, h.Header.Get(k), v)
 		}
 	}
-	for _, k := range []string{"If-None-Match", "X-Forwarded-For", "X-Request-Id", "X-Envoy-External-Address", "X-Sluice-Tenant", "Range"} {
+	for _, k := range []string{"If-None-Match", "X-Forwarded-For", "X-Request-Id", "X-Envoy-External-Address", "X-Sluice-Tenant", "Range", "X-Original-Host"} {
 		if v := h.Header.Get(k); v != "" {
 			t.Errorf("refresh carries %s: %q", k, v)
 		}
