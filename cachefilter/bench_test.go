@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/internal/redistest"
@@ -244,5 +248,51 @@ func BenchmarkHitRatio(b *testing.B) {
 		}
 		b.ReportMetric(100*float64(otterHits)/requests, "l1-hit-%")
 		b.ReportMetric(100*float64(lruHits)/requests, "lru-hit-%")
+	}
+}
+
+// BenchmarkStoredPuts measures the share of fetched responses that get stored in one busy
+// tenant: 16 callers each look a key up (Epoch), "fetch" it for a millisecond and PutSince it;
+// with writes=10%, one operation in ten is instead a write that invalidates a key of the same
+// tenant (1000 keys, uniform). It reports stored/put (1 minus sluice_cache_raced_puts_total
+// over the puts): the ratio of writes=10% to writes=0% is the cost of the race guard in a
+// tenant whose writes never stop (goal ≥ 0.95; a guard on the whole tenant scored far below).
+// bench/racedputs.sh prints that ratio.
+func BenchmarkStoredPuts(b *testing.B) {
+	for _, writes := range []int{0, 10} {
+		b.Run(fmt.Sprintf("writes=%d%%", writes), func(b *testing.B) {
+			rdb, prefix, clk := redistest.Client(b), redistest.Prefix(b), newClock()
+			reg := prometheus.NewRegistry()
+			s := newStore(b, testConfig(), rdb, prefix, clk, reg)
+			run(b, s)
+			keys, e := benchKeys(1000)
+			ctx := context.Background()
+			var puts atomic.Int64
+			b.SetParallelism(16 / max(1, runtime.GOMAXPROCS(0)))
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				r := rand.New(rand.NewPCG(rand.Uint64(), 0))
+				for pb.Next() {
+					k := keys[r.IntN(len(keys))]
+					if r.IntN(100) < writes {
+						if err := s.Invalidate(ctx, k); err != nil {
+							b.Error(err)
+						}
+						continue
+					}
+					since := s.Epoch(k)
+					time.Sleep(time.Millisecond) // the upstream fetch
+					if err := s.PutSince(ctx, since, k, k, "/bench", e); err != nil {
+						b.Error(err)
+					}
+					puts.Add(1)
+				}
+			})
+			b.StopTimer()
+			if n := puts.Load(); n > 0 {
+				raced := gauge(b, reg, "sluice_cache_raced_puts_total", nil)
+				b.ReportMetric((float64(n)-raced)/float64(n), "stored/put")
+			}
+		})
 	}
 }

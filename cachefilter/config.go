@@ -58,6 +58,23 @@ type Config struct {
 	// TagRules attach tags to stored responses and purge them after unsafe
 	// requests. Default none.
 	TagRules []TagRule `yaml:"tag_rules"`
+	// TargetedCacheControl lists the targeted cache-control fields Sluice
+	// obeys (RFC 9213), first match first: when a response carries one with
+	// a valid value, its directives replace Cache-Control and Expires for
+	// Sluice (not for the caches after it). Default [cdn-cache-control];
+	// an empty list ([]) obeys none.
+	TargetedCacheControl []string `yaml:"targeted_cache_control"`
+	// Refresh revalidates entries served stale in the background (refresh.go).
+	Refresh RefreshConfig `yaml:"refresh"`
+	// CollapseWait is how long a request that misses while another request
+	// for the same entry is upstream (a collapsed follower) waits for that
+	// response before going upstream itself. Sluice asks Envoy to wait
+	// CollapseWait plus 300 ms for its answer (override_message_timeout),
+	// which Envoy grants only up to the ext_proc filter's
+	// max_message_timeout: keep CollapseWait + 300ms within it (sluice dev
+	// and `sluice check-config --envoy` check it). Default 9.5s, for
+	// envoy.yaml's 10s.
+	CollapseWait time.Duration `yaml:"collapse_wait"`
 }
 
 // RouteConfig is the policy of one route. Exactly one of Prefix and Path is
@@ -125,6 +142,8 @@ type RoutePolicy struct {
 	// Tags are the tag templates for stored responses ({tenant} not yet
 	// substituted; Storable does it).
 	Tags []string
+	// Targets are Config.TargetedCacheControl's lower-case field names.
+	Targets []string
 }
 
 // Defaults of Config.
@@ -133,6 +152,10 @@ const (
 	DefaultHeuristicMax      = 24 * time.Hour
 	DefaultMaxObjectBytes    = 1 << 20
 	DefaultPolicyMaxTTL      = time.Hour
+	DefaultCollapseWait      = 9500 * time.Millisecond
+	// ExtendSlack is what Sluice adds to a wait when it asks Envoy to extend
+	// the ext_proc message timeout: the time to send its answer after it.
+	ExtendSlack = 300 * time.Millisecond
 	// DefaultRouteName is RoutePolicy.Name for paths no route matches.
 	DefaultRouteName = "default"
 )
@@ -162,7 +185,23 @@ func (c Config) WithDefaults() Config {
 	if c.DefaultMaxTTL == 0 {
 		c.DefaultMaxTTL = DefaultPolicyMaxTTL
 	}
+	c.Refresh = c.Refresh.WithDefaults()
+	if c.CollapseWait == 0 {
+		c.CollapseWait = DefaultCollapseWait
+	}
 	return c
+}
+
+// CheckEnvoy reports whether the waits Sluice asks Envoy for fit the ext_proc
+// filter's max_message_timeout (0: Envoy grants no extension, so a collapsed
+// follower waits at most 150 ms, under the 200 ms message_timeout).
+func (c Config) CheckEnvoy(maxMessageTimeout time.Duration) error {
+	c = c.WithDefaults()
+	if maxMessageTimeout > 0 && c.CollapseWait+ExtendSlack > maxMessageTimeout {
+		return fmt.Errorf("cache: collapse_wait %v + %v exceeds the ext_proc filter's max_message_timeout %v: Envoy would refuse the extension and stop waiting for Sluice (failure_mode_allow: the request goes on uncached)",
+			c.CollapseWait, ExtendSlack, maxMessageTimeout)
+	}
+	return nil
 }
 
 // Validate reports every problem with a defaulted c. It changes nothing.
@@ -203,6 +242,23 @@ func (c Config) Validate() error {
 			if q == "" || strings.ContainsAny(q, "&=#") {
 				bad("routes[%d] (%s): query parameter name %q must be non-empty without & = #", i, r.Name, q)
 			}
+		}
+	}
+	if err := c.Refresh.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.CollapseWait < 0 || c.CollapseWait > 10*time.Minute {
+		bad("collapse_wait %v must be in [0, 10m]", c.CollapseWait)
+	}
+	if err := c.Refresh.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	for i, f := range c.TargetedCacheControl {
+		switch lf := strings.ToLower(f); {
+		case !isToken(f):
+			bad("targeted_cache_control[%d]: %q is not a field name", i, f)
+		case lf == "cache-control" || lf == "expires":
+			bad("targeted_cache_control[%d]: %q is what a targeted field replaces", i, f)
 		}
 	}
 	for i, t := range c.TagRules {
@@ -265,6 +321,7 @@ func (c Config) Route(path string) RoutePolicy {
 		HeuristicFraction: orDefault(c.HeuristicFraction, DefaultHeuristicFraction),
 		HeuristicMax:      orDefault(c.HeuristicMax, DefaultHeuristicMax),
 		StoreSetCookie:    c.StoreSetCookie,
+		Targets:           c.targets(),
 	}
 	for i := range c.Routes {
 		r := &c.Routes[i]
@@ -285,6 +342,19 @@ func (c Config) Route(path string) RoutePolicy {
 		}
 	}
 	return p
+}
+
+// targets returns the targeted fields to obey: the default list when the
+// config names none (nil), the configured ones lower-cased otherwise.
+func (c Config) targets() []string {
+	if c.TargetedCacheControl == nil {
+		return DefaultTargets
+	}
+	out := make([]string, len(c.TargetedCacheControl))
+	for i, f := range c.TargetedCacheControl {
+		out[i] = strings.ToLower(f)
+	}
+	return out
 }
 
 // PurgeTags returns the tags to purge after the response to an unsafe

@@ -45,6 +45,7 @@ routes:
 tag_rules:
   - {prefix: /api/v1/contacts, tags: ["contacts:{tenant}"]}
   - {method: DELETE, path: /api/v1/everything, tags: [all]}
+targeted_cache_control: [Acme-Cache-Control, CDN-Cache-Control]
 `
 	var c Config
 	dec := yaml.NewDecoder(bytes.NewReader([]byte(doc)))
@@ -56,19 +57,20 @@ tag_rules:
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
+	targets := []string{"acme-cache-control", "cdn-cache-control"}
 	tests := []struct {
 		path string
 		want RoutePolicy
 	}{
 		{path: "/api/v1/contacts/7?page=2", want: RoutePolicy{Name: "contacts", Enabled: true, MaxTTL: 5 * time.Minute, MaxObjectBytes: 2048,
 			QueryParams: []string{"page", "per_page"}, Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true,
-			Tags: []string{"contacts:{tenant}"}}},
+			Tags: []string{"contacts:{tenant}"}, Targets: targets}},
 		{path: "/api/v1/search", want: RoutePolicy{Name: "search", Enabled: true, MaxTTL: 10 * time.Minute, MaxObjectBytes: 2048,
-			QueryParams: []string{}, Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true}},
+			QueryParams: []string{}, Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true, Targets: targets}},
 		{path: "/api/v1/search/x", want: RoutePolicy{Name: DefaultRouteName, Enabled: true, MaxTTL: 10 * time.Minute, MaxObjectBytes: 2048,
-			Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true}},
+			Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true, Targets: targets}},
 		{path: "/api/v1/export/all.csv", want: RoutePolicy{Name: "export", Enabled: false, MaxTTL: 10 * time.Minute, MaxObjectBytes: 100,
-			Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true}},
+			Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true, Targets: targets}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {
@@ -119,6 +121,8 @@ func TestConfigValidate(t *testing.T) {
 		{name: "negative route max_ttl", mod: func(c *Config) { c.Routes = []RouteConfig{{Name: "a", Prefix: "/", MaxTTL: -1}} }, want: "max_ttl"},
 		{name: "negative route max_object_bytes", mod: func(c *Config) { c.Routes = []RouteConfig{{Name: "a", Prefix: "/", MaxObjectBytes: -1}} }, want: "max_object_bytes"},
 		{name: "bad query parameter", mod: func(c *Config) { c.Routes = []RouteConfig{{Name: "a", Prefix: "/", QueryParams: []string{"a=b"}}} }, want: "query parameter"},
+		{name: "targeted field not a name", mod: func(c *Config) { c.TargetedCacheControl = []string{"cdn cache"} }, want: "not a field name"},
+		{name: "Cache-Control as a targeted field", mod: func(c *Config) { c.TargetedCacheControl = []string{"Cache-Control"} }, want: "what a targeted field replaces"},
 		{name: "empty query parameter", mod: func(c *Config) { c.Routes = []RouteConfig{{Name: "a", Prefix: "/", QueryParams: []string{""}}} }, want: "query parameter"},
 		{name: "tag rule lower-case method", mod: func(c *Config) { c.TagRules = []TagRule{{Method: "post", Prefix: "/", Tags: []string{"t"}}} }, want: "method"},
 		{name: "tag rule without tags", mod: func(c *Config) { c.TagRules = []TagRule{{Prefix: "/"}} }, want: "tags"},
@@ -175,5 +179,26 @@ func TestPurgeTags(t *testing.T) {
 	}
 	if got := c.Route("/api/v1/contacts/7").Tags; !reflect.DeepEqual(got, []string{"contacts:{tenant}", "read-only"}) {
 		t.Errorf("Route tags = %v", got)
+	}
+}
+
+// TestCheckEnvoy: the collapsed follower's wait, plus the time to answer, must fit the ext_proc
+// filter's max_message_timeout; without one (0) Envoy grants no extension and nothing is asked.
+func TestCheckEnvoy(t *testing.T) {
+	tests := []struct {
+		wait, max time.Duration
+		ok        bool
+	}{
+		{0, 10 * time.Second, true}, // the default 9.5s + 300ms
+		{0, 9 * time.Second, false},
+		{time.Second, 2 * time.Second, true},
+		{1800 * time.Millisecond, 2 * time.Second, false},
+		{time.Hour, 0, true},
+	}
+	for _, tt := range tests {
+		err := Config{CollapseWait: tt.wait}.CheckEnvoy(tt.max)
+		if (err == nil) != tt.ok {
+			t.Errorf("collapse_wait %v, max_message_timeout %v: %v, want ok=%v", tt.wait, tt.max, err, tt.ok)
+		}
 	}
 }

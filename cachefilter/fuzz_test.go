@@ -78,7 +78,7 @@ func FuzzStorable(f *testing.F) {
 			}
 			return
 		}
-		cc := ParseCacheControl(fieldValues(header, "cache-control")...)
+		cc, _ := responseDirectives(header, route.Targets) // Cache-Control, or CDN-Cache-Control
 		_, varyStar, _ := parseVary(header)
 		switch {
 		case cc.Private:
@@ -123,6 +123,59 @@ func FuzzStorable(f *testing.F) {
 					t.Fatalf("served field %s: %q", h.Name, h.Value)
 				}
 			}
+		}
+	})
+}
+
+// FuzzParseSFDictionary: the Structured Fields Dictionary parser of targeted cache-control
+// fields never panics, accepts only keys of the grammar, and maps any value it accepts onto
+// directives without widening what may be stored: a member the parser refuses makes the
+// whole field count as absent.
+//
+// Seeds: testdata/fuzz/FuzzParseSFDictionary.
+func FuzzParseSFDictionary(f *testing.F) {
+	f.Fuzz(func(t *testing.T, s string) {
+		members, ok := parseSFDictionary(s)
+		if !ok {
+			if members != nil {
+				t.Fatal("members returned with a failure")
+			}
+			return
+		}
+		if len(members) > maxSFMembers {
+			t.Fatalf("%d members", len(members))
+		}
+		seen := map[string]bool{}
+		for _, m := range members {
+			if m.key == "" || seen[m.key] {
+				t.Fatalf("key %q empty or repeated", m.key)
+			}
+			seen[m.key] = true
+			for i := 0; i < len(m.key); i++ {
+				if c := m.key[i]; c >= 'A' && c <= 'Z' {
+					t.Fatalf("key %q has upper case", m.key)
+				}
+			}
+		}
+		cc, ok := parseTargeted([]string{s})
+		if ok != (len(members) > 0) {
+			t.Fatalf("parseTargeted ok %v with %d members", ok, len(members))
+		}
+		if cc.Public && !(seen["public"]) {
+			t.Fatal("public without a public member")
+		}
+	})
+}
+
+// FuzzParseByteRange: the Range parser never panics, and a satisfiable range it accepts lies
+// within the representation.
+//
+// Seeds: testdata/fuzz/FuzzParseByteRange.
+func FuzzParseByteRange(f *testing.F) {
+	f.Fuzz(func(t *testing.T, v string, size uint16) {
+		first, last, ok := parseByteRange(v, int64(size))
+		if ok && first >= 0 && (first > last || last >= int64(size)) {
+			t.Fatalf("parseByteRange(%q, %d) = %d-%d", v, size, first, last)
 		}
 	})
 }

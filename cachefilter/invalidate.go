@@ -193,9 +193,9 @@ func (s *Store) sweepOld(ctx context.Context) {
 func (s *Store) purge(ctx context.Context, inv *invalidation, inRedis func(context.Context) error) error {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.PurgeTimeout)
 	defer cancel()
-	// Before Redis too: a Put that checked the epoch before this point and writes Redis after
-	// the deletion sees the epoch moved once its write returns, and undoes it (Store.put).
-	s.bumpEpochs(inv)
+	// Logged before Redis too: a Put that checked the log before this point and writes Redis
+	// after the deletion finds it once its write returns, and undoes the write (Store.put).
+	s.races.add(inv)
 	var err error
 	if s.l2 != nil {
 		err = s.call(ctx, opPurge, 0, inRedis)
@@ -225,21 +225,10 @@ func (s *Store) purge(ctx context.Context, inv *invalidation, inRedis func(conte
 	return nil
 }
 
-// bumpEpochs moves the epochs of the tenants inv covers (Store.Epoch).
-func (s *Store) bumpEpochs(inv *invalidation) {
-	if inv.kind != kindKeys {
-		s.l1.bump(inv.tenant)
-		return
-	}
-	for _, k := range inv.args {
-		if t, _, err := splitKey(k); err == nil {
-			s.l1.bump(t)
-		}
-	}
-}
-
-// apply invalidates this replica's L1 and moves the epochs of what it covers.
+// apply invalidates this replica's L1, after logging inv for the fills and puts in flight
+// (raceLog).
 func (s *Store) apply(inv *invalidation) {
+	s.races.add(inv)
 	switch inv.kind {
 	case kindKeys:
 		s.l1.dropKeys(inv.args)

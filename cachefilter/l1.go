@@ -2,10 +2,8 @@ package cachefilter
 
 import (
 	"fmt"
-	"hash/maphash"
 	"math"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -16,10 +14,6 @@ import (
 // counts and the key strings: otter's node, the item struct and the hash table slot. Measured by
 // TestL1ByteBound against the Go heap.
 const itemOverhead = 256
-
-// epochStripes is how many per-tenant invalidation counters the L1 keeps (tenants share them by
-// hash): enough that a purge of one tenant rarely discards another tenant's concurrent fills.
-const epochStripes = 64
 
 // l1 is the in-process layer: an otter cache (W-TinyLFU, bounded in bytes) of records and
 // entries, and the invalidation epochs that keep a fill racing a purge from surviving it. It is
@@ -35,14 +29,13 @@ const epochStripes = 64
 //
 // Fills race invalidations: a lookup may read an entry from Redis just before a purge deletes it,
 // and store it in the L1 just after the purge's invalidation was applied here. So every fill
-// takes epoch(tenant) before it reads (or builds) what it stores, and after storing checks that
-// the epoch did not move, else it removes what it stored. An invalidation moves the epoch first
-// and then removes matching items: whichever runs second sees the other.
+// marks the Store's race log (and the L1's clear counter) before it reads (or builds) what it
+// stores, and after storing asks whether an invalidation covering it was logged since (its
+// discard function), else it removes what it stored. An invalidation is logged first and then
+// removes matching items: whichever runs second sees the other.
 type l1 struct {
 	c       *otter.Cache[l1Key, *item] // nil: L1 disabled
-	seed    maphash.Seed
-	global  atomic.Uint64 // moved by clear: every tenant's fills are discarded
-	stripes [epochStripes]atomic.Uint64
+	cleared atomic.Uint64              // moved by clear: every fill in flight is discarded
 }
 
 // l1Key is an item's key: a record (kindRecord, primary key) or an entry (kindEntry, variant
@@ -79,7 +72,7 @@ type item struct {
 // newL1 returns an L1 bounded to maxBytes, or a disabled one if maxBytes is negative. onEvict
 // is called (under otter's locks: it must be quick) for every item evicted for size.
 func newL1(maxBytes int64, onEvict func()) (*l1, error) {
-	l := &l1{seed: maphash.MakeSeed()}
+	l := &l1{}
 	if maxBytes < 0 {
 		return l, nil
 	}
@@ -102,15 +95,8 @@ func newL1(maxBytes int64, onEvict func()) (*l1, error) {
 	return l, nil
 }
 
-// epoch returns the invalidation epoch of tenant's stripe: it moves whenever an invalidation that
-// may concern tenant is applied.
-func (l *l1) epoch(tenant string) uint64 {
-	return l.global.Load() + l.stripes[l.stripe(tenant)].Load()
-}
-
-func (l *l1) stripe(tenant string) int {
-	return int(maphash.String(l.seed, tenant) % epochStripes)
-}
+// clears returns how often the L1 was cleared: a fill that started before a clear is discarded.
+func (l *l1) clears() uint64 { return l.cleared.Load() }
 
 // vary returns the record of primary, if present and not expired at now.
 func (l *l1) vary(primary string, now time.Time) *item {
@@ -145,9 +131,9 @@ func itemWeight(primary, variant, path string, e *Entry) uint32 {
 }
 
 // fill stores e, the entry of variant, and the record of primary (tenant, path, names, id), both
-// until expires. ep is epoch(tenant) taken before the data was read; if an invalidation moved
-// it meanwhile, fill removes what it stored.
-func (l *l1) fill(ep uint64, tenant, primary, path string, names []string, id uint64, variant string, e *Entry, now, expires time.Time) {
+// until expires. discard reports, after the items are stored, whether an invalidation covering
+// them was applied since the data was read (or the L1 cleared); then fill removes what it stored.
+func (l *l1) fill(discard func() bool, tenant, primary, path string, names []string, id uint64, variant string, e *Entry, now, expires time.Time) {
 	if l.c == nil {
 		return
 	}
@@ -160,7 +146,7 @@ func (l *l1) fill(ep uint64, tenant, primary, path string, names []string, id ui
 			tenant: tenant, primary: primary, path: path, expires: expires, ttl: ttl,
 			weight: itemWeight(primary, variant, path, e), id: id, variant: variant, entry: e,
 		})
-		if l.epoch(tenant) != ep {
+		if discard() {
 			l.c.Invalidate(recordKey(primary))
 		}
 		return
@@ -175,20 +161,15 @@ func (l *l1) fill(ep uint64, tenant, primary, path string, names []string, id ui
 		tenant: tenant, primary: primary, path: path, expires: expires, ttl: ttl,
 		weight: itemWeight("", variant, path, e), id: id, entry: e,
 	})
-	if l.epoch(tenant) != ep {
+	if discard() {
 		l.c.Invalidate(recordKey(primary))
 		l.c.Invalidate(entryKey(variant))
 	}
 }
 
-// dropKeys applies an invalidation of primary keys: their tenants' epochs move (with or without
-// an L1), and their records go, and with them every entry stored under them (inline, or
-// unreachable by id).
+// dropKeys applies an invalidation of primary keys: their records go, and with them every entry
+// stored under them (inline, or unreachable by id).
 func (l *l1) dropKeys(primaries []string) {
-	for _, p := range primaries {
-		tenant, _, _ := strings.Cut(p, ":")
-		l.bump(tenant)
-	}
 	if l.c == nil {
 		return
 	}
@@ -197,19 +178,9 @@ func (l *l1) dropKeys(primaries []string) {
 	}
 }
 
-// bump moves the invalidation epoch of tenant (Store.PutSince), with or without an L1.
-func (l *l1) bump(tenant string) { l.stripes[l.stripe(tenant)].Add(1) }
-
-// invalidations returns the invalidation epoch of tenant: it moves with every invalidation that
-// may cover the tenant, and not when the L1 is cleared for other reasons (a new subscription),
-// which says nothing about the data a fetch read.
-func (l *l1) invalidations(tenant string) uint64 { return l.stripes[l.stripe(tenant)].Load() }
-
-// dropMatching applies an invalidation within tenant: its epoch moves (with or without an L1),
-// and every item for which match is true goes, with the vary records of their primary keys. It
-// walks the whole L1.
+// dropMatching applies an invalidation within tenant: every item for which match is true goes,
+// with the vary records of their primary keys. It walks the whole L1.
 func (l *l1) dropMatching(tenant string, match func(*item) bool) int {
-	l.bump(tenant)
 	if l.c == nil {
 		return 0
 	}
@@ -235,7 +206,7 @@ func (l *l1) clear() {
 	if l.c == nil {
 		return
 	}
-	l.global.Add(1)
+	l.cleared.Add(1)
 	l.c.InvalidateAll()
 }
 

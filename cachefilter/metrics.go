@@ -74,7 +74,7 @@ func newMetrics(reg prometheus.Registerer, l1Bytes, l1Entries, l1Trusted func() 
 		}, []string{"layer"}),
 		racedPuts: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sluice_cache_raced_puts_total",
-			Help: "Responses not stored because an invalidation of their tenant arrived while they were fetched.",
+			Help: "Responses not stored because an invalidation covering them (key, tag, path prefix or tenant) arrived while they were fetched.",
 		}),
 		l1Bytes: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sluice_cache_l1_bytes",

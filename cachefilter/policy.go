@@ -46,6 +46,12 @@ type Request struct {
 	// Tenant is the caller's tenant as the identity stage resolved it. It is
 	// part of every key: no tenant can read another's entries.
 	Tenant string
+	// HasBody reports that the request carries a body (Envoy's request
+	// headers did not end the stream). A GET or HEAD with one is neither
+	// looked up nor stored: the key does not cover the body, and an
+	// application that reads it would have its answer served to requests
+	// without it (RFC 9110 §9.3.1: a body on GET has no defined meaning).
+	HasBody bool
 	// Time is when the request was forwarded upstream (request_time of RFC
 	// 9111 §4.2.3) for the response being stored or freshened. Zero means
 	// the response time, i.e. no response delay is accounted for.
@@ -72,6 +78,7 @@ const (
 	ReasonNotReusable       = "not_reusable"           // zero lifetime and no validator or stale window
 	ReasonValidatorMismatch = "validator_mismatch"     // a 304 whose validators do not select the entry (§4.3.4)
 	ReasonUnkeyedField      = "unkeyed_field"          // request field the key lacks but applications act on (unkeyedFields)
+	ReasonRequestBody       = "request_body"           // GET or HEAD with a body (Request.HasBody)
 )
 
 // Actions Evaluate can choose.
@@ -194,10 +201,10 @@ type RequestPolicy struct {
 }
 
 // CheckRequest classifies a request (RFC 9111 §4, §5.2.1). Requests with
-// Range or If-Range bypass the lookup (Sluice stores only complete
-// responses and leaves range selection to the origin), as do If-Match and
-// If-Unmodified-Since (preconditions for the origin to evaluate); their
-// complete 200 responses may still be stored.
+// If-Match or If-Unmodified-Since bypass the lookup (preconditions for the
+// origin to evaluate); their complete 200 responses may still be stored.
+// Range requests are looked up: a stored complete response answers them
+// (ranges.go), and a 206 from the origin is never stored.
 func CheckRequest(req Request) RequestPolicy {
 	ccLines := fieldValues(req.Header, "cache-control")
 	p := RequestPolicy{CacheControl: ParseCacheControl(ccLines...)}
@@ -210,6 +217,9 @@ func CheckRequest(req Request) RequestPolicy {
 		return p
 	case p.CacheControl.Overflow:
 		p.Reason, p.Fwd = ReasonCacheControl, FwdBypass
+		return p
+	case req.HasBody:
+		p.Reason, p.Fwd = ReasonRequestBody, FwdBypass
 		return p
 	}
 	if hasAnyField(req.Header, methodOverrideFields) {
@@ -224,9 +234,9 @@ func CheckRequest(req Request) RequestPolicy {
 	default:
 		p.Reason = ReasonUnkeyedField
 	}
+	// Range (and If-Range) do not stop a lookup: a stored complete response
+	// answers them (ranges.go).
 	switch {
-	case hasField(req.Header, "range"), hasField(req.Header, "if-range"):
-		p.Reason, p.Fwd = "range", FwdBypass
 	case hasField(req.Header, "if-match"), hasField(req.Header, "if-unmodified-since"):
 		p.Reason, p.Fwd = "precondition", FwdBypass
 	default:
@@ -236,15 +246,18 @@ func CheckRequest(req Request) RequestPolicy {
 }
 
 // unkeyedFields are request fields applications commonly act on (the host,
-// scheme and prefix they build absolute links from, the URL they route)
-// that are no part of the cache key. A response to a request carrying one
+// scheme and prefix they build absolute links from, the URL they route;
+// X-Forwarded-Ssl and Front-End-Https are read as the scheme by Rails, Rack
+// and Django-style stacks, X-Original-Host and X-HTTP-Host-Override as the
+// host, X-Forwarded-Uri/-Path as the path) that are no part of the cache key. A response to a request carrying one
 // may be shaped by it, and stored it would be served to every client of the
 // tenant (web cache poisoning), so such a request is not stored; it may
 // still be answered from the cache. Envoy sets X-Forwarded-Proto and -For
 // itself (use_remote_address), so they are not listed.
 var unkeyedFields = []string{
 	"x-forwarded-host", "x-forwarded-server", "x-forwarded-scheme", "x-forwarded-port", "x-forwarded-prefix",
-	"x-host", "x-original-url", "x-rewrite-url", "forwarded",
+	"x-forwarded-uri", "x-forwarded-path", "x-forwarded-protocol", "x-forwarded-ssl", "front-end-https",
+	"x-url-scheme", "x-host", "x-original-host", "x-http-host-override", "x-original-url", "x-rewrite-url", "forwarded",
 }
 
 // methodOverrideFields make applications run another method than the
@@ -524,8 +537,8 @@ const (
 // assess is Storable's response half, shared with Freshen. It fills e as
 // far as it can even when it refuses, so Freshen can serve the result once.
 func assess(req Request, status int, header []Header, now time.Time, route RoutePolicy) (Entry, bool, string) {
-	ccLines := fieldValues(header, "cache-control")
-	cc := ParseCacheControl(ccLines...)
+	// Cache-Control, or the targeted field that replaces it and Expires (targeted.go).
+	cc, targeted := responseDirectives(header, route.Targets)
 	reqTime := req.Time
 	if reqTime.IsZero() || reqTime.After(now) {
 		reqTime = now
@@ -576,7 +589,11 @@ func assess(req Request, status int, header []Header, now time.Time, route Route
 	e.Tags = entryTags(req.Tenant, route.Tags, header)
 
 	// Freshness (§4.2.1, §4.2.2).
-	lifetime, explicit := explicitLifetime(cc, header, dateValue, now)
+	expiresFrom := header
+	if targeted {
+		expiresFrom = nil
+	}
+	lifetime, explicit := explicitLifetime(cc, expiresFrom, dateValue, now)
 	heuristic := false
 	if !explicit && route.Heuristic && (heuristicStatus(status) || cc.Public) {
 		if lm, ok := httpDateField(header, "last-modified", now); ok && !lm.After(dateValue) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,10 +26,11 @@ import (
 //     answered from the leader's entry. Validation replaces the client's
 //     If-None-Match/If-Modified-Since with the entry's validators.
 //   - response headers: a 304 to Sluice's validation freshens the entry and
-//     the response is replaced (a response-phase ImmediateResponse, which
-//     Envoy and the emulator accept for any message: ext_proc.proto
-//     ProcessingResponse.immediate_response); a 5xx is replaced by the stale
-//     entry when ServeStaleOnError allows; a storable response asks for its
+//     the response is replaced by it (Exchange.ReplaceResponse: a
+//     CONTINUE_AND_REPLACE mutation, so the answer still runs through the
+//     encoder filters, compressors included); a 5xx is replaced by the stale
+//     entry when ServeStaleOnError allows, and so is Envoy's own reply to a
+//     failed upstream connection (ServeStaleDisconnected); a storable response asks for its
 //     body (mode_override BUFFERED) only when it will be stored; unsafe
 //     methods answered 2xx/3xx invalidate (RFC 9111 §4.4) and purge tags.
 //   - response body: the entry is stored and the collapse completed.
@@ -37,11 +39,32 @@ import (
 // Every Store failure fails open: the request is forwarded or answered as
 // if there were no cache. Stage is safe for concurrent use.
 type Stage struct {
-	cfg   Config
-	store *Store
-	log   *slog.Logger
-	now   func() time.Time
+	cfg     Config
+	store   *Store
+	log     *slog.Logger
+	now     func() time.Time
+	refresh Refreshing
 }
+
+// StageOptions are a Stage's optional dependencies; the zero value works.
+type StageOptions struct {
+	// Log receives the stage's warnings; nil discards them.
+	Log *slog.Logger
+	// Now is the clock; nil is time.Now.
+	Now func() time.Time
+	// Refresher revalidates entries served stale in the background; nil
+	// makes the first request that finds an entry stale revalidate it while
+	// the others get the stale entry.
+	Refresher Refreshing
+}
+
+// Refreshing queues background refreshes; *Refresher implements it.
+// Refresh must not block, and reports whether the refresh was queued.
+type Refreshing interface {
+	Refresh(key string, req Request) bool
+}
+
+var _ Refreshing = (*Refresher)(nil)
 
 var (
 	_ extproc.RequestHeadersHook  = (*Stage)(nil)
@@ -50,24 +73,21 @@ var (
 	_ extproc.DoneHook            = (*Stage)(nil)
 )
 
-// Waits of the stage, bounded by Envoy's message timeouts.
+// Waits of the stage, bounded by Envoy's message timeouts. A collapsed
+// follower waits Config.CollapseWait.
 const (
-	// followerWait bounds a collapsed follower's wait for its leader when
-	// Envoy accepted override_message_timeout for it (envoy.yaml's
-	// max_message_timeout is 2s).
-	followerWait = time.Second
 	// shortWait bounds waits Envoy's message_timeout (default 200 ms) must
 	// cover when the timeout could not be extended.
 	shortWait = 150 * time.Millisecond
 	// invalidateWait bounds an invalidation after an unsafe request, with
-	// the message timeout extended to invalidateWait+extendSlack.
+	// the message timeout extended to invalidateWait+ExtendSlack.
 	invalidateWait = 1500 * time.Millisecond
-	extendSlack    = 300 * time.Millisecond
+	extendSlack    = ExtendSlack
 )
 
 // NewStage returns the cache stage. cfg is defaulted and validated; store
-// must outlive the ext_proc server. log may be nil; now nil is time.Now.
-func NewStage(cfg Config, store *Store, log *slog.Logger, now func() time.Time) (*Stage, error) {
+// must outlive the ext_proc server.
+func NewStage(cfg Config, store *Store, opts StageOptions) (*Stage, error) {
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -75,13 +95,14 @@ func NewStage(cfg Config, store *Store, log *slog.Logger, now func() time.Time) 
 	if store == nil {
 		return nil, errors.New("cachefilter: stage needs a store")
 	}
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+	s := &Stage{cfg: cfg, store: store, log: opts.Log, now: opts.Now, refresh: opts.Refresher}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
 	}
-	if now == nil {
-		now = time.Now
+	if s.now == nil {
+		s.now = time.Now
 	}
-	return &Stage{cfg: cfg, store: store, log: log, now: now}, nil
+	return s, nil
 }
 
 // Name implements extproc.Stage.
@@ -112,9 +133,13 @@ type state struct {
 // RequestHeaders implements extproc.RequestHeadersHook.
 func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 	now := s.now()
+	// The request as the origin will receive it: with the x-sluice-* fields
+	// identity set, so that a Vary on them (x-sluice-user: per-user caching)
+	// selects what the origin saw, never what the client claimed.
 	req := Request{
 		Method: x.Method, Scheme: x.Scheme, Authority: x.Authority, Path: x.Path,
-		Header: fromExt(x.RequestHeaders), Tenant: x.Tenant, Time: now,
+		Header: fromExt(x.ForwardedRequestHeaders()), Tenant: x.Tenant, Time: now,
+		HasBody: !x.RequestEndOfStream,
 	}
 	st := &state{req: req, route: s.cfg.Route(req.Path)}
 	x.Set(stateKey{}, st)
@@ -133,8 +158,8 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 		return nil
 	}
 	st.primary = PrimaryKey(req, st.route)
-	// Before anything goes upstream: a response fetched across an invalidation of the
-	// tenant is not stored (see Store.PutSince).
+	// Before anything goes upstream: a response fetched across an invalidation that
+	// covers it is not stored (see Store.PutSince).
 	st.epoch = s.store.Epoch(st.primary)
 	e, layer, err := s.store.Lookup(ctx, st.primary, func(vary []string) string {
 		return VariantKey(st.primary, vary, req.Header)
@@ -154,8 +179,16 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 		x.Respond(504, extproc.Headers{{Name: "x-cache", Value: XCacheMiss}, {Name: "cache-control", Value: "no-store"}}, nil)
 		return nil
 	case ActionStale:
-		// One request refreshes (the collapse leader, forwarded with the
-		// entry's validators); the others are served the stale entry now.
+		if s.refresh != nil {
+			// Served stale now; the refresher sends the request again in
+			// the background, forcing validation (refresh.go).
+			s.serve(x, st, e, now)
+			s.refresh.Refresh(VariantKey(st.primary, e.Vary, req.Header), req)
+			return nil
+		}
+		// Without a refresher one request refreshes (the collapse leader,
+		// forwarded with the entry's validators); the others are served the
+		// stale entry now.
 		if st.store {
 			if leader, _ := s.join(st); leader {
 				st.entry = e
@@ -197,9 +230,11 @@ func (s *Stage) join(st *state) (bool, func(context.Context) (*Entry, bool)) {
 // follow waits for the leader of st's flight and serves its entry when it
 // answers this request; it reports whether it did.
 func (s *Stage) follow(ctx context.Context, x *extproc.Exchange, st *state, wait func(context.Context) (*Entry, bool)) bool {
+	// As long as Envoy lets Sluice take (max_message_timeout, checked by
+	// Config.CheckEnvoy); past it the follower goes upstream itself.
 	limit := shortWait
-	if x.ExtendMessageTimeout(followerWait + extendSlack) {
-		limit = followerWait
+	if x.ExtendMessageTimeout(s.cfg.CollapseWait + extendSlack) {
+		limit = s.cfg.CollapseWait
 	}
 	wctx, cancel := context.WithTimeout(ctx, limit)
 	e, ok := wait(wctx)
@@ -255,12 +290,59 @@ func (s *Stage) serve(x *extproc.Exchange, st *state, e *Entry, now time.Time) {
 	s.respond(x, st, e, now, st.d.Status, cs, XCacheValue(result, layerName(st.layer)))
 }
 
+// respond answers from e at the request headers: an ImmediateResponse, which
+// Envoy sends through every encoder filter (sendLocalReplyViaFilterChain).
+// A HEAD gets the body too: Envoy sends none for HEAD, but an empty local
+// reply would lose Content-Type and Content-Length (Utility::
+// prepareLocalReply), which a HEAD answer must keep.
 func (s *Stage) respond(x *extproc.Exchange, st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) {
-	var body []byte
-	if status != 304 && st.req.Method != "HEAD" {
-		body = e.Body
+	status, h, body := s.answer(st, e, now, status, cs, xcache)
+	x.Respond(status, h, body)
+}
+
+// answer is the status, fields and body an answer from e gets: e's, or a
+// byte range of it for a Range request (ranges.go), or none for a 304.
+func (s *Stage) answer(st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) (int, extproc.Headers, []byte) {
+	body := e.Body
+	var contentRange string
+	switch {
+	case status == 304 || status == 204:
+		body = nil
+	case status == e.Status && hasField(st.req.Header, "range"):
+		if ra := answerRange(st.req, e, now); ra.status != 0 {
+			status, body, contentRange = ra.status, ra.body, ra.contentRange
+		}
 	}
-	x.Respond(status, toExt(ServeHeaders(e, now, status, cs, xcache)), body)
+	h := toExt(ServeHeaders(e, now, status, cs, xcache))
+	if contentRange != "" {
+		h = append(h, extproc.Header{Name: "content-range", Value: contentRange})
+	}
+	return status, h, body
+}
+
+// replace answers from e at the response headers: the upstream response (a
+// 304, a 5xx, Envoy's own reply to a failed connection) becomes e's, as a
+// mutation that travels the rest of the encoder chain (Exchange.
+// ReplaceResponse). The fields the ratelimit filter added stay.
+func (s *Stage) replace(x *extproc.Exchange, st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) {
+	status, h, body := s.answer(st, e, now, status, cs, xcache)
+	switch {
+	case status == 304 || status == 204:
+	case st.req.Method == "HEAD":
+		// No body (Envoy would send none), and the length a GET would get.
+		h = append(h, extproc.Header{Name: "content-length", Value: strconv.Itoa(len(body))})
+		body = nil
+	case body == nil:
+		body = []byte{} // replaces whatever body the upstream response has
+	}
+	x.ReplaceResponse(extproc.Replacement{Status: status, Headers: h, Body: body, Keep: rateLimitField})
+}
+
+// rateLimitField reports the response fields of Envoy's ratelimit filter
+// (RateLimit, RateLimit-Policy, the older RateLimit-*, X-RateLimit-*): they
+// describe the caller's quota and stay on a replaced response.
+func rateLimitField(name string) bool {
+	return strings.HasPrefix(name, "ratelimit") || strings.HasPrefix(name, "x-ratelimit-")
 }
 
 func layerName(l Layer) string {
@@ -311,16 +393,27 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 			code = 304
 		}
 		cs.Stored, cs.TTL, cs.HasTTL = store, e.Lifetime-e.Age(now), true
-		s.respond(x, st, e, now, code, cs, XCacheRevalidated)
+		s.replace(x, st, e, now, code, cs, XCacheRevalidated)
 		return nil
 	}
-	if st.entry != nil && status >= 500 && ServeStaleOnError(st.req, st.entry, now, status) {
-		s.complete(st, nil)
-		// Not a "hit": the request went upstream (RFC 9211 §2.1); fwd and
-		// fwd-status say the stored response stood in for the 5xx.
-		cs = CacheStatus{Fwd: FwdStale, FwdStatus: status, TTL: st.entry.Lifetime - st.entry.Age(now), HasTTL: true}
-		s.respond(x, st, st.entry, now, st.entry.Status, cs, XCacheValue(XCacheStale, layerName(st.layer)))
-		return nil
+	if st.entry != nil && status >= 500 {
+		disconnected := Disconnected(status, header)
+		if disconnected && ServeStaleDisconnected(st.req, st.entry, now) || ServeStaleOnError(st.req, st.entry, now, status) {
+			s.complete(st, nil)
+			// Not a "hit": the request went upstream (RFC 9211 §2.1); fwd and
+			// fwd-status say the stored response stood in for the 5xx, or
+			// detail that no response came.
+			cs = CacheStatus{Fwd: FwdStale, FwdStatus: status, TTL: st.entry.Lifetime - st.entry.Age(now), HasTTL: true}
+			if disconnected {
+				cs.FwdStatus, cs.Detail = 0, "origin unreachable"
+			}
+			code := st.entry.Status
+			if NotModified(st.req, st.entry, now) {
+				code = 304
+			}
+			s.replace(x, st, st.entry, now, code, cs, XCacheValue(XCacheStale, layerName(st.layer)))
+			return nil
+		}
 	}
 	if st.store {
 		// Only what the store will keep is buffered and reported stored.

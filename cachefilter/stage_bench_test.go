@@ -104,7 +104,7 @@ func BenchmarkHit(b *testing.B) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			stage, err := cachefilter.NewStage(cachefilter.Config{}, store, nil, nil)
+			stage, err := cachefilter.NewStage(cachefilter.Config{}, store, cachefilter.StageOptions{})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -19,7 +19,10 @@ import (
 )
 
 // origin is a scripted upstream: it answers every forwarded request with
-// respond(request headers as forwarded) and counts the requests.
+// respond(request headers as forwarded) and counts the requests. A status of
+// 0 is a connection that fails before any response: the test then plays
+// Envoy's router, whose local reply (503, no x-envoy-upstream-service-time)
+// reaches ext_proc's response phase like a response.
 type origin struct {
 	hits    atomic.Int64
 	respond func(method, path string, h map[string]string) (status int, header []string, body string)
@@ -32,6 +35,9 @@ type result struct {
 	body     string
 	upstream bool              // the request reached the origin
 	sent     map[string]string // request headers as forwarded (after mutations)
+	// immediate: answered with an ImmediateResponse; replaced: the upstream
+	// response was replaced at the response headers (CONTINUE_AND_REPLACE).
+	immediate, replaced bool
 }
 
 type stageEnv struct {
@@ -42,11 +48,18 @@ type stageEnv struct {
 
 func newStageEnv(t *testing.T, cfg cachefilter.Config) *stageEnv {
 	t.Helper()
+	return newStageEnvWith(t, cfg, cachefilter.StageOptions{})
+}
+
+// newStageEnvWith is newStageEnv with stage options (Now is the env's clock).
+func newStageEnvWith(t *testing.T, cfg cachefilter.Config, opts cachefilter.StageOptions) *stageEnv {
+	t.Helper()
 	clk := newClock()
 	rdb := redistest.Client(t)
 	store := newStore(t, testConfig(), rdb, redistest.Prefix(t), clk, nil)
 	run(t, store)
-	stage, err := cachefilter.NewStage(cfg, store, nil, clk.Now)
+	opts.Now = clk.Now
+	stage, err := cachefilter.NewStage(cfg, store, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +108,13 @@ func (env *stageEnv) do(t *testing.T, o *origin, method, path string, hdr ...str
 	}
 	o.hits.Add(1)
 	status, rh, body := o.respond(method, path, sent)
+	if status == 0 {
+		// Envoy's router: "upstream connect error or disconnect/reset
+		// before headers", 503, as a local reply.
+		status, rh, body = 503, []string{"content-type", "text/plain"}, "upstream connect error"
+	} else {
+		rh = append(rh, "x-envoy-upstream-service-time", "1")
+	}
 	if method == "HEAD" {
 		body = ""
 	}
@@ -109,8 +129,28 @@ func (env *stageEnv) do(t *testing.T, o *origin, method, path string, hdr ...str
 	for i := 0; i+1 < len(rh); i += 2 {
 		res.header[rh[i]] = rh[i+1]
 	}
-	for k, v := range extproctest.SetHeaders(extproctest.Mutation(r)) {
-		res.header[k] = v[0]
+	cr := extproctest.Common(r)
+	for _, k := range cr.GetHeaderMutation().GetRemoveHeaders() {
+		delete(res.header, k)
+	}
+	for k, v := range extproctest.SetHeaders(cr.GetHeaderMutation()) {
+		res.header[k] = strings.Join(v, ", ")
+	}
+	if cr.GetStatus() == extprocv3.CommonResponse_CONTINUE_AND_REPLACE {
+		// As Envoy applies it (ProcessorState::handleHeadersResponse).
+		res.replaced = true
+		if st, err := strconv.Atoi(res.header[":status"]); err == nil {
+			res.status = st
+		}
+		delete(res.header, ":status")
+		if bm := cr.GetBodyMutation(); bm != nil {
+			res.body = string(bm.GetBody())
+			delete(res.header, "content-length")
+		}
+		if err := s.Finish(); err != nil {
+			t.Fatalf("finish: %v", err)
+		}
+		return res
 	}
 	if mo := r.GetModeOverride(); mo != nil && mo.GetResponseBodyMode() != procmodev3.ProcessingMode_NONE && len(body) > 0 {
 		r = recvAfter(t, s, extproctest.ResponseBody([]byte(body), true))
@@ -133,7 +173,7 @@ func recvAfter(t *testing.T, s *extproctest.Stream, req *extprocv3.ProcessingReq
 }
 
 func immediate(ir *extprocv3.ImmediateResponse) result {
-	res := result{status: int(ir.GetStatus().GetCode()), header: map[string]string{}, body: string(ir.GetBody())}
+	res := result{status: int(ir.GetStatus().GetCode()), header: map[string]string{}, body: string(ir.GetBody()), immediate: true}
 	for _, o := range ir.GetHeaders().GetSetHeaders() {
 		res.header[o.GetHeader().GetKey()] = string(o.GetHeader().GetRawValue())
 	}
@@ -192,10 +232,28 @@ func TestStage(t *testing.T) {
 			wantHits: 2,
 		},
 		{
-			name:     "HEAD served from the GET entry without a body",
-			origin:   fixed(200, "cache-control", "max-age=60"),
-			reqs:     [][]string{{"GET", "/a", a, "acme"}, {"HEAD", "/a", a, "acme"}},
-			want:     func(t *testing.T, r result) { wantBody(t, r, false, "") },
+			// The ImmediateResponse carries the GET body: Envoy sends none
+			// for HEAD, and an empty local reply would lose Content-Type and
+			// Content-Length (Utility::prepareLocalReply).
+			name:   "HEAD served from the GET entry, its body for Envoy to drop",
+			origin: fixed(200, "cache-control", "max-age=60", "content-type", "text/plain"),
+			reqs:   [][]string{{"GET", "/a", a, "acme"}, {"HEAD", "/a", a, "acme"}},
+			want: func(t *testing.T, r result) {
+				if r.upstream || !r.immediate || r.body != "body of acme" || r.header["content-type"] != "text/plain" {
+					t.Errorf("got %+v", r)
+				}
+			},
+			wantHits: 1,
+		},
+		{
+			name:   "a Range request answered from the stored complete response",
+			origin: fixed(200, "cache-control", "max-age=60", "a", "1"),
+			reqs:   [][]string{{"GET", "/a", a, "acme"}, {"GET", "/a", a, "acme", "range", "bytes=5-"}},
+			want: func(t *testing.T, r result) {
+				if r.upstream || r.status != 206 || r.body != "of acme" || r.header["content-range"] != "bytes 5-11/12" || r.header["a"] != "1" {
+					t.Errorf("got %+v", r)
+				}
+			},
 			wantHits: 1,
 		},
 		{
@@ -232,6 +290,22 @@ func TestStage(t *testing.T) {
 			}},
 			reqs:     [][]string{{"GET", "/a", a, "acme", "accept-language", "en"}, {"GET", "/a", a, "acme", "accept-language", "fr"}, {"GET", "/a", a, "acme", "accept-language", "en"}},
 			want:     func(t *testing.T, r result) { wantBody(t, r, false, "en") },
+			wantHits: 2,
+		},
+		{
+			// The origin asks for per-user caching with Vary on the field
+			// Sluice sets from the identity; variants are keyed on the
+			// request as the origin receives it, not as the client sent it.
+			name: "Vary: x-sluice-user separates the users of a tenant",
+			origin: &origin{respond: func(_, _ string, h map[string]string) (int, []string, string) {
+				return 200, []string{"cache-control", "max-age=60", "vary", "x-sluice-user"}, "for " + h["x-sluice-user"]
+			}},
+			reqs: [][]string{
+				{"GET", "/me", a, "acme", "x-user-id", "u1"},
+				{"GET", "/me", a, "acme", "x-user-id", "u2"},
+				{"GET", "/me", a, "acme", "x-user-id", "u1"},
+			},
+			want:     func(t *testing.T, r result) { wantBody(t, r, false, "for u1") },
 			wantHits: 2,
 		},
 		{
@@ -297,13 +371,100 @@ func TestStage(t *testing.T) {
 			name: "stale-if-error serves the stale entry",
 			origin: &origin{respond: func(_, _ string, h map[string]string) (int, []string, string) {
 				if h["x-fail"] != "" {
-					return 503, nil, "down"
+					return 503, []string{"retry-after", "5", "content-type", "text/html"}, "down"
 				}
-				return 200, []string{"cache-control", "max-age=1, stale-if-error=600", "etag", `"e"`}, "good"
+				return 200, []string{"cache-control", "max-age=1, stale-if-error=600", "etag", `"e"`, "content-type", "text/plain"}, "good"
 			}},
 			reqs: [][]string{{"GET", "/a", a, "acme"}, {"wait"}, {"GET", "/a", a, "acme", "x-fail", "1"}},
 			want: func(t *testing.T, r result) {
-				if !r.upstream || r.status != 200 || r.body != "good" || !strings.Contains(r.header["cache-status"], "fwd-status=503") {
+				if !r.upstream || !r.replaced || r.status != 200 || r.body != "good" || !strings.Contains(r.header["cache-status"], "fwd-status=503") ||
+					r.header["retry-after"] != "" || r.header["content-type"] != "text/plain" {
+					t.Errorf("got %+v", r)
+				}
+			},
+			wantHits: 2,
+		},
+		{
+			// An answer made at the response headers is a mutation of the
+			// upstream response, so that it travels the encoder filters; the
+			// ratelimit filter's fields stay on it.
+			name: "the revalidated answer replaces the upstream 304, keeping RateLimit",
+			origin: &origin{respond: func(_, _ string, h map[string]string) (int, []string, string) {
+				if h["if-none-match"] == `"v1"` {
+					return 304, []string{"cache-control", "max-age=60", "etag", `"v1"`, "ratelimit", `"t";r=9;t=1`}, ""
+				}
+				return 200, []string{"cache-control", "max-age=60", "etag", `"v1"`, "content-type", "text/plain"}, "full"
+			}},
+			reqs: [][]string{{"GET", "/a", a, "acme"}, {"GET", "/a", a, "acme", "cache-control", "no-cache"}},
+			want: func(t *testing.T, r result) {
+				if !r.replaced || r.immediate || r.status != 200 || r.body != "full" || r.header["content-type"] != "text/plain" ||
+					r.header["ratelimit"] != `"t";r=9;t=1` || r.header["x-cache"] != "REVALIDATED" {
+					t.Errorf("got %+v", r)
+				}
+			},
+			wantHits: 2,
+		},
+		{
+			name: "a revalidated HEAD keeps the entry's Content-Length",
+			origin: &origin{respond: func(_, _ string, h map[string]string) (int, []string, string) {
+				if h["if-none-match"] == `"v1"` {
+					return 304, []string{"cache-control", "max-age=60", "etag", `"v1"`}, ""
+				}
+				return 200, []string{"cache-control", "max-age=60", "etag", `"v1"`, "content-type", "text/plain"}, "full"
+			}},
+			reqs: [][]string{{"GET", "/a", a, "acme"}, {"HEAD", "/a", a, "acme", "cache-control", "no-cache"}},
+			want: func(t *testing.T, r result) {
+				if !r.replaced || r.status != 200 || r.body != "" || r.header["content-length"] != "4" || r.header["content-type"] != "text/plain" {
+					t.Errorf("got %+v", r)
+				}
+			},
+			wantHits: 2,
+		},
+		{
+			// RFC 9111 §4.2.4: a disconnected cache may serve stale.
+			name: "origin unreachable: the stale entry, without stale-if-error",
+			origin: &origin{respond: func(_, _ string, h map[string]string) (int, []string, string) {
+				if h["x-fail"] != "" {
+					return 0, nil, ""
+				}
+				return 200, []string{"cache-control", "max-age=1", "content-type", "text/plain"}, "good"
+			}},
+			reqs: [][]string{{"GET", "/a", a, "acme"}, {"wait"}, {"GET", "/a", a, "acme", "x-fail", "1"}},
+			want: func(t *testing.T, r result) {
+				if !r.replaced || r.status != 200 || r.body != "good" || !strings.HasPrefix(r.header["x-cache"], "STALE") ||
+					!strings.Contains(r.header["cache-status"], `fwd=stale; ttl=-4; detail="origin unreachable"`) {
+					t.Errorf("got %+v", r)
+				}
+			},
+			wantHits: 2,
+		},
+		{
+			name: "origin unreachable: a must-revalidate entry is not served stale",
+			origin: &origin{respond: func(_, _ string, h map[string]string) (int, []string, string) {
+				if h["x-fail"] != "" {
+					return 0, nil, ""
+				}
+				return 200, []string{"cache-control", "max-age=1, must-revalidate", "etag", `"e"`}, "good"
+			}},
+			reqs: [][]string{{"GET", "/a", a, "acme"}, {"wait"}, {"GET", "/a", a, "acme", "x-fail", "1"}},
+			want: func(t *testing.T, r result) {
+				if r.replaced || r.status != 503 {
+					t.Errorf("got %+v", r)
+				}
+			},
+			wantHits: 2,
+		},
+		{
+			name: "the origin's own 503 is not a disconnection",
+			origin: &origin{respond: func(_, _ string, h map[string]string) (int, []string, string) {
+				if h["x-fail"] != "" {
+					return 503, nil, "busy"
+				}
+				return 200, []string{"cache-control", "max-age=1"}, "good"
+			}},
+			reqs: [][]string{{"GET", "/a", a, "acme"}, {"wait"}, {"GET", "/a", a, "acme", "x-fail", "1"}},
+			want: func(t *testing.T, r result) {
+				if r.replaced || r.status != 503 || r.body != "busy" {
 					t.Errorf("got %+v", r)
 				}
 			},
@@ -397,7 +558,8 @@ func TestStageStaleWhileRevalidate(t *testing.T) {
 
 	// The origin answers the refresh with 304; the entry is fresh again.
 	r = recvAfter(t, s, extproctest.ResponseHeaders(304, true, "cache-control", "max-age=60, stale-while-revalidate=600", "etag", `"v1"`))
-	if ir := r.GetImmediateResponse(); ir == nil || string(ir.GetBody()) != "v1 body" || ir.GetStatus().GetCode() != 200 {
+	if cr := extproctest.Common(r); cr.GetStatus() != extprocv3.CommonResponse_CONTINUE_AND_REPLACE ||
+		string(cr.GetBodyMutation().GetBody()) != "v1 body" || extproctest.SetHeaders(cr.GetHeaderMutation())[":status"][0] != "200" {
 		t.Fatalf("refresher's 304 was not turned into the stored response: %v", r)
 	}
 	_ = s.Finish()

@@ -172,6 +172,7 @@ type Store struct {
 	waitMu      sync.Mutex    // guards waiters
 	waiters     map[string]*waiter
 	pending     pendingSet // invalidations Redis did not take, for Run to retry (pending.go)
+	races       raceLog    // invalidations applied lately, for PutSince and L1 fills (racelog.go)
 	running     atomic.Bool
 
 	lastLog   atomic.Int64 // Unix ns of the last Redis error logged
@@ -367,7 +368,7 @@ func (s *Store) fromL2(ctx context.Context, tenant, pr, primary string, rec *ite
 		return nil, err
 	}
 	guessNames := joinNames(guess)
-	ep := s.l1.epoch(tenant)
+	mark := s.markFill()
 	var r lookupReply
 	err = s.call(ctx, opLookup, s.cfg.RedisTimeout, func(ctx context.Context) error {
 		var err error
@@ -413,7 +414,7 @@ func (s *Store) fromL2(ctx context.Context, tenant, pr, primary string, rec *ite
 		return nil, nil // an invalidation of it has not reached Redis yet
 	}
 	if trusted {
-		s.l1.fill(ep, tenant, primary, r.path, names, r.id, variant, e, now, expires)
+		s.l1.fill(s.discardFill(mark, tenant, primary, r.path, e.Tags), tenant, primary, r.path, names, r.id, variant, e, now, expires)
 	}
 	return e, nil
 }
@@ -427,24 +428,35 @@ func (s *Store) Put(ctx context.Context, primary, variant, path string, e *Entry
 	return s.put(ctx, false, 0, primary, variant, path, e)
 }
 
-// Epoch returns a value that changes whenever an invalidation that may cover primary's tenant
-// reaches this replica (its own, or another replica's through the subscription). Read it before
-// fetching a response, and give it to PutSince. An invalid key gives 0.
-func (s *Store) Epoch(primary string) uint64 {
-	tenant, _, err := splitKey(primary)
-	if err != nil {
-		return 0
-	}
-	return s.l1.invalidations(tenant)
-}
+// Epoch returns a mark of the invalidations this replica has applied so far (its own, and other
+// replicas' received through the subscription). Read it before fetching a response, and give
+// it to PutSince. primary is not used: one mark serves every key.
+func (s *Store) Epoch(primary string) uint64 { return s.races.mark() }
 
-// PutSince is Put for a response fetched after Epoch(primary) returned since: when an
-// invalidation of the tenant has reached this replica since then, the response may predate it
-// (the fetch raced a write) and nothing is stored, in either layer. Without it, a read that
-// started before a write and finished after the write's invalidation would store the old version
-// again, to be served until it expires.
+// PutSince is Put for a response fetched after Epoch returned since: when an invalidation that
+// covers the entry (its primary key, one of its tags, a prefix of path, or its whole tenant)
+// has reached this replica since then, the response may predate it (the fetch raced a write)
+// and nothing is stored, in either layer; sluice_cache_raced_puts_total counts it. Without it,
+// a read that started before a write and finished after the write's invalidation would store
+// the old version again, to be served until it expires. Invalidations of other keys, tags,
+// paths or tenants do not stop the put.
 func (s *Store) PutSince(ctx context.Context, since uint64, primary, variant, path string, e *Entry) error {
 	return s.put(ctx, true, since, primary, variant, path, e)
+}
+
+// fillMark is what an L1 fill notes before it reads or builds what it stores.
+type fillMark struct{ clears, races uint64 }
+
+func (s *Store) markFill() fillMark {
+	return fillMark{clears: s.l1.clears(), races: s.races.mark()}
+}
+
+// discardFill returns the check an L1 fill runs once its items are stored: whether the L1 was
+// cleared, or an invalidation covering the entry applied, since m.
+func (s *Store) discardFill(m fillMark, tenant, primary, path string, tags []string) func() bool {
+	return func() bool {
+		return s.l1.clears() != m.clears || s.races.covers(m.races, tenant, primary, path, tags)
+	}
 }
 
 func (s *Store) put(ctx context.Context, check bool, since uint64, primary, variant, path string, e *Entry) error {
@@ -467,8 +479,8 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 	}
 	expires := s.expires(e, now)
 	ttl := expires.Sub(now)
-	ep := s.l1.epoch(tenant) // for the L1 fill, which discards itself if an invalidation follows
-	if check && s.l1.invalidations(tenant) != since {
+	mark := s.markFill() // for the L1 fill, which discards itself if an invalidation follows
+	if check && s.races.covers(since, tenant, primary, path, e.Tags) {
 		s.metrics.racedPuts.Inc()
 		return nil
 	}
@@ -484,8 +496,8 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 			id, _, err = s.l2.put(ctx, a)
 			return err
 		})
-		if check && id != 0 && s.l1.invalidations(tenant) != since {
-			// An invalidation of the tenant began while the entry was written: its deletion may
+		if check && id != 0 && s.races.covers(since, tenant, primary, path, e.Tags) {
+			// An invalidation covering the entry began while it was written: its deletion may
 			// have run before the write landed. Undo the write (a newer entry stored meanwhile
 			// goes too: a miss, never an old version).
 			_ = s.call(ctx, opPurge, s.cfg.RedisTimeout, func(ctx context.Context) error {
@@ -503,7 +515,7 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 			id = randomID()
 		}
 	}
-	s.l1.fill(ep, tenant, primary, path, slices.Clip(e.Vary), id, variant, e, now, expires)
+	s.l1.fill(s.discardFill(mark, tenant, primary, path, e.Tags), tenant, primary, path, slices.Clip(e.Vary), id, variant, e, now, expires)
 	return nil
 }
 
@@ -514,8 +526,8 @@ func (s *Store) keeps(e *Entry, now time.Time) bool {
 }
 
 // expires returns when e stops being kept: at the end of its freshness plus its stale windows
-// plus StaleRetention for entries with a validator, at most MaxTTL after its ResponseTime (now if that is unset). It depends
-// on e alone, so both layers and every replica agree.
+// plus StaleRetention (unless it must be revalidated and has no validator: then nothing could use it), at most MaxTTL
+// after its ResponseTime (now if that is unset). It depends on e alone, so both layers and every replica agree.
 func (s *Store) expires(e *Entry, now time.Time) time.Time {
 	window := max(e.StaleWhileRevalidate, e.StaleIfError, 0)
 	if e.MustRevalidate {
@@ -528,8 +540,11 @@ func (s *Store) expires(e *Entry, now time.Time) time.Time {
 	// current_age at base is InitialAge (RFC 9111 §4.2.3), so freshness ends Lifetime-InitialAge
 	// after it.
 	var retain time.Duration
-	if (e.ETag != "" || e.LastModified != "") && s.cfg.StaleRetention > 0 {
-		retain = s.cfg.StaleRetention // kept for revalidation
+	validator := e.ETag != "" || e.LastModified != ""
+	if s.cfg.StaleRetention > 0 && (validator || !e.MustRevalidate && !e.NoCache) {
+		// Kept to be revalidated (a 304 costs the origin no body) and to be served when the
+		// origin cannot be reached (RFC 9111 §4.2.4).
+		retain = s.cfg.StaleRetention
 	}
 	return base.Add(min(e.Lifetime-e.InitialAge+window+retain, s.cfg.MaxTTL))
 }

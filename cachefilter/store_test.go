@@ -233,6 +233,11 @@ func TestLookupPut(t *testing.T) {
 
 // TestExpiry checks the TTL of entries in Redis (freshness left + the longer stale window +
 // stale_retention, capped by max_ttl), that nothing Sluice writes lives without a TTL, and that
+// retention sets StaleRetention (0: the default).
+func retention(d time.Duration) func(*cachefilter.StoreConfig) {
+	return func(c *cachefilter.StoreConfig) { c.StaleRetention = d }
+}
+
 // entries past their expiry are not served.
 func TestExpiry(t *testing.T) {
 	tests := []struct {
@@ -249,14 +254,17 @@ func TestExpiry(t *testing.T) {
 		{name: "age counts", lifetime: time.Minute, age: 20 * time.Second, want: 40 * time.Second},
 		{name: "longer stale window", lifetime: time.Minute, swr: 30 * time.Second, sie: 2 * time.Minute, want: 3 * time.Minute},
 		{name: "must-revalidate drops stale windows", lifetime: time.Minute, sie: time.Hour, mustReval: true, want: time.Minute},
-		{name: "stale retention", lifetime: time.Minute, swr: 10 * time.Second, etag: `"v1"`,
-			cfg: func(c *cachefilter.StoreConfig) { c.StaleRetention = time.Hour }, want: time.Hour + 70*time.Second},
-		{name: "default stale retention for an entry with a validator", lifetime: time.Minute, etag: `"v1"`,
-			want: time.Minute + cachefilter.DefaultStaleRetention},
-		{name: "no stale retention without a validator", lifetime: time.Minute, swr: 10 * time.Second,
-			cfg: func(c *cachefilter.StoreConfig) { c.StaleRetention = time.Hour }, want: 70 * time.Second},
-		{name: "stale retention disabled", lifetime: time.Minute, etag: `"v1"`,
-			cfg: func(c *cachefilter.StoreConfig) { c.StaleRetention = -1 }, want: time.Minute},
+		{name: "stale retention, with a validator", lifetime: time.Minute, swr: 10 * time.Second, etag: `"v1"`,
+			cfg: retention(time.Hour), want: time.Hour + 70*time.Second},
+		{name: "default stale retention", lifetime: time.Minute, etag: `"v1"`,
+			cfg: retention(0), want: time.Minute + cachefilter.DefaultStaleRetention},
+		{name: "stale retention without a validator: served when the origin is unreachable", lifetime: time.Minute, swr: 10 * time.Second,
+			cfg: retention(time.Hour), want: time.Hour + 70*time.Second},
+		{name: "no stale retention for must-revalidate without a validator: nothing could use it", lifetime: time.Minute, mustReval: true,
+			cfg: retention(time.Hour), want: time.Minute},
+		{name: "stale retention for must-revalidate with a validator: revalidated", lifetime: time.Minute, mustReval: true, etag: `"v1"`,
+			cfg: retention(time.Hour), want: time.Hour + time.Minute},
+		{name: "stale retention disabled", lifetime: time.Minute, etag: `"v1"`, want: time.Minute},
 		{name: "capped by max_ttl", lifetime: 48 * time.Hour,
 			cfg: func(c *cachefilter.StoreConfig) { c.MaxTTL = time.Hour }, want: time.Hour},
 		{name: "stale within its window", lifetime: time.Minute, age: 90 * time.Second, sie: time.Minute, want: 30 * time.Second},
@@ -267,6 +275,7 @@ func TestExpiry(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			prefix, clk := redistest.Prefix(t), newClock()
 			cfg := testConfig()
+			cfg.StaleRetention = -1 // the windows alone, unless the case sets it
 			if tt.cfg != nil {
 				tt.cfg(&cfg)
 			}
@@ -744,10 +753,12 @@ func TestTenantCap(t *testing.T) {
 	}
 }
 
-// TestPutSinceRacedInvalidation: a response fetched across an invalidation of its tenant —
-// made here, or received from another replica — is not stored in either layer, so the version
-// read before a write cannot come back after the write's purge. A fetch that raced nothing, or
-// only another tenant's invalidation, is stored.
+// TestPutSinceRacedInvalidation: a response fetched across an invalidation that covers it —
+// its key, a tag it carries, a prefix of its path, or its whole tenant; made here, or received
+// from another replica — is not stored in either layer, so the version read before a write
+// cannot come back after the write's purge. A fetch that raced only invalidations of other
+// keys, tags, paths or tenants is stored: in a busy tenant writes never stop, and a guard on
+// the whole tenant would keep almost nothing (issue 13).
 func TestPutSinceRacedInvalidation(t *testing.T) {
 	rdb := redistest.Client(t)
 	prefix := redistest.Prefix(t)
@@ -758,52 +769,62 @@ func TestPutSinceRacedInvalidation(t *testing.T) {
 	run(t, s)
 	run(t, other)
 	ctx := context.Background()
-	target := primaryKey(tenantA, "/api/v1/contacts/1")
+	const path = "/api/v1/contacts/1"
+	target := primaryKey(tenantA, path)
 	sibling := primaryKey(tenantA, "/api/v1/contacts/2")
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
 	tests := []struct {
 		name       string
 		invalidate func() // runs while the fetch is "in flight"; nil for none
-		key        string
 		wantStored bool
 	}{
-		{"no invalidation", nil, target, true},
-		{"invalidated here", func() {
-			if err := s.Invalidate(ctx, target); err != nil {
-				t.Fatal(err)
+		{"no invalidation", nil, true},
+		{"its key, here", func() { must(s.Invalidate(ctx, target)) }, false},
+		{"its key, by another replica", func() { must(other.Invalidate(ctx, target)) }, false},
+		{"its key among others", func() { must(other.Invalidate(ctx, sibling, target)) }, false},
+		{"another key of the tenant", func() { must(s.Invalidate(ctx, sibling)) }, true},
+		{"another key, by another replica", func() { must(other.Invalidate(ctx, sibling)) }, true},
+		{"its tag", func() { must(other.PurgeTag(ctx, tenantA, "contacts")) }, false},
+		{"another tag of the tenant", func() { must(other.PurgeTag(ctx, tenantA, "unrelated")) }, true},
+		{"a prefix of its path", func() { must(s.PurgePrefix(ctx, tenantA, "/api/v1/contacts")) }, false},
+		{"another prefix", func() { must(s.PurgePrefix(ctx, tenantA, "/api/v1/deals")) }, true},
+		{"its tenant", func() { must(other.PurgeTenant(ctx, tenantA)) }, false},
+		{"another tenant", func() { must(other.PurgeTenant(ctx, tenantB)) }, true},
+		{"its key, among many invalidations of others", func() {
+			must(s.Invalidate(ctx, target))
+			for i := range 50 {
+				must(s.Invalidate(ctx, primaryKey(tenantA, fmt.Sprintf("/other/%d", i))))
 			}
-		}, target, false},
-		{"invalidated by another replica", func() {
-			if err := other.Invalidate(ctx, target); err != nil {
-				t.Fatal(err)
-			}
-		}, target, false},
-		{"another key of the tenant purged by tag", func() {
-			if err := other.PurgeTag(ctx, tenantA, "unrelated"); err != nil {
-				t.Fatal(err)
-			}
-		}, sibling, false}, // conservative: any invalidation of the tenant
+		}, false},
 	}
+	raced := 0
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			if err := s.Invalidate(ctx, tt.key); err != nil { // start clean
-				t.Fatal(err)
-			}
-			since := s.Epoch(tt.key)
+			must(s.Invalidate(ctx, target)) // start clean
+			since := s.Epoch(target)
 			if tt.invalidate != nil {
 				tt.invalidate()
 			}
-			if err := s.PutSince(ctx, since, tt.key, tt.key, "/api/v1/contacts", newEntry(clk.Now(), "fetched", time.Hour)); err != nil {
-				t.Fatal(err)
-			}
+			e := newEntry(clk.Now(), "fetched", time.Hour)
+			e.Tags = []string{"contacts"}
+			must(s.PutSince(ctx, since, target, target, path, e))
 			for name, st := range map[string]*cachefilter.Store{"this replica": s, "other replica": other} {
-				_, layer := lookup(t, st, tt.key, nil)
+				_, layer := lookup(t, st, target, nil)
 				if stored := layer != cachefilter.Miss; stored != tt.wantStored {
 					t.Errorf("%s: lookup from %v, want stored=%v", name, layer, tt.wantStored)
 				}
 			}
 		})
+		if !tt.wantStored {
+			raced++
+		}
 	}
-	if got := gauge(t, reg, "sluice_cache_raced_puts_total", nil); got != 3 {
-		t.Errorf("sluice_cache_raced_puts_total = %v, want 3", got)
+	if got := gauge(t, reg, "sluice_cache_raced_puts_total", nil); got != float64(raced) {
+		t.Errorf("sluice_cache_raced_puts_total = %v, want %d", got, raced)
 	}
 }

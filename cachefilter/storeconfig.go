@@ -21,7 +21,7 @@ const (
 	DefaultHotSampleRate    = 16
 	DefaultHotMaxKeys       = 1000
 	DefaultHotHalfLife      = 10 * time.Minute
-	DefaultCollapseTimeout  = 5 * time.Second
+	DefaultCollapseTimeout  = 10 * time.Second
 	DefaultCollapseMaxKeys  = 10_000
 )
 
@@ -41,10 +41,12 @@ type StoreConfig struct {
 	// L2Enabled stores entries in Redis too. Default true. With false, Redis (if a client is
 	// given) only carries invalidations between replicas.
 	L2Enabled *bool `yaml:"l2_enabled"`
-	// StaleRetention keeps an entry that has a validator (ETag or Last-Modified) this long
-	// after its freshness and stale windows end, so that it is revalidated with a conditional
-	// request (a 304 costs the origin no body) instead of refetched (RFC 9111 §4.3). Entries
-	// without a validator are never kept stale. Default 10m; negative disables.
+	// StaleRetention keeps an entry this long after its freshness and stale windows end: one
+	// with a validator (ETag or Last-Modified) to be revalidated with a conditional request (a
+	// 304 costs the origin no body) instead of refetched (RFC 9111 §4.3), and any that may be
+	// served stale to be served when the origin cannot be reached (RFC 9111 §4.2.4; never
+	// must-revalidate, proxy-revalidate, s-maxage or no-cache ones). Default 10m; negative
+	// disables.
 	StaleRetention time.Duration `yaml:"stale_retention"`
 	// MaxTTL caps how long an entry is kept, in both layers. Default 24h.
 	MaxTTL time.Duration `yaml:"max_ttl"`
@@ -84,8 +86,9 @@ type StoreConfig struct {
 	// HotHalfLife halves the hot-key counts of a tenant this often, so that they rank recent hits.
 	// Default 10m.
 	HotHalfLife time.Duration `yaml:"hot_half_life"`
-	// CollapseTimeout releases the followers of a collapsed miss whose leader neither stored nor
-	// failed within it. Default 5s.
+	// CollapseTimeout ends a collapse whose leader neither stored nor failed within it (its
+	// stream died without a word): its followers go upstream. Keep it at least the policy's
+	// collapse_wait, which bounds each follower's own wait. Default 10s.
 	CollapseTimeout time.Duration `yaml:"collapse_timeout"`
 	// CollapseMaxKeys bounds the misses being collapsed at once; beyond it every caller is a
 	// leader. Default 10000; negative disables collapsing.

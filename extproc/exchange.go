@@ -1,6 +1,7 @@
 package extproc
 
 import (
+	"strconv"
 	"strings"
 	"time"
 
@@ -162,6 +163,9 @@ type Exchange struct {
 	ResponseStatus int
 	// ResponseHeaders are the response headers as Envoy sent them.
 	ResponseHeaders Headers
+	// ResponseEndOfStream is HttpHeaders.end_of_stream of the response
+	// headers: the response has no body (a 304, a 204, an answer to HEAD).
+	ResponseEndOfStream bool
 
 	// Tenant, Tier and User are the caller's identity, set by the identity
 	// stage: Tenant and Tier are Anonymous for unknown callers, User is ""
@@ -201,6 +205,7 @@ type pendingReply struct {
 	wantReqBody *BodyMode
 	wantResBody *BodyMode
 	immediate   *immediate
+	replace     *Replacement // ReplaceResponse: a CONTINUE_AND_REPLACE of the response
 }
 
 type immediate struct {
@@ -232,6 +237,44 @@ func (x *Exchange) Get(key any) any {
 		}
 	}
 	return nil
+}
+
+// ForwardedRequestHeaders returns the request headers as Envoy will forward
+// them once the reply to the request headers applies the mutations queued so
+// far (by earlier stages, or by this one): RequestHeaders with their removals
+// and sets, so x-sluice-tenant, x-sluice-user and the rest as identity set
+// them. What a stage must key on to see the request the origin sees.
+// Pseudo-headers are kept. Outside PhaseRequestHeaders it is RequestHeaders.
+func (x *Exchange) ForwardedRequestHeaders() Headers {
+	r := &x.reply
+	if x.phase != PhaseRequestHeaders || len(r.set) == 0 && len(r.remove) == 0 {
+		return x.RequestHeaders
+	}
+	out := make(Headers, 0, len(x.RequestHeaders)+len(r.set))
+	for _, h := range x.RequestHeaders {
+		if !containsName(r.remove, h.Name) && !r.setsName(h.Name) {
+			out = append(out, h)
+		}
+	}
+	return append(out, r.set...)
+}
+
+func containsName(names []string, name string) bool {
+	for _, n := range names {
+		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *pendingReply) setsName(name string) bool {
+	for _, h := range r.set {
+		if h.Name == name {
+			return true
+		}
+	}
+	return false
 }
 
 // SetRequestHeader sets (replacing any value) a request header in the reply
@@ -331,6 +374,52 @@ func (x *Exchange) Respond(status int, headers Headers, body []byte) {
 		body = nil
 	}
 	x.reply.immediate = &immediate{status: status, headers: headers, body: body}
+}
+
+// Replacement is a response that replaces the upstream one (ReplaceResponse).
+type Replacement struct {
+	// Status is the new ":status" (200-999; Envoy refuses lower ones).
+	Status int
+	// Headers are the replacement's fields; repeated names are sent in order.
+	Headers Headers
+	// Body replaces the upstream body. nil with a bodiless upstream response
+	// (Exchange.ResponseEndOfStream) sends no body_mutation, so that a
+	// Content-Length in Headers stays (an answer to HEAD).
+	Body []byte
+	// Keep reports upstream fields to leave as they are although Headers
+	// does not name them (fields another filter added, such as the
+	// ratelimit filter's RateLimit headers); nil keeps none.
+	Keep func(name string) bool
+}
+
+// ReplaceResponse replaces the response whose headers are being processed
+// (PhaseResponseHeaders only), so that the replacement travels the rest of
+// Envoy's encoder chain as the upstream response would: compressors, and the
+// filters before ext_proc. Respond in this phase would instead become a
+// local reply Envoy sends directly, skipping every encoder filter
+// (DownstreamFilterManager::sendDirectLocalReply, once response headers
+// exist).
+//
+// It is a headers reply with CommonResponse.status CONTINUE_AND_REPLACE:
+// ":status" is set (Envoy's mutation rules must allow it: envoy.yaml leaves
+// HeaderMutationRules.disallow_system unset), every upstream field neither
+// named in r.Headers nor kept by r.Keep is removed, those in r.Headers are
+// set, and the body is replaced by body_mutation (ProcessorState::
+// handleHeadersResponse, which also removes Content-Length: the replacement
+// goes out chunked). Envoy then sends nothing more of the response to
+// ext_proc (body mode NONE, no trailers). Fields Envoy refuses to mutate
+// (x-envoy-*, host, invalid names or values) are left as they are. Ignored
+// in observability_mode and in other phases.
+func (x *Exchange) ReplaceResponse(r Replacement) {
+	if x.phase != PhaseResponseHeaders {
+		x.drop("replace response: wrong phase " + x.phase.String())
+		return
+	}
+	if r.Status < 200 || r.Status > 999 {
+		x.drop("replace response: status " + strconv.Itoa(r.Status) + " Envoy refuses (Checker::isValidValue)")
+		return
+	}
+	x.reply.replace = &r
 }
 
 // ExtendMessageTimeout asks Envoy to wait up to d (instead of the filter's

@@ -158,3 +158,26 @@ func TestRateGate(t *testing.T) {
 		t.Fatalf("gate: %s", got)
 	}
 }
+
+// TestForwardedRequestHeaders: the request as Envoy will forward it is the one it sent with
+// the mutations queued for the reply applied: identity's x-sluice-* values replace the client's
+// (repeated lines included), removed fields are gone, the rest keeps its order.
+func TestForwardedRequestHeaders(t *testing.T) {
+	x := &Exchange{phase: PhaseRequestHeaders, RequestHeaders: Headers{
+		{":path", "/a"}, {"x-user-id", "u1"}, {"x-sluice-user", "admin"}, {"accept", "a"}, {"x-sluice-user", "root"}, {"x-sluice-warm", "1"},
+	}}
+	if got := fmt.Sprint(x.ForwardedRequestHeaders()); got != fmt.Sprint(x.RequestHeaders) {
+		t.Errorf("nothing queued: %s", got)
+	}
+	x.SetRequestHeader("x-sluice-user", "u1")
+	x.SetRequestHeader("x-sluice-tenant", "acme")
+	x.RemoveRequestHeader("x-sluice-warm")
+	want := Headers{{":path", "/a"}, {"x-user-id", "u1"}, {"accept", "a"}, {"x-sluice-user", "u1"}, {"x-sluice-tenant", "acme"}}
+	if got := x.ForwardedRequestHeaders(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("forwarded %v, want %v", got, want)
+	}
+	x.phase = PhaseResponseHeaders
+	if got := fmt.Sprint(x.ForwardedRequestHeaders()); got != fmt.Sprint(x.RequestHeaders) {
+		t.Errorf("outside the request headers phase: %s", got)
+	}
+}

@@ -127,7 +127,8 @@ func FuzzIdentity(f *testing.F) {
 				wantUser = user
 			}
 		}
-		anonymous := !validIdentity.MatchString(wantTenant)
+		// Naming the anonymous tenant, in any case, is no identity.
+		anonymous := !validIdentity.MatchString(wantTenant) || strings.EqualFold(wantTenant, extproc.Anonymous)
 		if anonymous {
 			wantTenant = extproc.Anonymous
 		}

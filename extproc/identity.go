@@ -18,7 +18,9 @@ import (
 // On request headers it
 //   - reads the tenant and user from the one trusted source (a header set by
 //     an auth filter, or jwt_authn's dynamic metadata), treating a missing,
-//     repeated, over-long or oddly-charactered value as absent;
+//     repeated, over-long or oddly-charactered value as absent, and so a
+//     tenant named "anonymous" in any case: nobody joins the anonymous
+//     callers' tenant by naming it;
 //   - resolves the tier: "anonymous" without a tenant, else tier.Store, else
 //     the default tier;
 //   - removes every x-sluice-* header of the request (the namespace is
@@ -117,7 +119,9 @@ func (id *identity) resolve(x *Exchange) (tenant, user string) {
 			}
 		}
 	}
-	if !validValue(tenant, maxLen) {
+	if !validValue(tenant, maxLen) || strings.EqualFold(tenant, Anonymous) {
+		// Anonymous is the shared tenant of callers without identity (per-IP
+		// limits, one cache): naming it is no identity, in any spelling.
 		tenant = ""
 	}
 	if !validValue(user, maxLen) {

@@ -92,6 +92,27 @@ func TestIdentity(t *testing.T) {
 			wantTenant: "anonymous", wantTier: "anonymous",
 		},
 		{
+			// The shared tenant of callers without identity cannot be joined
+			// by naming it: the claim is ignored (per-IP limits apply), in any
+			// spelling, from either source.
+			name:       "claiming the anonymous tenant",
+			req:        xt.RequestHeaders("GET", "/", true, "x-tenant-id", "anonymous", "x-user-id", "u1"),
+			wantTenant: "anonymous", wantTier: "anonymous", wantUser: "u1",
+		},
+		{
+			name:       "claiming the anonymous tenant in another case",
+			req:        xt.RequestHeaders("GET", "/", true, "x-tenant-id", "AnonYmous"),
+			wantTenant: "anonymous", wantTier: "anonymous",
+		},
+		{
+			name: "jwt claim of the anonymous tenant",
+			cfg:  jwt,
+			req: xt.WithMetadata(xt.RequestHeaders("GET", "/", true), ns, map[string]any{
+				"jwt_payload": map[string]any{"tenant_id": "ANONYMOUS"},
+			}),
+			wantTenant: "anonymous", wantTier: "anonymous",
+		},
+		{
 			name:       "invalid tier from the store: default tier",
 			req:        xt.RequestHeaders("GET", "/", true, "x-tenant-id", "weird"),
 			wantTenant: "weird", wantTier: "free",

@@ -420,6 +420,80 @@ func TestImmediateResponse(t *testing.T) {
 	}
 }
 
+// TestReplaceResponse: a response replaced at the response headers is a headers reply with
+// CONTINUE_AND_REPLACE (not an ImmediateResponse, which Envoy sends past every encoder filter
+// once response headers exist): ":status" and the replacement's fields set, the upstream's other
+// fields removed, the body replaced — unless the upstream response has no body and the
+// replacement brings none (an answer to HEAD keeps its Content-Length).
+func TestReplaceResponse(t *testing.T) {
+	tests := []struct {
+		name        string
+		upstreamEOS bool
+		body        []byte
+		wantBody    string // "" with wantBodyMut: the body is cleared
+		wantBodyMut bool
+	}{
+		{name: "upstream body replaced", body: []byte("stored"), wantBody: "stored", wantBodyMut: true},
+		{name: "bodiless upstream (304) gets a body", upstreamEOS: true, body: []byte("stored"), wantBody: "stored", wantBodyMut: true},
+		{name: "upstream body cleared", body: nil, wantBodyMut: true},
+		{name: "bodiless upstream, bodiless replacement (HEAD)", upstreamEOS: true, body: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cache := &probe{name: "cache", responseHeaders: func(_ context.Context, x *extproc.Exchange) error {
+				x.ReplaceResponse(extproc.Replacement{
+					Status:  200,
+					Headers: extproc.Headers{{"content-type", "text/plain"}, {"content-length", "6"}, {"vary", "a"}, {"vary", "b"}, {"x-envoy-nope", "1"}},
+					Body:    tt.body,
+					Keep:    func(name string) bool { return name == "ratelimit" },
+				})
+				return nil
+			}}
+			later := &probe{name: "later"}
+			h := newHarness(t, extproc.Config{}, harnessOpts{stages: []extproc.Stage{cache, later}})
+			s := h.open(t)
+			if _, err := s.Do(xt.RequestHeaders("GET", "/r", true)); err != nil {
+				t.Fatal(err)
+			}
+			r, err := s.Do(xt.ResponseHeaders(304, tt.upstreamEOS, "etag", `"x"`, "date", "d", "x-envoy-upstream-service-time", "3", "vary", "z", "ratelimit", `"r";r=1`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			hr := r.GetResponseHeaders()
+			if hr == nil {
+				t.Fatalf("reply %s, want response_headers", replyType(r))
+			}
+			cr := hr.GetResponse()
+			if cr.GetStatus() != extprocv3.CommonResponse_CONTINUE_AND_REPLACE {
+				t.Errorf("status %v, want CONTINUE_AND_REPLACE", cr.GetStatus())
+			}
+			if err := xt.CheckRawValueOnly(cr.GetHeaderMutation()); err != nil {
+				t.Error(err)
+			}
+			want := map[string][]string{":status": {"200"}, "content-type": {"text/plain"}, "content-length": {"6"}, "vary": {"a", "b"}}
+			if got := xt.SetHeaders(cr.GetHeaderMutation()); fmt.Sprint(got) != fmt.Sprint(want) {
+				t.Errorf("set %v, want %v", got, want)
+			}
+			if got := cr.GetHeaderMutation().GetRemoveHeaders(); fmt.Sprint(got) != "[etag date]" {
+				t.Errorf("removed %v, want [etag date] (x-envoy-* cannot be mutated, vary is set, ratelimit kept)", got)
+			}
+			bm := cr.GetBodyMutation()
+			if (bm != nil) != tt.wantBodyMut || string(bm.GetBody()) != tt.wantBody || (tt.wantBodyMut && tt.wantBody == "" && !bm.GetClearBody()) {
+				t.Errorf("body mutation %v, want present=%v body %q", bm, tt.wantBodyMut, tt.wantBody)
+			}
+			if r.GetModeOverride() != nil {
+				t.Errorf("mode_override %v beside a replacement", r.GetModeOverride())
+			}
+			if err := s.Finish(); err != nil {
+				t.Fatal(err)
+			}
+			if x := later.Last(); x.ResponseStatus != 200 {
+				t.Errorf("ResponseStatus %d after the replacement, want 200", x.ResponseStatus)
+			}
+		})
+	}
+}
+
 // TestBadStreams: each ends with a gRPC status, one log line and a result.
 func TestBadStreams(t *testing.T) {
 	big := make([]byte, 600)

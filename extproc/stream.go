@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -213,6 +214,7 @@ func (st *stream) responseHeaders(h *extprocv3.HttpHeaders) (*extprocv3.Processi
 	x.phase = PhaseResponseHeaders
 	x.ResponseStart, x.End = now, now
 	x.ResponseHeaders = headersFromProto(h.GetHeaders())
+	x.ResponseEndOfStream = h.GetEndOfStream()
 	x.ResponseStatus, _ = strconv.Atoi(x.ResponseHeaders.Get(":status"))
 	st.complete = true
 	if !st.reqHeaders {
@@ -344,6 +346,9 @@ func (st *stream) headersReply(request bool) *extprocv3.ProcessingResponse {
 		return st.immediateReply()
 	}
 	hr := &extprocv3.HeadersResponse{Response: st.common(request)}
+	if !request && st.x.reply.replace != nil && !st.observability {
+		hr.Response = st.replacement()
+	}
 	resp := &extprocv3.ProcessingResponse{ModeOverride: st.modeOverride()}
 	if request {
 		resp.Response = &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: hr}
@@ -390,6 +395,58 @@ func (st *stream) modeOverride() *procmodev3.ProcessingMode {
 	st.mode = next
 	st.x.reqBodyMode, st.x.resBodyMode = BodyMode(next.reqBody), BodyMode(next.resBody)
 	return next.proto()
+}
+
+// replacement builds the CONTINUE_AND_REPLACE a stage asked for with
+// ReplaceResponse: ":status", the stage's fields (and any other stage's
+// queued ones) set, every other upstream field removed, the body replaced.
+func (st *stream) replacement() *extprocv3.CommonResponse {
+	rp := st.x.reply.replace
+	r := &st.x.reply
+	set := []Header{{":status", strconv.Itoa(rp.Status)}}
+	names := map[string]bool{}
+	for _, h := range rp.Headers {
+		name := strings.ToLower(h.Name)
+		if !validHeaderName(name) || !validHeaderValue(h.Value) {
+			st.x.drop("replace response: header " + name + " dropped")
+			continue
+		}
+		set = append(set, Header{name, h.Value})
+		names[name] = true
+	}
+	for _, h := range r.set {
+		if !names[h.Name] {
+			set = append(set, h)
+			names[h.Name] = true
+		}
+	}
+	var remove []string
+	for _, h := range st.x.ResponseHeaders {
+		if !names[h.Name] && validHeaderName(h.Name) && (rp.Keep == nil || !rp.Keep(h.Name)) && !slices.Contains(remove, h.Name) {
+			remove = append(remove, h.Name)
+		}
+	}
+	for _, n := range r.remove {
+		if !names[n] && !slices.Contains(remove, n) {
+			remove = append(remove, n)
+		}
+	}
+	cr := &extprocv3.CommonResponse{
+		Status:         extprocv3.CommonResponse_CONTINUE_AND_REPLACE,
+		HeaderMutation: headerMutation(set, remove),
+	}
+	if rp.Body != nil || !st.x.ResponseEndOfStream {
+		if len(rp.Body) == 0 {
+			cr.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_ClearBody{ClearBody: true}}
+		} else {
+			cr.BodyMutation = &extprocv3.BodyMutation{Mutation: &extprocv3.BodyMutation_Body{Body: rp.Body}}
+		}
+	}
+	// Envoy sends nothing more of the response (body mode NONE): the
+	// exchange is over once this reply is sent.
+	st.x.ResponseStatus = rp.Status
+	r.wantResBody = nil
+	return cr
 }
 
 // immediateReply builds the ImmediateResponse a stage asked for and marks

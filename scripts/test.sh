@@ -18,9 +18,13 @@ if [ -n "$unformatted" ]; then
 fi
 echo "== go test -race"
 export GORACE="${GORACE:-atexit_sleep_ms=0}"
-# The fault tests under load (internal/chaos) bound recovery times, so they run
+# The fault tests under load (internal/chaos) bound recovery times, and the
+# cache conformance replay (internal/devstack TestConformance) depends on
+# Envoy's 200 ms ext_proc message timeout like a user's stack does, so they run
 # after the rest, on cores no other test package is using.
-go test -race -timeout 20m "$@" $(go list ./... | grep -v '/internal/chaos$')
+go test -race -timeout 20m -skip '^TestConformance$' "$@" $(go list ./... | grep -v '/internal/chaos$')
+echo "== go test -race ./internal/devstack -run TestConformance (alone)"
+go test -race -timeout 10m -run '^TestConformance$' "$@" ./internal/devstack
 echo "== go test -race ./internal/chaos (alone)"
 go test -race -timeout 10m "$@" ./internal/chaos
 # deploy/kubernetes is a module of its own (the Kubernetes, Istio, Envoy Gateway and

@@ -282,6 +282,8 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	listen := fs.String("listen", ":8080", "gateway (Envoy emulator) listen address")
 	internalListen := fs.String("internal-listen", "127.0.0.1:0", "address of the emulated internal listener that batch items go through (keep it on loopback)")
 	upstream := fs.String("upstream", "", "origin of the API to put behind the gateway, scheme://host[:port] (default: the built-in demo API)")
+	compression := fs.Bool("compression", true, "run envoy.yaml's compressor filters (false: responses go out as the upstream and the cache produce them)")
+	envoyConfig := fs.String("envoy-config", "", "Envoy bootstrap the gateway emulates (default: the built-in envoy/envoy.yaml)")
 	if code, ok := parseFlags(fs, args, false, stdout, stderr); !ok {
 		return code
 	}
@@ -312,9 +314,17 @@ func dev(ctx context.Context, args []string, stdout, stderr io.Writer, getenv fu
 	log := cfg.Log.Logger(stderr)
 	setDefaultLogger(log)
 	c.warnCommandLineSecrets(log)
+	var bootstrap []byte
+	if *envoyConfig != "" {
+		if bootstrap, err = os.ReadFile(*envoyConfig); err != nil {
+			fmt.Fprintln(stderr, "sluice:", err)
+			return 1
+		}
+	}
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	s, err := devstack.Start(ctx, devstack.Options{Listen: *listen, InternalListen: *internalListen, Upstream: *upstream, Sluice: cfg, RedisSet: redisSet}, log)
+	s, err := devstack.Start(ctx, devstack.Options{Listen: *listen, InternalListen: *internalListen, Upstream: *upstream, Sluice: cfg, RedisSet: redisSet,
+		EnvoyConfig: bootstrap, NoCompression: !*compression}, log)
 	if err != nil {
 		log.Error("sluice dev failed to start", "err", err)
 		return 1

@@ -269,6 +269,9 @@ type response struct {
 	local    bool
 	// upstreamTrailers returns the upstream's trailers once its body is read.
 	upstreamTrailers func() http.Header
+	// interim is the upstream's informational response to pass on first
+	// (proxy_100_continue), or nil.
+	interim *interimResponse
 }
 
 // readTrailers picks up the upstream trailers after the body has been read.
@@ -654,6 +657,13 @@ func (s *stream) write(resp *response) {
 		h.remove(name)
 	}
 	dst := s.w.Header()
+	if in := resp.interim; in != nil {
+		// Its fields go with it only: Go's server sends the header map with a
+		// 1xx and keeps it for the final response.
+		in.hdr.toHTTP(dst)
+		s.w.WriteHeader(in.code)
+		clear(dst)
+	}
 	h.toHTTP(dst)
 	if resp.trailers != nil {
 		for _, e := range resp.trailers.kv {

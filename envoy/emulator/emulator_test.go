@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"slices"
 	"strings"
 	"testing"
@@ -15,6 +18,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
@@ -238,7 +242,8 @@ func TestBufferedBodyContentLengthMismatch(t *testing.T) {
 }
 
 func TestImmediateResponseEndsStreamAndIsCompressed(t *testing.T) {
-	cached := bytes.Repeat([]byte(`{"cached":true}`), 8)
+	// Over envoy.yaml's min_content_length (1024), without an ETag (disable_on_etag_header).
+	cached := bytes.Repeat([]byte(`{"cached":true}`), 80)
 	h := newHarness(t, harnessOpts{extProc: func(_ context.Context, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
 		if req.GetRequestHeaders() == nil {
 			return passThrough(nil, req)
@@ -246,7 +251,7 @@ func TestImmediateResponseEndsStreamAndIsCompressed(t *testing.T) {
 		return []*extprocsvc.ProcessingResponse{
 			{Response: &extprocsvc.ProcessingResponse_ImmediateResponse{ImmediateResponse: &extprocsvc.ImmediateResponse{
 				Status:  &typev3.HttpStatus{Code: typev3.StatusCode_OK},
-				Headers: &extprocsvc.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setRaw("content-type", "application/json"), setRaw("etag", `"v1"`)}},
+				Headers: &extprocsvc.HeaderMutation{SetHeaders: []*corev3.HeaderValueOption{setRaw("content-type", "application/json")}},
 				Body:    cached,
 			}}},
 			// Ignored: the stream is over.
@@ -256,9 +261,6 @@ func TestImmediateResponseEndsStreamAndIsCompressed(t *testing.T) {
 	resp, body := h.do("GET", "/items", map[string]string{"Accept-Encoding": "gzip"}, nil)
 	if resp.StatusCode != 200 || resp.Header.Get("Content-Encoding") != "gzip" || resp.Header.Get("Vary") != "Accept-Encoding" {
 		t.Fatalf("status %d headers %v", resp.StatusCode, resp.Header)
-	}
-	if resp.Header.Get("Etag") != "" {
-		t.Errorf("strong ETag kept on a compressed reply")
 	}
 	if got := gunzip(t, body); !bytes.Equal(got, cached) {
 		t.Errorf("body %q", got)
@@ -561,7 +563,8 @@ func TestRateLimitAnswers(t *testing.T) {
 			{Key: "RateLimit", Value: `"burst";r=0;t=1`},
 			{Key: "Retry-After", Value: "1"},
 		},
-		RawBody: []byte(`{"error":"rate limited","retry_after_seconds":1}`),
+		// Over envoy.yaml's min_content_length (1024), so that it is compressed.
+		RawBody: []byte(`{"error":"rate limited","retry_after_seconds":1,"pad":"` + strings.Repeat("x", 1024) + `"}`),
 	}
 	okWithHeaders := &rlsv3.RateLimitResponse{
 		OverallCode:          rlsv3.RateLimitResponse_OK,
@@ -684,8 +687,58 @@ func TestHCMRequestHeaders(t *testing.T) {
 	})
 }
 
+// TestInterimResponses: with proxy_100_continue (envoy.yaml sets it) the upstream's first 102
+// or 103 reaches the client before the final response, with its own fields only; later ones
+// are dropped (Envoy keeps one); without it, none does.
+func TestInterimResponses(t *testing.T) {
+	for _, proxy := range []bool{true, false} {
+		t.Run(fmt.Sprintf("proxy_100_continue=%v", proxy), func(t *testing.T) {
+			h := newHarness(t, harnessOpts{
+				settings: func(s *envoy.Settings) {
+					s.HCM = proto.Clone(s.HCM).(*hcmv3.HttpConnectionManager)
+					s.HCM.Proxy_100Continue = proxy
+				},
+				app: func(w http.ResponseWriter, r *http.Request) {
+					w.Header().Set("Link", "</a.css>; rel=preload")
+					w.WriteHeader(103)
+					w.Header().Set("Link", "</b.css>; rel=preload")
+					w.WriteHeader(103)
+					w.Header().Del("Link")
+					w.Header().Set("Content-Type", "text/plain")
+					io.WriteString(w, "final")
+				},
+			})
+			var codes []int
+			var links []string
+			trace := &httptrace.ClientTrace{Got1xxResponse: func(code int, hdr textproto.MIMEHeader) error {
+				codes = append(codes, code)
+				links = append(links, hdr.Get("Link"))
+				return nil
+			}}
+			req, _ := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), "GET", h.srv.URL+"/", nil)
+			resp, err := h.client.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 || string(b) != "final" || resp.Header.Get("Link") != "" {
+				t.Errorf("final response %d %q %v", resp.StatusCode, b, resp.Header)
+			}
+			want := []int{103}
+			if !proxy {
+				want = nil
+			}
+			if fmt.Sprint(codes) != fmt.Sprint(want) || proxy && links[0] != "</a.css>; rel=preload" {
+				t.Errorf("interim responses %v %q, want %v with the first Link", codes, links, want)
+			}
+		})
+	}
+}
+
 func TestCompression(t *testing.T) {
-	long := bytes.Repeat([]byte("compress me please "), 10)
+	// envoy.yaml compresses bodies of 1024 bytes and more, without an ETag.
+	long := bytes.Repeat([]byte("compress me please "), 60)
 	tests := []struct {
 		name         string
 		accept       string
@@ -707,8 +760,9 @@ func TestCompression(t *testing.T) {
 		{name: "too short", accept: "gzip", contentType: "application/json", body: []byte("short"), wantVary: false},
 		{name: "other content type", accept: "gzip", contentType: "image/png", body: long},
 		{name: "no-transform", accept: "gzip", contentType: "application/json", extra: map[string]string{"Cache-Control": "public, no-transform"}, body: long},
-		{name: "strong etag removed", accept: "gzip", contentType: "application/json", extra: map[string]string{"Etag": `"abc"`}, body: long, wantEncoding: "gzip", wantVary: true},
-		{name: "weak etag kept", accept: "gzip", contentType: "application/json", extra: map[string]string{"Etag": `W/"abc"`}, body: long, wantEncoding: "gzip", wantVary: true, wantEtag: `W/"abc"`},
+		{name: "under min_content_length", accept: "gzip", contentType: "application/json", body: long[:1023], wantVary: false},
+		{name: "strong etag: not compressed, kept", accept: "gzip", contentType: "application/json", extra: map[string]string{"Etag": `"abc"`}, body: long, wantEtag: `"abc"`},
+		{name: "weak etag: not compressed, kept", accept: "gzip", contentType: "application/json", extra: map[string]string{"Etag": `W/"abc"`}, body: long, wantEtag: `W/"abc"`},
 		{name: "already encoded", accept: "gzip", contentType: "application/json", extra: map[string]string{"Content-Encoding": "br"}, body: long},
 	}
 	for _, tt := range tests {
@@ -741,7 +795,7 @@ func TestCompression(t *testing.T) {
 			if (resp.Header.Get("Vary") == "Accept-Encoding") != tt.wantVary {
 				t.Errorf("Vary %q", resp.Header.Get("Vary"))
 			}
-			if resp.Header.Get("Etag") != tt.wantEtag && tt.wantEncoding != "" {
+			if resp.Header.Get("Etag") != tt.wantEtag {
 				t.Errorf("ETag %q; want %q", resp.Header.Get("Etag"), tt.wantEtag)
 			}
 			if !bytes.Equal(decode(t, got, body), tt.body) {

@@ -29,7 +29,7 @@ var hcmFields = map[protoreflect.Name]bool{
 	"normalize_path": true, "merge_slashes": true, "path_with_escaped_slashes_action": true,
 	"common_http_protocol_options": true, "max_request_headers_kb": true,
 	"request_headers_timeout": true, "request_timeout": true, "stream_idle_timeout": true,
-	"server_name": true, "server_header_transformation": true,
+	"server_name": true, "server_header_transformation": true, "proxy_100_continue": true,
 }
 
 // extProcFields, rateLimitFields and routerFields are the filter config

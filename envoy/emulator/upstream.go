@@ -7,6 +7,8 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"net/url"
 	"strconv"
 	"strings"
@@ -42,6 +44,36 @@ func (d *downstreamBody) failure() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.err
+}
+
+// interimSlot keeps the first informational response of an upstream
+// exchange; the transport's goroutine fills it. Safe for concurrent use.
+type interimSlot struct {
+	mu  sync.Mutex // guards got
+	got *interimResponse
+}
+
+// interimResponse is a 1xx to pass on before the final response.
+type interimResponse struct {
+	code int
+	hdr  *headerMap
+}
+
+func (i *interimSlot) keep(code int, h textproto.MIMEHeader) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.got != nil {
+		return
+	}
+	hm := &headerMap{}
+	fromHTTP(http.Header(h), hm)
+	i.got = &interimResponse{code: code, hdr: hm}
+}
+
+func (i *interimSlot) take() *interimResponse {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.got
 }
 
 // forward is the router filter (source/common/router/router.cc): pick the
@@ -149,6 +181,23 @@ func (s *stream) forward() (*response, *localReply) {
 		s.reqTrailers.toHTTP(req.Trailer)
 	}
 
+	// proxy_100_continue: the router passes the upstream's first 100, 102 or
+	// 103 on (Router::Filter::onUpstream1xxHeaders → encode1xxHeaders, which
+	// ActiveStreamDecoderFilter drops unless proxy_100_continue; only the
+	// first is kept, envoyproxy/envoy#19044; HeaderUtility::isSpecial1xx).
+	// Simplification: it is written to the client once the final response
+	// headers arrive, just before them, not as soon as it comes.
+	var interim interimSlot
+	if s.g.settings.HCM.GetProxy_100Continue() {
+		req = req.WithContext(httptrace.WithClientTrace(req.Context(), &httptrace.ClientTrace{
+			Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				if code == 100 || code == 102 || code == 103 {
+					interim.keep(code, h)
+				}
+				return nil
+			},
+		}))
+	}
 	start := time.Now()
 	res, err := s.g.transport.RoundTrip(req)
 	if err != nil {
@@ -199,8 +248,9 @@ func (s *stream) forward() (*response, *localReply) {
 	s.finalizeResponseHeaders(out)
 	noBody := s.isHead || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified || res.ContentLength == 0
 	resp := &response{
-		hdr:    out,
-		noBody: noBody,
+		hdr:     out,
+		noBody:  noBody,
+		interim: interim.take(),
 		close: func() {
 			_ = res.Body.Close()
 			cancel()

@@ -49,18 +49,19 @@ type App struct {
 	log      *slog.Logger
 	Registry *prometheus.Registry
 
-	rdb      redis.UniversalClient
-	lim      *limiter.Limiter
-	RLS      *ratelimitsvc.Service
-	DB       *db.DB // nil without a database section
-	batch    *batch.Runner
-	tiers    *pgtier.Store
-	ExtProc  *extproc.Server
-	Cache    *cachefilter.Store // nil when cache.enabled is false
-	reloader *ratelimitsvc.Reloader
-	health   *health.Server
-	grpc     *grpc.Server
-	admin    *admin.Server
+	rdb       redis.UniversalClient
+	lim       *limiter.Limiter
+	RLS       *ratelimitsvc.Service
+	DB        *db.DB // nil without a database section
+	batch     *batch.Runner
+	tiers     *pgtier.Store
+	ExtProc   *extproc.Server
+	Cache     *cachefilter.Store     // nil when cache.enabled is false
+	refresher *cachefilter.Refresher // nil without the cache or background refresh
+	reloader  *ratelimitsvc.Reloader
+	health    *health.Server
+	grpc      *grpc.Server
+	admin     *admin.Server
 
 	grpcLn, adminLn net.Listener
 	redisOK         atomic.Bool // Redis answered at least once
@@ -138,7 +139,19 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		if a.Cache, err = cachefilter.NewStore(cfg.Cache.Store, a.rdb, cfg.Redis.KeyPrefix, a.Registry, log, nil); err != nil {
 			return a, fmt.Errorf("app: cache store: %w", err)
 		}
-		stage, err := cachefilter.NewStage(cfg.Cache.Config, a.Cache, log, nil)
+		stageOpts := cachefilter.StageOptions{Log: log}
+		if rc := cfg.Cache.Refresh; rc.On() {
+			// Background refreshes go through the Envoy listener, like batch
+			// items (the batch section names it unless cache.refresh does).
+			if rc.ListenerURL == "" {
+				rc.ListenerURL = cfg.Batch.ListenerURL
+			}
+			if a.refresher, err = cachefilter.NewRefresher(rc, a.Registry, log); err != nil {
+				return a, fmt.Errorf("app: cache refresh: %w", err)
+			}
+			stageOpts.Refresher = a.refresher
+		}
+		stage, err := cachefilter.NewStage(cfg.Cache.Config, a.Cache, stageOpts)
 		if err != nil {
 			return a, fmt.Errorf("app: cache: %w", err)
 		}
@@ -294,6 +307,9 @@ func (a *App) Run(ctx context.Context) error {
 			return nil
 		})
 	}
+	if a.refresher != nil {
+		background(a.refresher.Run)
+	}
 	if a.Cache != nil {
 		background(a.Cache.Run)
 	}
@@ -322,6 +338,10 @@ func (a *App) Close() error {
 	}
 	if a.adminLn != nil {
 		_ = a.adminLn.Close()
+	}
+	if a.refresher != nil {
+		a.refresher.Close()
+		a.refresher = nil
 	}
 	if a.Cache != nil {
 		errs = append(errs, a.Cache.Close())

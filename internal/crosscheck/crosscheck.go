@@ -127,7 +127,7 @@ func (c *checker) messageTimeouts(l *envoy.Settings) {
 	}
 	check("batch.max_message_timeout", cfg.Batch.MaxMessageTimeout, "a batch then fails when message_timeout expires")
 	if enabled := cfg.Cache.Enabled; enabled == nil || *enabled {
-		check("the cache's longest wait", cachefilter.LongestMessageTimeout(), "collapsed requests and invalidations then get only message_timeout")
+		check(fmt.Sprintf("the cache's longest wait (cache.collapse_wait or an invalidation, plus %v to answer)", cachefilter.ExtendSlack), cfg.Cache.Config.LongestMessageTimeout(), "collapsed requests and invalidations then get only message_timeout")
 	}
 }
 

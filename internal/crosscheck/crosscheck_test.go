@@ -77,15 +77,15 @@ func TestCheck(t *testing.T) {
 			in.Config.ExtProc.MaxBodyBytes = 1000
 		}, want: []string{"extproc.max_body_bytes 1000 is below", "extproc.max_body_bytes 1000 is below"}},
 		{name: "a batch wait Envoy ignores", edit: func(_ *testing.T, in *Inputs) {
-			in.Config.Batch.MaxMessageTimeout = 3 * time.Second
-		}, want: []string{"batch.max_message_timeout 3s is above envoy.yaml listener ingress's ext_proc max_message_timeout 2s", "batch.max_message_timeout 3s"}},
+			in.Config.Batch.MaxMessageTimeout = 11 * time.Second
+		}, want: []string{"batch.max_message_timeout 11s is above envoy.yaml listener ingress's ext_proc max_message_timeout 10s", "batch.max_message_timeout 11s"}},
 		{name: "no max_message_timeout in Envoy", edit: func(_ *testing.T, in *Inputs) {
 			for _, l := range in.Envoy {
 				if l.ExtProc != nil {
 					l.ExtProc.MaxMessageTimeout = durationpb.New(0)
 				}
 			}
-		}, want: []string{"batch.max_message_timeout 2s is above", "the cache's longest wait 1.8s is above", "batch.max_message_timeout", "the cache's longest wait"}},
+		}, want: []string{"batch.max_message_timeout 2s is above", "the cache's longest wait (cache.collapse_wait or an invalidation, plus 300ms to answer) 9.8s is above", "batch.max_message_timeout", "the cache's longest wait"}},
 		{name: "a mode Sluice would override", edit: func(_ *testing.T, in *Inputs) {
 			in.Config.ExtProc.ProcessingMode.ResponseBodyMode = "BUFFERED"
 		}, want: []string{"extproc.processing_mode.response_body_mode BUFFERED differs", "response_body_mode BUFFERED differs"}},

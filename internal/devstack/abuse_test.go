@@ -115,7 +115,7 @@ func decisions(out batchResponse) (byStatus map[int]int, undecided int) {
 // had filled. Now every item is limited as the client that sent the batch
 // (anonymous: 60 per minute per address), and the origin sees that client.
 func TestHostileBatchItemsLimitedAsTheirClient(t *testing.T) {
-	s := start(t, echo(t).URL, true, nil)
+	s := start(t, echo(t).URL, true, demoPolicy)
 	filler, fresh := s.from(t, "127.0.0.31"), s.from(t, "127.0.0.32")
 
 	// The filler spends its whole anonymous quota on items, 20 at a time,
@@ -178,7 +178,7 @@ func decided(resp *http.Response) bool { return resp.Header.Get("Ratelimit-Polic
 // tenant initech's "admin" used up tenant hooli's "admin" (both free: 5 per
 // second per user).
 func TestHostileSameUserInTwoTenants(t *testing.T) {
-	s := start(t, echo(t).URL, true, nil)
+	s := start(t, echo(t).URL, true, demoPolicy)
 	c := s.from(t, "127.0.0.33")
 	for round := 1; ; round++ {
 		limited, undecided := 0, 0
@@ -220,7 +220,7 @@ func newHeldOrigin(t *testing.T) (*heldOrigin, string) {
 	t.Helper()
 	o := &heldOrigin{release: make(chan struct{}), held: make(chan struct{}, 64)}
 	srv := httptestServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/api/v1/hold" {
+		if strings.HasPrefix(r.URL.Path, "/api/v1/hold") {
 			o.held <- struct{}{}
 			select {
 			case <-o.release:
@@ -248,15 +248,16 @@ func newHeldOrigin(t *testing.T) (*heldOrigin, string) {
 // ext_proc did not identify gets 10 per second.
 func TestHostileSaturatedExtProc(t *testing.T) {
 	origin, url := newHeldOrigin(t)
-	s := start(t, url, true, func(c *config.Config) { c.ExtProc.MaxStreams = 3 })
+	s := start(t, url, true, func(c *config.Config) { demoPolicy(c); c.ExtProc.MaxStreams = 3 })
 	holder := s.from(t, "127.0.0.34")
 	// Three requests wait at the origin, each holding its ext_proc stream
 	// (Sluice waits for the response headers).
 	done := make(chan struct{}, 3)
-	for range 3 {
+	for i := range 3 {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			req, _ := http.NewRequest("GET", s.URL()+"/api/v1/hold", nil)
+			// Three URLs: one URL's misses would collapse onto one request.
+			req, _ := http.NewRequest("GET", s.URL()+"/api/v1/hold/"+strconv.Itoa(i), nil)
 			req.Header.Set("x-tenant-id", "acme")
 			if resp, err := holder.client.Do(req); err == nil {
 				io.Copy(io.Discard, resp.Body)
@@ -330,7 +331,7 @@ func TestHostileSaturatedExtProc(t *testing.T) {
 // before sending it) as long as it liked. Sluice now answers 408 after
 // extproc.request_body_timeout and frees the stream.
 func TestHostileSlowBody(t *testing.T) {
-	s := start(t, echo(t).URL, true, func(c *config.Config) { c.ExtProc.RequestBodyTimeout = 300 * time.Millisecond })
+	s := start(t, echo(t).URL, true, func(c *config.Config) { demoPolicy(c); c.ExtProc.RequestBodyTimeout = 300 * time.Millisecond })
 	addr := strings.TrimPrefix(s.URL(), "http://")
 	conn, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.36")}, Timeout: 5 * time.Second}).Dial("tcp", addr)
 	if err != nil {
@@ -370,7 +371,7 @@ func TestHostileBatchPathVariants(t *testing.T) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = io.WriteString(w, `{}`)
 	}))
-	s := start(t, url, true, nil)
+	s := start(t, url, true, demoPolicy)
 	c := s.from(t, "127.0.0.37")
 	body := `{"requests":[{"id":"1","method":"GET","url":"/api/v1/item"}]}`
 	for _, p := range []string{
@@ -407,7 +408,7 @@ func TestHostileBatchPathVariants(t *testing.T) {
 // and x-sluice-warm used to reach the origin, and a client could name
 // another address in x-sluice-client-address.
 func TestHostileSpoofedSluiceHeaders(t *testing.T) {
-	s := start(t, echo(t).URL, true, nil)
+	s := start(t, echo(t).URL, true, demoPolicy)
 	spoof := []string{
 		"x-sluice-tenant", "umbrella", "x-sluice-tier", "enterprise", "x-sluice-user", "root", "x-sluice-cost", "0",
 		"x-sluice-batch", "1", "x-sluice-warm", "1", "x-sluice-client-address", "127.0.0.99",
@@ -504,6 +505,7 @@ func waitMetric(t *testing.T, s *stack, series string, want float64) {
 func TestHostileJWTIdentity(t *testing.T) {
 	iss := envoytest.NewIssuer(t)
 	s := startWith(t, devstack.Options{Upstream: echo(t).URL, RedisSet: true, EnvoyConfig: envoytest.WithJWT(t, iss)}, func(c *config.Config) {
+		demoPolicy(c)
 		c.ExtProc.Identity.Source = extproc.SourceJWTMetadata
 		c.ExtProc.Identity.JWTMetadata.TenantClaim = "jwt_payload.tenant"
 		c.ExtProc.Identity.JWTMetadata.UserClaim = "jwt_payload.sub"

@@ -1,6 +1,9 @@
 package devstack_test
 
 import (
+	"bytes"
+	"compress/flate"
+	"compress/gzip"
 	"context"
 	"fmt"
 	"hash/fnv"
@@ -15,78 +18,207 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/sluicehq/sluice/internal/config"
 )
 
-// The HTTP caching conformance suite behind https://cache-tests.fyi
-// (github.com/http-tests/cache-tests, tests/*.mjs), ported to Go and run end
-// to end: client → Envoy emulator → Sluice (ext_proc, ratelimit) → a scripted
-// origin. Every case keeps the suite's id and kind and its requests: what
-// the origin answers to request n of the case, what the client must see,
-// and what must reach the origin. The checks follow the suite's test engine
-// (test-engine/client/test.mjs): "cached" means the response's
-// Server-Request-Count (stamped by the origin) is lower than the request's
-// number, "not_cached" that the origin saw this very request, and a
-// "…_validated" request must reach the origin with the validator, which
-// answers 304 when it matches what it sent before (999 otherwise, the
-// suite's "304 not generated"). As in the suite, a failing check is a setup
-// failure ("setup: …": the case does not apply, e.g. the response was never
-// stored) or an assertion failure ("fail: …"). Unlike the suite, which stops
-// at the first failure, every check runs, and each case lists the failures
-// Sluice is expected to have (want) with the reason (why): a required case
-// may only fail where Sluice's documented design differs (see README
-// "Response cache"), optimal and check cases record what Sluice does.
+// TestConformance replays the cases of the public HTTP caching test suite (cache-tests.fyi,
+// github.com/http-tests/cache-tests; its case ids, kinds, scripted exchanges and prerequisite
+// lists are the facts used here) against the stack a user starts with
+// `sluice dev --upstream URL`, and scores the result the way the suite's results page does.
 //
-// Skipped: browser_only cases (private caches) and cdn_only cases
-// (CDN-Cache-Control, RFC 9213: Sluice is no CDN), and the header-list
-// entry Transfer-Encoding (an origin cannot send an arbitrary framing
-// header: Go's server, like Envoy's codec, rejects or rewrites it).
+// How it runs, and why that way: the measurement has to be the one users get.
+//   - The stack is the shipped default: the dev rate-limit rules, the default cache policy
+//     (heuristic freshness off), envoy.yaml's filters with its compressors; Redis is the
+//     machine's (REDIS_URL), not the embedded fallback.
+//   - Every request is anonymous: all cases share the one "anonymous" tenant, its cache and its
+//     invalidations, as the public runner's requests do. Each case has its own path.
+//   - The client sends what the public command-line runner (Node's fetch) sends: Pragma and
+//     Cache-Control fields that keep fetch out of the way, Accept, Accept-Language,
+//     Accept-Encoding: gzip, deflate (identity with Range), a User-Agent; it decodes the
+//     content codings it asked for.
+//   - Cases run 25 at a time, the next 25 once all of those are done, as the runner does; the
+//     requests of a case run in order, with the case's 3-second pauses.
+//   - Nothing is run twice, except a case in which the gateway failed open (a GET or HEAD
+//     answered without x-cache: Envoy gave up on Sluice under load and forwarded the request
+//     uncached): it runs once more on a new path, and more than ctRetryBudget such reruns fail
+//     the test.
+//   - Scoring: a case passes when none of its checks fails and every case it depends on
+//     passes; the counts per kind are logged. Each case also states its expected failures
+//     (ctExpected) with the reason, so any change of behaviour shows as a test failure.
 //
-// Differences of the stack, and how the port handles them:
-//   - every case has its own tenant (x-tenant-id) and path, so no case sees
-//     another's entries; the stack has its own Redis prefix (L1 + L2);
-//   - the dev stack's default policy stores nothing without explicit
-//     freshness (heuristics off): the heuristic cases run on a second stack
-//     with cache.heuristic on, as the suite means them;
-//   - pauses are the suite's (3 s, pause_after) but only where the case's
-//     outcome depends on time (lifetimes of 1-2 s, Age growth); cases run
-//     concurrently, so the test takes about two pauses;
-//   - the client sends the suite's CLI request fields (Pragma: foo,
-//     Cache-Control: nothing-to-see-here) and no Accept-Encoding (Envoy's
-//     compressors would otherwise rewrite bodies and ETags); the Vary they
-//     add to compressible responses is not held against the cache;
-//   - each case's requests are sequential, so none are collapsed; Age is in
-//     whole seconds and Date has a resolution of a second, which the
-//     suite's timings allow for;
-//   - a case that does not give the expected result, or in which the
-//     gateway failed open (ext_proc's 200 ms message timeout: Sluice never
-//     saw the exchange), runs once more with a new tenant and path: on a
-//     loaded machine a late Redis call or a failed-open exchange turns a
-//     hit into a miss; a case fails only when both runs do.
+// The checks follow the suite's engine in substance: an answer "from the cache" carries a
+// request count (stamped by the scripted origin) below its own request number, "from the
+// origin" means the origin saw that very request, and a "validated" request must reach the
+// origin with If-None-Match or If-Modified-Since, which it answers 304 when the value is the one
+// it sent (999 otherwise). A failed check is either a precondition (the case's setup did not go
+// as scripted, so it does not apply) or an assertion; both make the case fail. Unlike the suite,
+// every check of a case runs and each failure is recorded, so expectations can name them all.
+//
+// -short skips it: like the public run it takes most of a minute.
+func TestConformance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("the conformance replay takes most of a minute; run without -short")
+	}
+	cases := ctCases()
+	byID := map[string]int{}
+	for i, c := range cases {
+		if _, dup := byID[c.id]; dup {
+			t.Fatalf("case %s twice", c.id)
+		}
+		byID[c.id] = i
+	}
+	for id, e := range ctExpected() {
+		i, ok := byID[id]
+		if !ok {
+			t.Fatalf("expectation for unknown case %s", id)
+		}
+		if e.why == "" {
+			t.Fatalf("expectation for %s gives no reason", id)
+		}
+		cases[i].want, cases[i].why = e.want, e.why
+	}
+	for _, p := range ctPrerequisites {
+		for _, id := range append(slices.Clone(p.cases), p.deps...) {
+			if _, ok := byID[id]; !ok {
+				t.Fatalf("prerequisite table names unknown case %s", id)
+			}
+		}
+	}
 
-// ctPause is the suite's pause_after.
-const ctPause = 3 * time.Second
+	o := newCTOrigin(t, cases)
+	// The machine's Redis under a private prefix, as a deployment sets REDIS_URL: the embedded
+	// server `sluice dev` falls back to runs its Lua in this process, which the race detector
+	// slows tenfold on top of everything else the test runs.
+	s := start(t, o.URL, true, nil)
+	tr := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 64}
+	t.Cleanup(tr.CloseIdleConnections)
+	client := &http.Client{
+		Transport: tr,
+		Timeout:   10 * time.Second, // the runner's per-request limit
+		// The runner fetches with redirect: 'manual': a 3xx is the answer.
+		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
+	}
+	budget := &ctBudget{left: ctRetryBudget}
+	runs := make([]*ctRun, len(cases))
+	for first := 0; first < len(cases); first += ctChunk {
+		var wg sync.WaitGroup
+		for i := first; i < min(first+ctChunk, len(cases)); i++ {
+			wg.Go(func() {
+				r := &ctRun{c: &cases[i], idx: i, key: strconv.Itoa(i), base: s.URL(), client: client, origin: o}
+				r.run()
+				if r.failedOpen() && budget.take() {
+					r.note = fmt.Sprintf("rerun: the gateway failed open the first time%s", r.trace())
+					again := &ctRun{c: &cases[i], idx: i, key: strconv.Itoa(i) + "r", base: s.URL(), client: client, origin: o}
+					again.run()
+					again.note = r.note
+					r = again
+				}
+				runs[i] = r
+			})
+		}
+		wg.Wait()
+	}
+	if budget.exceeded() {
+		t.Errorf("the gateway failed open in more than %d cases: the stack could not keep up (see the cases' logs)", ctRetryBudget)
+	}
+	t.Logf("cases rerun because the gateway failed open: %d of %d allowed", ctRetryBudget-budget.remaining(), ctRetryBudget)
+
+	for i := range cases {
+		c, r := &cases[i], runs[i]
+		t.Run(string(c.kind)+"/"+c.id, func(t *testing.T) {
+			if r.note != "" {
+				t.Log(r.note)
+			}
+			if r.failedOpen() {
+				t.Errorf("the gateway failed open:%s", r.trace())
+			}
+			if !slices.Equal(r.fails, c.want) {
+				t.Errorf("failed checks differ from the expected ones\n  got  %q\n  want %q\nanswers:%s", r.fails, c.want, r.trace())
+			}
+		})
+	}
+
+	// The results page's count: a case passes when it and its prerequisites do.
+	passed := map[string]bool{}
+	var passes func(id string) bool
+	passes = func(id string) bool {
+		if p, ok := passed[id]; ok {
+			return p
+		}
+		passed[id] = false // a cycle would count as failing
+		i := byID[id]
+		ok := len(runs[i].fails) == 0 && !runs[i].failedOpen()
+		for _, dep := range ctDependsOn(id) {
+			ok = ok && passes(dep)
+		}
+		passed[id] = ok
+		return ok
+	}
+	total, pass := map[ctKind]int{}, map[ctKind]int{}
+	for _, c := range cases {
+		total[c.kind]++
+		if passes(c.id) {
+			pass[c.kind]++
+		}
+	}
+	t.Logf("counted as the results page counts (prerequisites included): required %d/%d, optimal %d/%d, check yes %d/%d",
+		pass[ctRequired], total[ctRequired], pass[ctOptimal], total[ctOptimal], pass[ctCheck], total[ctCheck])
+}
+
+const (
+	// ctChunk is how many cases the public runner starts at once.
+	ctChunk = 25
+	// ctRetryBudget bounds the reruns of cases in which the gateway failed open.
+	ctRetryBudget = 3
+	// ctPause is the suite's pause between the requests of a case that ask for one.
+	ctPause = 3 * time.Second
+)
+
+// ctBudget counts reruns; safe for concurrent use.
+type ctBudget struct {
+	mu   sync.Mutex // guards left and over
+	left int
+	over bool
+}
+
+func (b *ctBudget) take() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.left == 0 {
+		b.over = true
+		return false
+	}
+	b.left--
+	return true
+}
+
+func (b *ctBudget) remaining() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.left
+}
+
+func (b *ctBudget) exceeded() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.over
+}
 
 // ctKind is a case's kind in the suite.
 type ctKind string
 
 const (
-	ctRequired ctKind = "required" // a requirement of RFC 9111 (the suite's default kind)
-	ctOptimal  ctKind = "optimal"  // what an optimal cache does
-	ctCheck    ctKind = "check"    // information about a cache's behaviour
+	ctRequired ctKind = "required" // what RFC 9111 requires (the suite's default kind)
+	ctOptimal  ctKind = "optimal"  // what a cache that reuses as much as it may does
+	ctCheck    ctKind = "check"    // a behaviour the suite records, neither right nor wrong
 )
 
 // ctField is a header field of a scripted request or response.
 type ctField struct {
 	name, value string
-	// date: the value is the HTTP-date delta seconds from the origin's clock
-	// (the suite's integer values of Date, Expires, Last-Modified and
-	// If-Modified-Since).
+	// date: the value is an HTTP-date, delta seconds from the origin's clock.
 	date  bool
 	delta int
-	// unchecked: a response field the client's response is not compared
-	// with (the suite's third element false).
+	// unchecked: the client's answer is not compared with the origin's value.
 	unchecked bool
 }
 
@@ -94,8 +226,8 @@ func fv(name, value string) ctField     { return ctField{name: name, value: valu
 func fu(name, value string) ctField     { return ctField{name: name, value: value, unchecked: true} }
 func fd(name string, delta int) ctField { return ctField{name: name, date: true, delta: delta} }
 
-// ctWant is an expected response field: present, equal to a value (or a
-// date delta from the response's Server-Now), or numerically greater.
+// ctWant is an expected answer field: present, equal to a value (or a date delta from the
+// answer's Server-Now), or a number above n.
 type ctWant struct {
 	name, value string
 	present     bool
@@ -110,70 +242,68 @@ func wantIs(name, value string) ctWant       { return ctWant{name: name, value: 
 func wantDate(name string, delta int) ctWant { return ctWant{name: name, date: true, delta: delta} }
 func wantOver(name string, n int) ctWant     { return ctWant{name: name, greater: true, n: n} }
 
-// ctInterim is an interim (1xx) response.
+// ctInterim is an informational (1xx) answer.
 type ctInterim struct {
 	status int
 	fields []ctField
 }
 
-// ctReq is one request of a case: what is sent, what the origin answers
-// when it is reached, and what is expected (the suite's request object).
+// ctReq is one request of a case: what the client sends, what the origin answers if it is
+// reached, and what is expected.
 type ctReq struct {
-	method         string    // request_method; default GET
-	header         []ctField // request_headers
-	body           string    // request_body
-	file, query    string    // filename (a path segment after the case's), query_arg
-	magicIMS       bool      // If-Modified-Since relative to the previous response's Server-Now
-	rfc850         bool      // If-Modified-Since as an rfc850-date
-	magicLocations bool      // Location, Content-Location: relative to this request's path
-	pause          bool      // pause_after
-	disconnect     bool      // the origin closes the connection
+	method         string    // default GET
+	header         []ctField // request fields
+	body           string    // request body
+	file, query    string    // a path segment after the case's, a query
+	magicIMS       bool      // If-Modified-Since relative to the previous answer's Server-Now
+	rfc850         bool      // that If-Modified-Since as an rfc850-date
+	magicLocations bool      // Location and Content-Location relative to this request's path
+	pause          bool      // the suite's pause after this request
+	disconnect     bool      // the origin closes the connection without answering
 	respPause      time.Duration
 	interim        []ctInterim
 
-	status   int       // response_status; 0: 200 (304 or 999 for validated types)
-	resp     []ctField // response_headers
-	respBody *string   // response_body; nil: the case's token
-	noBody   bool      // response_body: null (the origin still sends the token, as the suite's does)
+	status   int       // the origin's status; 0: 200 (304 or 999 for a validated request)
+	resp     []ctField // the origin's fields
+	respBody *string   // the origin's body; nil: the case's token
+	noBody   bool      // the suite's null body (the origin still sends the token)
 
-	typ            string // expected_type: cached, not_cached, etag_validated, lm_validated
-	wantStatus     int    // expected_status; 0: response_status or 200; -1: not checked (null)
+	typ            string // cached, not_cached, etag_validated, lm_validated, or ""
+	wantStatus     int    // 0: the origin's status or 200; -1: not checked
 	wantHeaders    []ctWant
-	wantMissing    []ctField // value "": absent; else absent or without the value
+	wantMissing    []ctField // value "": absent; else absent or without that value
 	wantInterim    []ctInterim
-	checkInterim   bool      // wantInterim is set (possibly empty)
-	wantReq        []ctField // expected_request_headers; value "": present
+	checkInterim   bool      // wantInterim applies (possibly empty)
+	wantReq        []ctField // fields the origin must receive; value "": present
 	wantReqMissing []string
-	wantText       *string // expected_response_text
-	noTextCheck    bool    // expected_response_text: null
-	noBodyCheck    bool    // check_body: false
+	wantText       *string // the expected body
+	noTextCheck    bool    // the body is not checked against wantText
+	noBodyCheck    bool    // the body is not checked at all
 	wantMethod     string
-	setup          bool     // setup: every check of the request is setup
-	setupTests     []string // setup_tests
+	setup          bool     // every check of this request is a precondition
+	setupTests     []string // the checks of this request that are preconditions
 }
 
 func (q *ctReq) isSetup(check string) bool { return q.setup || slices.Contains(q.setupTests, check) }
 
-// ctCase is one test of the suite.
+// ctCase is one case of the suite.
 type ctCase struct {
-	id        string
-	kind      ctKind
-	heuristic bool // on the stack with heuristic freshness on
-	reqs      []ctReq
-	// want are the failures Sluice has, in check order (nil: it passes),
-	// and why explains them; both come from ctDivergences.
+	id   string
+	kind ctKind
+	reqs []ctReq
+	// want are the checks expected to fail, in check order (nil: none), and why explains them;
+	// both come from ctExpected.
 	want []string
 	why  string
 }
 
 func ctStr(s string) *string { return &s }
 
-// ctToken is a case's default response body, 36 bytes like the suite's
-// per-test UUID.
+// ctToken is a case's default body: 36 bytes, the length of the suite's per-case UUID.
 func ctToken(idx int) string { return fmt.Sprintf("%08d-c0de-4c7e-8a11-%012d", idx, idx) }
 
-// ctContent returns 15 lower-case letters derived from key: the suite's
-// arbitrary header values.
+// ctContent returns 15 lower-case letters derived from key, for the arbitrary field values
+// the suite's cases use.
 func ctContent(key string) string {
 	h := fnv.New64a()
 	h.Write([]byte(key))
@@ -197,11 +327,31 @@ func ctDate(nowMs int64, delta int, rfc850 bool) string {
 	return t.Format(http.TimeFormat)
 }
 
-// ---- The scripted origin ---------------------------------------------------
+// ---- Check results ----------------------------------------------------------------------
 
-// ctOrigin answers /ct/<run key>[/file] with the response the case
-// scripts for the request's number (the Req-Num field the client sends, as
-// the suite's server does) and records every request.
+// ctMsg is a failed check: "precondition: …" when the check only establishes the case's
+// setup, "assertion: …" otherwise.
+func ctMsg(setup bool, format string, args ...any) string {
+	if setup {
+		return "precondition: " + fmt.Sprintf(format, args...)
+	}
+	return "assertion: " + fmt.Sprintf(format, args...)
+}
+
+// Failed checks that expectations name.
+func ctFetched(n int, setup bool) string {
+	return ctMsg(setup, "answer %d was fetched from the origin, expected from the cache", n)
+}
+
+func ctReused(n int) []string {
+	return []string{ctMsg(false, "answer %d came from the cache, expected from the origin", n),
+		ctMsg(false, "request %d never reached the origin", n)}
+}
+
+// ---- The scripted origin ----------------------------------------------------------------
+
+// ctOrigin answers /ct/<run key>[/file] with what the case scripts for the request's number
+// (its Req-Num field, as the suite's server reads it) and records every request.
 type ctOrigin struct {
 	*httptest.Server
 	cases []ctCase
@@ -210,12 +360,12 @@ type ctOrigin struct {
 	seen map[string][]*ctSeen // by run key, in arrival order
 }
 
-// ctSeen is a request the origin received and what it answered.
+// ctSeen is a request the origin received and the fields it answered with.
 type ctSeen struct {
 	num    int // Req-Num
 	method string
 	header http.Header
-	sent   [][2]string // checked response fields: name, joined value
+	sent   [][2]string // compared fields: name, joined value
 	lm     string      // Last-Modified and ETag as sent
 	etag   string
 }
@@ -241,11 +391,9 @@ func (o *ctOrigin) record(key string, num int) *ctSeen {
 }
 
 func (o *ctOrigin) serve(w http.ResponseWriter, r *http.Request) {
-	// /ct/<run key>[/file]; the run key is the case index, then "r1" for
-	// a second attempt.
+	// /ct/<run key>[/file]; the run key is the case's index, with "r" for a rerun.
 	key, _, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, "/ct/"), "/")
-	n, _, _ := strings.Cut(key, "r")
-	idx, err := strconv.Atoi(n)
+	idx, err := strconv.Atoi(strings.TrimSuffix(key, "r"))
 	if err != nil || idx < 0 || idx >= len(o.cases) {
 		http.Error(w, "no such case", http.StatusNotFound)
 		return
@@ -260,7 +408,7 @@ func (o *ctOrigin) serve(w http.ResponseWriter, r *http.Request) {
 		num = srvNum
 	}
 	if num < 1 || num > len(c.reqs) {
-		http.Error(w, fmt.Sprintf("%s: no request %d", c.id, num), http.StatusConflict)
+		http.Error(w, fmt.Sprintf("%s has no request %d", c.id, num), http.StatusConflict)
 		return
 	}
 	q := &c.reqs[num-1]
@@ -275,7 +423,7 @@ func (o *ctOrigin) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		w.WriteHeader(in.status)
 		for _, fl := range in.fields {
-			h.Del(fl.name) // interim fields are not the final response's
+			h.Del(fl.name) // they belong to the informational answer only
 		}
 	}
 
@@ -284,8 +432,8 @@ func (o *ctOrigin) serve(w http.ResponseWriter, r *http.Request) {
 		status = 200
 	}
 	if strings.HasSuffix(q.typ, "validated") && num > 1 {
-		// The suite's server: 304 when the request carries the validator
-		// the previous response was scripted with, else 999.
+		// 304 when the request carries the validator the previous answer was scripted with,
+		// else 999: the status the suite's origin uses for a validator that did not come.
 		lm, etag := o.previousValidators(key, idx, num-1)
 		status = 999
 		if lm != "" && strings.Join(r.Header.Values("If-Modified-Since"), ", ") == lm ||
@@ -299,8 +447,13 @@ func (o *ctOrigin) serve(w http.ResponseWriter, r *http.Request) {
 	h.Set("Server-Request-Count", strconv.Itoa(srvNum))
 	h.Set("Client-Request-Count", strconv.Itoa(cliNum))
 	h.Set("Server-Now", strconv.FormatInt(nowMs, 10))
+	rawTE := ""
 	for _, fl := range q.resp {
 		v := o.value(fl, q, r, nowMs)
+		if strings.EqualFold(fl.name, "Transfer-Encoding") {
+			rawTE = v // Go's server frames bodies itself: written by hand below
+			continue
+		}
 		h.Add(fl.name, v)
 		switch strings.ToLower(fl.name) {
 		case "last-modified":
@@ -329,8 +482,8 @@ func (o *ctOrigin) serve(w http.ResponseWriter, r *http.Request) {
 		body = *q.respBody
 	}
 	if n, err := strconv.Atoi(h.Get("Content-Length")); err == nil && n < len(body) {
-		// A client of the suite's server reads Content-Length bytes of the
-		// longer body it writes; Go's server would send none.
+		// The suite's server writes its whole body after a shorter Content-Length, and a
+		// client reads that many bytes; Go's server would refuse to write any.
 		body = body[:n]
 	}
 	switch {
@@ -338,8 +491,10 @@ func (o *ctOrigin) serve(w http.ResponseWriter, r *http.Request) {
 		if conn, _, err := http.NewResponseController(w).Hijack(); err == nil {
 			conn.Close()
 		}
+	case rawTE != "":
+		ctWriteRaw(w, status, h, "Transfer-Encoding", rawTE, body)
 	case status == http.StatusNotModified:
-		ctWriteRaw304(w, h)
+		ctWriteRaw(w, status, h, "", "", "")
 	default:
 		w.WriteHeader(status)
 		if status != http.StatusNoContent && r.Method != "HEAD" {
@@ -348,8 +503,8 @@ func (o *ctOrigin) serve(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// value is a response field's value as sent: dates from the origin's
-// clock, magic locations relative to the request.
+// value is a response field's value as sent: dates on the origin's clock, locations relative
+// to the request when the case asks.
 func (o *ctOrigin) value(fl ctField, q *ctReq, r *http.Request, nowMs int64) string {
 	if fl.date {
 		return ctDate(nowMs, fl.delta, false)
@@ -367,9 +522,8 @@ func (o *ctOrigin) value(fl ctField, q *ctReq, r *http.Request, nowMs int64) str
 	return fl.value
 }
 
-// previousValidators returns the Last-Modified and ETag of request num's
-// scripted response: as sent, or as scripted when it never reached the
-// origin (a date delta never sent matches nothing).
+// previousValidators returns the Last-Modified and ETag of request num's answer: as sent, or
+// as scripted when the request never reached the origin (a date never sent matches nothing).
 func (o *ctOrigin) previousValidators(key string, idx, num int) (lm, etag string) {
 	if rec := o.record(key, num); rec != nil {
 		return rec.lm, rec.etag
@@ -387,10 +541,11 @@ func (o *ctOrigin) previousValidators(key string, idx, num int) (lm, etag string
 	return lm, etag
 }
 
-// ctWriteRaw304 writes a 304 with every field the case scripts: Go's server
-// drops Content-Type and Content-Length from a 304, which the suite's
-// update cases send. The connection is closed after it.
-func ctWriteRaw304(w http.ResponseWriter, h http.Header) {
+// ctWriteRaw writes an answer by hand on the hijacked connection and closes it: a 304 with
+// the Content-Type and Content-Length the update cases script (Go's server drops both from a
+// 304), or an answer with a framing field Go's server would not send (extraName: extraValue,
+// the body delimited by the close).
+func ctWriteRaw(w http.ResponseWriter, status int, h http.Header, extraName, extraValue, body string) {
 	conn, buf, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		return
@@ -404,13 +559,17 @@ func ctWriteRaw304(w http.ResponseWriter, h http.Header) {
 		names = append(names, k)
 	}
 	slices.Sort(names)
-	buf.WriteString("HTTP/1.1 304 Not Modified\r\n")
+	fmt.Fprintf(buf, "HTTP/1.1 %d %s\r\n", status, http.StatusText(status))
 	for _, k := range names {
 		for _, v := range h[k] {
 			fmt.Fprintf(buf, "%s: %s\r\n", k, v)
 		}
 	}
+	if extraName != "" {
+		fmt.Fprintf(buf, "%s: %s\r\n", extraName, extraValue)
+	}
 	buf.WriteString("Connection: close\r\n\r\n")
+	buf.WriteString(body)
 	buf.Flush()
 }
 
@@ -422,9 +581,9 @@ func ctOr(a, b string) string {
 	return b
 }
 
-// ---- Running a case -------------------------------------------------------
+// ---- Running a case ---------------------------------------------------------------------
 
-// ctResult is a response the client got.
+// ctResult is an answer the client got.
 type ctResult struct {
 	status  int
 	header  http.Header
@@ -433,32 +592,26 @@ type ctResult struct {
 	err     error
 }
 
-// ctRun runs one case against a stack.
+// ctRun is one run of a case.
 type ctRun struct {
 	c       *ctCase
 	idx     int
-	key     string // the run's path segment and tenant suffix
+	key     string // the run's path segment
 	base    string
 	client  *http.Client
-	sem     chan struct{} // bounds the cases sending requests at once
 	origin  *ctOrigin
 	results []*ctResult
 	fails   []string
+	note    string // what the log should say about the run
 }
 
 func (r *ctRun) fail(setup bool, format string, args ...any) {
 	r.fails = append(r.fails, ctMsg(setup, format, args...))
 }
 
-// run sends the case's requests in order and checks them. It holds a slot
-// of sem until its first pause, so that requests meant to follow each other
-// at once (a response fresh for 2 s, then its reuse) never queue behind
-// other cases; after a pause it goes on without one (cases come back from
-// their pauses spread out as they started, and a wait would age entries
-// beyond what the case means).
+// run sends the case's requests in order, pausing where the case says, and checks the answers
+// and what the origin saw.
 func (r *ctRun) run() {
-	r.sem <- struct{}{}
-	held := true
 	for i := range r.c.reqs {
 		q := &r.c.reqs[i]
 		n := i + 1
@@ -469,22 +622,22 @@ func (r *ctRun) run() {
 		res := r.send(n, q, prev)
 		r.results = append(r.results, res)
 		if res.err != nil {
-			r.fail(false, "request %d: %v", n, res.err)
+			r.fail(false, "request %d failed: %v", n, res.err)
 		} else {
-			r.checkResponse(n, q, res)
+			r.checkAnswer(n, q, res)
 		}
 		if q.pause {
-			if held {
-				<-r.sem
-				held = false
-			}
 			time.Sleep(ctPause)
 		}
 	}
-	if held {
-		<-r.sem
-	}
 	r.checkOrigin()
+}
+
+// ctClientFields are the fields Node's fetch, which the public runner uses, adds to every
+// request it has no value for (the runner itself sets Pragma and Cache-Control so that fetch
+// adds no caching fields of its own).
+var ctClientFields = [][2]string{
+	{"Accept", "*/*"}, {"Accept-Language", "*"}, {"Sec-Fetch-Mode", "cors"}, {"User-Agent", "node"},
 }
 
 func (r *ctRun) send(n int, q *ctReq, prev *ctResult) *ctResult {
@@ -505,15 +658,11 @@ func (r *ctRun) send(n int, q *ctReq, prev *ctResult) *ctResult {
 		res.interim = append(res.interim, code)
 		return nil
 	}}
-	ctx := httptrace.WithClientTrace(context.Background(), trace)
-	req, err := http.NewRequestWithContext(ctx, method, u, body)
+	req, err := http.NewRequestWithContext(httptrace.WithClientTrace(context.Background(), trace), method, u, body)
 	if err != nil {
 		res.err = err
 		return res
 	}
-	// The suite's CLI runner sends these on every request, so that fetch()
-	// adds no no-cache fields of its own; a request Cache-Control also makes
-	// caches ignore Pragma (RFC 9111 §5.4).
 	req.Header.Add("Pragma", "foo")
 	req.Header.Add("Cache-Control", "nothing-to-see-here")
 	for _, fl := range q.header {
@@ -529,7 +678,17 @@ func (r *ctRun) send(n int, q *ctReq, prev *ctResult) *ctResult {
 	}
 	req.Header.Set("Test-ID", r.c.id)
 	req.Header.Set("Req-Num", strconv.Itoa(n))
-	req.Header.Set("x-tenant-id", "ct"+r.key)
+	for _, f := range ctClientFields {
+		if req.Header.Get(f[0]) == "" {
+			req.Header.Set(f[0], f[1])
+		}
+	}
+	// fetch asks for identity with Range, else for the codings it decodes.
+	if req.Header.Get("Range") != "" {
+		req.Header.Set("Accept-Encoding", "identity")
+	} else {
+		req.Header.Set("Accept-Encoding", "gzip, deflate")
+	}
 	resp, err := r.client.Do(req)
 	if err != nil {
 		res.err = err
@@ -537,8 +696,27 @@ func (r *ctRun) send(n int, q *ctReq, prev *ctResult) *ctResult {
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
+	if err == nil {
+		b, err = ctDecode(resp.Header.Get("Content-Encoding"), b)
+	}
 	res.status, res.header, res.body, res.err = resp.StatusCode, resp.Header, string(b), err
 	return res
+}
+
+// ctDecode undoes the content coding of a body it asked for, as fetch does; a body in another
+// coding (the origin's own, in the header cases) is left as it is.
+func ctDecode(coding string, b []byte) ([]byte, error) {
+	switch strings.ToLower(strings.TrimSpace(coding)) {
+	case "gzip":
+		zr, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			return nil, fmt.Errorf("gzip: %w", err)
+		}
+		return io.ReadAll(zr)
+	case "deflate":
+		return io.ReadAll(flate.NewReader(bytes.NewReader(b)))
+	}
+	return b, nil
 }
 
 func ctHeaderValue(h http.Header, name string) (string, bool) {
@@ -546,34 +724,35 @@ func ctHeaderValue(h http.Header, name string) (string, bool) {
 	return strings.Join(vs, ", "), len(vs) > 0
 }
 
-// checkResponse is the suite's checkResponse: type (client side), status,
-// fields, interim responses, body.
-func (r *ctRun) checkResponse(n int, q *ctReq, res *ctResult) {
-	resNum, numErr := strconv.Atoi(res.header.Get("Server-Request-Count"))
+// checkAnswer checks an answer: where it came from, its status, fields, informational
+// answers and body.
+func (r *ctRun) checkAnswer(n int, q *ctReq, res *ctResult) {
+	count, countErr := strconv.Atoi(res.header.Get("Server-Request-Count"))
 	switch q.typ {
 	case "cached":
-		if !(res.status == 304 && numErr != nil) && (numErr != nil || resNum >= n) {
-			r.fail(q.isSetup("expected_type"), "Response %d does not come from cache", n)
+		// A 304 without the origin's count is taken as the cache's own.
+		if !(res.status == 304 && countErr != nil) && (countErr != nil || count >= n) {
+			r.fail(q.isSetup("expected_type"), "answer %d was fetched from the origin, expected from the cache", n)
 		}
 	case "not_cached":
-		if numErr != nil || resNum != n {
-			r.fail(q.isSetup("expected_type"), "Response %d comes from cache", n)
+		if countErr != nil || count != n {
+			r.fail(q.isSetup("expected_type"), "answer %d came from the cache, expected from the origin", n)
 		}
 	}
 	switch {
 	case q.wantStatus == -1:
 	case q.wantStatus != 0:
 		if res.status != q.wantStatus {
-			r.fail(q.isSetup("expected_status"), "Response %d status is %d, not %d", n, res.status, q.wantStatus)
+			r.fail(q.isSetup("expected_status"), "answer %d has status %d, expected %d", n, res.status, q.wantStatus)
 		}
 	case q.status != 0:
 		if res.status != q.status {
-			r.fail(true, "Response %d status is %d, not %d", n, res.status, q.status)
+			r.fail(true, "answer %d has status %d, expected %d", n, res.status, q.status)
 		}
 	case res.status == 999:
-		r.fail(q.isSetup("expected_type"), "Request %d should have been conditional, but it was not.", n)
+		r.fail(q.isSetup("expected_type"), "request %d reached the origin without the validator it expected", n)
 	case res.status != 200:
-		r.fail(true, "Response %d status is %d, not 200", n, res.status)
+		r.fail(true, "answer %d has status %d, expected 200", n, res.status)
 	}
 
 	setup := q.isSetup("expected_response_headers")
@@ -581,11 +760,11 @@ func (r *ctRun) checkResponse(n int, q *ctReq, res *ctResult) {
 		got, ok := ctHeaderValue(res.header, w.name)
 		switch {
 		case !ok && (w.present || w.greater):
-			r.fail(setup, "Response %d %s header not present.", n, w.name)
+			r.fail(setup, "answer %d lacks %s", n, w.name)
 		case w.present:
 		case w.greater:
 			if v, err := strconv.Atoi(got); err != nil || v <= w.n {
-				r.fail(setup, "Response %d header %s is %s, should be bigger than %d", n, w.name, got, w.n)
+				r.fail(setup, "answer %d has %s %s, expected above %d", n, w.name, got, w.n)
 			}
 		default:
 			want := w.value
@@ -594,7 +773,7 @@ func (r *ctRun) checkResponse(n int, q *ctReq, res *ctResult) {
 				want = ctDate(now, w.delta, false)
 			}
 			if got != want || !ok {
-				r.fail(setup, "Response %d header %s is %q, not %q", n, w.name, got, want)
+				r.fail(setup, "answer %d has %s %q, expected %q", n, w.name, got, want)
 			}
 		}
 	}
@@ -603,9 +782,9 @@ func (r *ctRun) checkResponse(n int, q *ctReq, res *ctResult) {
 		got, ok := ctHeaderValue(res.header, m.name)
 		switch {
 		case m.value == "" && ok:
-			r.fail(setup, "Response %d includes unexpected header %s: %q", n, m.name, got)
+			r.fail(setup, "answer %d has %s %q, expected none", n, m.name, got)
 		case m.value != "" && ok && strings.Contains(got, m.value):
-			r.fail(setup, "Response %d header %s still has value %q", n, m.name, got)
+			r.fail(setup, "answer %d has %s %q, expected without %q", n, m.name, got, m.value)
 		}
 	}
 	if q.checkInterim {
@@ -613,13 +792,13 @@ func (r *ctRun) checkResponse(n int, q *ctReq, res *ctResult) {
 		for i, in := range q.wantInterim {
 			switch {
 			case i >= len(res.interim):
-				r.fail(setup, "Interim response %d not received", i+1)
+				r.fail(setup, "informational answer %d of request %d missing", i+1, n)
 			case res.interim[i] != in.status:
-				r.fail(setup, "Interim response %d status is %d, not %d", i+1, res.interim[i], in.status)
+				r.fail(setup, "informational answer %d of request %d has status %d, expected %d", i+1, n, res.interim[i], in.status)
 			}
 		}
 		if len(res.interim) != len(q.wantInterim) {
-			r.fail(setup, "Received %d interim response(s), expected %d", len(res.interim), len(q.wantInterim))
+			r.fail(setup, "request %d got %d informational answers, expected %d", n, len(res.interim), len(q.wantInterim))
 		}
 	}
 
@@ -627,32 +806,32 @@ func (r *ctRun) checkResponse(n int, q *ctReq, res *ctResult) {
 	case q.noBodyCheck:
 	case q.wantText != nil:
 		if res.body != *q.wantText {
-			r.fail(q.isSetup("expected_response_text"), "Response body is %s, not %q", r.show(res.body), *q.wantText)
+			r.fail(q.isSetup("expected_response_text"), "answer %d has body %s, expected %q", n, r.show(res.body), *q.wantText)
 		}
 	case q.noTextCheck:
 	case q.respBody != nil && !q.noBody:
 		if res.body != *q.respBody {
-			r.fail(true, "Response body is %s, not %q", r.show(res.body), *q.respBody)
+			r.fail(true, "answer %d has body %s, expected %q", n, r.show(res.body), *q.respBody)
 		}
 	case res.status == 204, res.status == 304, q.method == "HEAD":
 	default:
 		if res.body != ctToken(r.idx) {
-			r.fail(true, "Response body is %s, not the token", r.show(res.body))
+			r.fail(true, "answer %d has body %s, expected the case's token", n, r.show(res.body))
 		}
 	}
 }
 
-// show quotes a body for a failure message; the case's token, which
-// depends on the case's place in the table, is "the token".
+// show quotes a body for a message; the case's token, which depends on the case's place in
+// the table, is "the case's token".
 func (r *ctRun) show(body string) string {
 	if body == ctToken(r.idx) {
-		return "the token"
+		return "the case's token"
 	}
 	return strconv.Quote(body)
 }
 
-// checkOrigin is the suite's checkServerRequests: what reached the origin,
-// and whether the client got the fields the origin sent.
+// checkOrigin checks what reached the origin, and that the client got the fields the origin
+// answered with.
 func (r *ctRun) checkOrigin() {
 	for i := range r.c.reqs {
 		q := &r.c.reqs[i]
@@ -665,7 +844,7 @@ func (r *ctRun) checkOrigin() {
 		switch q.typ {
 		case "not_cached":
 			if rec == nil {
-				r.fail(setup, "Response %d comes from cache (not seen by the origin)", n)
+				r.fail(setup, "request %d never reached the origin", n)
 			}
 		case "etag_validated", "lm_validated":
 			name := "If-None-Match"
@@ -674,14 +853,14 @@ func (r *ctRun) checkOrigin() {
 			}
 			switch {
 			case rec == nil:
-				r.fail(setup, "request %d wasn't sent to server", n)
+				r.fail(setup, "request %d never reached the origin", n)
 			case len(rec.header.Values(name)) == 0:
-				r.fail(setup, "request %d doesn't have %s header", n, strings.ToLower(name))
+				r.fail(setup, "request %d reached the origin without %s", n, name)
 			}
 		}
 		if rec == nil {
 			if len(q.wantReq) > 0 || q.wantMethod != "" {
-				r.fail(q.isSetup("expected_request_headers"), "request %d wasn't sent to server", n)
+				r.fail(q.isSetup("expected_request_headers"), "request %d never reached the origin", n)
 			}
 			continue
 		}
@@ -690,42 +869,35 @@ func (r *ctRun) checkOrigin() {
 			got, ok := ctHeaderValue(rec.header, w.name)
 			switch {
 			case w.value == "" && !ok:
-				r.fail(setup, "Request %d %s header not present.", n, w.name)
+				r.fail(setup, "request %d reached the origin without %s", n, w.name)
 			case w.value != "" && got != w.value:
-				r.fail(setup, "Request %d header %s is %q, not %q", n, w.name, got, w.value)
+				r.fail(setup, "request %d reached the origin with %s %q, expected %q", n, w.name, got, w.value)
 			}
 		}
 		for _, name := range q.wantReqMissing {
 			if _, ok := ctHeaderValue(rec.header, name); ok {
-				r.fail(q.isSetup("expected_request_headers_missing"), "Request %d %s header present.", n, name)
+				r.fail(q.isSetup("expected_request_headers_missing"), "request %d reached the origin with %s, expected without", n, name)
 			}
 		}
 		if res := r.results[i]; res.err == nil {
 			for _, s := range rec.sent {
 				if strings.EqualFold(s[0], "date") {
-					continue // the suite skips Date: it only causes spurious failures
+					continue // the suite leaves Date out: it only moves with time
 				}
-				got, _ := ctHeaderValue(res.header, s[0])
-				if strings.EqualFold(s[0], "vary") {
-					// Envoy's compressors add Accept-Encoding to the Vary of
-					// every compressible response, after the cache
-					// (CompressorFilter::insertVaryHeader).
-					got = strings.TrimSuffix(got, ", Accept-Encoding")
-				}
-				if got != s[1] {
-					r.fail(true, "Response %d header %s is %q, not %q", n, s[0], got, s[1])
+				if got, _ := ctHeaderValue(res.header, s[0]); got != s[1] {
+					r.fail(true, "answer %d has %s %q, the origin sent %q", n, s[0], got, s[1])
 				}
 			}
 		}
 		if q.wantMethod != "" && rec.method != q.wantMethod {
-			r.fail(q.isSetup("expected_method"), "Request %d had method %s, not %s", n, rec.method, q.wantMethod)
+			r.fail(q.isSetup("expected_method"), "request %d reached the origin as %s, expected %s", n, rec.method, q.wantMethod)
 		}
 	}
 }
 
-// failedOpen reports a GET or HEAD answered without x-cache: the gateway
-// gave up on Sluice (ext_proc's message_timeout, failure_mode_allow) and
-// forwarded it as if there were no cache. (Unsafe methods get no x-cache.)
+// failedOpen reports a GET or HEAD answered without x-cache: the gateway gave up on Sluice
+// (ext_proc's message_timeout, failure_mode_allow) and forwarded it without the cache. Unsafe
+// methods get no x-cache anyway.
 func (r *ctRun) failedOpen() bool {
 	for i, res := range r.results {
 		m := r.c.reqs[i].method
@@ -736,7 +908,7 @@ func (r *ctRun) failedOpen() bool {
 	return false
 }
 
-// trace summarises the responses for a failure message.
+// trace sums the answers up for a log line.
 func (r *ctRun) trace() string {
 	var b strings.Builder
 	for i, res := range r.results {
@@ -748,107 +920,6 @@ func (r *ctRun) trace() string {
 			res.header.Get("x-cache"), res.header.Get("Cache-Status"), res.header.Get("Server-Request-Count"))
 	}
 	return b.String()
-}
-
-func TestConformance(t *testing.T) {
-	cases := ctCases()
-	seen := map[string]bool{}
-	for _, c := range cases {
-		if seen[c.id] {
-			t.Fatalf("duplicate case %s", c.id)
-		}
-		seen[c.id] = true
-	}
-	for id, d := range ctDivergences() {
-		i := slices.IndexFunc(cases, func(c ctCase) bool { return c.id == id })
-		if i < 0 {
-			t.Fatalf("divergence for unknown case %s", id)
-		}
-		cases[i].want, cases[i].why = d.want, d.why
-	}
-	o := newCTOrigin(t, cases)
-	// Hundreds of cases run concurrently, under -race on a shared machine:
-	// give Redis calls more than the 20 ms default (within Envoy's 200 ms
-	// message timeout) and the L1 a longer lease, so that a put or lookup
-	// running late seldom turns a hit into a miss (the documented
-	// degradation, which these cases do not test).
-	loaded := func(c *config.Config) {
-		c.Cache.Store.RedisTimeout = 150 * time.Millisecond
-		c.Cache.Store.SubscriptionLease = 2 * time.Second
-	}
-	tr := &http.Transport{DisableCompression: true, MaxIdleConnsPerHost: 16}
-	t.Cleanup(tr.CloseIdleConnections)
-	client := &http.Client{
-		Transport: tr,
-		Timeout:   10 * time.Second,
-		// The suite fetches with redirect: 'manual': a 3xx is the answer.
-		CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
-	}
-	// Cases sending at once (the others pause or wait): few enough that no
-	// ext_proc message misses Envoy's 200 ms timeout on a loaded machine
-	// (the filter would then fail open, uncached).
-	sem := make(chan struct{}, 4)
-	runCases := func(t *testing.T, heuristic bool, base string) {
-		var wg sync.WaitGroup
-		for i := range cases {
-			c := &cases[i]
-			if c.heuristic != heuristic {
-				continue
-			}
-			runCase(t, &wg, c, i, base, client, sem, o)
-		}
-		wg.Wait()
-	}
-	if external.Gateway == "" {
-		// Both stacks at once behind their emulators.
-		plain := start(t, o.URL, true, loaded)
-		heuristic := start(t, o.URL, true, func(c *config.Config) { loaded(c); c.Cache.Heuristic = true })
-		var wg sync.WaitGroup
-		wg.Go(func() { runCases(t, false, plain.URL()) })
-		wg.Go(func() { runCases(t, true, heuristic.URL()) })
-		wg.Wait()
-	} else {
-		// One Sluice at a time behind the real gateway: the heuristic cases get theirs after.
-		for _, heuristic := range []bool{false, true} {
-			t.Run(map[bool]string{false: "plain", true: "heuristic"}[heuristic], func(t *testing.T) {
-				s := start(t, o.URL, true, func(c *config.Config) { loaded(c); c.Cache.Heuristic = heuristic })
-				runCases(t, heuristic, s.URL())
-			})
-		}
-	}
-	counts := map[ctKind]int{}
-	for _, c := range cases {
-		counts[c.kind]++
-	}
-	t.Logf("%d cases: %d required, %d optimal, %d check", len(cases), counts[ctRequired], counts[ctOptimal], counts[ctCheck])
-}
-
-// runCase runs one suite case against the gateway at base, as a subtest of t
-// started on wg.
-func runCase(t *testing.T, wg *sync.WaitGroup, c *ctCase, i int, base string, client *http.Client, sem chan struct{}, o *ctOrigin) {
-	wg.Go(func() {
-		t.Run(string(c.kind)+"/"+c.id, func(t *testing.T) {
-			if len(c.want) > 0 && c.why == "" {
-				t.Errorf("a case with expected failures needs a why")
-			}
-			r := &ctRun{c: c, idx: i, key: strconv.Itoa(i), base: base, client: client, sem: sem, origin: o}
-			r.run()
-			if r.failedOpen() || !slices.Equal(r.fails, c.want) {
-				// The cases are deterministic, but on a loaded machine
-				// the gateway may fail open (Sluice never sees the
-				// exchange) and a Redis call missing its deadline makes
-				// the store distrust its L1 for a moment (a documented
-				// degradation): either turns a hit into a miss. Once
-				// more, with a new tenant and path; a second miss fails.
-				t.Logf("first run (failed open: %v): %q%s", r.failedOpen(), r.fails, r.trace())
-				r = &ctRun{c: c, idx: i, key: strconv.Itoa(i) + "r1", base: base, client: client, sem: sem, origin: o}
-				r.run()
-			}
-			if !slices.Equal(r.fails, c.want) {
-				t.Errorf("failures:\n  got  %q\n  want %q\nresponses:%s", r.fails, c.want, r.trace())
-			}
-		})
-	})
 }
 
 // ---- The cases ------------------------------------------------------------
@@ -893,6 +964,7 @@ func ctCases() []ctCase {
 		ctCCRequestCases(), ctPragmaCases(), ctVaryCases(), ctVaryParseCases(), ctConditionalLMCases(),
 		ctConditionalETagCases(), ctHeadersCases(), ctUpdate304Cases(), ctUpdateHeadCases(),
 		ctInvalidationCases(), ctPartialCases(), ctAuthorizationCases(), ctOtherCases(), ctInterimCases(),
+		ctCDNCases(),
 	} {
 		cs = append(cs, group...)
 	}
@@ -1161,11 +1233,11 @@ func ctHeuristicCases() []ctCase {
 		body := ctStr(ctContent(strconv.Itoa(s.code)))
 		first := ctReq{status: s.code, respBody: body, noBody: s.noBody, setup: true,
 			resp: append([]ctField{fd("Last-Modified", -24*60*60), fd("Date", 0)}, s.extra...)}
-		cs = append(cs, ctCase{id: fmt.Sprintf("heuristic-%d-%s", s.code, typ), kind: kind, heuristic: true, reqs: []ctReq{
+		cs = append(cs, ctCase{id: fmt.Sprintf("heuristic-%d-%s", s.code, typ), kind: kind, reqs: []ctReq{
 			first, {typ: typ, status: s.code, respBody: body, noBody: s.noBody}}})
 	}
 	for _, delta := range []int{5, 10, 30, 60, 300, 600, 1200, 1800, 3600, 3600 * 12, 3600 * 24} {
-		cs = append(cs, ctCase{id: fmt.Sprintf("heuristic-delta-%d", delta), kind: ctCheck, heuristic: true, reqs: []ctReq{
+		cs = append(cs, ctCase{id: fmt.Sprintf("heuristic-delta-%d", delta), kind: ctCheck, reqs: []ctReq{
 			ctStoredPause(fd("Last-Modified", -delta), fd("Date", 0)), ctExpect("cached")}})
 	}
 	return cs
@@ -1244,7 +1316,7 @@ func ctPragmaCases() []ctCase {
 		{id: "pragma-request-extension", kind: ctCheck, reqs: []ctReq{ctFresh(ctReq{}), pragma("unrecognised-extension")}},
 		{id: "pragma-response-no-cache", kind: ctCheck, reqs: []ctReq{
 			ctStored(fv("Cache-Control", "max-age=3600"), fv("Pragma", "no-cache")), ctExpect("cached")}},
-		{id: "pragma-response-no-cache-heuristic", kind: ctCheck, heuristic: true, reqs: []ctReq{
+		{id: "pragma-response-no-cache-heuristic", kind: ctCheck, reqs: []ctReq{
 			ctStored(fd("Date", 0), fd("Last-Modified", -10000), fv("Pragma", "no-cache")), ctExpect("cached")}},
 		{id: "pragma-response-extension", kind: ctCheck, reqs: []ctReq{
 			ctStored(fv("Cache-Control", "max-age=3600"), fv("Pragma", "unrecognised-extension")), ctExpect("cached")}},
@@ -1438,7 +1510,7 @@ type ctHeader struct {
 	noBodyChk  bool
 }
 
-// ctHeaders is the suite's list but Transfer-Encoding (see the top).
+// ctHeaders is the suite's header list but Transfer-Encoding (ctHeadersCases adds its case).
 var ctHeaders = []ctHeader{
 	{name: "Test-Header", reqUpdate: true},
 	{name: "X-Test-Header", reqUpdate: true},
@@ -1491,7 +1563,12 @@ func ctHeadersCases() []ctCase {
 		}
 		cs = append(cs, ctCase{id: "headers-store-" + h.name, kind: ctRequired, reqs: []ctReq{first, second}})
 	}
-	return cs
+	// Transfer-Encoding with a coding nobody knows: the origin writes it by hand (ctWriteRaw).
+	te := ctContent("Transfer-Encoding-store-value")
+	return append(cs, ctCase{id: "headers-store-Transfer-Encoding", kind: ctRequired, reqs: []ctReq{
+		{resp: []ctField{fd("Date", 0), fu("Transfer-Encoding", te), fv("Cache-Control", "max-age=3600")}, setup: true, pause: true},
+		{typ: "cached", setupTests: []string{"expected_type"}, wantMissing: []ctField{{name: "Transfer-Encoding", value: te}}},
+	}})
 }
 
 // update304.mjs
@@ -1650,7 +1727,7 @@ func ctOtherCases() []ctCase {
 			query(ctFresh(ctReq{}), "query-args-different-1"), query(ctExpect("not_cached"), "query-args-different-2")}},
 		{id: "query-args-same", kind: ctOptimal, reqs: []ctReq{
 			query(ctFresh(ctReq{}), "query-args-same"), query(ctExpect("cached"), "query-args-same")}},
-		{id: "other-heuristic-content-disposition-attachment", kind: ctCheck, heuristic: true, reqs: []ctReq{
+		{id: "other-heuristic-content-disposition-attachment", kind: ctCheck, reqs: []ctReq{
 			ctStored(fd("Last-Modified", -100000), fd("Date", 0), fv("Content-Disposition", "attachment; filename=example.txt")), ctExpect("cached")}},
 		{id: "other-fresh-content-disposition-attachment", kind: ctCheck, reqs: []ctReq{
 			ctFresh(ctReq{resp: []ctField{fv("Content-Disposition", "attachment; filename=example.txt")}}), ctExpect("cached")}},
@@ -1677,169 +1754,443 @@ func ctInterimCases() []ctCase {
 	}
 }
 
-// ctDivergence is how Sluice differs from what a case expects.
-type ctDivergence struct {
+// cdn-cache-control.mjs (RFC 9213; the suite marks these for CDNs, and runs them against
+// reverse proxies too)
+func ctCDNCases() []ctCase {
+	cdn := func(v string) ctField { return fu("CDN-Cache-Control", v) }
+	stored := func(fs ...ctField) ctReq { return ctStoredPause(fs...) }
+	c := func(id string, kind ctKind, typ string, fs ...ctField) ctCase {
+		return ctCase{id: id, kind: kind, reqs: []ctReq{stored(fs...), ctExpect(typ)}}
+	}
+	refreshed := func(id string, want ctWant, fs ...ctField) ctCase {
+		return ctCase{id: id, kind: ctCheck, reqs: []ctReq{stored(fs...), {wantHeaders: []ctWant{want}}}}
+	}
+	return []ctCase{
+		c("cdn-max-age", ctOptimal, "cached", cdn("max-age=3600")),
+		c("cdn-max-age-max", ctOptimal, "cached", cdn("max-age=2147483648")),
+		c("cdn-max-age-max-plus", ctOptimal, "cached", cdn("max-age=99999999999")),
+		c("cdn-max-age-age", ctRequired, "not_cached", fd("Date", 0), cdn("max-age=3600"), fv("Age", "7200")),
+		c("cdn-max-age-space-before-equals", ctCheck, "not_cached", fv("Cache-Control", "max-age=1"), cdn("max-age =100")),
+		c("cdn-max-age-space-after-equals", ctCheck, "not_cached", fv("Cache-Control", "max-age=1"), cdn("max-age= 100")),
+		c("cdn-max-age-0", ctRequired, "not_cached", cdn("max-age=0")),
+		c("cdn-max-age-extension", ctOptimal, "cached", cdn("foobar, max-age=3600")),
+		c("cdn-max-age-case-insensitive", ctCheck, "cached", cdn("MaX-aGe=3600")),
+		c("cdn-max-age-expires", ctOptimal, "cached", cdn("max-age=3600"), fd("Expires", -10000), fd("Date", 0)),
+		c("cdn-max-age-cc-max-age-invalid-expires", ctOptimal, "cached", cdn("max-age=3600"), fu("Expires", "0"), fd("Date", 0)),
+		c("cdn-max-age-0-expires", ctRequired, "not_cached", cdn("max-age=0"), fd("Expires", 10000), fd("Date", 0)),
+		c("cdn-max-age-short-cc-max-age", ctOptimal, "cached", fv("Cache-Control", "max-age=1"), cdn("max-age=3600")),
+		c("cdn-max-age-long-cc-max-age", ctRequired, "not_cached", fv("Cache-Control", "max-age=3600"), cdn("max-age=1")),
+		{id: "cdn-private", kind: ctRequired, reqs: []ctReq{
+			ctStored(fv("CDN-Cache-Control", "private"), fv("Cache-Control", "max-age=10000"), fd("Expires", 10000), fd("Date", 0)),
+			ctExpect("not_cached")}},
+		{id: "cdn-no-cache", kind: ctRequired, reqs: []ctReq{
+			ctStored(fv("CDN-Cache-Control", "no-cache"), fv("Cache-Control", "max-age=10000"), fd("Expires", 10000), fd("Date", 0)),
+			ctExpect("not_cached")}},
+		c("cdn-no-store-cc-fresh", ctRequired, "not_cached", fv("Cache-Control", "max-age=10000"), cdn("no-store"), fd("Expires", 10000), fd("Date", 0)),
+		c("cdn-fresh-cc-nostore", ctRequired, "cached", fv("Cache-Control", "no-store"), cdn("max-age=10000")),
+		c("cdn-cc-invalid-sh-type-unknown", ctRequired, "not_cached", cdn("max-age=10000, &&&&&"), fv("Cache-Control", "no-store")),
+		c("cdn-cc-invalid-sh-type-wrong", ctRequired, "not_cached", cdn(`max-age="10000"`), fv("Cache-Control", "no-store")),
+		{id: "cdn-remove-header", kind: ctCheck, reqs: []ctReq{{
+			resp:        []ctField{fv("Cache-Control", "max-age=10000"), cdn("foo"), fd("Expires", 10000), fd("Date", 0)},
+			wantHeaders: []ctWant{wantIs("CDN-Cache-Control", "foo")}}}},
+		refreshed("cdn-remove-age-exceed", wantHas("Age"), fv("Cache-Control", "max-age=1"), fv("CDN-Cache-Control", "max-age=10000"), fd("Date", 0)),
+		refreshed("cdn-date-update-exceed", wantDate("Date", 0), fv("Cache-Control", "max-age=1"), fv("CDN-Cache-Control", "max-age=10000"), fd("Date", 0)),
+		refreshed("cdn-expires-update-exceed", wantDate("Expires", 1),
+			fv("Cache-Control", "max-age=1"), fd("Expires", 1), fv("CDN-Cache-Control", "max-age=10000"), fd("Date", 0)),
+	}
+}
+
+// ---- Prerequisites ----------------------------------------------------------------------
+
+// ctPrerequisites lists, for the cases that have any, the cases that must pass for them to
+// count: a case whose setup depends on another behaviour (storing at all, matching a Vary) is
+// only meaningful when that behaviour works. These are the suite's depends_on lists.
+var ctPrerequisites = []struct{ deps, cases []string }{
+	{deps: []string{"freshness-none"}, cases: []string{
+		"freshness-max-age", "freshness-max-age-0", "freshness-max-age-max-minus-1", "freshness-max-age-max",
+		"freshness-max-age-max-plus-1", "freshness-max-age-max-plus", "freshness-max-age-0-expires",
+		"freshness-max-age-negative", "freshness-s-maxage-shared", "freshness-max-age-two-fresh-stale-sameline",
+		"freshness-max-age-two-fresh-stale-sepline", "freshness-max-age-two-stale-fresh-sameline",
+		"freshness-max-age-two-stale-fresh-sepline", "freshness-max-age-space-before-equals",
+		"freshness-max-age-space-after-equals", "freshness-max-age-leading-zero",
+		"freshness-max-age-single-quoted", "freshness-max-age-decimal-zero", "freshness-max-age-decimal-five",
+		"freshness-max-age-a100", "freshness-max-age-100a", "freshness-expires-future",
+		"freshness-expires-present", "cc-resp-must-revalidate-fresh", "cc-resp-must-revalidate-stale",
+		"cdn-max-age", "cdn-max-age-max", "cdn-max-age-max-plus", "cdn-no-store-cc-fresh", "cdn-fresh-cc-nostore",
+	}},
+	{deps: []string{"freshness-max-age"}, cases: []string{
+		"freshness-max-age-stale", "freshness-max-age-age", "freshness-max-age-date", "freshness-max-age-expires",
+		"freshness-max-age-expires-invalid", "freshness-max-age-extension", "freshness-max-age-case-insenstive",
+		"freshness-max-age-quoted", "freshness-max-age-ignore-quoted", "freshness-max-age-ignore-quoted-rev",
+		"status-200-fresh", "status-203-fresh", "status-204-fresh", "status-299-fresh", "status-301-fresh",
+		"status-302-fresh", "status-303-fresh", "status-307-fresh", "status-308-fresh", "status-400-fresh",
+		"status-404-fresh", "status-410-fresh", "status-499-fresh", "status-500-fresh", "status-502-fresh",
+		"status-503-fresh", "status-504-fresh", "status-599-fresh", "ccreq-ma0", "ccreq-ma1", "ccreq-magreaterage",
+		"ccreq-max-stale-age", "ccreq-min-fresh", "ccreq-min-fresh-age", "ccreq-no-cache", "ccreq-no-cache-lm",
+		"ccreq-no-cache-etag", "ccreq-no-store", "pragma-request-no-cache", "pragma-request-extension",
+		"pragma-response-no-cache", "pragma-response-extension", "vary-match", "conditional-lm-fresh",
+		"conditional-lm-fresh-earlier", "conditional-lm-fresh-no-lm", "conditional-lm-fresh-rfc850",
+		"conditional-etag-strong-respond", "conditional-etag-weak-respond",
+		"headers-omit-headers-listed-in-Connection", "headers-store-Test-Header", "headers-store-X-Test-Header",
+		"headers-store-Content-Foo", "headers-store-X-Content-Foo", "headers-store-Cache-Control",
+		"headers-store-Connection", "headers-store-Content-Encoding", "headers-store-Content-Length",
+		"headers-store-Content-Location", "headers-store-Content-MD5", "headers-store-Content-Range",
+		"headers-store-Content-Security-Policy", "headers-store-Content-Type", "headers-store-Clear-Site-Data",
+		"headers-store-ETag", "headers-store-Expires", "headers-store-Keep-Alive",
+		"headers-store-Proxy-Authenticate", "headers-store-Proxy-Authentication-Info",
+		"headers-store-Proxy-Authorization", "headers-store-Proxy-Connection", "headers-store-Public-Key-Pins",
+		"headers-store-Set-Cookie", "headers-store-Set-Cookie2", "headers-store-TE",
+		"headers-store-Transfer-Encoding", "headers-store-Upgrade", "headers-store-X-Frame-Options",
+		"headers-store-X-XSS-Protection", "invalidate-POST", "invalidate-PUT", "invalidate-DELETE",
+		"invalidate-M-SEARCH", "partial-store-partial-reuse-partial", "partial-store-complete-reuse-partial",
+		"partial-store-complete-reuse-partial-no-last", "partial-store-complete-reuse-partial-suffix",
+		"partial-store-partial-reuse-partial-byterange", "partial-store-partial-reuse-partial-absent",
+		"partial-store-partial-reuse-partial-suffix", "partial-store-partial-complete", "other-authorization",
+		"other-age-gen", "other-age-update-max-age", "other-date-update", "query-args-different",
+		"query-args-same", "other-fresh-content-disposition-attachment", "other-set-cookie", "other-cookie",
+	}},
+	{deps: []string{"freshness-s-maxage-shared"}, cases: []string{
+		"freshness-max-age-s-maxage-shared-longer", "freshness-max-age-s-maxage-shared-longer-reversed",
+		"freshness-max-age-s-maxage-shared-longer-multiple", "freshness-max-age-s-maxage-shared-shorter",
+		"freshness-max-age-s-maxage-shared-shorter-expires",
+	}},
+	{deps: []string{"freshness-max-age-age"}, cases: []string{
+		"age-parse-nonnumeric", "age-parse-negative", "age-parse-float", "age-parse-large-minus-one",
+		"age-parse-large", "age-parse-larger", "age-parse-suffix", "age-parse-prefix", "age-parse-suffix-twoline",
+		"age-parse-prefix-twoline", "age-parse-dup-0", "age-parse-dup-0-twoline", "age-parse-dup-old",
+		"age-parse-parameter", "age-parse-numeric-parameter",
+	}},
+	{deps: []string{"freshness-expires-future"}, cases: []string{
+		"freshness-expires-past", "freshness-expires-old-date", "freshness-expires-invalid",
+		"freshness-expires-invalid-date", "freshness-expires-age-slow-date", "freshness-expires-age-fast-date",
+		"freshness-expires-32bit", "freshness-expires-far-future", "freshness-expires-rfc850",
+		"freshness-expires-ansi-c", "freshness-expires-wrong-case-weekday", "freshness-expires-wrong-case-month",
+		"freshness-expires-wrong-case-tz", "freshness-expires-invalid-utc", "freshness-expires-invalid-aest",
+		"freshness-expires-invalid-2-digit-year", "freshness-expires-invalid-no-comma",
+		"freshness-expires-invalid-multiple-spaces", "freshness-expires-invalid-date-dashes",
+		"freshness-expires-invalid-time-periods", "freshness-expires-invalid-1-digit-hour",
+		"freshness-expires-invalid-multiple-lines", "other-age-update-expires", "other-date-update-expires",
+		"other-date-update-expires-update",
+	}},
+	{deps: []string{"cc-resp-no-store"}, cases: []string{
+		"cc-resp-no-store-case-insensitive", "cc-resp-no-store-fresh", "cc-resp-no-store-old-new",
+		"cc-resp-no-store-old-max-age",
+	}},
+	{deps: []string{"cc-resp-no-cache"}, cases: []string{
+		"cc-resp-no-cache-case-insensitive", "cc-resp-no-cache-revalidate", "cc-resp-no-cache-revalidate-fresh",
+	}},
+	{deps: []string{"cc-resp-no-cache-revalidate"}, cases: []string{
+		"headers-omit-headers-listed-in-Cache-Control-no-cache-single",
+		"headers-omit-headers-listed-in-Cache-Control-no-cache",
+	}},
+	{deps: []string{"freshness-max-age-stale"}, cases: []string{
+		"stale-close", "stale-503", "stale-while-revalidate", "stale-sie-close", "stale-sie-503",
+		"ccreq-max-stale", "conditional-lm-stale", "conditional-etag-strong-generate",
+		"conditional-etag-weak-generate-weak", "head-writethrough",
+	}},
+	{deps: []string{"stale-while-revalidate"}, cases: []string{
+		"stale-while-revalidate-window",
+	}},
+	{deps: []string{"stale-close"}, cases: []string{
+		"stale-close-must-revalidate", "stale-close-proxy-revalidate", "stale-close-no-cache",
+		"stale-close-s-maxage=2", "stale-warning-stored", "stale-warning-become",
+	}},
+	{deps: []string{"status-200-fresh"}, cases: []string{
+		"status-200-stale",
+	}},
+	{deps: []string{"status-203-fresh"}, cases: []string{
+		"status-203-stale",
+	}},
+	{deps: []string{"status-204-fresh"}, cases: []string{
+		"status-204-stale",
+	}},
+	{deps: []string{"status-299-fresh"}, cases: []string{
+		"status-299-stale",
+	}},
+	{deps: []string{"status-301-fresh"}, cases: []string{
+		"status-301-stale",
+	}},
+	{deps: []string{"status-302-fresh"}, cases: []string{
+		"status-302-stale",
+	}},
+	{deps: []string{"status-303-fresh"}, cases: []string{
+		"status-303-stale",
+	}},
+	{deps: []string{"status-307-fresh"}, cases: []string{
+		"status-307-stale",
+	}},
+	{deps: []string{"status-308-fresh"}, cases: []string{
+		"status-308-stale",
+	}},
+	{deps: []string{"status-400-fresh"}, cases: []string{
+		"status-400-stale",
+	}},
+	{deps: []string{"status-404-fresh"}, cases: []string{
+		"status-404-stale",
+	}},
+	{deps: []string{"status-410-fresh"}, cases: []string{
+		"status-410-stale",
+	}},
+	{deps: []string{"status-499-fresh"}, cases: []string{
+		"status-499-stale",
+	}},
+	{deps: []string{"status-500-fresh"}, cases: []string{
+		"status-500-stale",
+	}},
+	{deps: []string{"status-502-fresh"}, cases: []string{
+		"status-502-stale",
+	}},
+	{deps: []string{"status-503-fresh"}, cases: []string{
+		"status-503-stale",
+	}},
+	{deps: []string{"status-504-fresh"}, cases: []string{
+		"status-504-stale",
+	}},
+	{deps: []string{"status-599-fresh"}, cases: []string{
+		"status-599-stale", "status-599-must-understand",
+	}},
+	{deps: []string{"status-200-fresh", "cc-resp-no-store-fresh"}, cases: []string{
+		"status-200-must-understand",
+	}},
+	{deps: []string{"heuristic-200-cached"}, cases: []string{
+		"pragma-response-no-cache-heuristic", "other-heuristic-content-disposition-attachment",
+	}},
+	{deps: []string{"vary-match"}, cases: []string{
+		"vary-no-match", "vary-omit-stored", "vary-omit", "vary-invalidate", "vary-cache-key", "vary-2-match",
+		"vary-normalise-combine", "vary-normalise-lang-order", "vary-normalise-lang-case",
+		"vary-normalise-lang-space", "vary-normalise-lang-select", "vary-normalise-space", "vary-syntax-star",
+		"vary-syntax-star-star", "vary-syntax-star-star-lines", "vary-syntax-empty-star",
+		"vary-syntax-empty-star-lines", "vary-syntax-star-foo", "vary-syntax-foo-star",
+	}},
+	{deps: []string{"vary-2-match"}, cases: []string{
+		"vary-2-no-match", "vary-2-match-omit", "vary-3-match",
+	}},
+	{deps: []string{"vary-3-match"}, cases: []string{
+		"vary-3-no-match", "vary-3-order", "vary-3-omit",
+	}},
+	{deps: []string{"conditional-etag-strong-respond"}, cases: []string{
+		"conditional-304-etag", "conditional-etag-precedence", "conditional-etag-strong-respond-obs-text",
+		"conditional-etag-quoted-respond-unquoted", "conditional-etag-unquoted-respond-unquoted",
+		"conditional-etag-unquoted-respond-quoted", "conditional-etag-strong-respond-multiple-first",
+		"conditional-etag-strong-respond-multiple-second", "conditional-etag-strong-respond-multiple-last",
+	}},
+	{deps: []string{"conditional-etag-weak-respond"}, cases: []string{
+		"conditional-etag-weak-respond-lowercase", "conditional-etag-weak-respond-backslash",
+		"conditional-etag-weak-respond-omit-slash",
+	}},
+	{deps: []string{"conditional-etag-vary-headers", "vary-no-match"}, cases: []string{
+		"conditional-etag-vary-headers-mismatch",
+	}},
+	{deps: []string{"conditional-etag-strong-generate"}, cases: []string{
+		"conditional-etag-strong-generate-unquoted",
+	}},
+	{deps: []string{"conditional-etag-forward"}, cases: []string{
+		"conditional-etag-forward-unquoted",
+	}},
+	{deps: []string{"304-lm-use-stored-Test-Header"}, cases: []string{
+		"304-etag-update-response-Test-Header", "304-etag-update-response-X-Test-Header",
+		"304-etag-update-response-Content-Foo", "304-etag-update-response-X-Content-Foo",
+		"304-etag-update-response-Cache-Control", "304-etag-update-response-Content-Encoding",
+		"304-etag-update-response-Content-Length", "304-etag-update-response-Content-Location",
+		"304-etag-update-response-Content-MD5", "304-etag-update-response-Content-Range",
+		"304-etag-update-response-Content-Security-Policy", "304-etag-update-response-Content-Type",
+		"304-etag-update-response-Clear-Site-Data", "304-etag-update-response-ETag",
+		"304-etag-update-response-Expires", "304-etag-update-response-Public-Key-Pins",
+		"304-etag-update-response-Set-Cookie", "304-etag-update-response-Set-Cookie2",
+		"304-etag-update-response-X-Frame-Options", "304-etag-update-response-X-XSS-Protection",
+	}},
+	{deps: []string{"head-writethrough"}, cases: []string{
+		"head-200-retain", "head-200-freshness-update",
+	}},
+	{deps: []string{"head-200-freshness-update"}, cases: []string{
+		"head-200-update", "head-410-update",
+	}},
+	{deps: []string{"invalidate-POST"}, cases: []string{
+		"invalidate-POST-failed", "invalidate-POST-location", "invalidate-POST-cl",
+	}},
+	{deps: []string{"invalidate-PUT"}, cases: []string{
+		"invalidate-PUT-failed", "invalidate-PUT-location", "invalidate-PUT-cl",
+	}},
+	{deps: []string{"invalidate-DELETE"}, cases: []string{
+		"invalidate-DELETE-failed", "invalidate-DELETE-location", "invalidate-DELETE-cl",
+	}},
+	{deps: []string{"invalidate-M-SEARCH"}, cases: []string{
+		"invalidate-M-SEARCH-failed", "invalidate-M-SEARCH-location", "invalidate-M-SEARCH-cl",
+	}},
+	{deps: []string{"partial-store-complete-reuse-partial"}, cases: []string{
+		"partial-use-headers", "partial-use-stored-headers",
+	}},
+	{deps: []string{"other-authorization"}, cases: []string{
+		"other-authorization-public", "other-authorization-must-revalidate", "other-authorization-smaxage",
+	}},
+	{deps: []string{"cdn-max-age"}, cases: []string{
+		"cdn-max-age-age", "cdn-max-age-space-before-equals", "cdn-max-age-space-after-equals", "cdn-max-age-0",
+		"cdn-max-age-extension", "cdn-max-age-case-insensitive", "cdn-max-age-expires",
+		"cdn-max-age-cc-max-age-invalid-expires", "cdn-max-age-0-expires", "cdn-max-age-short-cc-max-age",
+		"cdn-max-age-long-cc-max-age", "cdn-cc-invalid-sh-type-unknown", "cdn-cc-invalid-sh-type-wrong",
+		"cdn-remove-age-exceed", "cdn-date-update-exceed", "cdn-expires-update-exceed",
+	}},
+}
+
+var (
+	ctDepsOnce sync.Once
+	ctDeps     map[string][]string
+)
+
+// ctDependsOn returns the prerequisites of case id.
+func ctDependsOn(id string) []string {
+	ctDepsOnce.Do(func() {
+		ctDeps = map[string][]string{}
+		for _, p := range ctPrerequisites {
+			for _, c := range p.cases {
+				ctDeps[c] = append(ctDeps[c], p.deps...)
+			}
+		}
+	})
+	return ctDeps[id]
+}
+
+// ---- Expected failures --------------------------------------------------------------------
+
+// ctExpectation is a case's expected failed checks and why Sluice fails them.
+type ctExpectation struct {
 	want []string
 	why  string
 }
 
-// Messages of the checks, for the divergences below.
-func ctNotFromCache(n int, setup bool) string {
-	return ctMsg(setup, "Response %d does not come from cache", n)
-}
-
-func ctFromCache(n int) []string {
-	return []string{ctMsg(false, "Response %d comes from cache", n), ctMsg(false, "Response %d comes from cache (not seen by the origin)", n)}
-}
-
-func ctMsg(setup bool, format string, args ...any) string {
-	if setup {
-		return "setup: " + fmt.Sprintf(format, args...)
-	}
-	return "fail: " + fmt.Sprintf(format, args...)
-}
-
-// divergences are the cases Sluice does not pass, by id, with the checks
-// that fail and why. Required cases are here only for documented design
-// choices of Sluice or for what the cache cannot see (1xx); where the
-// suite counts the failure as setup (the case does not apply), that is
-// said.
-func ctDivergences() map[string]ctDivergence {
+// ctExpected lists the cases Sluice does not pass, by id, with the checks that fail and the
+// reason. A required case appears only where Sluice's design, or Envoy in front of it, makes a
+// different choice than the case assumes; optimal and check cases record what Sluice does.
+func ctExpected() map[string]ctExpectation {
 	const (
-		oneRefreshes = "in a stale window (stale-while-revalidate, or the request's max-stale) the first request " +
-			"refreshes the entry upstream and only requests arriving meanwhile get the stale entry (README " +
-			"\"Validation\"): ext_proc answers or forwards the request in hand and cannot fetch in the background"
-		invalidMaxAge = "a max-age that is not 1*DIGIT is invalid (RFC 9111 §1.2.2), and Sluice considers a response " +
-			"with invalid freshness information stale (§4.2.1): without a validator it is not stored"
-		conflictingMaxAge = "max-age given twice with different values: Sluice considers the response stale, " +
-			"one of the two choices RFC 9111 §4.2.1 offers; without a validator it is not stored"
-		noRanges = "Sluice neither stores 206 responses nor serves ranges from stored responses: requests with Range " +
-			"bypass the cache (cachefilter CheckRequest; both are optional, RFC 9111 §3.3, RFC 9110 §14.2)"
-		noHeadUpdate = "Sluice forwards a HEAD for a stale or missing entry and neither updates nor invalidates " +
-			"stored GET responses from its answer (RFC 9111 §4.3.5 SHOULD, not implemented); the GET entry, " +
-			"without a validator, was dropped when it went stale"
-		noCookies = "by design Sluice does not store responses with Set-Cookie (store_set_cookie off), and with " +
-			"store_set_cookie stores them without the cookie: a cache shared by a tenant's callers must never " +
-			"hand one caller's cookie to another (README \"Not stored\")"
-		interim = "1xx responses are the gateway's business: ext_proc never sees them, the emulator drops them " +
-			"and Envoy does not pass 102/103 on by default (envoyproxy/envoy#35263, #19044). What the cache " +
-			"owes is checked and holds: the final response is stored and the cached answer carries no " +
-			"interim response nor its fields"
-		staleOnError = "Sluice serves a stale entry on an upstream error only within stale-if-error (RFC 5861 §4; " +
-			"RFC 9111 §4.2.4 allows more but requires nothing); this entry has no such window and, without " +
-			"a validator, is not kept once stale, so the 503 goes on"
-		noWarning = staleOnError + "; and Warning is obsolete (RFC 9111 §5.5): Sluice sends none"
+		twoMaxAges = "Cache-Control carries max-age twice with different values: Sluice takes the freshness as " +
+			"invalid, the response as stale (one of the readings RFC 9111 §4.2.1 allows), and without a validator " +
+			"there is nothing to keep"
+		badMaxAge = "the max-age argument is not a delta-seconds (1*DIGIT, RFC 9111 §1.2.2): the freshness is " +
+			"invalid and the response stale, so without a validator it is not kept"
+		heuristics = "the shipped policy keeps nothing without explicit freshness: heuristic lifetimes " +
+			"(RFC 9111 §4.2.2) are off unless cache.heuristic is set"
+		headNoUpdate = "a HEAD that reaches the origin updates nothing stored (RFC 9111 §4.3.5 is a SHOULD Sluice " +
+			"does not implement); the stale GET entry is left to its next GET"
+		noCookies = "responses with Set-Cookie are not stored by default (store_set_cookie off; with it, they are " +
+			"stored without the cookie): one caller's cookie must never reach another caller of the tenant"
+		partialNotStored = "Sluice stores complete responses only: a 206 from the origin is passed on, not kept " +
+			"(storing partial content is optional, RFC 9111 §3.3); ranges are answered from stored complete responses"
+		ageDelay = "Sluice adds Age to answers it serves from storage; an answer the origin made for this very " +
+			"request goes on as it came (RFC 9111 §5.1)"
 	)
 	content := func(name, ab string) string { return strconv.Quote(ctContent(name + "-value-" + ab)) }
-	keptField := func(name string) []string {
-		got, want := content(name, "A"), content(name, "B")
+	notUpdated := func(name string) []string {
+		stored, sent := content(name, "A"), content(name, "B")
 		return []string{
-			ctMsg(false, "Response 2 header %s is %s, not %s", name, got, want),
-			ctMsg(false, "Response 3 header %s is %s, not %s", name, got, want),
-			ctMsg(true, "Response 2 header %s is %s, not %s", name, got, want),
+			ctMsg(false, "answer 2 has %s %s, expected %s", name, stored, sent),
+			ctMsg(false, "answer 3 has %s %s, expected %s", name, stored, sent),
+			ctMsg(true, "answer 2 has %s %s, the origin sent %s", name, stored, sent),
 		}
 	}
-	partial := func(text string) []string {
-		return []string{ctNotFromCache(2, false), ctMsg(false, "Response 2 status is 200, not 206"),
-			ctMsg(false, "Response body is the token, not %q", text)}
+	fetched2 := []string{ctFetched(2, false)}
+	partial := func(body string) []string {
+		return []string{ctFetched(2, false), ctMsg(false, "answer 2 has status 200, expected 206"),
+			ctMsg(false, "answer 2 has body the case's token, expected %q", body)}
 	}
-	const reset = `"upstream connect error or disconnect/reset before headers. reset reason: connection termination"`
-	return map[string]ctDivergence{
+	e := map[string]ctExpectation{
 		// Required.
-		"headers-store-Set-Cookie": {
-			want: []string{ctNotFromCache(2, true), ctMsg(false, `Response 2 header Set-Cookie is "", not "a=c"`)},
-			why: noCookies + ". The suite counts the uncached response as setup failure; the missing field " +
-				"follows from it (the origin's second response has none)",
-		},
-		"headers-store-Set-Cookie2": {
-			want: []string{ctNotFromCache(2, true), ctMsg(false, `Response 2 header Set-Cookie2 is "", not "a=c"`)},
-			why:  noCookies + " (Set-Cookie2 likewise); as for headers-store-Set-Cookie",
-		},
-		"interim-not-cached": {
-			want: []string{ctMsg(false, "Interim response 1 not received"), ctMsg(false, "Received 0 interim response(s), expected 1")},
-			why:  interim,
-		},
-		"partial-use-headers": {
-			want: []string{ctNotFromCache(2, true), ctMsg(true, "Response 2 status is 200, not 206"), ctMsg(true, `Response body is the token, not "01"`)},
-			why:  noRanges + "; setup failures only: the case does not apply",
-		},
-		"partial-use-stored-headers": {
-			want: []string{ctNotFromCache(2, true), ctMsg(true, "Response 2 status is 200, not 206"),
-				ctMsg(false, `Response 2 header A is "", not "1"`), ctMsg(true, `Response body is the token, not "01"`)},
-			why: noRanges + ". The suite stops at the setup failure (no 206); the missing A follows from it: " +
-				"the origin answers the forwarded range request without A",
-		},
-		"stale-while-revalidate-window": {
-			want: []string{ctNotFromCache(2, true)},
-			why:  oneRefreshes + "; the requirement itself (no stale answer after the window) holds",
-		},
+		"headers-store-Set-Cookie": {want: []string{ctFetched(2, true), ctMsg(false, `answer 2 has Set-Cookie "", expected "a=c"`)},
+			why: noCookies + "; the second answer, the origin's, has no cookie of its own"},
+		"headers-store-Set-Cookie2": {want: []string{ctFetched(2, true), ctMsg(false, `answer 2 has Set-Cookie2 "", expected "a=c"`)},
+			why: noCookies + " (Set-Cookie2 the same)"},
+		"headers-store-Transfer-Encoding": {want: []string{
+			ctMsg(true, "answer 1 has status 503, expected 200"),
+			ctMsg(true, `answer 1 has body "upstream connect error or disconnect/reset before headers. reset reason: connection termination", expected the case's token`),
+			ctFetched(2, true),
+			ctMsg(true, `answer 1 has Cache-Control "", the origin sent "max-age=3600"`)},
+			why: "Envoy's HTTP/1 codec refuses an upstream response framed with a transfer coding it does not know " +
+				"(an upstream protocol error: 503 before any filter sees a response), so nothing reaches the cache"},
+		"304-etag-update-response-Content-Length": {want: []string{ctMsg(false, `answer 2 has Content-Length "", expected "36"`)},
+			why: "the answer to a revalidation is the upstream 304 turned into the stored response by ext_proc " +
+				"(CONTINUE_AND_REPLACE, so that it still runs through Envoy's encoder filters); Envoy drops Content-Length " +
+				"from a response whose body a processor replaced (ProcessorState::handleHeadersResponse) and sends it " +
+				"chunked: the length is right, the field is gone"},
 
 		// Optimal.
-		"stale-while-revalidate":                        {want: []string{ctNotFromCache(2, false)}, why: oneRefreshes},
-		"conditional-lm-fresh-no-lm":                    {want: []string{ctMsg(false, "Response 2 status is 200, not 304")}, why: "without Last-Modified Sluice evaluates If-Modified-Since against the stored Date (RFC 9111 §4.3.2), which is later than the date asked about: the condition is true, 200"},
-		"method-POST":                                   {want: []string{ctNotFromCache(2, false)}, why: "Sluice stores GET responses only (storing POST responses is optional, RFC 9111 §3); the POST also invalidates its URI (§4.4)"},
-		"other-set-cookie":                              {want: []string{ctNotFromCache(2, false)}, why: noCookies},
-		"interim-102":                                   {want: []string{ctMsg(false, "Interim response 1 not received"), ctMsg(false, "Received 0 interim response(s), expected 1")}, why: interim},
-		"interim-103":                                   {want: []string{ctMsg(false, "Interim response 1 not received"), ctMsg(false, "Received 0 interim response(s), expected 1")}, why: interim},
-		"interim-no-header-reuse":                       {want: []string{ctMsg(false, "Interim response 1 not received"), ctMsg(false, "Received 0 interim response(s), expected 1")}, why: interim},
-		"vary-normalise-lang-order":                     {want: []string{ctNotFromCache(2, false)}, why: "Sluice normalises Accept-Language's case and whitespace for Vary, not the order of its members (cachefilter VariantKey)"},
-		"vary-normalise-lang-select":                    {want: []string{ctNotFromCache(2, false)}, why: "Sluice does not negotiate: a variant is selected by equal (normalised) request fields only"},
-		"partial-store-partial-reuse-partial":           {want: partial("01234"), why: noRanges},
-		"partial-store-complete-reuse-partial":          {want: partial("01"), why: noRanges},
-		"partial-store-complete-reuse-partial-no-last":  {want: partial("1234567890"), why: noRanges},
-		"partial-store-complete-reuse-partial-suffix":   {want: partial("A"), why: noRanges},
-		"partial-store-partial-reuse-partial-byterange": {want: partial("234"), why: noRanges},
-		"partial-store-partial-reuse-partial-absent":    {want: partial("234"), why: noRanges},
-		"partial-store-partial-reuse-partial-suffix":    {want: partial("4"), why: noRanges},
-		"partial-store-partial-complete":                {want: []string{ctMsg(false, `Request 2 header range is "", not "bytes=5-"`)}, why: noRanges},
+		"heuristic-200-cached": {want: fetched2, why: heuristics},
+		"heuristic-203-cached": {want: fetched2, why: heuristics},
+		"heuristic-204-cached": {want: fetched2, why: heuristics},
+		"heuristic-404-cached": {want: fetched2, why: heuristics},
+		"heuristic-405-cached": {want: fetched2, why: heuristics},
+		"heuristic-410-cached": {want: fetched2, why: heuristics},
+		"heuristic-414-cached": {want: fetched2, why: heuristics},
+		"heuristic-501-cached": {want: fetched2, why: heuristics},
+		"heuristic-599-cached": {want: fetched2, why: heuristics},
+		"method-POST":          {want: fetched2, why: "only answers to GET are stored (storing POST answers is optional, RFC 9111 §3); the POST invalidates the URI instead (§4.4)"},
+		"vary-normalise-lang-order": {want: fetched2,
+			why: "variants are told apart by their normalised request fields: Accept-Language's case and spacing are normalised, the order of its languages is not"},
+		"vary-normalise-lang-select": {want: fetched2, why: "Sluice does not negotiate content: a variant is chosen only by equal request fields"},
+		"conditional-lm-fresh-no-lm": {want: []string{ctMsg(false, "answer 2 has status 200, expected 304")},
+			why: "without Last-Modified the stored Date stands in for it (RFC 9111 §4.3.2); it is later than the date asked about, so the answer is the full 200"},
+		"other-set-cookie":                              {want: fetched2, why: noCookies},
+		"partial-store-partial-reuse-partial":           {want: partial("01234"), why: partialNotStored},
+		"partial-store-partial-reuse-partial-byterange": {want: partial("234"), why: partialNotStored},
+		"partial-store-partial-reuse-partial-absent":    {want: partial("234"), why: partialNotStored},
+		"partial-store-partial-reuse-partial-suffix":    {want: partial("4"), why: partialNotStored},
+		"partial-store-partial-complete": {want: []string{ctMsg(false, `request 2 reached the origin with range "", expected "bytes=5-"`)},
+			why: partialNotStored + "; with no partial entry, the request goes on as the client sent it"},
 
 		// Check.
-		"freshness-max-age-two-fresh-stale-sameline": {want: []string{ctNotFromCache(2, false)}, why: conflictingMaxAge},
-		"freshness-max-age-two-fresh-stale-sepline":  {want: []string{ctNotFromCache(2, false)}, why: conflictingMaxAge},
-		"freshness-max-age-two-stale-fresh-sameline": {want: []string{ctNotFromCache(2, false)}, why: conflictingMaxAge},
-		"freshness-max-age-two-stale-fresh-sepline":  {want: []string{ctNotFromCache(2, false)}, why: conflictingMaxAge},
-		"freshness-max-age-decimal-zero":             {want: []string{ctNotFromCache(2, false)}, why: invalidMaxAge},
-		"freshness-max-age-decimal-five":             {want: []string{ctNotFromCache(2, false)}, why: invalidMaxAge},
-		"freshness-max-age-a100":                     {want: []string{ctNotFromCache(2, false)}, why: invalidMaxAge},
-		"freshness-max-age-100a":                     {want: []string{ctNotFromCache(2, false)}, why: invalidMaxAge},
-		"age-parse-parameter":                        {want: ctFromCache(2), why: "an Age that is not delta-seconds is ignored (RFC 9111 §5.1), as in the required age-parse-nonnumeric: the response stays fresh"},
-		"age-parse-numeric-parameter":                {want: ctFromCache(2), why: "as age-parse-parameter"},
-		"ccreq-max-stale":                            {want: []string{ctNotFromCache(2, false)}, why: oneRefreshes},
-		"ccreq-max-stale-age":                        {want: []string{ctNotFromCache(2, false)}, why: "the response arrives stale (Age 2000 > max-age 1500) without a validator: Sluice keeps entries without a validator only for their freshness and stale windows, so nothing is stored for a later max-stale"},
-		"ccreq-no-store":                             {want: ctFromCache(2), why: "request no-store forbids storing the response to this request (RFC 9111 §5.2.1.5), not answering it from a stored one"},
-		"pragma-response-no-cache-heuristic": {want: []string{ctNotFromCache(2, false)}, why: "the emulator's Go HTTP client turns a response's Pragma: no-cache into Cache-Control: no-cache " +
-			"when it has no Cache-Control (net/http fixPragmaCacheControl); Envoy does not, and Sluice ignores response Pragma " +
-			"(cachefilter TestStorable), so here the response is no-cache and is revalidated"},
-		"stale-close":          {want: []string{ctNotFromCache(2, false), ctMsg(true, "Response 2 status is 503, not 200"), ctMsg(true, "Response body is %s, not the token", reset)}, why: staleOnError},
-		"stale-503":            {want: []string{ctNotFromCache(2, false), ctMsg(false, "Response 2 status is 503, not 200")}, why: staleOnError},
-		"stale-warning-stored": {want: []string{ctNotFromCache(2, true), ctMsg(true, "Response 2 status is 503, not 200"), ctMsg(false, "Response 2 warning header not present."), ctMsg(true, "Response body is %s, not the token", reset)}, why: noWarning},
-		"stale-warning-become": {want: []string{ctNotFromCache(2, true), ctMsg(true, "Response 2 status is 503, not 200"), ctMsg(false, "Response 2 warning header not present."), ctMsg(true, "Response body is %s, not the token", reset)}, why: noWarning},
-		"heuristic-delta-5":    {want: []string{ctNotFromCache(2, false)}, why: "10% of 5 s truncates to no heuristic lifetime: not stored"},
-		"heuristic-delta-10":   {want: []string{ctNotFromCache(2, false)}, why: "10% of 10 s is 1 s: stale after the pause, revalidated"},
-		"heuristic-delta-30":   {want: []string{ctNotFromCache(2, false)}, why: "10% of 30 s is 3 s: stale after the 3 s pause, revalidated"},
-		"conditional-etag-forward-unquoted": {want: []string{ctMsg(false, `Request 1 header If-None-Match is "abcdef", not "\"abcdef\""`)},
-			why: "on a miss Sluice forwards the client's conditional fields as they are"},
-		"conditional-etag-strong-generate-unquoted": {want: []string{ctMsg(false, "Request 2 should have been conditional, but it was not.")},
-			why: "Sluice sends the quoted tag the case asks for (If-None-Match: \"abcdef\"), but the suite's origin answers 304 only to the unquoted form it sent, else 999"},
-		"conditional-etag-vary-headers-mismatch": {want: []string{ctMsg(false, `Request 2 header If-None-Match is "", not "\"abcdef\""`)},
-			why: "Sluice validates only the variant the request selects; another variant's validators are not sent (RFC 9111 §4.3.1 MAY)"},
-		"other-age-delay": {want: []string{ctMsg(false, "Response 1 age header not present.")},
-			why: "Sluice adds Age to responses it serves from the cache; a forwarded response was generated by the origin for this very request (RFC 9111 §5.1)"},
-		"head-200-retain":           {want: []string{ctMsg(false, `Response 2 header Template-A is "", not "1"`)}, why: noHeadUpdate},
-		"head-200-freshness-update": {want: []string{ctNotFromCache(3, false)}, why: noHeadUpdate},
-		"head-200-update":           {want: []string{ctNotFromCache(3, true), ctMsg(false, `Response 3 header Template-A is "", not "2"`)}, why: noHeadUpdate},
-		"head-410-update":           {want: []string{ctNotFromCache(3, true), ctMsg(false, `Response 3 header Template-A is "", not "2"`)}, why: noHeadUpdate},
-		"304-etag-update-response-Content-Encoding": {want: keptField("Content-Encoding"),
-			why: "a 304 does not update Content-Encoding: it describes the stored body (RFC 9111 §3.2 lets a cache keep fields the integrity of the stored response depends on)"},
-		"304-etag-update-response-Content-Range": {want: keptField("Content-Range"), why: "as Content-Encoding: Content-Range describes the stored body"},
+		"freshness-max-age-two-fresh-stale-sameline": {want: fetched2, why: twoMaxAges},
+		"freshness-max-age-two-fresh-stale-sepline":  {want: fetched2, why: twoMaxAges},
+		"freshness-max-age-two-stale-fresh-sameline": {want: fetched2, why: twoMaxAges},
+		"freshness-max-age-two-stale-fresh-sepline":  {want: fetched2, why: twoMaxAges},
+		"freshness-max-age-decimal-zero":             {want: fetched2, why: badMaxAge},
+		"freshness-max-age-decimal-five":             {want: fetched2, why: badMaxAge},
+		"freshness-max-age-a100":                     {want: fetched2, why: badMaxAge},
+		"freshness-max-age-100a":                     {want: fetched2, why: badMaxAge},
+		"age-parse-parameter": {want: ctReused(2),
+			why: "an Age value with a parameter is not delta-seconds, so it is ignored (RFC 9111 §5.1) and the response stays fresh"},
+		"age-parse-numeric-parameter": {want: ctReused(2), why: "as age-parse-parameter"},
+		"stale-503": {want: []string{ctFetched(2, false), ctMsg(false, "answer 2 has status 503, expected 200")},
+			why: "the origin answered the 503 itself: without stale-if-error a stale entry stands in only when the origin " +
+				"cannot be reached at all (RFC 9111 §4.2.4), as stale-close shows"},
+		"stale-warning-stored": {want: []string{ctMsg(false, "answer 2 lacks warning")},
+			why: "RFC 9111 obsoletes Warning (§5.5): the stale answer comes without one"},
+		"stale-warning-become":                           {want: []string{ctMsg(false, "answer 2 lacks warning")}, why: "as stale-warning-stored"},
+		"pragma-response-no-cache-heuristic":             {want: fetched2, why: heuristics},
+		"other-heuristic-content-disposition-attachment": {want: fetched2, why: heuristics},
+		"ccreq-no-store": {want: ctReused(2),
+			why: "a request's no-store forbids storing the answer to it (RFC 9111 §5.2.1.5), not answering it from storage"},
+		"conditional-etag-vary-headers-mismatch": {want: []string{ctMsg(false, `request 2 reached the origin with If-None-Match "", expected "\"abcdef\""`)},
+			why: "Sluice validates the variant the request selects; other variants' validators are not sent (RFC 9111 §4.3.1 allows, does not require it)"},
+		"conditional-etag-strong-generate-unquoted": {want: []string{ctMsg(false, "request 2 reached the origin without the validator it expected")},
+			why: "the origin sent its tag unquoted; Sluice revalidates with the quoted form the grammar requires, which this origin does not recognise"},
+		"conditional-etag-forward-unquoted": {want: []string{ctMsg(false, `request 1 reached the origin with If-None-Match "abcdef", expected "\"abcdef\""`)},
+			why: "on a miss the client's conditional fields reach the origin as the client wrote them"},
+		"304-etag-update-response-Content-Encoding": {want: notUpdated("Content-Encoding"),
+			why: "a 304 does not replace Content-Encoding: it describes the stored body (RFC 9111 §3.2 lets a cache keep the fields its stored content depends on)"},
+		"304-etag-update-response-Content-Range": {want: notUpdated("Content-Range"), why: "as Content-Encoding: it describes the stored body"},
 		"304-etag-update-response-ETag": {want: []string{
-			ctMsg(false, `Response 2 header ETag is "\"abcdef\"", not "\"ghijkl\""`), ctNotFromCache(3, true),
-			ctMsg(true, `Response 2 header ETag is "\"abcdef\"", not "\"ghijkl\""`)},
-			why: "the 304 names another strong validator than the one Sluice sent, so it selects no stored response and must not update it " +
-				"(RFC 9111 §4.3.4): Sluice answers from the stored response as it is (200, the old ETag), which stays stale"},
-		"304-etag-update-response-Set-Cookie": {want: []string{ctMsg(true, "Request 2 should have been conditional, but it was not."), ctNotFromCache(3, true),
-			ctMsg(true, "request 2 doesn't have if-none-match header")}, why: noCookies + ": nothing to validate"},
-		"304-etag-update-response-Set-Cookie2": {want: []string{ctMsg(true, "Request 2 should have been conditional, but it was not."), ctNotFromCache(3, true),
-			ctMsg(true, "request 2 doesn't have if-none-match header")}, why: noCookies + ": nothing to validate"},
+			ctMsg(false, `answer 2 has ETag "\"abcdef\"", expected "\"ghijkl\""`), ctFetched(3, true),
+			ctMsg(true, `answer 2 has ETag "\"abcdef\"", the origin sent "\"ghijkl\""`)},
+			why: "the 304 names another strong validator than the one Sluice sent, so it selects no stored response and must not update one " +
+				"(RFC 9111 §4.3.4): the answer is the stored response as it is, which stays stale"},
+		"304-etag-update-response-Set-Cookie": {want: []string{
+			ctMsg(true, "request 2 reached the origin without the validator it expected"), ctFetched(3, true),
+			ctMsg(true, "request 2 reached the origin without If-None-Match")},
+			why: noCookies + ": nothing was stored to revalidate"},
+		"304-etag-update-response-Set-Cookie2": {want: []string{
+			ctMsg(true, "request 2 reached the origin without the validator it expected"), ctFetched(3, true),
+			ctMsg(true, "request 2 reached the origin without If-None-Match")},
+			why: noCookies + ": nothing was stored to revalidate"},
+		"head-200-retain":           {want: []string{ctMsg(false, `answer 2 has Template-A "", expected "1"`)}, why: headNoUpdate},
+		"head-200-freshness-update": {want: []string{ctFetched(3, false)}, why: headNoUpdate},
+		"head-200-update":           {want: []string{ctFetched(3, true), ctMsg(false, `answer 3 has Template-A "", expected "2"`)}, why: headNoUpdate},
+		"head-410-update":           {want: []string{ctFetched(3, true), ctMsg(false, `answer 3 has Template-A "", expected "2"`)}, why: headNoUpdate},
+		"other-age-delay":           {want: []string{ctMsg(false, "answer 1 lacks age")}, why: ageDelay},
+		"cdn-max-age-case-insensitive": {want: fetched2,
+			why: "a targeted field is a Structured Fields Dictionary (RFC 9213 §2.1), whose keys are lower-case: " +
+				"\"MaX-aGe\" makes the field invalid, so it is ignored, and there is no other freshness"},
 	}
+	for _, delta := range []int{5, 10, 30, 60, 300, 600, 1200, 1800, 3600, 3600 * 12, 3600 * 24} {
+		e[fmt.Sprintf("heuristic-delta-%d", delta)] = ctExpectation{want: fetched2, why: heuristics}
+	}
+	return e
 }

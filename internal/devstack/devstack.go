@@ -27,6 +27,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/sluicehq/sluice/batch"
+	"github.com/sluicehq/sluice/cachefilter"
 	examples "github.com/sluicehq/sluice/config"
 	"github.com/sluicehq/sluice/envoy"
 	"github.com/sluicehq/sluice/envoy/emulator"
@@ -36,6 +37,9 @@ import (
 	"github.com/sluicehq/sluice/internal/demoapi"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 )
+
+// embeddedRedisTimeout is the cache's Redis budget with the embedded server.
+const embeddedRedisTimeout = 100 * time.Millisecond
 
 // DemoTiers is the static tier map `sluice dev` uses when the config names no
 // tiers: a few demo tenants in each tier.
@@ -64,6 +68,11 @@ type Options struct {
 	RedisSet bool
 	// EnvoyConfig is the bootstrap the emulator follows; nil = envoy.yaml.
 	EnvoyConfig []byte
+	// NoCompression runs the gateway without the bootstrap's compressor
+	// filters, as an envoy.yaml without them would (`sluice dev
+	// --compression=false`): responses reach clients as the upstream and the
+	// cache produce them, the way HTTP caches are usually compared.
+	NoCompression bool
 	// Stages are extra ext_proc pipeline options (tests add stages here).
 	Stages []extproc.Option
 	// Gateway, when set, is the base URL of a gateway this stack does not
@@ -130,6 +139,9 @@ type Stack struct {
 	inLn     net.Listener
 	conn     *grpc.ClientConn
 	upstream string
+	// rulesFile names the embedded rate-limit rules in force, "" when the
+	// config names its own.
+	rulesFile string
 }
 
 // CheckUpstream reports why raw cannot be the API behind the gateway. It
@@ -171,8 +183,18 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 			return s, fmt.Errorf("dev: embedded redis: %w", err)
 		}
 		cfg.Redis.URL = "redis://" + s.mini.Addr()
+		// The embedded server answers from this process's own goroutines, so a
+		// busy machine delays it like a GC pause, not like a network: the cache's
+		// per-call budget left at its default (20 ms, sized for a Redis a network
+		// hop away) becomes 100 ms, so that a loaded laptop does not trip the
+		// breaker and drop the in-process cache at start.
+		if cfg.Cache.Store.RedisTimeout == cachefilter.DefaultRedisTimeout {
+			cfg.Cache.Store.RedisTimeout = embeddedRedisTimeout
+		}
 	}
-	if len(cfg.ExtProc.Identity.Tiers) == 0 {
+	if len(cfg.ExtProc.Identity.Tiers) == 0 && o.Upstream == "" {
+		// The demo API's tenants; in front of the user's API every tenant
+		// has the default tier unless the config maps it.
 		cfg.ExtProc.Identity.Tiers = DemoTiers
 	}
 	external := o.Gateway != ""
@@ -227,11 +249,19 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 	}
 	appOpts := app.Options{Stages: o.Stages}
 	if cfg.RateLimit.ConfigPath == "" {
-		rules, err := ratelimitsvc.ParseRules([]ratelimitsvc.File{{Name: "config/ratelimit/tiers.yaml", Data: examples.RateLimitTiers}})
+		// The demo API gets the tiered example rules, so that its tour can
+		// show a 429; the user's own API gets loose ones (config/ratelimit/
+		// dev.yaml), so that a browser or a test suite is not refused.
+		file := ratelimitsvc.File{Name: "config/ratelimit/tiers.yaml", Data: examples.RateLimitTiers}
+		if o.Upstream != "" {
+			file = ratelimitsvc.File{Name: "config/dev/ratelimit.yaml", Data: examples.RateLimitDev}
+		}
+		rules, err := ratelimitsvc.ParseRules([]ratelimitsvc.File{file})
 		if err != nil {
 			return s, fmt.Errorf("dev: embedded rules: %w", err)
 		}
 		appOpts.Rules = rules
+		s.rulesFile = file.Name
 	}
 	if s.app, err = app.New(ctx, cfg, log, "dev", appOpts); err != nil {
 		return s, err
@@ -275,6 +305,15 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 		return s, nil
 	}
 
+	if o.NoCompression {
+		withoutCompressors(ingress)
+		if internal != nil {
+			withoutCompressors(internal)
+		}
+	}
+	if err := cfg.Cache.Config.CheckEnvoy(ingress.ExtProc.GetMaxMessageTimeout().AsDuration()); err != nil {
+		return s, fmt.Errorf("dev: envoy config: %w", err)
+	}
 	if s.conn, err = grpc.NewClient(s.app.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 		return s, fmt.Errorf("dev: grpc client: %w", err)
 	}
@@ -326,6 +365,22 @@ func (s *Stack) AdminURL() string { return "http://" + hostPort(s.app.AdminAddr(
 
 // Upstream is the API the gateway forwards to.
 func (s *Stack) Upstream() string { return s.upstream }
+
+// withoutCompressors removes the compressor filters from the emulated chain.
+func withoutCompressors(st *envoy.Settings) {
+	drop := map[string]bool{}
+	for _, c := range st.Compressors {
+		drop[c.Name] = true
+	}
+	st.Compressors = nil
+	filters := st.Filters[:0:0]
+	for _, f := range st.Filters {
+		if !drop[f] {
+			filters = append(filters, f)
+		}
+	}
+	st.Filters = filters
+}
 
 func hostPort(a net.Addr) string {
 	if ta, ok := a.(*net.TCPAddr); ok && ta.IP.IsUnspecified() {
@@ -403,13 +458,62 @@ func (s *Stack) Close() {
 	}
 }
 
-// Banner writes what a newcomer needs: the addresses, the demo tenants by
-// tier and a few commands to try.
+// Banner writes what a newcomer needs: the addresses, who the callers are
+// (the demo tenants by tier, or how callers of the user's API are told
+// apart), the rate limits in force and a few commands to try.
 func (s *Stack) Banner(w io.Writer) {
 	redis := "embedded Redis-protocol server (miniredis; set REDIS_URL to use a real Redis)"
 	if s.mini == nil {
 		redis = s.opts.Sluice.Redis.Redacted()
 	}
+	upstream := s.upstream + "   (the built-in demo contacts API)"
+	if s.opts.Upstream != "" {
+		upstream = s.upstream + "   (your API: every method, body and header passes through)"
+	}
+	fmt.Fprintf(w, `
+  Sluice dev: one process standing in for Envoy + Sluice + Redis in front of an API.
+  Production runs real Envoy in front of 'sluice serve'; this gateway only
+  emulates Envoy's filters as envoy/envoy.yaml configures them.
+
+  gateway   %s   (send requests here)
+  internal  %s   (batch items and warming only; trusts the client address Sluice sets)
+  upstream  %s
+  sluice    grpc %s, admin %s (/metrics, /readyz, /debug/ratelimit)
+  redis     %s
+
+`, s.URL(), s.InternalURL(), upstream, s.app.GRPCAddr(), s.AdminURL(), redis)
+	if s.opts.Upstream == "" {
+		s.demoCallers(w)
+	} else {
+		fmt.Fprintf(w, `  Callers: a request without x-tenant-id is the tenant "anonymous", whose
+  cache every anonymous caller shares; x-tenant-id: NAME makes it tenant NAME
+  (tier %q unless --config maps it in extproc.identity.tiers), and
+  x-user-id: ID a user of it. The cache follows your API's Cache-Control,
+  Expires and Vary (docs/cache.md).
+
+`, s.opts.Sluice.ExtProc.Identity.DefaultTier)
+	}
+	s.rateLimits(w)
+	if s.opts.Upstream == "" {
+		fmt.Fprintf(w, `  Try:
+    curl -i %s/api/v1/contacts -H 'x-tenant-id: acme'
+    curl -i %s/api/v1/dashboard/stats -H 'x-tenant-id: initech'
+    for i in $(seq 1 30); do curl -s -o /dev/null -w '%%{http_code} ' %s/api/v1/contacts; done; echo
+    curl -s %s/metrics | grep '^sluice_'
+
+`, s.URL(), s.URL(), s.URL(), s.AdminURL())
+		return
+	}
+	fmt.Fprintf(w, `  Try (twice: a response your API lets shared caches store comes back
+  with x-cache: HIT-L1, Age and Cache-Status the second time):
+    curl -si %s/ | grep -iE '^(HTTP|x-cache|age|cache-status|ratelimit)'
+    curl -s %s/metrics | grep '^sluice_cache'
+
+`, s.URL(), s.AdminURL())
+}
+
+// demoCallers lists the demo tenants by tier.
+func (s *Stack) demoCallers(w io.Writer) {
 	byTier := map[string][]string{}
 	tiers := s.opts.Sluice.ExtProc.Identity.Tiers
 	if len(tiers) == 0 {
@@ -418,33 +522,33 @@ func (s *Stack) Banner(w io.Writer) {
 	for t, tier := range tiers {
 		byTier[tier] = append(byTier[tier], t)
 	}
-	var lines []string
+	fmt.Fprintln(w, "  Demo tenants (send x-tenant-id; optional x-user-id; none = anonymous):")
 	for _, tier := range []string{"free", "basic", "pro", "enterprise"} {
 		if ts := byTier[tier]; len(ts) > 0 {
 			sort.Strings(ts)
-			lines = append(lines, fmt.Sprintf("    %-11s %s", tier, strings.Join(ts, ", ")))
+			fmt.Fprintf(w, "    %-11s %s\n", tier, strings.Join(ts, ", "))
 		}
 	}
-	fmt.Fprintf(w, `
-  Sluice dev: one process standing in for Envoy + Sluice + Redis + an API.
-  Production runs real Envoy in front of 'sluice serve'; this gateway only
-  emulates Envoy's ext_proc and ratelimit filters (from envoy/envoy.yaml).
+	fmt.Fprintln(w)
+}
 
-  gateway   %s   (send requests here)
-  internal  %s   (batch items and warming only; trusts the client address Sluice sets)
-  upstream  %s
-  sluice    grpc %s, admin %s (/metrics, /readyz, /debug/ratelimit)
-  redis     %s
-
-  Demo tenants (send x-tenant-id; optional x-user-id; none = anonymous):
-%s
-
-  Try:
-    curl -i %s/api/v1/contacts -H 'x-tenant-id: acme'
-    curl -i %s/api/v1/dashboard/stats -H 'x-tenant-id: initech'
-    for i in $(seq 1 30); do curl -s -o /dev/null -w '%%{http_code} ' %s/api/v1/contacts; done; echo
-    curl -s %s/metrics | grep '^sluice_'
-
-`, s.URL(), s.InternalURL(), s.upstream, s.app.GRPCAddr(), s.AdminURL(), redis, strings.Join(lines, "\n"),
-		s.URL(), s.URL(), s.URL(), s.AdminURL())
+// rateLimits lists the rules in force, one line per limited descriptor.
+func (s *Stack) rateLimits(w io.Writer) {
+	source := "from " + s.opts.Sluice.RateLimit.ConfigPath
+	switch s.rulesFile {
+	case "":
+	case "config/dev/ratelimit.yaml":
+		source = "config/dev/ratelimit.yaml, loose for development; --ratelimit-config FILE for others"
+	default:
+		source = s.rulesFile + "; --ratelimit-config FILE for others"
+	}
+	fmt.Fprintf(w, "  Rate limits in force (%s):\n", source)
+	lines := RuleLines(s.app.RLS.Rules())
+	if len(lines) == 0 {
+		lines = []string{"none: every request is let through"}
+	}
+	for _, l := range lines {
+		fmt.Fprintf(w, "    %s\n", l)
+	}
+	fmt.Fprintln(w)
 }

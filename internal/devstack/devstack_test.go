@@ -112,6 +112,14 @@ func startWith(t *testing.T, o devstack.Options, mutate func(*config.Config)) *s
 	return &stack{Stack: s, client: client}
 }
 
+// demoPolicy gives a stack with an upstream the demo API's tenants and tiered
+// rules (config/ratelimit/tiers.yaml), which `sluice dev` uses only in front
+// of its demo API: tests of tiers and limits need them.
+func demoPolicy(c *config.Config) {
+	c.RateLimit.ConfigPath = "../../config/ratelimit/tiers.yaml"
+	c.ExtProc.Identity.Tiers = devstack.DemoTiers
+}
+
 func (s *stack) get(t *testing.T, path string, hdr ...string) (*http.Response, string) {
 	t.Helper()
 	req, _ := http.NewRequest("GET", s.URL()+path, nil)
@@ -141,7 +149,7 @@ func upstreamSaw(t *testing.T, body string) http.Header {
 }
 
 func TestEnrichmentAndSpoofedHeaders(t *testing.T) {
-	s := start(t, echo(t).URL, true, nil)
+	s := start(t, echo(t).URL, true, demoPolicy)
 	tests := []struct {
 		name       string
 		hdr        []string
@@ -189,7 +197,7 @@ func TestTierLimits(t *testing.T) {
 			name = "embedded redis"
 		}
 		t.Run(name, func(t *testing.T) {
-			s := start(t, echo(t).URL, !embedded, nil)
+			s := start(t, echo(t).URL, !embedded, demoPolicy)
 			// free: 10 per second per tenant; pro: 200.
 			count := func(tenant string, n int) (ok, limited int, last *http.Response) {
 				for i := 0; i < n; i++ {
@@ -251,7 +259,7 @@ func TestTierLimits(t *testing.T) {
 }
 
 func TestAnonymousLimitedPerIP(t *testing.T) {
-	s := start(t, echo(t).URL, true, nil)
+	s := start(t, echo(t).URL, true, demoPolicy)
 	limited := 0
 	for i := 0; i < 62; i++ {
 		if resp, _ := s.get(t, "/x"); resp.StatusCode == 429 {
@@ -473,5 +481,42 @@ func TestExternalGateway(t *testing.T) {
 			}
 			tt.check(t, string(b))
 		})
+	}
+}
+
+// TestUpstreamDefaults: in front of the user's API (--upstream) the built-in
+// rules let a browser or a test suite through, and the banner describes that
+// API and the rules in force, not the demo's tenants.
+func TestUpstreamDefaults(t *testing.T) {
+	s := start(t, echo(t).URL, true, nil)
+	// 300 requests of one anonymous client within a few seconds: the demo's
+	// rules (60 per minute per IP) would refuse 240 of them.
+	for i := range 300 {
+		resp, body := s.get(t, "/x")
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d: %s", i+1, resp.StatusCode, body)
+		}
+		if i == 0 && !strings.Contains(resp.Header.Get("Ratelimit-Policy"), `"dev_anonymous_ip";q=1000;w=1`) {
+			t.Errorf("RateLimit-Policy = %q, want the dev rule's", resp.Header.Get("Ratelimit-Policy"))
+		}
+	}
+	var b strings.Builder
+	s.Banner(&b)
+	banner := b.String()
+	for _, want := range []string{
+		s.Upstream() + "   (your API",
+		"config/dev/ratelimit.yaml",
+		"tier=anonymous, per remote_address: 1000 per second (dev_anonymous_ip)",
+		"tier=any other, per tenant_id: 1000 per second (dev_tenant)",
+		`without x-tenant-id is the tenant "anonymous"`,
+	} {
+		if !strings.Contains(banner, want) {
+			t.Errorf("banner lacks %q:\n%s", want, banner)
+		}
+	}
+	for _, demo := range []string{"initech", "/api/v1/contacts", "Demo tenants"} {
+		if strings.Contains(banner, demo) {
+			t.Errorf("banner of a stack in front of another API mentions the demo's %q:\n%s", demo, banner)
+		}
 	}
 }

@@ -105,6 +105,11 @@ func (o *origin) serve(w http.ResponseWriter, r *http.Request) {
 		h.Set("ETag", `"f1"`)
 		h.Set("Content-Type", "text/plain; charset=utf-8")
 		io.WriteString(w, "fresh representation of "+p+" for tenant "+tenant)
+	case p == "/compressible" && safe:
+		// Over envoy.yaml's min_content_length, without an ETag: compressed on request.
+		h.Set("Cache-Control", "max-age=60")
+		h.Set("Content-Type", "text/plain; charset=utf-8")
+		io.WriteString(w, strings.Repeat("compressible representation for tenant "+tenant+"\n", 40))
 	case p == "/big" && safe:
 		h.Set("Cache-Control", "public, max-age=60")
 		h.Set("Content-Type", "application/octet-stream")
@@ -445,13 +450,14 @@ func runPassThrough(t *testing.T, g gateway) {
 	})
 
 	t.Run("compression only on request", func(t *testing.T) {
-		plain := do(t, c, g.url, call{method: "GET", path: "/fresh/gz", header: [][2]string{acme}})
+		plain := do(t, c, g.url, call{method: "GET", path: "/compressible", header: [][2]string{acme}})
 		if plain.resp.Header.Get("Content-Encoding") != "" || plain.resp.Header.Get("Vary") != "Accept-Encoding" {
 			t.Errorf("no Accept-Encoding: %v", plain.resp.Header)
 		}
-		for range 2 { // miss, then hit
-			gz := do(t, c, g.url, call{method: "GET", path: "/fresh/gz", header: [][2]string{acme, {"Accept-Encoding", "gzip"}}})
-			if gz.resp.Header.Get("Content-Encoding") != "gzip" {
+		for range 2 { // hit (the identity entry, compressed on the way out), twice
+			gz := do(t, c, g.url, call{method: "GET", path: "/compressible", header: [][2]string{acme, {"Accept-Encoding", "gzip"}}})
+			if gz.resp.Header.Get("Content-Encoding") != "gzip" || gz.resp.Header.Get("Vary") != "Accept-Encoding" ||
+				!strings.HasPrefix(gz.resp.Header.Get("X-Cache"), "HIT") {
 				t.Fatalf("Accept-Encoding gzip: %v", gz.resp.Header)
 			}
 			zr, err := gzip.NewReader(bytes.NewReader(gz.body))
@@ -461,6 +467,19 @@ func runPassThrough(t *testing.T, g gateway) {
 			b, _ := io.ReadAll(zr)
 			if !bytes.Equal(b, plain.body) {
 				t.Errorf("gunzipped %q, want %q", b, plain.body)
+			}
+		}
+		// A response with an ETag goes out as the origin made it, with or without
+		// Accept-Encoding, so that its strong validator keeps working (envoy.yaml
+		// disable_on_etag_header).
+		for _, ae := range []string{"", "gzip"} {
+			res := do(t, c, g.url, call{method: "GET", path: "/fresh/gz", header: [][2]string{acme, {"Accept-Encoding", ae}}})
+			if res.resp.Header.Get("Content-Encoding") != "" || res.resp.Header.Get("Etag") != `"f1"` || res.resp.Header.Get("Vary") != "" {
+				t.Errorf("Accept-Encoding %q: ETag response changed: %v", ae, res.resp.Header)
+			}
+			cond := do(t, c, g.url, call{method: "GET", path: "/fresh/gz", header: [][2]string{acme, {"Accept-Encoding", ae}, {"If-None-Match", `"f1"`}}})
+			if cond.resp.StatusCode != 304 {
+				t.Errorf("Accept-Encoding %q: If-None-Match with the ETag: status %d, want 304", ae, cond.resp.StatusCode)
 			}
 		}
 	})
