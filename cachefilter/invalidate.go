@@ -337,7 +337,7 @@ func (s *Store) member(inc uint64) string { return s.replica + "." + strconv.For
 // l1Trusted reports whether the L1 may be served without asking Redis: always without a Redis
 // client, else while this replica holds its lease (see Store).
 func (s *Store) l1Trusted() bool {
-	if s.rdb == nil {
+	if s.rdb == nil || s.cfg.SoleReplica {
 		return true
 	}
 	u := s.trustUntil.Load()
@@ -431,7 +431,9 @@ func (s *Store) receive(ctx context.Context, ps *redis.PubSub) {
 // are lost, so the L1 is cleared, under a new incarnation that the heartbeat registers.
 func (s *Store) subscribed() {
 	s.trustUntil.Store(0)
-	s.l1.clear()
+	if !s.cfg.SoleReplica {
+		s.l1.clear()
+	}
 	s.incarnation.Add(1)
 	select {
 	case s.kick <- struct{}{}: // register the new incarnation now

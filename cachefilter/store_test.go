@@ -559,6 +559,24 @@ func TestL1NeedsLease(t *testing.T) {
 	}
 }
 
+// TestSoleReplicaTrustsItsL1: a store whose Redis no other replica uses (sluice dev's embedded
+// server) serves its L1 without a lease, and a new subscription keeps the L1's entries.
+func TestSoleReplicaTrustsItsL1(t *testing.T) {
+	rdb, prefix, clk := redistest.Client(t), redistest.Prefix(t), newClock()
+	cfg := testConfig()
+	cfg.SoleReplica = true
+	s := newStore(t, cfg, rdb, prefix, clk, nil)
+	k := primaryKey(tenantA, "/sole")
+	put(t, s, k, "/sole", nil, newEntry(clk.Now(), "v", time.Hour))
+	if e, layer := lookup(t, s, k, nil); layer != cachefilter.L1 || body(e) != "v" {
+		t.Fatalf("without Run: %q from %v, want from l1", body(e), layer)
+	}
+	run(t, s)
+	if e, layer := lookup(t, s, k, nil); layer != cachefilter.L1 || body(e) != "v" {
+		t.Fatalf("after the subscription: %q from %v, want from l1 (kept)", body(e), layer)
+	}
+}
+
 // TestHotKeys counts every hit (sample rate 1) and reads the ranking back.
 func TestHotKeys(t *testing.T) {
 	rdb, prefix, clk := redistest.Client(t), redistest.Prefix(t), newClock()

@@ -77,6 +77,12 @@ type StoreConfig struct {
 	// while others reach it may serve entries purged meanwhile (see Store). With false, the L1
 	// is only served while the subscription is proven live.
 	ServeL1WhenRedisDown *bool `yaml:"serve_l1_when_redis_down"`
+	// SoleReplica says that no other replica uses this Redis: `sluice dev`'s embedded server,
+	// which lives in this process and listens on loopback for it alone. No invalidation can
+	// then come from elsewhere, so the L1 is trusted without a lease and a new subscription
+	// keeps it: a busy process whose heartbeat or a Redis call runs late keeps its hits.
+	// Not a file setting; never set it for a Redis that another process can reach.
+	SoleReplica bool `yaml:"-"`
 	// HotSampleRate counts one in HotSampleRate hits (L1 or L2) per key in Redis, for HotKeys.
 	// Default 16; 1 counts every hit; negative disables the counting.
 	HotSampleRate int `yaml:"hot_sample_rate"`

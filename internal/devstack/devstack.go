@@ -191,6 +191,10 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 		if cfg.Cache.Store.RedisTimeout == cachefilter.DefaultRedisTimeout {
 			cfg.Cache.Store.RedisTimeout = embeddedRedisTimeout
 		}
+		// This process is the embedded server's only client: no other replica can
+		// invalidate, so the L1 needs no lease (a heartbeat that runs late on a
+		// loaded machine would otherwise turn hits into misses).
+		cfg.Cache.Store.SoleReplica = true
 	}
 	if len(cfg.ExtProc.Identity.Tiers) == 0 && o.Upstream == "" {
 		// The demo API's tenants; in front of the user's API every tenant
