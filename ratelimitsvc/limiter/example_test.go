@@ -26,7 +26,7 @@ func Example() {
 	defer l.Close()
 
 	key := fmt.Sprintf("sluicetest:example:%d:{tenant-acme}:rps", time.Now().UnixNano())
-	defer client.Del(ctx, key+":s:1000:10")
+	defer client.Del(ctx, key+":sw:1000:10")
 	for range 3 {
 		results, allowed, err := l.Do(ctx, []limiter.Item{{
 			Key: key, Limit: 2, Window: time.Second, Algorithm: limiter.SlidingWindow, Hits: 1,

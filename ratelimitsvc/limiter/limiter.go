@@ -66,7 +66,7 @@ type Item struct {
 	// Key is the counter's identity, unique per descriptor and limit. It contains exactly one
 	// non-empty {hash tag}, chosen by the caller: items whose tags hash to the same Redis Cluster
 	// slot are decided atomically together. The limiter appends ":f:<window ms>:<window start ms>"
-	// (fixed) or ":s:<window ms>:<sub-windows>" (sliding) to make the Redis key.
+	// (fixed) or ":sw:<window ms>:<sub-windows>" (sliding) to make the Redis key.
 	Key string
 	// Limit is the number of hits allowed per Window; 0 means every hit is over.
 	Limit uint64
@@ -395,7 +395,7 @@ func prepare(it *Item, c *call, cluster bool) error {
 	if it.Algorithm == FixedWindow {
 		c.counter = it.Key + ":f:" + ms
 	} else {
-		c.counter = it.Key + ":s:" + ms + ":" + strconv.Itoa(c.subs)
+		c.counter = it.Key + ":sw:" + ms + ":" + strconv.Itoa(c.subs)
 	}
 	if cluster {
 		c.slot = Slot(tag)

@@ -2,14 +2,14 @@ package limiter
 
 import (
 	"encoding/binary"
-	"math"
+	"fmt"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // Input and reply layout of limitScript, shared by the Go side and the script.
 const (
-	itemBytes = 26 // bytes per item in ARGV[2]: flags, sub-windows, limit, window ms, hits
+	itemBytes = 22 // bytes per item in ARGV[2]: flags, sub-windows, limit, window ms, hits
 	reqBytes  = 4  // bytes before a request's items in ARGV[2]: its item count
 
 	flagRefund = 1 // item flags bit: subtract Hits instead of adding them
@@ -31,41 +31,46 @@ const (
 //
 //	KEYS      the counter of every item of every request, in order. Fixed window:
 //	          "<Key>:f:<window ms>"; the script appends ":<window start ms>" and uses that string
-//	          key. Sliding window: the string "<Key>:s:<window ms>:<sub-windows>". Both carry the
+//	          key. Sliding window: the hash "<Key>:sw:<window ms>:<sub-windows>". Both carry the
 //	          item's {hash tag}, so the derived fixed-window key lives in the same Cluster slot.
 //	ARGV[1]   now in Unix milliseconds, or "" for the server's TIME (production: one clock for
 //	          all sidecars, so client clock skew cannot stretch or shrink windows). One time for
 //	          the whole batch.
-//	ARGV[2]   binary, little-endian: for each request its item count (uint32), then for each
-//	          item flags (uint8: 1 refund, 2 shadow, 4 fixed), sub-windows (uint8), limit, window
-//	          ms and hits (float64 each, integers below 2^53).
+//	ARGV[2]   binary, unsigned little-endian integers: for each request its item count (4 bytes),
+//	          then for each item flags (1 byte: 1 refund, 2 shadow, 4 fixed), sub-windows (1),
+//	          limit (7), window ms (6) and hits (7).
 //	reply     {now ms, then per request: allowed 1|0 (or -i if its item i holds a value of another
 //	          type or format: that request is skipped), then per item: over 0|1, used after the
 //	          call, reset after ms}
 //
-// Each counter is read once per batch (one MGET for all of them) into Lua tables, every request
-// is decided against those, and each changed counter is written back once at the end: SETRANGE
-// of the whole value (sliding) or INCRBY (fixed), which keep the TTL, or SET with PX where the
-// key or a new sub-window is created. A key missing from the MGET is checked with EXISTS (a key
-// of another type reads as missing), so a request on a key of another type fails, not the key. Within a request: refunds first
-// (unconditional: they return quota of earlier requests), then every other item is checked
-// against the state after refunds plus what earlier items of the same request would add to the
-// same counter (so duplicate keys cannot overshoot together), then, if allowed, all of them are
-// charged.
+// Every number the script reads or writes is an integer that Lua's doubles hold exactly (below
+// 2^53), decoded from bytes with string.byte and written with %d: no library beyond Lua 5.1's
+// own, so Redis and the Lua of Redis-protocol servers such as sluice dev's embedded miniredis
+// run the same code.
 //
-// Sliding window: a string of 8(2N+3) bytes, packed with Redis Lua's struct library (float64,
-// little-endian): the index of the newest sub-window charged, then N+1 slots of (count, time of
-// the last admitted hit). Sub-window k (k = floor(now*N/window)) lives in slot k mod (N+1); the
-// slots between the newest and k are cleared when a charge reaches k. The count is the sum of
-// sub-windows k-N+1..k, which lie wholly inside (now-window, now], plus sub-window k-N, which
-// straddles the window's start: it counts in full unless its last hit is at or before
-// now-window. That never undercounts the hits of (now-window, now], so no window of that length
-// ever holds more than limit admitted hits, and overcounts at most the hits of one sub-window
-// that already left (for at most one sub-window's time). The key gets its TTL (window + one
+// Each counter is read once per batch into Lua tables, every request is decided against those,
+// and each changed counter is written back once at the end. A key of another type fails the
+// requests that use it, not the batch. Within a request: refunds first (unconditional: they
+// return quota of earlier requests), then every other item is checked against the state after
+// refunds plus what earlier items of the same request would add to the same counter (so
+// duplicate keys cannot overshoot together), then, if allowed, all of them are charged.
+//
+// Fixed window: a string counter read with MGET (one for all fixed counters of the batch) and
+// written with INCRBY of the difference, or SET with PX when the key is created.
+//
+// Sliding window: a hash of integers: "k", the newest sub-window charged; "s", the sum of the
+// counts of all slots; and for each of the N+1 slots i, "c<i>" its count and "t<i>" the time of
+// its last admitted hit. Sub-window j (j = floor(now*N/window)) lives in slot j mod (N+1). The
+// count at sub-window k is the sum of sub-windows k-N+1..k, which lie wholly inside
+// (now-window, now], plus sub-window k-N, which straddles the window's start: it counts in full
+// unless its last hit is at or before now-window. That never undercounts the hits of
+// (now-window, now], so no window of that length ever holds more than limit admitted hits, and
+// overcounts at most the hits of one sub-window that already left (for at most one sub-window's
+// time). The running sum makes a decision read only a few fields (one HMGET of k, s and the
+// slots of sub-windows k-N, k-N+1 and k); all slots are read only where needed (a refund, a
+// counter idle for two sub-windows or more, quota freeing later than sub-window k-N+1). A
+// charge writes the fields it changed with one HSET. The key gets its TTL (window + one
 // sub-window) when it is created and when a charge opens a new sub-window, never otherwise.
-//
-// Numbers are Lua doubles: all arithmetic stays in integer milliseconds below 2^53 (now*N is
-// about 2e14 for N=120) and integers are formatted with %d, never tostring, for key names.
 var limitScript = redis.NewScript(limitScriptSource)
 
 // ScriptSource returns the Lua source of the limit script, for tools that load
@@ -97,149 +102,95 @@ func appendRequest(b []byte, calls []call, idx []int) []byte {
 			flags |= flagFixed
 		}
 		b = append(b, flags, byte(c.subs))
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(float64(min(it.Limit, MaxCount))))
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(float64(it.Window.Milliseconds())))
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(float64(it.Hits)))
+		b = appendUint(b, min(it.Limit, MaxCount), 7)
+		b = appendUint(b, uint64(it.Window.Milliseconds()), 6)
+		b = appendUint(b, it.Hits, 7)
 	}
 	return b
 }
 
-const limitScriptSource = `
-local floor, max, min, fmt = math.floor, math.max, math.min, string.format
-local unpack = unpack
-local sunpack, spack
-local lib = rawget(_G, "struct")
-if lib then
-  sunpack, spack = lib.unpack, lib.pack
-else
-  -- Portable subset of Redis' struct library for Redis-protocol servers that lack it (the
-  -- embedded miniredis of 'sluice dev'): little-endian formats made of "<", "B", "I4" and "d"
-  -- only, which is all this script uses. Real Redis always has struct.
-  local byte, char, frexp, ldexp = string.byte, string.char, math.frexp, math.ldexp
-  local parsed = {}
-  local function codes(f)
-    local c = parsed[f]
-    if c then return c end
-    c = {}
-    local i = 1
-    while i <= #f do
-      local ch = string.sub(f, i, i)
-      if ch == "<" then
-        i = i + 1
-      elseif ch == "B" or ch == "d" then
-        c[#c + 1] = ch
-        i = i + 1
-      elseif ch == "I" and string.sub(f, i + 1, i + 1) == "4" then
-        c[#c + 1] = "I4"
-        i = i + 2
-      else
-        error("limiter: struct fallback cannot handle format " .. f)
-      end
-    end
-    parsed[f] = c
-    return c
-  end
-  local function getd(s, pos)
-    local b1, b2, b3, b4, b5, b6, b7, b8 = byte(s, pos, pos + 7)
-    local sign = 1
-    if b8 >= 128 then sign = -1 end
-    local e = (b8 % 128) * 16 + floor(b7 / 16)
-    local m = ((((((b7 % 16) * 256 + b6) * 256 + b5) * 256 + b4) * 256 + b3) * 256 + b2) * 256 + b1
-    if e == 0 then return sign * ldexp(m, -1074) end
-    return sign * ldexp(m + 4503599627370496, e - 1075)
-  end
-  local function putd(v)
-    local sign = 0
-    if v < 0 then sign, v = 128, -v end
-    if v == 0 then return char(0, 0, 0, 0, 0, 0, 0, sign) end
-    local m, e = frexp(v)
-    local ex, mant = e + 1022, 0
-    if ex <= 0 then
-      ex, mant = 0, ldexp(m, e + 1074)
-    else
-      mant = (m * 2 - 1) * 4503599627370496
-    end
-    local o = {}
-    for i = 1, 6 do
-      o[i] = mant % 256
-      mant = floor(mant / 256)
-    end
-    o[7] = (ex % 16) * 16 + mant
-    o[8] = sign + floor(ex / 16)
-    return char(o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8])
-  end
-  sunpack = function(f, s, pos)
-    pos = pos or 1
-    local out = {}
-    for _, c in ipairs(codes(f)) do
-      if c == "B" then
-        out[#out + 1] = byte(s, pos)
-        pos = pos + 1
-      elseif c == "I4" then
-        local a, b, d, e = byte(s, pos, pos + 3)
-        out[#out + 1] = ((e * 256 + d) * 256 + b) * 256 + a
-        pos = pos + 4
-      else
-        out[#out + 1] = getd(s, pos)
-        pos = pos + 8
-      end
-    end
-    out[#out + 1] = pos
-    return unpack(out)
-  end
-  spack = function(f, ...)
-    local args, out = {...}, {}
-    for i, c in ipairs(codes(f)) do
-      local v = args[i]
-      if c == "B" then
-        out[i] = char(v)
-      elseif c == "I4" then
-        out[i] = char(v % 256, floor(v / 256) % 256, floor(v / 65536) % 256, floor(v / 16777216) % 256)
-      else
-        out[i] = putd(v)
-      end
-    end
-    return table.concat(out)
-  end
+// appendUint appends the n low bytes of v, little-endian.
+func appendUint(b []byte, v uint64, n int) []byte {
+	for range n {
+		b = append(b, byte(v))
+		v >>= 8
+	}
+	return b
+}
+
+var limitScriptSource = `
+local byte, floor, max, min, fmt, sub, rep = string.byte, math.floor, math.max, math.min, string.format, string.sub, string.rep
+local call, unpack = redis.call, unpack
+
+-- unsigned little-endian integers of ARGV[2]
+local function u4(s, p)
+  local a, b, c, d = byte(s, p, p + 3)
+  return ((d * 256 + c) * 256 + b) * 256 + a
+end
+local function u6(s, p)
+  local a, b, c, d, e, f = byte(s, p, p + 5)
+  return ((((f * 256 + e) * 256 + d) * 256 + c) * 256 + b) * 256 + a
+end
+local function u7(s, p)
+  local a, b, c, d, e, f, g = byte(s, p, p + 6)
+  return (((((g * 256 + f) * 256 + e) * 256 + d) * 256 + c) * 256 + b) * 256 + a
 end
 
 local now
 if ARGV[1] == "" then
-  local t = redis.call("TIME")
+  local t = call("TIME")
   now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 else
   now = tonumber(ARGV[1])
 end
 
-local formats = {}
+-- A sliding counter is fixed-width lowercase hex: a head of k (the newest sub-window), s (the
+-- sum of all slot counts), o (the oldest sub-window with a count, 0 if none; 14 digits each)
+-- and ot (its last hit, 12 digits), then n+1 slots of a count (14) and a last-hit ms (12).
+local HEAD, SLOT = 54, 26
+local function hex(raw, p, w) return tonumber(sub(raw, p, p + w - 1), 16) end
+local function headOf(k, s, o, t) return fmt("%014x%014x%014x%012x", k, s, o, t) end
+local function slotOf(h, t) return fmt("%014x%012x", h, t) end
+local EMPTY = slotOf(0, 0)
 
 -- Counters, one per distinct KEYS entry, in arrays indexed by counter number c:
 --   name[c]  Redis key (fixed window: with ":<window start ms>" appended)
 --   win[c], subs[c]  window ms and sub-windows; subs[c] == 0 for a fixed window
 --   cur[c]   sliding: index of the sub-window holding now; fixed: ms until the window ends
---   ring[c]  sliding: {newest index, then count and last-hit ms of each of the n+1 slots}
 --   used[c]  hits counted now
 --   state[c] 0 unchanged, -2 absent and unchanged, 1 changed, 2 changed and needing a (new) TTL
 --            (absent, or a charge opened a new sub-window), -1 unreadable (another type or format)
-local ids, name, win, subs, cur, ring, used, state, pending = {}, {}, {}, {}, {}, {}, {}, {}, {}
+--   old[c]   fixed: the count read; sliding: the newest sub-window as stored
+-- and for a sliding window, its ring of n+1 slots (sub-window j lives in slot j % (n+1)):
+--   raw[c]   the value read (nil if absent)
+--   sum[c]   the sum of the counts of all slots
+--   cnt[c], tim[c]  slot -> count and last-hit ms, decoded from raw[c] when first needed
+--   dirty[c] slot -> true for the slots that differ from Redis
+--   oldest[c], ot[c]  the oldest sub-window with a count, and its last hit; oldest[c] is nil
+--            while unknown (its sub-window left or was emptied), 0 when nothing is counted
+--   moved[c] true when the view differs from Redis without a charge (sub-windows left): written
+--            back all the same, so that the next call need not redo it
+local ids, name, win, subs, cur, used, state, pending, old = {}, {}, {}, {}, {}, {}, {}, {}, {}
+local raw, sum, cnt, tim, dirty, oldest, ot, moved = {}, {}, {}, {}, {}, {}, {}, {}
 local ic, ihits, ilimit, iflags, iover = {}, {}, {}, {}, {}
 
 local blob, pos, reqs, x = ARGV[2], 1, {}, 0
 while pos <= #blob do
-  local m
-  m, pos = sunpack("<I4", blob, pos)
+  local m = u4(blob, pos)
+  pos = pos + 4
   reqs[#reqs + 1] = m
   for _ = 1, m do
     x = x + 1
-    local flags, n, limit, w, hits
-    flags, n, limit, w, hits, pos = sunpack("<BBddd", blob, pos)
+    local flags, n = byte(blob, pos, pos + 1)
+    local limit, w, hits = u7(blob, pos + 2), u6(blob, pos + 9), u7(blob, pos + 15)
+    pos = pos + 22
     local key = KEYS[x]
     local c = ids[key]
     if c == nil then
       c = #name + 1
       ids[key] = c
       win[c], used[c], state[c], pending[c] = w, 0, 0, 0
-      if flags >= 4 then
+      if flags % 8 >= 4 then
         local start = now - now % w
         name[c], subs[c], cur[c] = key .. ":" .. fmt("%d", start), 0, start + w - now
       else
@@ -257,110 +208,155 @@ if x ~= #KEYS then return redis.error_reply("limiter: " .. #KEYS .. " keys for "
 
 if x == 0 then return {now} end
 
-local raws = redis.call("MGET", unpack(name))
+-- count returns the count of slot i of sliding counter c, decoding it first if needed.
+local function count(c, i)
+  local h = cnt[c][i]
+  if h == nil then
+    local r, p = raw[c], HEAD + SLOT * i + 1
+    if r == nil then
+      h = 0
+      tim[c][i] = 0
+    else
+      h = hex(r, p, 14) or 0
+      tim[c][i] = hex(r, p + 14, 12) or 0
+    end
+    cnt[c][i] = h
+  end
+  return h
+end
+
+-- clear empties slot i of sliding counter c, in this call's view.
+local function clear(c, i)
+  sum[c] = sum[c] - count(c, i)
+  cnt[c][i], tim[c][i], dirty[c][i], moved[c] = 0, 0, true, true
+end
+
+-- findOldest finds the oldest counted sub-window of sliding counter c.
+local function findOldest(c)
+  oldest[c] = 0
+  if sum[c] <= 0 then return end
+  local k, n = cur[c], subs[c]
+  for j = k - n, k do
+    local i = j % (n + 1)
+    if count(c, i) > 0 then
+      oldest[c], ot[c] = j, tim[c][i]
+      return
+    end
+  end
+end
+
+local names = {}
+for c = 1, #name do names[c] = name[c] end
+local raws = call("MGET", unpack(names))
 for c = 1, #name do
-  local raw, n = raws[c], subs[c]
-  if not raw then
-    if redis.call("EXISTS", name[c]) == 1 then state[c] = -1 end -- another type
-    if n > 0 then
-      local v = {cur[c]}
-      for i = 2, 2 * n + 3 do v[i] = 0 end
-      ring[c] = v
-    end
-    used[c] = 0
-    if state[c] == 0 then state[c] = -2 end -- absent: any write creates it, with a TTL
+  local r, n = raws[c], subs[c]
+  if not r then
+    if call("EXISTS", name[c]) == 1 then state[c] = -1 else state[c] = -2 end -- another type, or absent
+    old[c] = 0
   elseif n == 0 then
-    used[c] = tonumber(raw)
+    used[c] = tonumber(r)
+    old[c] = used[c]
     if used[c] == nil then state[c] = -1 end
-  elseif #raw ~= 16 * n + 24 then
-    state[c] = -1
-  else
-    local f = formats[n]
-    if f == nil then
-      f = "<d" .. string.rep("dd", n + 1)
-      formats[n] = f
-    end
-    local v, k, w = {sunpack(f, raw)}, cur[c], win[c]
-    ring[c] = v
-    local newest, u = v[1], 0
-    for j = max(k - n, newest - n), min(k, newest) do
-      local i = 2 + 2 * (j % (n + 1))
-      local h = v[i]
-      if h > 0 then
-        if j == k - n and v[i + 1] <= now - w then
-          v[i] = 0 -- the sub-window straddling the window's start, its last hit gone: not counted
-        else
-          u = u + h
+  elseif #r ~= HEAD + SLOT * (n + 1) then
+    state[c] = -1 -- another format
+  end
+  if n > 0 and state[c] ~= -1 then
+    cnt[c], tim[c], dirty[c] = {}, {}, {}
+    local m, k, w = n + 1, cur[c], win[c]
+    if state[c] == -2 then
+      sum[c], oldest[c], ot[c] = 0, 0, 0
+    else
+      local newest, s, o, t = hex(r, 1, 14), hex(r, 15, 14), hex(r, 29, 14), hex(r, 43, 12)
+      if newest == nil or s == nil or o == nil or t == nil then
+        state[c] = -1
+      else
+        raw[c], old[c], sum[c], oldest[c], ot[c] = r, newest, s, o, t
+        if k < newest - n or k - newest > n then
+          -- the clock went back more than a window, or the counter was idle for a window:
+          -- nothing counted
+          for i = 0, n do clear(c, i) end
+          sum[c], oldest[c] = 0, 0
+        elseif k < newest then
+          -- the clock went back within the window: count from the newest sub-window charged
+          k = newest
+          cur[c] = k
+        elseif k > newest then
+          -- sub-windows newest+1..k start empty: their slots held sub-windows that left
+          for j = newest + 1, k do clear(c, j % m) end
+          if oldest[c] < k - n then oldest[c] = nil end
         end
+        -- the sub-window straddling the window's start counts until its last hit leaves
+        local a = (k + 1) % m
+        if count(c, a) > 0 and tim[c][a] <= now - w then
+          clear(c, a)
+          if oldest[c] == k - n then oldest[c] = nil end
+        end
+        if sum[c] <= 0 then oldest[c] = 0 end
       end
     end
-    used[c] = u
+    if state[c] ~= -1 then used[c] = sum[c] end
+  end
+end
+
+-- changed marks counter c for writing; a sliding one needs a new TTL when it is created or
+-- opens a new sub-window.
+local function changed(c)
+  if state[c] == -2 or state[c] == 2 or (subs[c] > 0 and cur[c] ~= old[c]) then
+    state[c] = 2
+  else
+    state[c] = 1
   end
 end
 
 local function charge(c, hits)
   used[c] = used[c] + hits
   local n = subs[c]
-  if n == 0 then
-    if state[c] ~= -2 and state[c] ~= 2 then state[c] = 1 else state[c] = 2 end
-    return
+  if n > 0 then
+    local k = cur[c]
+    local z = k % (n + 1)
+    if sum[c] <= 0 then oldest[c], ot[c] = k, now elseif oldest[c] == k then ot[c] = now end
+    cnt[c][z], tim[c][z], dirty[c][z] = count(c, z) + hits, now, true
+    sum[c] = sum[c] + hits
   end
-  local v, k = ring[c], cur[c]
-  local newest = v[1]
-  local fresh = state[c] == -2 or state[c] == 2
-  if k > newest then
-    -- a new sub-window: clear the slots of the sub-windows since the newest
-    for j = max(newest + 1, k - n), k do
-      local i = 2 + 2 * (j % (n + 1))
-      v[i], v[i + 1] = 0, 0
-    end
-    v[1] = k
-    fresh = true
-  elseif k < newest - n then
-    -- the clock went back more than a window: start over
-    for i = 2, 2 * n + 3 do v[i] = 0 end
-    v[1] = k
-    fresh = true
-  end
-  local i = 2 + 2 * (k % (n + 1))
-  v[i], v[i + 1] = v[i] + hits, now
-  if fresh then state[c] = 2 else state[c] = 1 end
+  changed(c)
 end
 
+-- refund subtracts hits from the counter (sliding: from the newest non-empty sub-windows).
 local function refund(c, hits)
   local n = subs[c]
   if n == 0 then
     local d = min(used[c], hits)
     if d > 0 then
       used[c] = used[c] - d
-      if state[c] == 0 then state[c] = 1 end
+      changed(c)
     end
     return
   end
-  local v, k = ring[c], cur[c]
-  local newest = v[1]
-  for j = min(k, newest), max(k - n, newest - n), -1 do
+  local k, m = cur[c], n + 1
+  for j = k, k - n, -1 do
     if hits <= 0 then break end
-    local i = 2 + 2 * (j % (n + 1))
-    local h = v[i]
+    local i = j % m
+    local h = count(c, i)
     if h > 0 then
       local d = min(h, hits)
-      v[i], hits, used[c] = h - d, hits - d, used[c] - d
-      if state[c] == 0 then state[c] = 1 end
+      cnt[c][i], dirty[c][i] = h - d, true
+      hits, sum[c], used[c] = hits - d, sum[c] - d, used[c] - d
+      if h == d and oldest[c] == j then oldest[c] = nil end
+      changed(c)
     end
   end
+  if sum[c] <= 0 then oldest[c] = 0 end
 end
 
+-- resetAfter is when quota next frees: a fixed window's end, or when the last hit of the
+-- oldest counted sub-window leaves the window.
 local function resetAfter(c)
   local n = subs[c]
   if n == 0 then return cur[c] end
-  local v, k, w = ring[c], cur[c], win[c]
-  local newest = v[1]
-  for j = max(k - n, newest - n), min(k, newest) do
-    local i = 2 + 2 * (j % (n + 1))
-    if v[i] > 0 then return max(0, min(w, v[i + 1] + w - now)) end
-  end
-  return 0
+  if sum[c] <= 0 then return 0 end
+  if oldest[c] == nil then findOldest(c) end
+  if oldest[c] <= 0 then return 0 end
+  return max(0, min(win[c], ot[c] + win[c] - now))
 end
 
 local out, o = {now}, 1
@@ -413,25 +409,54 @@ for r = 1, #reqs do
 end
 
 for c = 1, #name do
-  local st = state[c]
-  if st > 0 then
-    local n = subs[c]
-    if n == 0 then
-      if st == 1 then
-        local d = used[c] - tonumber(raws[c])
-        if d ~= 0 then redis.call("INCRBY", name[c], fmt("%d", d)) end
-      else
-        redis.call("SET", name[c], fmt("%d", used[c]), "PX", cur[c])
-      end
+  local st, n = state[c], subs[c]
+  if n == 0 then
+    if st == 1 then
+      local d = used[c] - old[c]
+      if d ~= 0 then call("INCRBY", name[c], fmt("%d", d)) end
+    elseif st == 2 then
+      call("SET", name[c], fmt("%d", used[c]), "PX", cur[c])
+    end
+  elseif st > 0 or (st == 0 and moved[c]) then
+    -- a changed counter, or one whose view moved on: written back, so that the next call
+    -- starts from here
+    if oldest[c] == nil then findOldest(c) end
+    local head = headOf(cur[c], sum[c], oldest[c], ot[c])
+    local ttl = win[c] + floor((win[c] + n - 1) / n)
+    if raw[c] == nil then
+      -- created: every slot empty but the current one
+      local z = cur[c] % (n + 1)
+      call("SET", name[c], head .. rep(EMPTY, z) .. slotOf(count(c, z), tim[c][z]) .. rep(EMPTY, n - z), "PX", ttl)
     else
-      local val = spack(formats[n] or ("<d" .. string.rep("dd", n + 1)), unpack(ring[c], 1, 2 * n + 3))
-      if st == 1 then
-        redis.call("SETRANGE", name[c], 0, val) -- same length: the whole value, TTL kept
-      else
-        redis.call("SET", name[c], val, "PX", win[c] + floor((win[c] + n - 1) / n))
+      -- one SETRANGE of the whole value (the TTL stays): the head, then each slot as read or
+      -- as changed
+      local parts, r, prev = {head}, raw[c], 0
+      for i = 0, n do
+        if dirty[c][i] then
+          if i > prev then parts[#parts + 1] = sub(r, HEAD + SLOT * prev + 1, HEAD + SLOT * i) end
+          parts[#parts + 1] = slotOf(cnt[c][i], tim[c][i])
+          prev = i + 1
+        end
       end
+      if prev <= n then parts[#parts + 1] = sub(r, HEAD + SLOT * prev + 1) end
+      call("SETRANGE", name[c], 0, table.concat(parts))
+      if st == 2 then call("PEXPIRE", name[c], ttl) end
     end
   end
 end
 return out
 `
+
+// ScriptCall returns the KEYS and ARGV[2] with which the limiter sends items to the limit
+// script as one request (ARGV[1] is the time: "" for the Redis server's), for tools that call
+// the script themselves (bench/rlsscript, bench/rlsfloor). It fails on an item Do would refuse.
+func ScriptCall(items []Item) (keys []string, input []byte, err error) {
+	calls := make([]call, len(items))
+	for i := range items {
+		if err := prepare(&items[i], &calls[i], false); err != nil {
+			return nil, nil, fmt.Errorf("limiter: item %d: %w", i, err)
+		}
+		keys = append(keys, calls[i].counter)
+	}
+	return keys, appendRequest(nil, calls, nil), nil
+}
