@@ -29,13 +29,15 @@ const (
 // queueing it; the flusher that takes it sets reply or err, then signals done. Requests are
 // recycled through requestPool once answered.
 type request struct {
-	keys     []any  // its counters, the KEYS entries (counter names as strings)
-	input    []byte // its share of ARGV[2] (appendRequest)
+	keys     []any  // its KEYS entries (counter names as strings)
+	input    []byte // its share of ARGV[2] (appendRequest, appendLease)
+	replyLen int    // the length of its share of the reply
 	nowArg   string // ARGV[1]: only requests with the same value share a batch
 	deadline time.Time
 	state    atomic.Int32  // reqQueued, then reqTaken (by a flusher) or reqAbandoned (by Do)
 	done     chan struct{} // buffered: finish never blocks
-	reply    []int64       // its share of the reply: replyPerReq, then replyPerItem per item
+	reply    []int64       // its share of the reply: replyPerReq, then replyPerItem per item (replyPerLease for a lease)
+	now      int64         // the batch's time, Unix ms (the reply's head)
 	err      error
 }
 
@@ -46,7 +48,7 @@ func getRequest() *request { return requestPool.Get().(*request) }
 // putRequest recycles r, which no flusher may hold any more.
 func putRequest(r *request) {
 	clear(r.keys)
-	r.keys, r.input, r.reply, r.err = r.keys[:0], r.input[:0], nil, nil
+	r.keys, r.input, r.reply, r.err, r.replyLen, r.now = r.keys[:0], r.input[:0], nil, nil, 0, 0
 	r.state.Store(reqQueued)
 	requestPool.Put(r)
 }
@@ -163,7 +165,7 @@ func (b *batcher) next(batch []*request) []*request {
 				continue // abandoned
 			}
 			if !now.Before(r.deadline) {
-				r.finish(nil, errQueuedTooLong)
+				r.finish(nil, 0, errQueuedTooLong)
 				continue
 			}
 			batch = append(batch, r)
@@ -182,8 +184,8 @@ func (b *batcher) next(batch []*request) []*request {
 // is slow: the batches ahead of it took their whole timeout).
 var errQueuedTooLong = fmt.Errorf("queued until the timeout: %w", context.DeadlineExceeded)
 
-func (r *request) finish(reply []int64, err error) {
-	r.reply, r.err = reply, err
+func (r *request) finish(reply []int64, now int64, err error) {
+	r.reply, r.now, r.err = reply, now, err
 	r.done <- struct{}{}
 }
 
@@ -191,22 +193,23 @@ func (r *request) finish(reply []int64, err error) {
 // batch as one call) and finishes its requests. The call's deadline is the earliest of theirs.
 func (l *Limiter) sendBatch(batch []*request) {
 	deadline := batch[0].deadline
-	nkeys, nbytes := 0, 0
+	nkeys, nbytes, nreply := 0, 0, replyHead
 	for _, r := range batch {
 		if r.deadline.Before(deadline) {
 			deadline = r.deadline
 		}
 		nkeys += len(r.keys)
 		nbytes += len(r.input)
+		nreply += r.replyLen
 	}
-	args := make([]any, 0, 5+nkeys)
+	args := make([]any, 0, 6+nkeys)
 	args = append(args, "evalsha", limitScript.Hash(), nkeys)
 	input := make([]byte, 0, nbytes)
 	for _, r := range batch {
 		args = append(args, r.keys...)
 		input = append(input, r.input...)
 	}
-	args = append(args, batch[0].nowArg, input)
+	args = append(args, batch[0].nowArg, input, l.id)
 
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	var reply []int64
@@ -216,17 +219,17 @@ func (l *Limiter) sendBatch(batch []*request) {
 		return struct{}{}, err
 	})
 	cancel()
-	if err == nil && len(reply) != replyHead+replyPerReq*len(batch)+replyPerItem*nkeys {
-		err = fmt.Errorf("limiter: script reply of %d values for %d requests of %d items", len(reply), len(batch), nkeys)
+	if err == nil && len(reply) != nreply {
+		err = fmt.Errorf("limiter: script reply of %d values for %d requests, want %d", len(reply), len(batch), nreply)
 	}
 	off := replyHead
 	for _, r := range batch {
 		if err != nil {
-			r.finish(nil, err)
+			r.finish(nil, 0, err)
 			continue
 		}
-		n := replyPerReq + replyPerItem*len(r.keys)
-		r.finish(reply[off:off+n:off+n], nil)
+		n := r.replyLen
+		r.finish(reply[off:off+n:off+n], reply[0], nil)
 		off += n
 	}
 }

@@ -1,5 +1,5 @@
 // Package limiter implements sliding- and fixed-window rate limits over Redis, at most one round
-// trip per call.
+// trip per call, and a lease mode that decides most calls without one.
 //
 // A Limiter's Do takes the limits that apply to one request (Items), checks all of them and
 // charges all of them only if none that may deny is over: a denied request consumes no quota.
@@ -94,6 +94,66 @@
 // fails with an error, Do returns the error and the groups that charged keep their charge.
 // Give the items of one request the same hash tag (say, the tenant) to keep them atomic.
 //
+// # Lease mode
+//
+// An item in Mode Lease (or LeaseWhenHot, once its key is hot) is decided from a lease: hits of
+// the counter's quota that Redis charged to this replica in advance and that it admits without
+// a round trip. A lease call is one script call on the counter and its registry, a hash
+// "<counter>:l" of replica id -> "<hits leased and unused> <expiry ms>" in the same hash slot
+// (so Redis Cluster needs nothing more). It gives back hits the replica will not use, charges
+// the hits a waiting decision needs if they fit in the quota, and leases more:
+//
+//	leased = min(want - held, quota left, C - leased by others - held, floor(C/R) - held)
+//
+// where held is what the replica still holds, want its recent rate times Config.Lease.Horizon,
+// C = floor(MaxOvershoot * Limit) the cap on hits leased across replicas, and R the replicas
+// holding unexpired leases on the key, itself included. So leases follow each replica's rate,
+// replicas share the cap evenly, and an idle replica, which gives its lease back after a
+// horizon without decisions, holds nothing and is not counted in R. Leased hits are charged
+// when leased, like exact hits, in the same sliding counter: exact and leased decisions of one
+// key add up, and a key can move between modes at any moment.
+//
+// Decisions wait for Redis only when the lease lacks the hits: the first decision of a key, or
+// a burst faster than renewal. A lease is renewed in the background when a quarter of the
+// target is left or it nears its time (2*Horizon after the replica asked for it; the registry
+// entry expires then on Redis's clock, and the replica measures that time on its own monotonic
+// clock from before it asked, so it stops first). When Redis reports the quota used up, the
+// replica denies locally until quota frees, like the local over-limit cache.
+//
+// Over-admission bound. Hits admitted in any window of length Window come from hits charged
+// within that window, which the sliding counter keeps within Limit as for exact decisions, and
+// from leases charged before it and used in it, which were leased and unused at its start: at
+// most C. So no window admits more than Limit + C = Limit * (1 + MaxOvershoot), and with R
+// replicas each holding a lease of at most L <= floor(C/R) hits the excess is at most R*L.
+// TestLeaseOverAdmission checks it in simulated time and TestLeaseRegistryCap that what is
+// leased across replicas never exceeds C; bench/ratelimit.sh measures it with three Sluice
+// processes at five times a limit.
+//
+// Faults: a replica that dies loses at most its lease (those hits stay counted until they leave
+// the window; its registry entry counts for nothing once expired, so the others get its share
+// back within 2*Horizon). With Redis down, decisions go on from the leases until they are used
+// up or expire; then Do fails like an exact call, and the caller's failure mode applies.
+// Windows, grants and registry expiries are on Redis's clock (the script reads TIME); a
+// replica's clock only measures how long it has held a lease. A limit whose cap C is below one
+// hit is decided exactly: leasing it would gain nothing.
+//
+// Unused hits go back to the sub-window that counted them (refunding them from the newest
+// sub-window would let older hits leave the window early): a lease keeps the unused hits of
+// each grant with its Redis time, uses the oldest first, and gives them back with its next
+// lease call when it expires, idles or Close runs. A request denied by another item gives back
+// what its leased items took. Results of leased items carry Leased; their Used, Remaining and
+// ResetAfter are Redis's figures from the last lease call, less the hits this replica leased
+// and has not used.
+//
+// # Hot keys
+//
+// Exact decisions (Mode Exact and LeaseWhenHot) are sampled, one in eight, per counter over
+// one-second intervals. A counter decided at Config.HotKeyThreshold decisions per second or
+// more at this replica is hot until it falls below half of that: one Result says NewlyHot (the
+// service logs it once), sluice_ratelimit_hot_keys{mode} counts hot counters, and LeaseWhenHot
+// items of a hot sliding-window counter are decided in lease mode. Detection is per replica:
+// a key spread over R replicas is hot on the shard at R times the rate each replica sees.
+
 // # Local over-limit cache
 //
 // When Redis reports a counter exhausted (Remaining 0), the Limiter remembers it until its
@@ -112,7 +172,7 @@
 // callers usually allow requests on any error.
 //
 // Metrics (metrics.go): sluice_ratelimit_redis_duration_seconds (one per script call, that is
-// per batch),
-// sluice_ratelimit_redis_errors_total{reason}, sluice_ratelimit_local_cache_hits_total and
-// sluice_ratelimit_breaker_open.
+// per batch), sluice_ratelimit_redis_errors_total{reason}, sluice_ratelimit_local_cache_hits_total,
+// sluice_ratelimit_breaker_open, sluice_ratelimit_hot_keys{mode}, sluice_ratelimit_leases and
+// sluice_ratelimit_lease_calls_total{reason}.
 package limiter

@@ -172,9 +172,9 @@ local EMPTY = slotOf(0, 0)
 --            back all the same, so that the next call need not redo it
 local ids, name, win, subs, cur, used, state, pending, old = {}, {}, {}, {}, {}, {}, {}, {}, {}
 local raw, sum, cnt, tim, dirty, oldest, ot, moved = {}, {}, {}, {}, {}, {}, {}, {}
-local ic, ihits, ilimit, iflags, iover = {}, {}, {}, {}, {}
+local ic, ihits, ilimit, iflags, iover, ilease = {}, {}, {}, {}, {}, {}
 
-local blob, pos, reqs, x = ARGV[2], 1, {}, 0
+local blob, pos, reqs, x, kx = ARGV[2], 1, {}, 0, 0
 while pos <= #blob do
   local m = u4(blob, pos)
   pos = pos + 4
@@ -184,7 +184,23 @@ while pos <= #blob do
     local flags, n = byte(blob, pos, pos + 1)
     local limit, w, hits = u7(blob, pos + 2), u6(blob, pos + 9), u7(blob, pos + 15)
     pos = pos + 22
-    local key = KEYS[x]
+    kx = kx + 1
+    local key = KEYS[kx]
+    if flags % 16 >= 8 then
+      -- a lease: what the replica wants to hold after the call and holds now, the cap on hits
+      -- leased by all replicas, how long a lease lasts, and the unused hits it gives back, each
+      -- with the time of the grant that charged them
+      local L = {want = u7(blob, pos), held = u7(blob, pos + 7), cap = u7(blob, pos + 14),
+        ttl = u6(blob, pos + 21), reg = KEYS[kx + 1], ret = {}}
+      local nret = byte(blob, pos + 27)
+      pos = pos + 28
+      for j = 1, nret do
+        L.ret[j] = {u7(blob, pos), u6(blob, pos + 7)}
+        pos = pos + 13
+      end
+      ilease[x] = L
+      kx = kx + 1
+    end
     local c = ids[key]
     if c == nil then
       c = #name + 1
@@ -204,7 +220,7 @@ while pos <= #blob do
     ic[x], iflags[x], ilimit[x], ihits[x] = c, flags % 4, limit, hits
   end
 end
-if x ~= #KEYS then return redis.error_reply("limiter: " .. #KEYS .. " keys for " .. x .. " items") end
+if kx ~= #KEYS then return redis.error_reply("limiter: " .. #KEYS .. " keys for " .. kx .. " expected") end
 
 if x == 0 then return {now} end
 
@@ -350,6 +366,73 @@ end
 
 -- resetAfter is when quota next frees: a fixed window's end, or when the last hit of the
 -- oldest counted sub-window leaves the window.
+-- subwindow returns the index of the sub-window of sliding counter c holding time t.
+local function subwindow(c, t)
+  local n, w = subs[c], win[c]
+  local y = t * n
+  local k = floor(y / w)
+  while k * w > y do k = k - 1 end
+  while (k + 1) * w <= y do k = k + 1 end
+  return k
+end
+
+-- refundAt subtracts hits from the sub-window holding time at, if it is still counted: the
+-- unused part of a lease goes back where it was charged.
+local function refundAt(c, hits, at)
+  local j, k, n = subwindow(c, at), cur[c], subs[c]
+  if j < k - n or j > k then return end
+  local i = j % (n + 1)
+  local h = count(c, i)
+  local d = min(h, hits)
+  if d <= 0 then return end
+  cnt[c][i], dirty[c][i] = h - d, true
+  sum[c], used[c] = sum[c] - d, used[c] - d
+  if h == d and oldest[c] == j then oldest[c] = nil end
+  if sum[c] <= 0 then oldest[c] = 0 end
+  changed(c)
+end
+
+-- lease decides one lease item i: the replica's unused hits of its last grant come back, the
+-- hits it needs now are charged if they fit, and it gets a lease on more if the cap on hits
+-- leased by all replicas and its share of it allow. The registry (a hash of replica id ->
+-- "<hits leased> <expiry ms>", in the same hash slot) holds what every replica may still admit
+-- without asking; entries past their expiry count for nothing and are removed.
+-- It returns over, the hits leased beyond the need, and the replicas holding leases.
+local function lease(i)
+  local c, L, me, need, limit = ic[i], ilease[i], ARGV[3], ihits[i], ilimit[i]
+  for _, r in ipairs(L.ret) do refundAt(c, r[1], r[2]) end
+  local all = call("HGETALL", L.reg)
+  local others, replicas, gone = 0, 1, {}
+  for j = 1, #all, 2 do
+    if all[j] ~= me then
+      local size, exp = string.match(all[j + 1], "^(%d+) (%d+)$")
+      size, exp = tonumber(size), tonumber(exp)
+      if size and exp and exp > now then
+        others, replicas = others + size, replicas + 1
+      else
+        gone[#gone + 1] = all[j]
+      end
+    end
+  end
+  if #gone > 0 then call("HDEL", L.reg, unpack(gone)) end
+  local over, g = 0, 0
+  if need > 0 and used[c] + need > limit then
+    over = 1
+  else
+    local avail = limit - used[c] - need
+    g = max(0, min(L.want - L.held, avail, L.cap - others - L.held, floor(L.cap / replicas) - L.held))
+    if need + g > 0 then charge(c, need + g) end
+  end
+  local mine = L.held + g
+  if mine > 0 then
+    call("HSET", L.reg, me, fmt("%d %d", mine, now + L.ttl))
+    call("PEXPIRE", L.reg, L.ttl)
+  elseif #all > 0 then
+    call("HDEL", L.reg, me)
+  end
+  return over, g, replicas
+end
+
 local function resetAfter(c)
   local n = subs[c]
   if n == 0 then return cur[c] end
@@ -370,10 +453,20 @@ for r = 1, #reqs do
   if bad > 0 then
     out[o + 1] = -bad
     o = o + 1
-    for _ = x, last do
+    for i = x, last do
       out[o + 1], out[o + 2], out[o + 3] = 0, 0, 0
       o = o + 3
+      if ilease[i] then
+        out[o + 1], out[o + 2] = 0, 0
+        o = o + 2
+      end
     end
+  elseif ilease[x] then
+    -- a lease request: one lease item
+    local c = ic[x]
+    local over, g, replicas = lease(x)
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6] = 1, over, used[c], resetAfter(c), g, replicas
+    o = o + 6
   else
     for i = x, last do
       pending[ic[i]] = 0
