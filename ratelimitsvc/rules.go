@@ -36,6 +36,12 @@ type Domain struct {
 	// Algorithm is the domain's `algorithm` (Sluice extension), the default of
 	// its limits. Default limiter.SlidingWindow.
 	Algorithm limiter.Algorithm
+	// Mode is limiter.Lease for `algorithm: sliding_window_lease`, else
+	// limiter.Exact: the default of its limits.
+	Mode limiter.Mode
+	// HotKeyLease is the domain's `on_hot_key: lease`, the default of its
+	// limits: a hot key of a sliding window moves to lease mode.
+	HotKeyLease bool
 	// File and Line say where the domain is defined.
 	File string
 	Line int
@@ -66,6 +72,10 @@ type Limit struct {
 	Window time.Duration
 	// Algorithm is the limit's `algorithm`, else its domain's.
 	Algorithm limiter.Algorithm
+	// Mode is how its decisions are made: limiter.Lease for
+	// sliding_window_lease, limiter.LeaseWhenHot for a sliding window with
+	// on_hot_key: lease, else limiter.Exact.
+	Mode limiter.Mode
 	// SubWindows is `sub_windows` for a sliding window (default 10); 1 for a
 	// fixed window; 0 when Unlimited.
 	SubWindows int
@@ -333,6 +343,7 @@ type jsonLimit struct {
 	UnitMultiplier  uint32   `json:"unit_multiplier,omitempty"`
 	Window          string   `json:"window,omitempty"`
 	Algorithm       string   `json:"algorithm,omitempty"`
+	Mode            string   `json:"mode,omitempty"` // lease or lease_when_hot; empty when exact
 	SubWindows      int      `json:"sub_windows,omitempty"`
 	Replaces        []string `json:"replaces,omitempty"`
 	Source          string   `json:"source"`
@@ -362,6 +373,9 @@ func jsonLevel(l *level) []jsonNode {
 				jl.UnitMultiplier = l.UnitMultiplier
 				jl.Window = l.Window.String()
 				jl.Algorithm = l.Algorithm.String()
+				if l.Mode != limiter.Exact {
+					jl.Mode = l.Mode.String()
+				}
 				jl.SubWindows = l.SubWindows
 			}
 			jn.Limits = append(jn.Limits, jl)

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -191,6 +192,7 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 					Window:     l.Window,
 					Algorithm:  l.Algorithm,
 					SubWindows: l.SubWindows,
+					Mode:       l.Mode,
 					Hits:       hits,
 					Refund:     d.GetIsNegativeHits(),
 					// A quota_mode limit over its quota refuses the request
@@ -219,6 +221,11 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 	}
 	if err != nil {
 		return s.degraded(ctx, resp, domain, apps, err), nil
+	}
+	for _, a := range apps {
+		if a.item >= 0 && results[a.item].NewlyHot {
+			s.logHot(ctx, domain.Name, a, descs[a.desc], items[a.item], results[a.item])
+		}
 	}
 	if len(results) > 0 && results[0].FromCache {
 		s.readUnanswered(ctx, items, results)
@@ -264,6 +271,7 @@ func (s *Service) limitsFor(rules *Rules, domain *Domain, d *commonrl.RateLimitD
 			UnitMultiplier:  mult,
 			Window:          window * time.Duration(mult),
 			Algorithm:       domain.Algorithm,
+			Mode:            overrideMode(domain),
 			SubWindows:      limiter.DefaultSubWindows,
 		}
 		return []*Limit{l}, entries, true
@@ -273,6 +281,15 @@ func (s *Service) limitsFor(rules *Rules, domain *Domain, d *commonrl.RateLimitD
 		return nil, nil, false
 	}
 	return m.Limits, m.CounterEntries, true
+}
+
+// overrideMode is how a descriptor's limit override is decided: as its
+// domain's limits are by default.
+func overrideMode(d *Domain) limiter.Mode {
+	if d.Mode == limiter.Exact && d.HotKeyLease && d.Algorithm == limiter.SlidingWindow {
+		return limiter.LeaseWhenHot
+	}
+	return d.Mode
 }
 
 // readUnanswered completes a denial by the limiter's local cache, which
@@ -315,6 +332,23 @@ func (s *Service) readUnanswered(ctx context.Context, items []limiter.Item, resu
 		}
 		results[i] = r
 	}
+}
+
+// logHot logs, once per hot spell, a counter decided at or above the hot-key
+// threshold: one Redis key, hence one shard, carries all its decisions, however
+// many replicas there are. Lease mode takes it off the shard where the rule
+// allows it (on_hot_key: lease); otherwise the shard's capacity caps it.
+func (s *Service) logHot(ctx context.Context, domain string, a applied, d *commonrl.RateLimitDescriptor, it limiter.Item, r limiter.Result) {
+	entries := make([]string, 0, len(d.GetEntries()))
+	for _, e := range d.GetEntries() {
+		entries = append(entries, e.GetKey()+"="+e.GetValue())
+	}
+	mode := "exact (the rule does not allow lease mode: set on_hot_key: lease or algorithm: sliding_window_lease)"
+	if it.Mode == limiter.LeaseWhenHot {
+		mode = "lease (on_hot_key: lease)"
+	}
+	s.log.WarnContext(ctx, "rate limit: hot key: one Redis key carries this descriptor's decisions (logged once per hot spell; see sluice_ratelimit_hot_keys)",
+		"domain", domain, "rule", a.rule, "descriptor", strings.Join(entries, ","), "decisions_per_second", math.Round(r.HotRate), "mode", mode)
 }
 
 // refund takes back the hits that items charged. A failure is logged (at

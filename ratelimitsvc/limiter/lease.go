@@ -387,13 +387,14 @@ func (l *Limiter) leaseCall(le *lease, in leaseInput) (out leaseOut, now int64, 
 		r.nowArg, r.deadline = l.nowArg(l.now()), time.Now().Add(l.cfg.Timeout)
 		answered, rerr := l.batch.do(ctx, r)
 		if !answered {
-			return out, 0, rerr
+			return out, 0, l.failure(context.Background(), rerr)
 		}
 		reply, now, err = append([]int64(nil), r.reply...), r.now, rerr
 		putRequest(r)
 	}
 	if err != nil {
-		return out, 0, l.failure(ctx, err)
+		// The lease call is the limiter's own: its deadline passing is a Redis timeout.
+		return out, 0, l.failure(context.Background(), err)
 	}
 	if len(reply) != replyPerReq+replyPerLease {
 		return out, 0, fmt.Errorf("limiter: lease reply of %d values", len(reply))
