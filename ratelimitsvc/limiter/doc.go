@@ -98,10 +98,11 @@
 //
 // An item in Mode Lease (or LeaseWhenHot, once its key is hot) is decided from a lease: hits of
 // the counter's quota that Redis charged to this replica in advance and that it admits without
-// a round trip. A lease call is one script call on the counter and its registry, a hash
-// "<counter>:l" of replica id -> "<hits leased and unused> <expiry ms>" in the same hash slot
-// (so Redis Cluster needs nothing more). It gives back hits the replica will not use, charges
-// the hits a waiting decision needs if they fit in the quota, and leases more:
+// a round trip. A lease call is one script call on the counter, whose value carries, after the
+// ring, the registry of leases: "<replica id>=<hits leased and unused>@<expiry ms>;" per
+// replica (one key: nothing more for Redis Cluster, and exact decisions leave it as it is). It
+// gives back hits the replica will not use, charges the hits a waiting decision needs if they
+// fit in the quota, and leases more:
 //
 //	leased = min(want - held, quota left, C - leased by others - held, floor(C/R) - held)
 //

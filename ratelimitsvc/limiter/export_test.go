@@ -55,12 +55,12 @@ func LeaseScriptCall(in LeaseInput) (keys []string, input []byte) {
 	if err := prepare(c.item, &c, false); err != nil {
 		panic(err)
 	}
-	le := &lease{counter: c.counter, registry: c.counter + ":l", limit: in.Limit, window: in.Window, subs: c.subs}
+	le := &lease{counter: c.counter, limit: in.Limit, window: in.Window, subs: c.subs}
 	var ret []grant
 	if in.Return > 0 {
 		ret = []grant{{in.Return, in.ReturnAt}}
 	}
-	return []string{le.counter, le.registry}, appendLease(nil, le, leaseInput{
+	return []string{le.counter}, appendLease(nil, le, leaseInput{
 		need: in.Need, want: in.Want, held: in.Held, ret: ret, cap: in.Cap, ttl: in.TTL,
 	})
 }

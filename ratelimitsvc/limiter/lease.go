@@ -31,7 +31,7 @@ type leases struct {
 	cfg LeaseConfig
 	ttl time.Duration // how long a lease may be used after it was asked for: 2*Horizon
 
-	mu   sync.Mutex // guards keys
+	mu   sync.RWMutex // guards keys
 	keys map[string]*lease
 
 	flyMu  sync.RWMutex // guards closed; held for reading while a flight starts
@@ -42,10 +42,10 @@ type leases struct {
 
 // lease is this replica's share of one counter's quota. Its fields are guarded by mu.
 type lease struct {
-	counter, registry string // Redis keys: the sliding counter and its registry of leases
-	limit             uint64
-	window            time.Duration
-	subs              int
+	counter string // the sliding counter's Redis key, which holds the registry of leases too
+	limit   uint64
+	window  time.Duration
+	subs    int
 
 	mu        sync.Mutex // guards the fields below
 	remaining uint64     // hits this replica may admit without asking: the sum of grants
@@ -130,23 +130,21 @@ func (ls *leases) capOf(limit uint64) uint64 {
 
 // get returns the lease of c's counter, creating it, or nil when MaxKeys leases are held.
 func (ls *leases) get(c *call) *lease {
+	ls.mu.RLock()
+	le := ls.keys[c.counter]
+	ls.mu.RUnlock()
+	if le != nil {
+		return le
+	}
 	ls.mu.Lock()
 	defer ls.mu.Unlock()
-	le := ls.keys[c.counter]
-	if le != nil {
-		le.mu.Lock()
-		if le.limit != c.item.Limit {
-			// The rules changed the limit: what is leased was sized for the old one.
-			le.expireLocked()
-			le.limit, le.known, le.exhausted = c.item.Limit, false, time.Time{}
-		}
-		le.mu.Unlock()
+	if le := ls.keys[c.counter]; le != nil {
 		return le
 	}
 	if len(ls.keys) >= ls.cfg.MaxKeys {
 		return nil
 	}
-	le = &lease{counter: c.counter, registry: c.counter + ":l", limit: c.item.Limit, window: c.item.Window, subs: c.subs}
+	le = &lease{counter: c.counter, limit: c.item.Limit, window: c.item.Window, subs: c.subs}
 	ls.keys[c.counter] = le
 	ls.l.metrics.leases.Set(float64(len(ls.keys)))
 	return le
@@ -165,9 +163,14 @@ const (
 // from which grant, or says why not. A wait comes with the flight to wait for; owner reports
 // that the flight was started for these hits (its need), so that once it lands they are charged
 // or refused without another reservation.
-func (ls *leases) reserve(le *lease, hits uint64, now time.Time, debits *[]grant) (o outcome, f *flight, owner bool) {
+func (ls *leases) reserve(le *lease, limit, hits uint64, now time.Time, debits *[]grant) (o outcome, f *flight, owner bool) {
 	le.mu.Lock()
 	defer le.mu.Unlock()
+	if le.limit != limit {
+		// The rules changed the limit: what is leased was sized for the old one.
+		le.expireLocked()
+		le.limit, le.known, le.exhausted = limit, false, time.Time{}
+	}
 	le.demand += hits
 	le.lastUse = now
 	if !le.expires.After(now) && le.remaining > 0 {
@@ -369,12 +372,16 @@ type leaseOut struct {
 }
 
 // leaseCall sends one lease request for le and parses its answer: on a single Redis it joins
-// the next coalesced batch, on a cluster it is one script call. It is bounded by
-// Config.Timeout and goes through the circuit breaker like any call.
+// the next coalesced batch, on a cluster it is one script call. It goes through the circuit
+// breaker like any call, bounded by the longer of Config.Timeout and a quarter of the horizon:
+// no decision waits for it longer than Config.Timeout, and a lease that lands after its
+// waiters gave up still serves the decisions after them, where failing it would make them ask
+// again.
 func (l *Limiter) leaseCall(le *lease, in leaseInput) (out leaseOut, now int64, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), l.cfg.Timeout)
+	timeout := max(l.cfg.Timeout, l.cfg.Lease.Horizon/4)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	keys := []any{le.counter, le.registry}
+	keys := []any{le.counter}
 	input := appendLease(nil, le, in)
 	var reply []int64
 	if l.cluster != nil {
@@ -384,7 +391,7 @@ func (l *Limiter) leaseCall(le *lease, in leaseInput) (out leaseOut, now int64, 
 		r.keys = append(r.keys, keys...)
 		r.input = append(r.input, input...)
 		r.replyLen = replyPerReq + replyPerLease
-		r.nowArg, r.deadline = l.nowArg(l.now()), time.Now().Add(l.cfg.Timeout)
+		r.nowArg, r.deadline = l.nowArg(l.now()), time.Now().Add(timeout)
 		answered, rerr := l.batch.do(ctx, r)
 		if !answered {
 			return out, 0, l.failure(context.Background(), rerr)
@@ -533,6 +540,7 @@ func (l *Limiter) leaseFor(c *call) *lease {
 // leaseGroup is what one request takes from one lease: the hits of its items on that counter.
 type leaseGroup struct {
 	le      *lease
+	limit   uint64
 	hits    uint64
 	denies  bool    // an item of it may deny the request (not shadow)
 	taken   bool    // the hits came out of the lease (give them back if the request is denied)
@@ -559,14 +567,15 @@ func (l *Limiter) doLeased(ctx context.Context, calls []call, results []Result, 
 		}
 		gi := slices.IndexFunc(groups, func(g leaseGroup) bool { return g.le == c.lease })
 		if gi < 0 {
-			groups = append(groups, leaseGroup{le: c.lease})
+			groups = append(groups, leaseGroup{le: c.lease, limit: c.item.Limit})
 			gi = len(groups) - 1
 		}
 		groups[gi].hits += c.item.Hits
 		groups[gi].denies = groups[gi].denies || !c.item.Shadow
 	}
-	wctx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
-	defer cancel()
+	// The wait for leases is bounded by Config.Timeout, counted from the first wait: a timer
+	// only for the decisions that wait.
+	var wctx context.Context
 	undo := func() {
 		for gi := range groups {
 			g := &groups[gi]
@@ -589,7 +598,7 @@ func (l *Limiter) doLeased(ctx context.Context, calls []call, results []Result, 
 			if g.settled || g.taken || g.over {
 				continue
 			}
-			o, f, own := l.leases.reserve(g.le, g.hits, now, &g.debits)
+			o, f, own := l.leases.reserve(g.le, g.limit, g.hits, now, &g.debits)
 			switch o {
 			case taken:
 				g.taken = true
@@ -615,6 +624,11 @@ func (l *Limiter) doLeased(ctx context.Context, calls []call, results []Result, 
 				g.le.release(g.debits)
 				g.taken = false
 			}
+		}
+		if wctx == nil {
+			var cancel context.CancelFunc
+			wctx, cancel = context.WithTimeout(ctx, l.cfg.Timeout)
+			defer cancel()
 		}
 		select {
 		case <-waitFor.done:

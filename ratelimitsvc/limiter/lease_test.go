@@ -2,10 +2,12 @@ package limiter_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -122,7 +124,7 @@ func TestLeaseRegistryCap(t *testing.T) {
 	const limit = 1_000_000
 	capHits := uint64(limiter.DefaultLeaseMaxOvershoot * limit)
 	item := limiter.Item{Key: p + "{cap}", Limit: limit, Window: time.Minute, Hits: 1, Mode: limiter.Lease}
-	registry := p + "{cap}:sw:60000:10:l"
+	counter := p + "{cap}:sw:60000:10"
 	var replicas [3]*limiter.Limiter
 	for i := range replicas {
 		l, err := limiter.New(c, limiter.Config{Timeout: 5 * time.Second}, nil)
@@ -159,22 +161,15 @@ func TestLeaseRegistryCap(t *testing.T) {
 	var most uint64
 	deadline := time.Now().Add(time.Second)
 	for time.Now().Before(deadline) {
-		entries, err := c.HGetAll(ctx, registry).Result()
-		if err != nil {
-			t.Fatal(err)
-		}
+		entries := registry(t, c, counter, 10)
 		redisNow, err := c.Time(ctx).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
 		var total uint64
-		for id, v := range entries {
-			var size, exp uint64
-			if _, err := fmt.Sscanf(v, "%d %d", &size, &exp); err != nil {
-				t.Fatalf("registry entry %s = %q: %v", id, v, err)
-			}
-			if int64(exp) > redisNow.UnixMilli() {
-				total += size
+		for _, e := range entries {
+			if e.expires > redisNow.UnixMilli() {
+				total += e.hits
 			}
 		}
 		most = max(most, total)
@@ -203,7 +198,6 @@ func TestLeaseRegistryCap(t *testing.T) {
 // did not use stays counted (never handed out twice), the other replica loses nothing more,
 // and once the dead replica's lease expires its share goes to the live one.
 func TestLeaseReplicaCrash(t *testing.T) {
-	ctx := t.Context()
 	c, p, clk := setup(t)
 	const (
 		limit  = 1000
@@ -212,7 +206,7 @@ func TestLeaseReplicaCrash(t *testing.T) {
 	cfg := limiter.Config{Now: clk.Now, Timeout: 5 * time.Second, LocalCacheSize: -1, Lease: limiter.LeaseConfig{MaxOvershoot: 0.1}}
 	dead, live := newLimiter(t, c, cfg), newLimiter(t, c, cfg)
 	item := limiter.Item{Key: p + "{crash}", Limit: limit, Window: window, Hits: 1, Mode: limiter.Lease}
-	registry := p + "{crash}:sw:60000:10:l"
+	counter := p + "{crash}:sw:60000:10"
 	// Both replicas busy (a decision every simulated millisecond, in turn) until both hold leases.
 	var deadAdmitted, liveAdmitted uint64
 	for i := range 200 {
@@ -225,18 +219,11 @@ func TestLeaseReplicaCrash(t *testing.T) {
 			*n++
 		}
 	}
-	waitFor(t, "both replicas in the registry", func() bool { return c.HLen(ctx, registry).Val() == 2 })
-	entries := c.HGetAll(ctx, registry).Val()
+	waitFor(t, "both replicas in the registry", func() bool { return len(registry(t, c, counter, 10)) == 2 })
+	entries := registry(t, c, counter, 10)
 	limiter.Crash(dead)
 	t.Logf("registry when one replica dies: %v", entries)
-	var deadLease uint64
-	for id, v := range entries {
-		var size, exp uint64
-		fmt.Sscanf(v, "%d %d", &size, &exp)
-		if id == limiter.ID(dead) {
-			deadLease = size
-		}
-	}
+	deadLease := entries[limiter.ID(dead)].hits
 	if deadLease == 0 {
 		t.Fatalf("the dying replica holds no lease: %v", entries)
 	}
@@ -252,11 +239,12 @@ func TestLeaseReplicaCrash(t *testing.T) {
 	if total > limit || total+deadLease < limit {
 		t.Errorf("admitted %d hits in one window with a lease of %d lost: want between %d and %d", total, deadLease, limit-deadLease, limit)
 	}
-	// Past the dead replica's lease time its entry counts for nothing and goes at the next call.
-	clk.Advance(3 * limiter.DefaultLeaseHorizon)
+	// Once the window has passed, the live replica asks again; the dead replica's entry, past its
+	// time, counts for nothing and goes.
+	clk.Advance(window + time.Second)
 	do(t, live, item)
 	waitFor(t, "the dead replica's entry removed", func() bool {
-		_, ok := c.HGetAll(ctx, registry).Val()[limiter.ID(dead)]
+		_, ok := registry(t, c, counter, 10)[limiter.ID(dead)]
 		return !ok
 	})
 }
@@ -341,20 +329,19 @@ func TestLeaseExpires(t *testing.T) {
 // TestLeaseIdleReturn checks that a key idle for a horizon gives its lease back: its registry
 // entry goes and the counter keeps only the hits admitted.
 func TestLeaseIdleReturn(t *testing.T) {
-	ctx := t.Context()
 	c, p, clk := setup(t)
 	l := newLimiter(t, c, limiter.Config{Now: clk.Now})
 	item := limiter.Item{Key: p + "{idle}", Limit: 1_000_000, Window: time.Hour, Hits: 1, Mode: limiter.Lease}
-	registry := p + "{idle}:sw:3600000:10:l"
+	counter := p + "{idle}:sw:3600000:10"
 	const admitted = 50
 	for range admitted {
 		clk.Advance(time.Millisecond)
 		do(t, l, item)
 	}
-	waitFor(t, "a lease beyond the decisions", func() bool { return c.HLen(ctx, registry).Val() == 1 && limiter.Leased(l, item) > 0 })
+	waitFor(t, "a lease beyond the decisions", func() bool { return len(registry(t, c, counter, 10)) == 1 && limiter.Leased(l, item) > 0 })
 	clk.Advance(limiter.DefaultLeaseHorizon)
 	limiter.Sweep(l, clk.Now())
-	waitFor(t, "the lease given back", func() bool { return c.Exists(ctx, registry).Val() == 0 })
+	waitFor(t, "the lease given back", func() bool { return len(registry(t, c, counter, 10)) == 0 })
 	check := limiter.Item{Key: item.Key, Limit: item.Limit, Window: item.Window}
 	res, _ := do(t, newLimiter(t, c, limiter.Config{Now: clk.Now}), check)
 	if res[0].Used != admitted {
@@ -439,6 +426,45 @@ func TestLeasePortable(t *testing.T) {
 	}
 }
 
+// leaseEntry is one replica's entry in a counter's registry of leases.
+type leaseEntry struct {
+	hits    uint64
+	expires int64 // Redis ms
+}
+
+// registry reads the registry of leases of a sliding counter of subs sub-windows: the entries
+// "<replica>=<hits>@<expiry ms>;" after the ring.
+func registry(t *testing.T, c redis.Cmdable, counter string, subs int) map[string]leaseEntry {
+	t.Helper()
+	v, err := c.Get(t.Context(), counter).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring := 54 + 26*(subs+1)
+	if len(v) < ring {
+		t.Fatalf("%s: %d bytes, shorter than its ring (%d)", counter, len(v), ring)
+	}
+	out := map[string]leaseEntry{}
+	for _, e := range strings.Split(strings.TrimSuffix(v[ring:], ";"), ";") {
+		if e == "" {
+			continue
+		}
+		var (
+			id  string
+			ent leaseEntry
+		)
+		id, rest, ok := strings.Cut(e, "=")
+		if _, err := fmt.Sscanf(rest, "%d@%d", &ent.hits, &ent.expires); !ok || err != nil {
+			t.Fatalf("%s: registry entry %q: %v", counter, e, err)
+		}
+		out[id] = ent
+	}
+	return out
+}
+
 // waitFor polls cond every 5ms for up to 5s, for outcomes of lease calls in the background.
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
@@ -479,10 +505,11 @@ func TestLeaseCluster(t *testing.T) {
 	}
 	for _, tag := range []string{"a", "b", "c"} {
 		counter := "lease:{" + tag + "}:sw:60000:10"
-		for _, key := range []string{counter, counter + ":l"} {
-			if n, err := cc.Exists(ctx, key).Result(); err != nil || n != 1 {
-				t.Errorf("%s: Exists = %d, %v", key, n, err)
-			}
+		if n, err := cc.Exists(ctx, counter).Result(); err != nil || n != 1 {
+			t.Errorf("%s: Exists = %d, %v", counter, n, err)
+		}
+		if len(registry(t, cc, counter, 10)) != 1 {
+			t.Errorf("%s: no lease in its registry", counter)
 		}
 	}
 	// One exact pipeline per call; lease calls besides: three first leases and renewals.

@@ -31,17 +31,22 @@ const (
 //
 //	KEYS      the counter of every item of every request, in order. Fixed window:
 //	          "<Key>:f:<window ms>"; the script appends ":<window start ms>" and uses that string
-//	          key. Sliding window: the hash "<Key>:sw:<window ms>:<sub-windows>". Both carry the
-//	          item's {hash tag}, so the derived fixed-window key lives in the same Cluster slot.
+//	          key. Sliding window: the string "<Key>:sw:<window ms>:<sub-windows>". Both carry
+//	          the item's {hash tag}, so the derived fixed-window key lives in the same Cluster
+//	          slot.
 //	ARGV[1]   now in Unix milliseconds, or "" for the server's TIME (production: one clock for
 //	          all sidecars, so client clock skew cannot stretch or shrink windows). One time for
 //	          the whole batch.
 //	ARGV[2]   binary, unsigned little-endian integers: for each request its item count (4 bytes),
-//	          then for each item flags (1 byte: 1 refund, 2 shadow, 4 fixed), sub-windows (1),
-//	          limit (7), window ms (6) and hits (7).
+//	          then for each item flags (1 byte: 1 refund, 2 shadow, 4 fixed, 8 lease),
+//	          sub-windows (1), limit (7), window ms (6) and hits (7); a lease item (alone in its
+//	          request) then has want (7), held (7), cap (7), ttl ms (6), the number of grants it
+//	          gives back (1) and for each its hits (7) and time ms (6); see the lease function.
+//	ARGV[3]   the replica's id in lease registries (lease requests only)
 //	reply     {now ms, then per request: allowed 1|0 (or -i if its item i holds a value of another
 //	          type or format: that request is skipped), then per item: over 0|1, used after the
-//	          call, reset after ms}
+//	          call, reset after ms; and for a lease item, the hits leased beyond its need and the
+//	          replicas holding leases}
 //
 // Every number the script reads or writes is an integer that Lua's doubles hold exactly (below
 // 2^53), decoded from bytes with string.byte and written with %d: no library beyond Lua 5.1's
@@ -55,22 +60,25 @@ const (
 // refunds plus what earlier items of the same request would add to the same counter (so
 // duplicate keys cannot overshoot together), then, if allowed, all of them are charged.
 //
-// Fixed window: a string counter read with MGET (one for all fixed counters of the batch) and
-// written with INCRBY of the difference, or SET with PX when the key is created.
+// Every counter of a batch is read with one MGET. Fixed window: a string count, written with
+// INCRBY of the difference, or SET with PX when the key is created.
 //
-// Sliding window: a hash of integers: "k", the newest sub-window charged; "s", the sum of the
-// counts of all slots; and for each of the N+1 slots i, "c<i>" its count and "t<i>" the time of
-// its last admitted hit. Sub-window j (j = floor(now*N/window)) lives in slot j mod (N+1). The
-// count at sub-window k is the sum of sub-windows k-N+1..k, which lie wholly inside
-// (now-window, now], plus sub-window k-N, which straddles the window's start: it counts in full
-// unless its last hit is at or before now-window. That never undercounts the hits of
+// Sliding window: a string of fixed-width hex integers: the newest sub-window charged, the sum
+// of the counts of all slots, the oldest counted sub-window and its last hit, then for each of
+// the N+1 slots its count and the time of its last admitted hit; in lease mode the registry of
+// leases follows (see the lease function). Sub-window j (j = floor(now*N/window)) lives in slot
+// j mod (N+1). The count at sub-window k is the sum of sub-windows k-N+1..k, which lie wholly
+// inside (now-window, now], plus sub-window k-N, which straddles the window's start: it counts
+// in full unless its last hit is at or before now-window. That never undercounts the hits of
 // (now-window, now], so no window of that length ever holds more than limit admitted hits, and
 // overcounts at most the hits of one sub-window that already left (for at most one sub-window's
-// time). The running sum makes a decision read only a few fields (one HMGET of k, s and the
-// slots of sub-windows k-N, k-N+1 and k); all slots are read only where needed (a refund, a
-// counter idle for two sub-windows or more, quota freeing later than sub-window k-N+1). A
-// charge writes the fields it changed with one HSET. The key gets its TTL (window + one
-// sub-window) when it is created and when a charge opens a new sub-window, never otherwise.
+// time). The running sum and the oldest counted sub-window make a decision decode only a few
+// fields (the head and the slots of sub-windows k-N and k), other slots only where needed (a
+// refund, a counter idle for two sub-windows or more). A change writes the ring back with one
+// SETRANGE, which keeps the TTL and the registry; a change of the registry writes the whole
+// value with SET KEEPTTL. The key gets its TTL (window + one sub-window, or longer while a
+// lease in its registry lasts longer) when it is created and when a charge opens a new
+// sub-window, never otherwise.
 var limitScript = redis.NewScript(limitScriptSource)
 
 // ScriptSource returns the Lua source of the limit script, for tools that load
@@ -170,8 +178,10 @@ local EMPTY = slotOf(0, 0)
 --            while unknown (its sub-window left or was emptied), 0 when nothing is counted
 --   moved[c] true when the view differs from Redis without a charge (sub-windows left): written
 --            back all the same, so that the next call need not redo it
+--   reg[c]   its registry of leases, once a lease call read it (registry()); regDirty[c] when
+--            changed
 local ids, name, win, subs, cur, used, state, pending, old = {}, {}, {}, {}, {}, {}, {}, {}, {}
-local raw, sum, cnt, tim, dirty, oldest, ot, moved = {}, {}, {}, {}, {}, {}, {}, {}
+local raw, sum, cnt, tim, dirty, oldest, ot, moved, reg, regDirty = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
 local ic, ihits, ilimit, iflags, iover, ilease = {}, {}, {}, {}, {}, {}
 
 local blob, pos, reqs, x, kx = ARGV[2], 1, {}, 0, 0
@@ -191,7 +201,7 @@ while pos <= #blob do
       -- leased by all replicas, how long a lease lasts, and the unused hits it gives back, each
       -- with the time of the grant that charged them
       local L = {want = u7(blob, pos), held = u7(blob, pos + 7), cap = u7(blob, pos + 14),
-        ttl = u6(blob, pos + 21), reg = KEYS[kx + 1], ret = {}}
+        ttl = u6(blob, pos + 21), ret = {}}
       local nret = byte(blob, pos + 27)
       pos = pos + 28
       for j = 1, nret do
@@ -199,7 +209,6 @@ while pos <= #blob do
         pos = pos + 13
       end
       ilease[x] = L
-      kx = kx + 1
     end
     local c = ids[key]
     if c == nil then
@@ -273,7 +282,7 @@ for c = 1, #name do
     used[c] = tonumber(r)
     old[c] = used[c]
     if used[c] == nil then state[c] = -1 end
-  elseif #r ~= HEAD + SLOT * (n + 1) then
+  elseif #r < HEAD + SLOT * (n + 1) then
     state[c] = -1 -- another format
   end
   if n > 0 and state[c] ~= -1 then
@@ -392,45 +401,58 @@ local function refundAt(c, hits, at)
   changed(c)
 end
 
--- lease decides one lease item i: the replica's unused hits of its last grant come back, the
--- hits it needs now are charged if they fit, and it gets a lease on more if the cap on hits
--- leased by all replicas and its share of it allow. The registry (a hash of replica id ->
--- "<hits leased> <expiry ms>", in the same hash slot) holds what every replica may still admit
--- without asking; entries past their expiry count for nothing and are removed.
--- It returns over, the hits leased beyond the need, and the replicas holding leases.
+-- registry returns the registry of sliding counter c, read from the tail of its value: what
+-- each replica may still admit without asking, {id -> {hits, expiry ms}}.
+local function registry(c)
+  local g = reg[c]
+  if g then return g end
+  g = {}
+  local r = raw[c]
+  if r and #r > HEAD + SLOT * (subs[c] + 1) then
+    for id, h, e in string.gmatch(sub(r, HEAD + SLOT * (subs[c] + 1) + 1), "([^=;]+)=(%d+)@(%d+);") do
+      g[id] = {tonumber(h), tonumber(e)}
+    end
+  end
+  reg[c] = g
+  return g
+end
+
+-- lease decides one lease item i: the unused hits the replica gives back go back where they
+-- were charged, the hits it needs now are charged if they fit, and it gets a lease on more if
+-- the cap on hits leased by all replicas and its share of it allow. The registry holds what
+-- every replica may still admit without asking; entries past their expiry count for nothing
+-- and are dropped. It returns over, the hits leased beyond the need, and the replicas holding
+-- leases.
 local function lease(i)
   local c, L, me, need, limit = ic[i], ilease[i], ARGV[3], ihits[i], ilimit[i]
   for _, r in ipairs(L.ret) do refundAt(c, r[1], r[2]) end
-  local all = call("HGETALL", L.reg)
-  local others, replicas, gone = 0, 1, {}
-  for j = 1, #all, 2 do
-    if all[j] ~= me then
-      local size, exp = string.match(all[j + 1], "^(%d+) (%d+)$")
-      size, exp = tonumber(size), tonumber(exp)
-      if size and exp and exp > now then
-        others, replicas = others + size, replicas + 1
-      else
-        gone[#gone + 1] = all[j]
-      end
+  local g, others, replicas = registry(c), 0, 1
+  for id, e in pairs(g) do
+    if e[2] <= now then
+      g[id] = nil
+      regDirty[c] = true
+    elseif id ~= me then
+      others, replicas = others + e[1], replicas + 1
     end
   end
-  if #gone > 0 then call("HDEL", L.reg, unpack(gone)) end
-  local over, g = 0, 0
+  local over, more = 0, 0
   if need > 0 and used[c] + need > limit then
     over = 1
   else
     local avail = limit - used[c] - need
-    g = max(0, min(L.want - L.held, avail, L.cap - others - L.held, floor(L.cap / replicas) - L.held))
-    if need + g > 0 then charge(c, need + g) end
+    more = max(0, min(L.want - L.held, avail, L.cap - others - L.held, floor(L.cap / replicas) - L.held))
+    if need + more > 0 then charge(c, need + more) end
   end
-  local mine = L.held + g
+  local mine = L.held + more
   if mine > 0 then
-    call("HSET", L.reg, me, fmt("%d %d", mine, now + L.ttl))
-    call("PEXPIRE", L.reg, L.ttl)
-  elseif #all > 0 then
-    call("HDEL", L.reg, me)
+    g[me] = {mine, now + L.ttl}
+    regDirty[c] = true
+  elseif g[me] then
+    g[me] = nil
+    regDirty[c] = true
   end
-  return over, g, replicas
+  if regDirty[c] and state[c] <= 0 then state[c] = 1 end
+  return over, more, replicas
 end
 
 local function resetAfter(c)
@@ -515,14 +537,24 @@ for c = 1, #name do
     -- starts from here
     if oldest[c] == nil then findOldest(c) end
     local head = headOf(cur[c], sum[c], oldest[c], ot[c])
-    local ttl = win[c] + floor((win[c] + n - 1) / n)
+    local ttl, fixed = win[c] + floor((win[c] + n - 1) / n), HEAD + SLOT * (n + 1)
+    local tail = ""
+    if regDirty[c] then
+      -- the registry goes after the ring; the key lives as long as its last entry
+      local t = {}
+      for id, e in pairs(reg[c]) do
+        t[#t + 1] = fmt("%s=%d@%d;", id, e[1], e[2])
+        if e[2] - now > ttl then ttl, st = e[2] - now, 2 end
+      end
+      tail = table.concat(t)
+    end
+    local body
     if raw[c] == nil then
       -- created: every slot empty but the current one
       local z = cur[c] % (n + 1)
-      call("SET", name[c], head .. rep(EMPTY, z) .. slotOf(count(c, z), tim[c][z]) .. rep(EMPTY, n - z), "PX", ttl)
+      body = head .. rep(EMPTY, z) .. slotOf(count(c, z), tim[c][z]) .. rep(EMPTY, n - z)
     else
-      -- one SETRANGE of the whole value (the TTL stays): the head, then each slot as read or
-      -- as changed
+      -- the head, then each slot as read or as changed
       local parts, r, prev = {head}, raw[c], 0
       for i = 0, n do
         if dirty[c][i] then
@@ -531,8 +563,18 @@ for c = 1, #name do
           prev = i + 1
         end
       end
-      if prev <= n then parts[#parts + 1] = sub(r, HEAD + SLOT * prev + 1) end
-      call("SETRANGE", name[c], 0, table.concat(parts))
+      if prev <= n then parts[#parts + 1] = sub(r, HEAD + SLOT * prev + 1, fixed) end
+      body = table.concat(parts)
+    end
+    if raw[c] == nil then
+      call("SET", name[c], body .. tail, "PX", ttl)
+    elseif regDirty[c] then
+      -- a new value, of another length: SET, keeping the TTL unless it must grow
+      call("SET", name[c], body .. tail, "KEEPTTL")
+      if st == 2 then call("PEXPIRE", name[c], ttl) end
+    else
+      -- one SETRANGE of the ring, which keeps the TTL and the registry after it
+      call("SETRANGE", name[c], 0, body)
       if st == 2 then call("PEXPIRE", name[c], ttl) end
     end
   end
