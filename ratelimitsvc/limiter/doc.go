@@ -16,12 +16,12 @@
 //
 // # Sliding window
 //
-// The counter is a string "<Key>:sw:<window ms>:<N>" of 54+26(N+1) bytes of fixed-width hex
-// integers: the newest sub-window charged, the sum of all counts, the oldest counted sub-window
-// and the time of its last hit, then a count and a last-admit time for each of N+1 sub-windows
-// of window/N (a ring). The script reads them with string.sub and tonumber(s, 16) and writes
-// them with string.format, so Redis and any Redis-protocol server with plain Lua 5.1 (sluice
-// dev's embedded miniredis) run the same code. A request is counted against the N most recent
+// The counter is a string "<Key>:sw:<window ms>:<N>" of 61+29(N+1) bytes of fixed-width
+// decimal integers: the newest sub-window charged, the sum of all counts, the oldest counted
+// sub-window and the time of its last hit, then a count and a last-admit time for each of N+1
+// sub-windows of window/N (a ring). The script reads them with string.sub and tonumber and
+// writes them with string.format, so Redis and any Redis-protocol server with plain Lua 5.1
+// (sluice dev's embedded miniredis) run the same code. A request is counted against the N most recent
 // sub-windows, which lie wholly inside the window, plus the one straddling the window's start,
 // counted in full until its last admitted hit has left the window. So:
 //

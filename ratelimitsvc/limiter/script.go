@@ -63,7 +63,7 @@ const (
 // Every counter of a batch is read with one MGET. Fixed window: a string count, written with
 // INCRBY of the difference, or SET with PX when the key is created.
 //
-// Sliding window: a string of fixed-width hex integers: the newest sub-window charged, the sum
+// Sliding window: a string of fixed-width decimal integers: the newest sub-window charged, the sum
 // of the counts of all slots, the oldest counted sub-window and its last hit, then for each of
 // the N+1 slots its count and the time of its last admitted hit; in lease mode the registry of
 // leases follows (see the lease function). Sub-window j (j = floor(now*N/window)) lives in slot
@@ -127,7 +127,7 @@ func appendUint(b []byte, v uint64, n int) []byte {
 }
 
 var limitScriptSource = `
-local byte, floor, max, min, fmt, sub, rep = string.byte, math.floor, math.max, math.min, string.format, string.sub, string.rep
+local byte, floor, max, min, fmt, sub = string.byte, math.floor, math.max, math.min, string.format, string.sub
 local call, unpack = redis.call, unpack
 
 -- unsigned little-endian integers of ARGV[2]
@@ -152,14 +152,12 @@ else
   now = tonumber(ARGV[1])
 end
 
--- A sliding counter is fixed-width lowercase hex: a head of k (the newest sub-window), s (the
--- sum of all slot counts), o (the oldest sub-window with a count, 0 if none; 14 digits each)
--- and ot (its last hit, 12 digits), then n+1 slots of a count (14) and a last-hit ms (12).
-local HEAD, SLOT = 54, 26
-local function hex(raw, p, w) return tonumber(sub(raw, p, p + w - 1), 16) end
-local function headOf(k, s, o, t) return fmt("%014x%014x%014x%012x", k, s, o, t) end
-local function slotOf(h, t) return fmt("%014x%012x", h, t) end
-local EMPTY = slotOf(0, 0)
+-- A sliding counter is fixed-width decimal: a head of k (the newest sub-window), s (the sum of
+-- all slot counts), o (the oldest sub-window with a count, 0 if none; 16 digits each) and ot
+-- (its last hit, 13 digits), then n+1 slots of a count (16) and a last-hit ms (13).
+local HEAD, SLOT = 61, 29
+local function headOf(k, s, o, t) return fmt("%016d%016d%016d%013d", k, s, o, t) end
+local function slotOf(h, t) return fmt("%016d%013d", h, t) end
 
 -- Counters, one per distinct KEYS entry, in arrays indexed by counter number c:
 --   name[c]  Redis key (fixed window: with ":<window start ms>" appended)
@@ -180,8 +178,9 @@ local EMPTY = slotOf(0, 0)
 --            back all the same, so that the next call need not redo it
 --   reg[c]   its registry of leases, once a lease call read it (registry()); regDirty[c] when
 --            changed
+--   head[c]  {k, s, o, ot} as read, so that only what changed is written
 local ids, name, win, subs, cur, used, state, pending, old = {}, {}, {}, {}, {}, {}, {}, {}, {}
-local raw, sum, cnt, tim, dirty, oldest, ot, moved, reg, regDirty = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
+local raw, sum, cnt, tim, dirty, oldest, ot, moved, reg, regDirty, head = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
 local ic, ihits, ilimit, iflags, iover, ilease = {}, {}, {}, {}, {}, {}
 
 local blob, pos, reqs, x, kx = ARGV[2], 1, {}, 0, 0
@@ -191,8 +190,10 @@ while pos <= #blob do
   reqs[#reqs + 1] = m
   for _ = 1, m do
     x = x + 1
-    local flags, n = byte(blob, pos, pos + 1)
-    local limit, w, hits = u7(blob, pos + 2), u6(blob, pos + 9), u7(blob, pos + 15)
+    local flags, n, a1, a2, a3, a4, a5, a6, a7, b1, b2, b3, b4, b5, b6, h1, h2, h3, h4, h5, h6, h7 = byte(blob, pos, pos + 21)
+    local limit = (((((a7 * 256 + a6) * 256 + a5) * 256 + a4) * 256 + a3) * 256 + a2) * 256 + a1
+    local w = ((((b6 * 256 + b5) * 256 + b4) * 256 + b3) * 256 + b2) * 256 + b1
+    local hits = (((((h7 * 256 + h6) * 256 + h5) * 256 + h4) * 256 + h3) * 256 + h2) * 256 + h1
     pos = pos + 22
     kx = kx + 1
     local key = KEYS[kx]
@@ -242,8 +243,8 @@ local function count(c, i)
       h = 0
       tim[c][i] = 0
     else
-      h = hex(r, p, 14) or 0
-      tim[c][i] = hex(r, p + 14, 12) or 0
+      h = tonumber(sub(r, p, p + 15)) or 0
+      tim[c][i] = tonumber(sub(r, p + 16, p + 28)) or 0
     end
     cnt[c][i] = h
   end
@@ -291,11 +292,12 @@ for c = 1, #name do
     if state[c] == -2 then
       sum[c], oldest[c], ot[c] = 0, 0, 0
     else
-      local newest, s, o, t = hex(r, 1, 14), hex(r, 15, 14), hex(r, 29, 14), hex(r, 43, 12)
+      local newest, s, o, t = tonumber(sub(r, 1, 16)), tonumber(sub(r, 17, 32)), tonumber(sub(r, 33, 48)), tonumber(sub(r, 49, 61))
       if newest == nil or s == nil or o == nil or t == nil then
         state[c] = -1
       else
         raw[c], old[c], sum[c], oldest[c], ot[c] = r, newest, s, o, t
+        head[c] = {newest, s, o, t}
         if k < newest - n or k - newest > n then
           -- the clock went back more than a window, or the counter was idle for a window:
           -- nothing counted
@@ -536,8 +538,7 @@ for c = 1, #name do
     -- a changed counter, or one whose view moved on: written back, so that the next call
     -- starts from here
     if oldest[c] == nil then findOldest(c) end
-    local head = headOf(cur[c], sum[c], oldest[c], ot[c])
-    local ttl, fixed = win[c] + floor((win[c] + n - 1) / n), HEAD + SLOT * (n + 1)
+    local ttl = win[c] + floor((win[c] + n - 1) / n)
     local tail = ""
     if regDirty[c] then
       -- the registry goes after the ring; the key lives as long as its last entry
@@ -548,33 +549,36 @@ for c = 1, #name do
       end
       tail = table.concat(t)
     end
-    local body
-    if raw[c] == nil then
-      -- created: every slot empty but the current one
-      local z = cur[c] % (n + 1)
-      body = head .. rep(EMPTY, z) .. slotOf(count(c, z), tim[c][z]) .. rep(EMPTY, n - z)
-    else
-      -- the head, then each slot as read or as changed
-      local parts, r, prev = {head}, raw[c], 0
+    if raw[c] == nil or regDirty[c] then
+      -- a new value: created, or with a registry of another length (SET, keeping the TTL
+      -- unless it must grow); every slot as read or as changed
+      local parts, r, d = {headOf(cur[c], sum[c], oldest[c], ot[c])}, raw[c], dirty[c]
       for i = 0, n do
-        if dirty[c][i] then
-          if i > prev then parts[#parts + 1] = sub(r, HEAD + SLOT * prev + 1, HEAD + SLOT * i) end
-          parts[#parts + 1] = slotOf(cnt[c][i], tim[c][i])
-          prev = i + 1
+        if d[i] or r == nil then
+          parts[i + 2] = slotOf(count(c, i), tim[c][i])
+        else
+          parts[i + 2] = sub(r, HEAD + SLOT * i + 1, HEAD + SLOT * (i + 1))
         end
       end
-      if prev <= n then parts[#parts + 1] = sub(r, HEAD + SLOT * prev + 1, fixed) end
-      body = table.concat(parts)
-    end
-    if raw[c] == nil then
-      call("SET", name[c], body .. tail, "PX", ttl)
-    elseif regDirty[c] then
-      -- a new value, of another length: SET, keeping the TTL unless it must grow
-      call("SET", name[c], body .. tail, "KEEPTTL")
-      if st == 2 then call("PEXPIRE", name[c], ttl) end
+      parts[n + 3] = tail
+      if r == nil then
+        call("SET", name[c], table.concat(parts), "PX", ttl)
+      else
+        call("SET", name[c], table.concat(parts), "KEEPTTL")
+        if st == 2 then call("PEXPIRE", name[c], ttl) end
+      end
     else
-      -- one SETRANGE of the ring, which keeps the TTL and the registry after it
-      call("SETRANGE", name[c], 0, body)
+      -- SETRANGE of what changed, which keeps the TTL and the registry after the ring: the
+      -- head (often only its sum), then each changed slot
+      local h = head[c]
+      if h[1] == cur[c] and h[3] == oldest[c] and h[4] == ot[c] then
+        if h[2] ~= sum[c] then call("SETRANGE", name[c], 16, fmt("%016d", sum[c])) end
+      else
+        call("SETRANGE", name[c], 0, headOf(cur[c], sum[c], oldest[c], ot[c]))
+      end
+      for i in pairs(dirty[c]) do
+        call("SETRANGE", name[c], HEAD + SLOT * i, slotOf(cnt[c][i], tim[c][i]))
+      end
       if st == 2 then call("PEXPIRE", name[c], ttl) end
     end
   end

@@ -252,10 +252,10 @@ func TestSlidingAccuracy(t *testing.T) {
 	t.Log("summary (window 1m, limit 100, 10 windows of traffic):\n" + strings.Join(summary, "\n"))
 }
 
-// TestSlidingMemoryBounded checks that a sliding counter stays one string of 54+26(N+1) bytes
+// TestSlidingMemoryBounded checks that a sliding counter stays one string of 61+29(N+1) bytes
 // (the newest sub-window, the running sum, the oldest counted sub-window and its last hit, and
-// a count and a time for each of N+1 sub-windows, in fixed-width hex), whose running sum is the
-// sum of its counts, with a TTL of at most window plus one sub-window, under random traffic
+// a count and a time for each of N+1 sub-windows, in fixed-width decimal), whose running sum is
+// the sum of its counts, with a TTL of at most window plus one sub-window, under random traffic
 // with refunds.
 func TestSlidingMemoryBounded(t *testing.T) {
 	ctx := t.Context()
@@ -264,15 +264,15 @@ func TestSlidingMemoryBounded(t *testing.T) {
 	const (
 		subs   = 10
 		window = time.Minute
-		size   = 54 + 26*(subs+1)
+		size   = 61 + 29*(subs+1)
 	)
 	item := limiter.Item{Key: p + "{mem}", Limit: 50, Window: window, SubWindows: subs, Hits: 1}
 	key := p + "{mem}:sw:60000:10"
-	hex := func(s string) int64 {
+	num := func(s string) int64 {
 		t.Helper()
-		n, err := strconv.ParseInt(s, 16, 64)
+		n, err := strconv.ParseInt(s, 10, 64)
 		if err != nil {
-			t.Fatalf("field %q is not hex: %v", s, err)
+			t.Fatalf("field %q is not a number: %v", s, err)
 		}
 		return n
 	}
@@ -296,9 +296,9 @@ func TestSlidingMemoryBounded(t *testing.T) {
 		}
 		var total int64
 		for i := range subs + 1 {
-			total += hex(v[54+26*i : 54+26*i+14])
+			total += num(v[61+29*i : 61+29*i+16])
 		}
-		if s := hex(v[14:28]); s != total {
+		if s := num(v[16:32]); s != total {
 			t.Fatalf("at %v: running sum %d, counts add up to %d: %s", clk.Now().Sub(epoch), s, total, v)
 		}
 		if ttl := c.PTTL(ctx, key).Val(); ttl <= 0 || ttl > window+window/subs {
