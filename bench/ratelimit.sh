@@ -36,7 +36,7 @@ P=${RLS_BENCH_PORT:-18090}
 BIN=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$BIN/redis.pid" ] && kill "$(cat "$BIN/redis.pid")" 2>/dev/null; rm -rf "$BIN"' EXIT
 
-go build -o "$BIN/sluice" ./cmd/sluice
+go build -tags vtprotobuf -o "$BIN/sluice" ./cmd/sluice
 go build -o "$BIN/rlsfloor" ./bench/rlsfloor
 go build -o "$BIN/rlsload" ./bench/rlsload
 go build -o "$BIN/rlsscript" ./bench/rlsscript

@@ -21,5 +21,7 @@ export GORACE="${GORACE:-atexit_sleep_ms=0}"
 # The fault tests under load (internal/chaos) bound recovery times, so they run
 # after the rest, on cores no other test package is using.
 go test -race -timeout 20m "$@" $(go list ./... | grep -v '/internal/chaos$')
+echo "== go test -race -tags vtprotobuf (the build of the image and the benchmarks: vtprotobuf marshalers)"
+go test -race -timeout 10m -tags vtprotobuf "$@" ./internal/grpccodec ./internal/app
 echo "== go test -race ./internal/chaos (alone)"
 go test -race -timeout 10m "$@" ./internal/chaos
