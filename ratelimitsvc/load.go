@@ -929,6 +929,7 @@ func (p *parser) descriptor(item *yaml.Node, d *Domain, parent string, depth int
 		} else {
 			names[l.Name] = l.Line
 		}
+		l.finish()
 		n.limits = append(n.limits, l)
 	}
 	for _, l := range n.limits {

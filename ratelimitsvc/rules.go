@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -98,6 +100,34 @@ type Limit struct {
 	// File and Line say where the limit is defined.
 	File string
 	Line int
+
+	// What every response of this limit repeats, built once (finish): its
+	// DescriptorStatus.current_limit, shared by the responses (gRPC only reads
+	// it), and its name as an sf-string and its IETF policy item for the
+	// headers.
+	current *rlsv3.RateLimitResponse_RateLimit
+	sfName  string
+	policy  string
+	// override: made for one request from its descriptor's `limit`.
+	override bool
+}
+
+// finish builds what every response of l repeats, once its fields are set.
+func (l *Limit) finish() {
+	if l.Unlimited {
+		return
+	}
+	l.current = &rlsv3.RateLimitResponse_RateLimit{
+		Name:            l.Name,
+		RequestsPerUnit: clampU32(l.RequestsPerUnit),
+		Unit:            l.Unit,
+	}
+	// RateLimit.unit_multiplier: "If not specified, defaults to 1".
+	if l.UnitMultiplier > 1 {
+		l.current.UnitMultiplier = wrapperspb.UInt32(l.UnitMultiplier)
+	}
+	l.sfName = sfString(policyName(l))
+	l.policy = l.sfName + ";q=" + strconv.FormatUint(l.RequestsPerUnit, 10) + ";w=" + strconv.FormatInt(ceilSeconds(l.Window), 10)
 }
 
 // Entry is one key/value pair of a request descriptor.

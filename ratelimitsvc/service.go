@@ -23,7 +23,6 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -84,7 +83,10 @@ func New(cfg Config, lim Limiter, keyPrefix string, reg prometheus.Registerer, l
 }
 
 // SetRules atomically replaces the rules used by later calls.
-func (s *Service) SetRules(r *Rules) { s.rules.Store(r) }
+func (s *Service) SetRules(r *Rules) {
+	s.rules.Store(r)
+	s.metrics.rulesChanged()
+}
 
 // Rules returns the rules in force, or nil before the first SetRules.
 func (s *Service) Rules() *Rules { return s.rules.Load() }
@@ -150,8 +152,8 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 	}
 
 	var (
-		apps     []applied
-		items    []limiter.Item
+		apps     = make([]applied, 0, 2*len(descs))
+		items    = make([]limiter.Item, 0, 2*len(descs))
 		replaced map[string]bool
 	)
 	for i, d := range descs {
@@ -174,6 +176,7 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 		if !ok {
 			continue
 		}
+		tag := "" // the counters' hash tag, shared by the descriptor's limits
 		for _, l := range limits {
 			for _, r := range l.Replaces {
 				if replaced == nil {
@@ -185,9 +188,12 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 			// index), so the metric label stays bounded whatever clients send.
 			a := applied{desc: i, limit: l, rule: l.ID, item: -1}
 			if !l.Unlimited {
+				if tag == "" {
+					tag = s.counterTag(domain.Name, counter)
+				}
 				a.item = len(items)
 				items = append(items, limiter.Item{
-					Key:        s.counterKey(domain.Name, counter, l.ID),
+					Key:        tag + l.ID,
 					Limit:      l.RequestsPerUnit,
 					Window:     l.Window,
 					Algorithm:  l.Algorithm,
@@ -273,7 +279,9 @@ func (s *Service) limitsFor(rules *Rules, domain *Domain, d *commonrl.RateLimitD
 			Algorithm:       domain.Algorithm,
 			Mode:            overrideMode(domain),
 			SubWindows:      limiter.DefaultSubWindows,
+			override:        true,
 		}
+		l.finish()
 		return []*Limit{l}, entries, true
 	}
 	m, ok := rules.Match(domain.Name, entries)
@@ -394,25 +402,33 @@ func dropReplaced(apps []applied, items []limiter.Item, replaced map[string]bool
 	return outA, outI
 }
 
-// counterKey names a counter in Redis: the descriptor's identity is hashed
+// counterTag is the start of the names of a descriptor's counters in Redis,
+// to which each limit appends its ID: the descriptor's identity is hashed
 // (SHA-256, 128 bits) into the Cluster hash tag, so every limit of a
 // descriptor shares one slot, keys stay short whatever clients send, and no
-// value can break out of the tag.
-func (s *Service) counterKey(domain string, entries []Entry, limitID string) string {
-	h := sha256.New()
-	var n [8]byte
-	write := func(v string) {
-		binary.BigEndian.PutUint64(n[:], uint64(len(v)))
-		h.Write(n[:])
-		h.Write([]byte(v))
-	}
-	write(domain)
+// value can break out of the tag: "<prefix>rl:{<32 hex digits>}:".
+func (s *Service) counterTag(domain string, entries []Entry) string {
+	size := 8 + len(domain)
 	for _, e := range entries {
-		write(e.Key)
-		write(e.Value)
+		size += 16 + len(e.Key) + len(e.Value)
 	}
-	var sum [sha256.Size]byte
-	return s.prefix + "{" + hex.EncodeToString(h.Sum(sum[:0])[:16]) + "}:" + limitID
+	var stack [512]byte
+	b := stack[:0]
+	if size > len(stack) {
+		b = make([]byte, 0, size)
+	}
+	b = binary.BigEndian.AppendUint64(b, uint64(len(domain)))
+	b = append(b, domain...)
+	for _, e := range entries {
+		b = binary.BigEndian.AppendUint64(b, uint64(len(e.Key)))
+		b = append(b, e.Key...)
+		b = binary.BigEndian.AppendUint64(b, uint64(len(e.Value)))
+		b = append(b, e.Value...)
+	}
+	sum := sha256.Sum256(b)
+	var h [32]byte
+	hex.Encode(h[:], sum[:16])
+	return s.prefix + "{" + string(h[:]) + "}:"
 }
 
 // fill turns limiter results into descriptor statuses. A descriptor with
@@ -435,12 +451,12 @@ func (s *Service) fill(resp *rlsv3.RateLimitResponse, domain string, apps []appl
 			if best[a.desc] < 0 {
 				st.LimitRemaining = math.MaxUint32
 			}
-			s.metrics.decision(domain, a.rule, codeOK)
+			s.metrics.decision(domain, a.limit, a.rule, codeOK)
 			continue
 		}
 		r := results[a.item]
 		code := s.codeOf(a.limit, r)
-		s.metrics.decision(domain, a.rule, code)
+		s.metrics.decision(domain, a.limit, a.rule, code)
 		if a.limit.Quota {
 			if quota == nil {
 				quota = map[int]bool{}
@@ -555,7 +571,7 @@ func (s *Service) degraded(ctx context.Context, resp *rlsv3.RateLimitResponse, d
 			continue
 		}
 		st := resp.Statuses[a.desc]
-		s.metrics.decision(domain.Name, a.rule, code)
+		s.metrics.decision(domain.Name, a.limit, a.rule, code)
 		if st.CurrentLimit == nil {
 			st.CurrentLimit = currentLimit(a.limit)
 			st.LimitRemaining = clampU32(a.limit.RequestsPerUnit)
@@ -569,18 +585,9 @@ func (s *Service) degraded(ctx context.Context, resp *rlsv3.RateLimitResponse, d
 	return resp
 }
 
-func currentLimit(l *Limit) *rlsv3.RateLimitResponse_RateLimit {
-	cl := &rlsv3.RateLimitResponse_RateLimit{
-		Name:            l.Name,
-		RequestsPerUnit: clampU32(l.RequestsPerUnit),
-		Unit:            l.Unit,
-	}
-	// RateLimit.unit_multiplier: "If not specified, defaults to 1".
-	if l.UnitMultiplier > 1 {
-		cl.UnitMultiplier = wrapperspb.UInt32(l.UnitMultiplier)
-	}
-	return cl
-}
+// currentLimit is DescriptorStatus.current_limit for l: shared by every
+// response (built by Limit.finish), so nothing may modify it.
+func currentLimit(l *Limit) *rlsv3.RateLimitResponse_RateLimit { return l.current }
 
 func clampU32(v uint64) uint32 {
 	if v > math.MaxUint32 {
