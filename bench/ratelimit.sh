@@ -34,7 +34,17 @@ CONC=${2:-32}
 ROUNDS=${3:-3}
 P=${RLS_BENCH_PORT:-18090}
 BIN=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; [ -f "$BIN/redis.pid" ] && kill "$(cat "$BIN/redis.pid")" 2>/dev/null; rm -rf "$BIN"' EXIT
+cleanup() {
+  kill $(jobs -p) 2>/dev/null || true
+  if [ -f "$BIN/redis.pid" ]; then
+    local pid
+    pid=$(cat "$BIN/redis.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -rf "$BIN"
+}
+trap cleanup EXIT
 
 go build -tags vtprotobuf -o "$BIN/sluice" ./cmd/sluice
 go build -o "$BIN/rlsfloor" ./bench/rlsfloor
@@ -115,6 +125,7 @@ run() {
   fi
 }
 val() { head -1 <<<"$1" | tr ' ' '\n' | sed -n "s|^$2=||p"; }
+cpu() { sed -n 's|.*cpu_us_per_call:.* total=\([^ ]*\).*|\1|p' <<<"$1"; }
 dur_us() { # Go duration string -> microseconds
   awk -v d="$1" 'BEGIN{ if (d ~ /ms$/) {sub(/ms$/,"",d); print d*1000} else if (d ~ /µs$/) {sub(/µs$/,"",d); print d} else if (d ~ /ns$/) {sub(/ns$/,"",d); print d/1000} else {sub(/s$/,"",d); print d*1e6} }'
 }
@@ -143,15 +154,20 @@ for r in $(seq "$ROUNDS"); do
     line+=" p99_lease/floor=$(ratio "$(dur_us "$(val "$l" p99)")" "$(dur_us "$(val "$f" p99)")")"
     line+=" p99_exact/floor=$(ratio "$(dur_us "$(val "$e" p99)")" "$(dur_us "$(val "$f" p99)")")"
     line+=" exact/redis-floor=$(ratio "$(val "$e" decisions/s)" "$(val "${OUT[redis-floor$n]}" decisions/s)")"
+    # CPU per call of all processes (server, Redis, load generator): the throughput ratio an
+    # otherwise idle machine would show, since the runs are CPU-bound; steadier than decisions/s.
+    line+=" cpu:exact/floor=$(ratio "$(cpu "$f")" "$(cpu "$e")") cpu:lease/floor=$(ratio "$(cpu "$f")" "$(cpu "$l")")"
     calls=$(val "$l" calls)
     line+=" lease_script_calls/decision=$(per "$(sed -n 's/.*script_calls=\([0-9]*\).*/\1/p' <<<"$l")" "$calls")"
     line+=" lease_redis_commands/decision=$(per "$(sed -n 's/.* all=\([0-9]*\).*/\1/p' <<<"$l")" "$calls")"
     if [ -n "${OUT[reference$n]:-}" ]; then
       line+=" exact/reference=$(ratio "$(val "$e" decisions/s)" "$(val "${OUT[reference$n]}" decisions/s)")"
       line+=" reference/floor=$(ratio "$(val "${OUT[reference$n]}" decisions/s)" "$(val "$f" decisions/s)")"
+      line+=" cpu:exact/reference=$(ratio "$(cpu "${OUT[reference$n]}")" "$(cpu "$e")")"
     fi
     if [ -n "${OUT[baseline$n]:-}" ]; then
       line+=" exact/baseline=$(ratio "$(val "$e" decisions/s)" "$(val "${OUT[baseline$n]}" decisions/s)")"
+      line+=" cpu:exact/baseline=$(ratio "$(cpu "${OUT[baseline$n]}")" "$(cpu "$e")")"
     fi
     echo "$line"
     SUMMARY+="$line"$'\n'
