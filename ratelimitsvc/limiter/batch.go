@@ -39,6 +39,10 @@ type request struct {
 	reply    []int64       // its share of the reply: replyPerReq, then replyPerItem per item (replyPerLease for a lease)
 	now      int64         // the batch's time, Unix ms (the reply's head)
 	err      error
+	// then, if set, is called with the request once it is answered, by the flusher, instead
+	// of signalling done: a request nobody waits for (a lease call), recycled after. It must
+	// not block, nor take the batcher's lock.
+	then func(r *request)
 }
 
 var requestPool = sync.Pool{New: func() any { return &request{done: make(chan struct{}, 1)} }}
@@ -48,7 +52,7 @@ func getRequest() *request { return requestPool.Get().(*request) }
 // putRequest recycles r, which no flusher may hold any more.
 func putRequest(r *request) {
 	clear(r.keys)
-	r.keys, r.input, r.reply, r.err, r.replyLen, r.now = r.keys[:0], r.input[:0], nil, nil, 0, 0
+	r.keys, r.input, r.reply, r.err, r.replyLen, r.now, r.then = r.keys[:0], r.input[:0], nil, nil, 0, 0, nil
 	r.state.Store(reqQueued)
 	requestPool.Put(r)
 }
@@ -116,6 +120,21 @@ func (b *batcher) do(ctx context.Context, r *request) (answered bool, err error)
 	}
 }
 
+// enqueue queues r without waiting: the flusher calls r.then with it once it is answered (or
+// fails). It reports false, leaving r to the caller, once the batcher is closed.
+func (b *batcher) enqueue(r *request) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return false
+	}
+	b.queue = append(b.queue, r)
+	if b.idle > 0 {
+		b.cond.Signal()
+	}
+	return true
+}
+
 // close stops taking requests, lets the flushers send what is queued and waits for them.
 func (b *batcher) close() {
 	b.mu.Lock()
@@ -126,11 +145,20 @@ func (b *batcher) close() {
 }
 
 func (b *batcher) flusher() {
-	var batch []*request
+	var batch, expired []*request
 	for {
-		batch = b.next(batch[:0])
+		batch, expired = b.next(batch[:0], expired[:0])
+		// Finished here, out of the batcher's lock: a request's then may take other locks
+		// whose holders queue requests.
+		for _, r := range expired {
+			r.finish(nil, 0, errQueuedTooLong)
+		}
+		clear(expired)
 		if len(batch) == 0 {
-			return
+			if len(expired) == 0 {
+				return
+			}
+			continue
 		}
 		b.send(batch)
 		clear(batch)
@@ -140,14 +168,15 @@ func (b *batcher) flusher() {
 // next waits for queued requests and takes the next batch from the front of the queue: up to
 // maxBatchRequests requests and maxBatchItems items (one request may exceed that alone), all
 // with the same nowArg. Requests abandoned by their callers are dropped, and those past their
-// deadline are finished with a timeout. It returns an empty batch once closed and drained.
-func (b *batcher) next(batch []*request) []*request {
+// deadline go to expired, for the caller to finish with a timeout. It returns no batch and no
+// expired request once closed and drained.
+func (b *batcher) next(batch, expired []*request) ([]*request, []*request) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for {
 		for len(b.queue) == 0 {
-			if b.closed {
-				return batch
+			if b.closed || len(expired) > 0 {
+				return batch, expired
 			}
 			b.idle++
 			b.cond.Wait()
@@ -165,7 +194,7 @@ func (b *batcher) next(batch []*request) []*request {
 				continue // abandoned
 			}
 			if !now.Before(r.deadline) {
-				r.finish(nil, 0, errQueuedTooLong)
+				expired = append(expired, r)
 				continue
 			}
 			batch = append(batch, r)
@@ -175,7 +204,7 @@ func (b *batcher) next(batch []*request) []*request {
 		clear(b.queue[rest:])
 		b.queue = b.queue[:rest]
 		if len(batch) > 0 {
-			return batch
+			return batch, expired
 		}
 	}
 }
@@ -186,6 +215,11 @@ var errQueuedTooLong = fmt.Errorf("queued until the timeout: %w", context.Deadli
 
 func (r *request) finish(reply []int64, now int64, err error) {
 	r.reply, r.now, r.err = reply, now, err
+	if r.then != nil {
+		r.then(r)
+		putRequest(r)
+		return
+	}
 	r.done <- struct{}{}
 }
 

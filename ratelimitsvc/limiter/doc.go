@@ -104,9 +104,11 @@
 // gives back hits the replica will not use, charges the hits a waiting decision needs if they
 // fit in the quota, and leases more:
 //
-//	leased = min(want - held, quota left, C - leased by others - held, floor(C/R) - held)
+//	leased = min(max(want, floor(C/R)/4) - held, quota left, C - leased by others - held, floor(C/R) - held)
 //
-// where held is what the replica still holds, want its recent rate times Config.Lease.Horizon,
+// where held is what the replica still holds, want its recent rate times Config.Lease.Horizon
+// (a key far below its limit gets at least a quarter of the replica's share, so that it renews
+// no more often than one near it),
 // C = floor(MaxOvershoot * Limit) the cap on hits leased across replicas, and R the replicas
 // holding unexpired leases on the key, itself included. So leases follow each replica's rate,
 // replicas share the cap evenly, and an idle replica, which gives its lease back after a

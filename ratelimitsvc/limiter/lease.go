@@ -286,7 +286,30 @@ func (ls *leases) startLocked(le *lease, f *flight, in leaseInput, now time.Time
 		return
 	}
 	in.ret = le.takeReturnsLocked()
-	ls.l.flights.Go(func() { ls.land(le, f, in, now) })
+	l := ls.l
+	if l.batch == nil {
+		// A cluster: one script call, in a goroutine of its own.
+		l.flights.Go(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), l.leaseTimeout())
+			defer cancel()
+			reply, redisNow, err := l.evalLeaseCluster(ctx, []any{le.counter}, appendLease(nil, le, in))
+			ls.land(le, f, in, now, reply, redisNow, err)
+		})
+		return
+	}
+	// A single Redis: queued for the next batch, landed by the flusher when answered; no
+	// goroutine waits for it.
+	r := getRequest()
+	r.keys = append(r.keys, le.counter)
+	r.input = appendLease(r.input, le, in)
+	r.replyLen = replyPerReq + replyPerLease
+	r.nowArg, r.deadline = l.nowArg(l.now()), time.Now().Add(l.leaseTimeout())
+	r.then = func(r *request) { ls.land(le, f, in, now, r.reply, r.now, r.err) }
+	if !l.batch.enqueue(r) {
+		putRequest(r)
+		le.flight, f.err = nil, ErrClosed
+		close(f.done)
+	}
 }
 
 // giveUpLocked returns what the lease holds (an idle key, or Close): nothing stays leased.
@@ -327,9 +350,16 @@ type leaseInput struct {
 	ttl              time.Duration
 }
 
-// land runs the lease call of flight f, sent at local time sent, and applies its outcome.
-func (ls *leases) land(le *lease, f *flight, in leaseInput, sent time.Time) {
-	out, now, err := ls.l.leaseCall(le, in)
+// land applies the answer to the lease call of flight f, sent at local time sent: reply and
+// the batch's Redis time now, or err. It must not block: on a single Redis the flusher runs it.
+func (ls *leases) land(le *lease, f *flight, in leaseInput, sent time.Time, reply []int64, now int64, err error) {
+	var out leaseOut
+	if err == nil {
+		out, err = parseLease(reply, le.counter)
+	} else {
+		// The lease call is the limiter's own: its deadline passing is a Redis timeout.
+		err = ls.l.failure(context.Background(), err)
+	}
 	local := ls.l.now()
 	le.mu.Lock()
 	defer le.mu.Unlock()
@@ -371,43 +401,19 @@ type leaseOut struct {
 	replicas int
 }
 
-// leaseCall sends one lease request for le and parses its answer: on a single Redis it joins
-// the next coalesced batch, on a cluster it is one script call. It goes through the circuit
-// breaker like any call, bounded by the longer of Config.Timeout and a quarter of the horizon:
-// no decision waits for it longer than Config.Timeout, and a lease that lands after its
-// waiters gave up still serves the decisions after them, where failing it would make them ask
-// again.
-func (l *Limiter) leaseCall(le *lease, in leaseInput) (out leaseOut, now int64, err error) {
-	timeout := max(l.cfg.Timeout, l.cfg.Lease.Horizon/4)
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
-	defer cancel()
-	keys := []any{le.counter}
-	input := appendLease(nil, le, in)
-	var reply []int64
-	if l.cluster != nil {
-		reply, now, err = l.evalLeaseCluster(ctx, keys, input)
-	} else {
-		r := getRequest()
-		r.keys = append(r.keys, keys...)
-		r.input = append(r.input, input...)
-		r.replyLen = replyPerReq + replyPerLease
-		r.nowArg, r.deadline = l.nowArg(l.now()), time.Now().Add(timeout)
-		answered, rerr := l.batch.do(ctx, r)
-		if !answered {
-			return out, 0, l.failure(context.Background(), rerr)
-		}
-		reply, now, err = append([]int64(nil), r.reply...), r.now, rerr
-		putRequest(r)
-	}
-	if err != nil {
-		// The lease call is the limiter's own: its deadline passing is a Redis timeout.
-		return out, 0, l.failure(context.Background(), err)
-	}
+// leaseTimeout bounds a lease call: the longer of Config.Timeout and a quarter of the horizon.
+// No decision waits for a lease call longer than Config.Timeout, and a lease that lands after
+// its waiters gave up still serves the decisions after them, where failing it would make them
+// ask again.
+func (l *Limiter) leaseTimeout() time.Duration { return max(l.cfg.Timeout, l.cfg.Lease.Horizon/4) }
+
+// parseLease reads a lease request's share of a script reply.
+func parseLease(reply []int64, counter string) (leaseOut, error) {
 	if len(reply) != replyPerReq+replyPerLease {
-		return out, 0, fmt.Errorf("limiter: lease reply of %d values", len(reply))
+		return leaseOut{}, fmt.Errorf("limiter: lease reply of %d values", len(reply))
 	}
 	if reply[0] < 0 {
-		return out, 0, fmt.Errorf("limiter: counter %q holds a value of another type or format", le.counter)
+		return leaseOut{}, fmt.Errorf("limiter: counter %q holds a value of another type or format", counter)
 	}
 	r := reply[replyPerReq:]
 	return leaseOut{
@@ -416,7 +422,7 @@ func (l *Limiter) leaseCall(le *lease, in leaseInput) (out leaseOut, now int64, 
 		reset:    time.Duration(r[2]) * time.Millisecond,
 		leased:   uint64(max(r[3], 0)),
 		replicas: int(r[4]),
-	}, now, nil
+	}, nil
 }
 
 // appendLease appends the ARGV[2] share of one lease request to b: one sliding-window item with

@@ -441,8 +441,13 @@ local function lease(i)
   if need > 0 and used[c] + need > limit then
     over = 1
   else
+    -- at least a quarter of the replica's share: a key used far below its limit renews its
+    -- lease as seldom as one used near it (leases of all replicas stay within the cap); want 0
+    -- gives the lease back
+    local share, want = floor(L.cap / replicas), L.want
+    if want > 0 then want = max(want, floor(share / 4)) end
     local avail = limit - used[c] - need
-    more = max(0, min(L.want - L.held, avail, L.cap - others - L.held, floor(L.cap / replicas) - L.held))
+    more = max(0, min(want - L.held, avail, L.cap - others - L.held, share - L.held))
     if need + more > 0 then charge(c, need + more) end
   end
   local mine = L.held + more
