@@ -9,6 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 echo "== $(uptime | sed 's/.*load/load/')"
-HOTKEY_RATE=${1:-50000} HOTKEY_DURATION=${2:-10s} \
+HOTKEY_RATE=${1:-${HOTKEY_RATE:-50000}} HOTKEY_DURATION=${2:-${HOTKEY_DURATION:-10s}} \
   go test -run '^$' -bench BenchmarkHotKeyCluster -benchtime 1x -timeout 10m ./ratelimitsvc/limiter/ |
   grep -E 'Benchmark|hotkey_bench_test'

@@ -32,6 +32,7 @@ type request struct {
 	keys     []any  // its KEYS entries (counter names as strings)
 	input    []byte // its share of ARGV[2] (appendRequest, appendLease)
 	replyLen int    // the length of its share of the reply
+	slot     uint16 // the Redis Cluster hash slot of all its keys (a cluster batch: one call per slot)
 	nowArg   string // ARGV[1]: only requests with the same value share a batch
 	deadline time.Time
 	state    atomic.Int32  // reqQueued, then reqTaken (by a flusher) or reqAbandoned (by Do)
@@ -225,7 +226,12 @@ func (r *request) finish(reply []int64, now int64, err error) {
 
 // sendBatch runs one batch as one script call (behind the circuit breaker, which counts a
 // batch as one call) and finishes its requests. The call's deadline is the earliest of theirs.
+// On a cluster, the requests of each hash slot make one script call, all sent in one pipeline.
 func (l *Limiter) sendBatch(batch []*request) {
+	if l.cluster != nil {
+		l.sendClusterBatch(batch)
+		return
+	}
 	deadline := batch[0].deadline
 	nkeys, nbytes, nreply := 0, 0, replyHead
 	for _, r := range batch {
@@ -290,4 +296,101 @@ type processor interface {
 
 func isNoScript(err error) bool {
 	return err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT"))
+}
+
+// sendClusterBatch runs a batch on a cluster: the requests of each hash slot (each request's
+// keys are in one slot) as one script call, all the calls in one pipeline, which go-redis
+// splits by node and sends to the nodes at once. Behind the circuit breaker as one call.
+func (l *Limiter) sendClusterBatch(batch []*request) {
+	deadline := batch[0].deadline
+	type group struct {
+		reqs []*request
+		cmd  *redis.IntSliceCmd
+		args []any
+	}
+	var (
+		groups []*group
+		bySlot = map[uint16]*group{}
+	)
+	for _, r := range batch {
+		if r.deadline.Before(deadline) {
+			deadline = r.deadline
+		}
+		g := bySlot[r.slot]
+		if g == nil {
+			g = &group{}
+			bySlot[r.slot] = g
+			groups = append(groups, g)
+		}
+		g.reqs = append(g.reqs, r)
+	}
+	for _, g := range groups {
+		var input []byte
+		g.args = append(g.args, "evalsha", limitScript.Hash(), 0)
+		for _, r := range g.reqs {
+			g.args = append(g.args, r.keys...)
+			input = append(input, r.input...)
+		}
+		g.args[2] = len(g.args) - 3
+		g.args = append(g.args, g.reqs[0].nowArg, input, l.id)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	_, err := l.breaker.Execute(func() (struct{}, error) {
+		send := func(todo []*group) {
+			start := time.Now()
+			_, _ = l.cluster.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, g := range todo {
+					g.cmd = redis.NewIntSliceCmd(ctx, g.args...)
+					_ = p.Process(ctx, g.cmd)
+				}
+				return nil
+			})
+			l.metrics.duration.Observe(time.Since(start).Seconds())
+		}
+		send(groups)
+		var retry []*group
+		for _, g := range groups {
+			if isNoScript(g.cmd.Err()) {
+				g.args[0], g.args[1] = "eval", limitScriptSource
+				retry = append(retry, g)
+			}
+		}
+		if len(retry) > 0 {
+			send(retry)
+		}
+		// The breaker judges Redis by the first failure; each group answers its own requests.
+		for _, g := range groups {
+			if err := g.cmd.Err(); err != nil {
+				return struct{}{}, err
+			}
+		}
+		return struct{}{}, nil
+	})
+	for _, g := range groups {
+		var (
+			reply []int64
+			gerr  = err // the breaker's refusal, when nothing was sent
+		)
+		if g.cmd != nil {
+			reply, gerr = g.cmd.Result()
+		}
+		want := replyHead
+		for _, r := range g.reqs {
+			want += r.replyLen
+		}
+		if gerr == nil && len(reply) != want {
+			gerr = fmt.Errorf("limiter: script reply of %d values for %d requests, want %d", len(reply), len(g.reqs), want)
+		}
+		off := replyHead
+		for _, r := range g.reqs {
+			if gerr != nil {
+				r.finish(nil, 0, gerr)
+				continue
+			}
+			n := r.replyLen
+			r.finish(reply[off:off+n:off+n], reply[0], nil)
+			off += n
+		}
+	}
 }

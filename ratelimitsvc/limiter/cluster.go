@@ -175,21 +175,3 @@ func (l *Limiter) runPipeline(ctx context.Context, calls []call, scs []*scriptCa
 	}
 	return nil
 }
-
-// evalLeaseCluster runs one lease request on the cluster node of its keys (one slot).
-func (l *Limiter) evalLeaseCluster(ctx context.Context, keys []any, input []byte) (reply []int64, now int64, err error) {
-	args := append([]any{"evalsha", limitScript.Hash(), len(keys)}, keys...)
-	args = append(args, l.nowArg(l.now()), input, l.id)
-	_, err = l.breaker.Execute(func() (struct{}, error) {
-		var err error
-		reply, err = l.evalScript(ctx, l.client, args)
-		return struct{}{}, err
-	})
-	if err != nil {
-		return nil, 0, err
-	}
-	if len(reply) < replyHead {
-		return nil, 0, fmt.Errorf("limiter: script reply of %d values", len(reply))
-	}
-	return reply[replyHead:], reply[0], nil
-}

@@ -43,6 +43,7 @@ type leases struct {
 // lease is this replica's share of one counter's quota. Its fields are guarded by mu.
 type lease struct {
 	counter string // the sliding counter's Redis key, which holds the registry of leases too
+	slot    uint16 // its Redis Cluster hash slot
 	limit   uint64
 	window  time.Duration
 	subs    int
@@ -144,7 +145,7 @@ func (ls *leases) get(c *call) *lease {
 	if len(ls.keys) >= ls.cfg.MaxKeys {
 		return nil
 	}
-	le = &lease{counter: c.counter, limit: c.item.Limit, window: c.item.Window, subs: c.subs}
+	le = &lease{counter: c.counter, slot: c.slot, limit: c.item.Limit, window: c.item.Window, subs: c.subs}
 	ls.keys[c.counter] = le
 	ls.l.metrics.leases.Set(float64(len(ls.keys)))
 	return le
@@ -286,20 +287,11 @@ func (ls *leases) startLocked(le *lease, f *flight, in leaseInput, now time.Time
 		return
 	}
 	in.ret = le.takeReturnsLocked()
+	// Queued for the next batch, landed by the flusher when answered: no goroutine waits for
+	// it.
 	l := ls.l
-	if l.batch == nil {
-		// A cluster: one script call, in a goroutine of its own.
-		l.flights.Go(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), l.leaseTimeout())
-			defer cancel()
-			reply, redisNow, err := l.evalLeaseCluster(ctx, []any{le.counter}, appendLease(nil, le, in))
-			ls.land(le, f, in, now, reply, redisNow, err)
-		})
-		return
-	}
-	// A single Redis: queued for the next batch, landed by the flusher when answered; no
-	// goroutine waits for it.
 	r := getRequest()
+	r.slot = le.slot
 	r.keys = append(r.keys, le.counter)
 	r.input = appendLease(r.input, le, in)
 	r.replyLen = replyPerReq + replyPerLease

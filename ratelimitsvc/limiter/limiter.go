@@ -175,13 +175,13 @@ type Limiter struct {
 	cluster *redis.ClusterClient // client, when it is a cluster: calls are split by hash slot
 	cfg     Config
 	cache   *localCache // nil when disabled
-	batch   *batcher    // single Redis: coalesces concurrent calls; nil on a cluster
+	batch   *batcher    // coalesces concurrent calls (on a cluster, those of one slot each)
 	breaker *gobreaker.CircuitBreaker[struct{}]
 	metrics *metrics
 	id      string         // this replica's name in lease registries: random, per Limiter
 	leases  *leases        // lease mode state
 	hot     *hotKeys       // nil when detection is off
-	flights sync.WaitGroup // lease calls and the lease sweeper
+	flights sync.WaitGroup // the lease sweeper
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -226,9 +226,7 @@ func New(client redis.UniversalClient, cfg Config, reg prometheus.Registerer) (*
 			l.metrics.breakerOpen.Set(0)
 		}
 	})
-	if l.cluster == nil {
-		l.batch = newBatcher(l.sendBatch)
-	}
+	l.batch = newBatcher(l.sendBatch)
 	var id [8]byte
 	_, _ = rand.Read(id[:]) // never fails (crypto/rand documents it)
 	l.id = hex.EncodeToString(id[:])
@@ -344,7 +342,7 @@ func (l *Limiter) exact(ctx context.Context, calls []call, results []Result, now
 		return false, fmt.Errorf("limiter: eval script: %w", err)
 	}
 	nowArg := l.nowArg(now)
-	if l.cluster != nil {
+	if l.cluster != nil && !oneSlot(calls) {
 		tctx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
 		defer cancel()
 		_, err = l.breaker.Execute(func() (struct{}, error) {
@@ -402,9 +400,21 @@ func (l *Limiter) now() time.Time {
 	return time.Now()
 }
 
-// evalOne decides calls on a single Redis: queued as one request, sent in the next batch.
+// oneSlot reports whether every call's key is in the first one's hash slot.
+func oneSlot(calls []call) bool {
+	for i := 1; i < len(calls); i++ {
+		if calls[i].slot != calls[0].slot {
+			return false
+		}
+	}
+	return true
+}
+
+// evalOne decides calls on a single Redis, or in one hash slot of a cluster: queued as one
+// request, sent in the next batch.
 func (l *Limiter) evalOne(ctx context.Context, calls []call, nowArg string, results []Result) (bool, error) {
 	r := getRequest()
+	r.slot = calls[0].slot
 	for i := range calls {
 		r.keys = append(r.keys, calls[i].counter)
 	}
