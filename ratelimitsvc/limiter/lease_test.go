@@ -443,7 +443,7 @@ func registry(t *testing.T, c redis.Cmdable, counter string, subs int) map[strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	ring := 61 + 29*(subs+1)
+	ring := 90 + 29*(subs+1)
 	if len(v) < ring {
 		t.Fatalf("%s: %d bytes, shorter than its ring (%d)", counter, len(v), ring)
 	}

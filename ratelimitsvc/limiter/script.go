@@ -153,10 +153,13 @@ else
 end
 
 -- A sliding counter is fixed-width decimal: a head of k (the newest sub-window), s (the sum of
--- all slot counts), o (the oldest sub-window with a count, 0 if none; 16 digits each) and ot
--- (its last hit, 13 digits), then n+1 slots of a count (16) and a last-hit ms (13).
-local HEAD, SLOT = 61, 29
-local function headOf(k, s, o, t) return fmt("%016d%016d%016d%013d", k, s, o, t) end
+-- all counts), o (the oldest sub-window with a count, 0 if none; 16 digits each), ot (its last
+-- hit, 13 digits), and the count (16) and last hit (13) of sub-window k; then n+1 slots of a
+-- count (16) and a last-hit ms (13) for the sub-windows before k. Sub-window k's own slot in
+-- the ring is stale: the head holds it, so that a charge in the newest sub-window, the usual
+-- case, writes the head alone.
+local HEAD, SLOT = 90, 29
+local function headOf(k, s, o, t, h, ht) return fmt("%016d%016d%016d%013d%016d%013d", k, s, o, t, h, ht) end
 local function slotOf(h, t) return fmt("%016d%013d", h, t) end
 
 -- Counters, one per distinct KEYS entry, in arrays indexed by counter number c:
@@ -174,14 +177,13 @@ local function slotOf(h, t) return fmt("%016d%013d", h, t) end
 --   dirty[c] slot -> true for the slots that differ from Redis
 --   oldest[c], ot[c]  the oldest sub-window with a count, and its last hit; oldest[c] is nil
 --            while unknown (its sub-window left or was emptied), 0 when nothing is counted
---   moved[c] true when the view differs from Redis without a charge (sub-windows left): written
---            back all the same, so that the next call need not redo it
 --   reg[c]   its registry of leases, once a lease call read it (registry()); regDirty[c] when
---            changed
---   head[c]  {k, s, o, ot} as read, so that only what changed is written
+--            changed (both tables made by the first lease item)
 local ids, name, win, subs, cur, used, state, pending, old = {}, {}, {}, {}, {}, {}, {}, {}, {}
-local raw, sum, cnt, tim, dirty, oldest, ot, moved, reg, regDirty, head = {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}
-local ic, ihits, ilimit, iflags, iover, ilease = {}, {}, {}, {}, {}, {}
+local raw, sum, cnt, tim, dirty, oldest, ot, reg, regDirty = {}, {}, {}, {}, {}, {}, {}, nil, nil
+-- per item; ilease (made by the first lease item) holds a lease item's fields
+local ic, ihits, ilimit, iflags, iover, ilease = {}, {}, {}, {}, {}, nil
+local anyRefund = false
 
 local blob, pos, reqs, x, kx = ARGV[2], 1, {}, 0, 0
 while pos <= #blob do
@@ -209,6 +211,7 @@ while pos <= #blob do
         L.ret[j] = {u7(blob, pos), u6(blob, pos + 7)}
         pos = pos + 13
       end
+      ilease = ilease or {}
       ilease[x] = L
     end
     local c = ids[key]
@@ -228,6 +231,7 @@ while pos <= #blob do
       end
     end
     ic[x], iflags[x], ilimit[x], ihits[x] = c, flags % 4, limit, hits
+    if flags % 2 == 1 then anyRefund = true end
   end
 end
 if kx ~= #KEYS then return redis.error_reply("limiter: " .. #KEYS .. " keys for " .. kx .. " expected") end
@@ -254,7 +258,7 @@ end
 -- clear empties slot i of sliding counter c, in this call's view.
 local function clear(c, i)
   sum[c] = sum[c] - count(c, i)
-  cnt[c][i], tim[c][i], dirty[c][i], moved[c] = 0, 0, true, true
+  cnt[c][i], tim[c][i], dirty[c][i] = 0, 0, true
 end
 
 -- findOldest finds the oldest counted sub-window of sliding counter c.
@@ -271,9 +275,7 @@ local function findOldest(c)
   end
 end
 
-local names = {}
-for c = 1, #name do names[c] = name[c] end
-local raws = call("MGET", unpack(names))
+local raws = call("MGET", unpack(name))
 for c = 1, #name do
   local r, n = raws[c], subs[c]
   if not r then
@@ -293,11 +295,13 @@ for c = 1, #name do
       sum[c], oldest[c], ot[c] = 0, 0, 0
     else
       local newest, s, o, t = tonumber(sub(r, 1, 16)), tonumber(sub(r, 17, 32)), tonumber(sub(r, 33, 48)), tonumber(sub(r, 49, 61))
-      if newest == nil or s == nil or o == nil or t == nil then
+      local hc, ht = tonumber(sub(r, 62, 77)), tonumber(sub(r, 78, 90))
+      if newest == nil or s == nil or o == nil or t == nil or hc == nil or ht == nil then
         state[c] = -1
       else
         raw[c], old[c], sum[c], oldest[c], ot[c] = r, newest, s, o, t
-        head[c] = {newest, s, o, t}
+        local zn = newest % m
+        cnt[c][zn], tim[c][zn] = hc, ht -- the newest sub-window is in the head, not its slot
         if k < newest - n or k - newest > n then
           -- the clock went back more than a window, or the counter was idle for a window:
           -- nothing counted
@@ -308,7 +312,9 @@ for c = 1, #name do
           k = newest
           cur[c] = k
         elseif k > newest then
-          -- sub-windows newest+1..k start empty: their slots held sub-windows that left
+          -- the head's sub-window goes to its slot; sub-windows newest+1..k start empty: their
+          -- slots held sub-windows that left
+          dirty[c][zn] = true
           for j = newest + 1, k do clear(c, j % m) end
           if oldest[c] < k - n then oldest[c] = nil end
         end
@@ -349,7 +355,9 @@ local function charge(c, hits)
 end
 
 -- refund subtracts hits from the counter (sliding: from the newest non-empty sub-windows).
-local function refund(c, hits)
+local refund
+if anyRefund then
+refund = function(c, hits)
   local n = subs[c]
   if n == 0 then
     local d = min(used[c], hits)
@@ -374,11 +382,13 @@ local function refund(c, hits)
   end
   if sum[c] <= 0 then oldest[c] = 0 end
 end
+end
 
--- resetAfter is when quota next frees: a fixed window's end, or when the last hit of the
--- oldest counted sub-window leaves the window.
+-- Lease mode only: these exist when the batch has a lease item.
+local subwindow, refundAt, registry, lease
+if ilease then
 -- subwindow returns the index of the sub-window of sliding counter c holding time t.
-local function subwindow(c, t)
+subwindow = function(c, t)
   local n, w = subs[c], win[c]
   local y = t * n
   local k = floor(y / w)
@@ -389,7 +399,7 @@ end
 
 -- refundAt subtracts hits from the sub-window holding time at, if it is still counted: the
 -- unused part of a lease goes back where it was charged.
-local function refundAt(c, hits, at)
+refundAt = function(c, hits, at)
   local j, k, n = subwindow(c, at), cur[c], subs[c]
   if j < k - n or j > k then return end
   local i = j % (n + 1)
@@ -405,7 +415,8 @@ end
 
 -- registry returns the registry of sliding counter c, read from the tail of its value: what
 -- each replica may still admit without asking, {id -> {hits, expiry ms}}.
-local function registry(c)
+registry = function(c)
+  if not reg then reg, regDirty = {}, {} end
   local g = reg[c]
   if g then return g end
   g = {}
@@ -425,7 +436,7 @@ end
 -- every replica may still admit without asking; entries past their expiry count for nothing
 -- and are dropped. It returns over, the hits leased beyond the need, and the replicas holding
 -- leases.
-local function lease(i)
+lease = function(i)
   local c, L, me, need, limit = ic[i], ilease[i], ARGV[3], ihits[i], ilimit[i]
   for _, r in ipairs(L.ret) do refundAt(c, r[1], r[2]) end
   local g, others, replicas = registry(c), 0, 1
@@ -461,7 +472,10 @@ local function lease(i)
   if regDirty[c] and state[c] <= 0 then state[c] = 1 end
   return over, more, replicas
 end
+end
 
+-- resetAfter is when quota next frees: a fixed window's end, or when the last hit of the
+-- oldest counted sub-window leaves the window.
 local function resetAfter(c)
   local n = subs[c]
   if n == 0 then return cur[c] end
@@ -485,12 +499,12 @@ for r = 1, #reqs do
     for i = x, last do
       out[o + 1], out[o + 2], out[o + 3] = 0, 0, 0
       o = o + 3
-      if ilease[i] then
+      if ilease and ilease[i] then
         out[o + 1], out[o + 2] = 0, 0
         o = o + 2
       end
     end
-  elseif ilease[x] then
+  elseif ilease and ilease[x] then
     -- a lease request: one lease item
     local c = ic[x]
     local over, g, replicas = lease(x)
@@ -539,13 +553,14 @@ for c = 1, #name do
     elseif st == 2 then
       call("SET", name[c], fmt("%d", used[c]), "PX", cur[c])
     end
-  elseif st > 0 or (st == 0 and moved[c]) then
+  elseif st > 0 or (st == 0 and next(dirty[c]) ~= nil) then
     -- a changed counter, or one whose view moved on: written back, so that the next call
     -- starts from here
     if oldest[c] == nil then findOldest(c) end
     local ttl = win[c] + floor((win[c] + n - 1) / n)
     local tail = ""
-    if regDirty[c] then
+    local rd = regDirty and regDirty[c]
+    if rd then
       -- the registry goes after the ring; the key lives as long as its last entry
       local t = {}
       for id, e in pairs(reg[c]) do
@@ -554,13 +569,15 @@ for c = 1, #name do
       end
       tail = table.concat(t)
     end
-    if raw[c] == nil or regDirty[c] then
+    local m, zc = n + 1, cur[c] % (n + 1)
+    local head = headOf(cur[c], sum[c], oldest[c], ot[c], count(c, zc), tim[c][zc])
+    if raw[c] == nil or rd then
       -- a new value: created, or with a registry of another length (SET, keeping the TTL
       -- unless it must grow); every slot as read or as changed
-      local parts, r, d = {headOf(cur[c], sum[c], oldest[c], ot[c])}, raw[c], dirty[c]
+      local parts, r, d = {head}, raw[c], dirty[c]
       for i = 0, n do
-        if d[i] or r == nil then
-          parts[i + 2] = slotOf(count(c, i), tim[c][i])
+        if i == zc or r == nil or d[i] then
+          parts[i + 2] = slotOf(i ~= zc and count(c, i) or 0, i ~= zc and tim[c][i] or 0)
         else
           parts[i + 2] = sub(r, HEAD + SLOT * i + 1, HEAD + SLOT * (i + 1))
         end
@@ -573,16 +590,11 @@ for c = 1, #name do
         if st == 2 then call("PEXPIRE", name[c], ttl) end
       end
     else
-      -- SETRANGE of what changed, which keeps the TTL and the registry after the ring: the
-      -- head (often only its sum), then each changed slot
-      local h = head[c]
-      if h[1] == cur[c] and h[3] == oldest[c] and h[4] == ot[c] then
-        if h[2] ~= sum[c] then call("SETRANGE", name[c], 16, fmt("%016d", sum[c])) end
-      else
-        call("SETRANGE", name[c], 0, headOf(cur[c], sum[c], oldest[c], ot[c]))
-      end
+      -- SETRANGE of the head, and of each other slot changed (a new sub-window, a refund):
+      -- it keeps the TTL and the registry after the ring
+      call("SETRANGE", name[c], 0, head)
       for i in pairs(dirty[c]) do
-        call("SETRANGE", name[c], HEAD + SLOT * i, slotOf(cnt[c][i], tim[c][i]))
+        if i ~= zc then call("SETRANGE", name[c], HEAD + SLOT * i, slotOf(cnt[c][i], tim[c][i])) end
       end
       if st == 2 then call("PEXPIRE", name[c], ttl) end
     end

@@ -252,10 +252,11 @@ func TestSlidingAccuracy(t *testing.T) {
 	t.Log("summary (window 1m, limit 100, 10 windows of traffic):\n" + strings.Join(summary, "\n"))
 }
 
-// TestSlidingMemoryBounded checks that a sliding counter stays one string of 61+29(N+1) bytes
-// (the newest sub-window, the running sum, the oldest counted sub-window and its last hit, and
-// a count and a time for each of N+1 sub-windows, in fixed-width decimal), whose running sum is
-// the sum of its counts, with a TTL of at most window plus one sub-window, under random traffic
+// TestSlidingMemoryBounded checks that a sliding counter stays one string of 90+29(N+1) bytes
+// (the newest sub-window, the running sum, the oldest counted sub-window and its last hit, the
+// newest sub-window's count and last hit, and a count and a time for each of N+1 sub-windows,
+// in fixed-width decimal), whose running sum is the newest sub-window's count plus the counts
+// of the other slots, with a TTL of at most window plus one sub-window, under random traffic
 // with refunds.
 func TestSlidingMemoryBounded(t *testing.T) {
 	ctx := t.Context()
@@ -264,7 +265,7 @@ func TestSlidingMemoryBounded(t *testing.T) {
 	const (
 		subs   = 10
 		window = time.Minute
-		size   = 61 + 29*(subs+1)
+		size   = 90 + 29*(subs+1)
 	)
 	item := limiter.Item{Key: p + "{mem}", Limit: 50, Window: window, SubWindows: subs, Hits: 1}
 	key := p + "{mem}:sw:60000:10"
@@ -294,9 +295,12 @@ func TestSlidingMemoryBounded(t *testing.T) {
 		if len(v) != size {
 			t.Fatalf("at %v: %d bytes, want %d", clk.Now().Sub(epoch), len(v), size)
 		}
-		var total int64
+		total := num(v[61:77]) // the newest sub-window, in the head
+		newest := int(num(v[0:16])) % (subs + 1)
 		for i := range subs + 1 {
-			total += num(v[61+29*i : 61+29*i+16])
+			if i != newest { // its slot is stale: the head holds it
+				total += num(v[90+29*i : 90+29*i+16])
+			}
 		}
 		if s := num(v[16:32]); s != total {
 			t.Fatalf("at %v: running sum %d, counts add up to %d: %s", clk.Now().Sub(epoch), s, total, v)
