@@ -72,6 +72,7 @@ for i in 0 1 2; do
 done
 for i in 0 1 2; do
   for _ in $(seq 100); do curl -fs "http://127.0.0.1:$((P + 2 * i + 1))/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+  curl -fs "http://127.0.0.1:$((P + 2 * i + 1))/readyz" >/dev/null || { echo "replica $i not ready on port $((P + 2 * i))" >&2; exit 1; }
 done
 RATE=$((5 * LIMIT / SECS))
 echo "== three replicas, one key, limit $LIMIT per ${SECS}s, $RATE calls/s (5x) for $DUR per mode; $(uptime | sed 's/.*load/load/')"
