@@ -28,12 +28,13 @@ RUN --mount=type=cache,target=/go/pkg/mod \
 ARG TARGETOS TARGETARCH
 ARG VERSION=dev
 # -trimpath: no build paths in the binary; -s -w: no symbol table or DWARF;
-# -X main.version: what `sluice version` and the sluice_build_info metric report.
+# -X main.version: what `sluice version` and the sluice_build_info metric report;
+# -tags vtprotobuf: go-control-plane's generated marshalers for Envoy's messages (internal/grpccodec).
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     --mount=type=bind,target=. \
     GOOS=$TARGETOS GOARCH=$TARGETARCH \
-    go build -trimpath -ldflags="-s -w -X main.version=${VERSION}" -o /out/ \
+    go build -trimpath -tags vtprotobuf -ldflags="-s -w -X main.version=${VERSION}" -o /out/ \
       ./cmd/sluice ./cmd/demoapi ./cmd/healthprobe
 
 # The demo contacts API (docker-compose.yaml's `app`; envoy.yaml's `app` cluster).

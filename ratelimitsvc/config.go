@@ -65,6 +65,15 @@ type Config struct {
 	BreakerOpenFor time.Duration `yaml:"breaker_open_for"`
 	// MaxDescriptors bounds the descriptors of one request. Default 64.
 	MaxDescriptors int `yaml:"max_descriptors"`
+	// Lease configures lease mode (algorithm: sliding_window_lease, or
+	// on_hot_key: lease while a key is hot): max_overshoot (default 0.02),
+	// horizon (1s), max_keys (100000); see limiter.LeaseConfig.
+	Lease limiter.LeaseConfig `yaml:"lease"`
+	// HotKeyThreshold is the rate, in decisions per second of one counter at
+	// this replica, that makes it a hot key: logged once, counted in
+	// sluice_ratelimit_hot_keys, and moved to lease mode where its rule says
+	// on_hot_key: lease. Default 1000; negative disables detection.
+	HotKeyThreshold float64 `yaml:"hot_key_threshold"`
 }
 
 // WithDefaults returns c with every unset field given its documented default.
@@ -136,5 +145,7 @@ func (c Config) LimiterConfig() limiter.Config {
 		LocalCacheSize:  c.LocalCacheSize,
 		BreakerFailures: c.BreakerFailures,
 		BreakerOpenFor:  c.BreakerOpenFor,
+		Lease:           c.Lease,
+		HotKeyThreshold: c.HotKeyThreshold,
 	}.WithDefaults()
 }

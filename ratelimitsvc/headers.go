@@ -19,14 +19,13 @@ import (
 // (non-shadow) limits of the request; the policy header lists them all.
 func (s *Service) headers(apps []applied, results []limiter.Result, over bool) []*corev3.HeaderValue {
 	type pol struct {
-		name   string
-		quota  uint64
-		window time.Duration
-		reset  time.Duration
-		r      limiter.Result
+		l     *Limit
+		quota uint64
+		reset time.Duration
+		r     limiter.Result
 	}
 	var (
-		pols    []pol
+		pols    = make([]pol, 0, len(apps))
 		primary = -1
 		retry   time.Duration
 	)
@@ -36,7 +35,7 @@ func (s *Service) headers(apps []applied, results []limiter.Result, over bool) [
 		}
 		r := results[a.item]
 		reset := resetAfter(a.limit, r)
-		pols = append(pols, pol{name: policyName(a.limit), quota: a.limit.RequestsPerUnit, window: a.limit.Window, reset: reset, r: r})
+		pols = append(pols, pol{l: a.limit, quota: a.limit.RequestsPerUnit, reset: reset, r: r})
 		if r.Over && reset > retry {
 			retry = reset
 		}
@@ -54,26 +53,26 @@ func (s *Service) headers(apps []applied, results []limiter.Result, over bool) [
 	}
 	p := pols[primary]
 	reset := ceilSeconds(p.reset)
-	var out []*corev3.HeaderValue
+	out := make([]*corev3.HeaderValue, 0, 5)
 	add := func(k, v string) { out = append(out, &corev3.HeaderValue{Key: k, Value: v}) }
 
 	switch s.cfg.Headers {
 	case HeadersIETF:
 		// draft-ietf-httpapi-ratelimit-headers-09 §3/§4: lists of sf-strings
 		// with q (quota), w (window seconds), r (remaining), t (reset seconds).
-		var b strings.Builder
-		for i, x := range pols {
-			if i > 0 {
-				b.WriteString(", ")
+		policy := pols[0].l.policy // built once per limit (Limit.finish)
+		if len(pols) > 1 {
+			var b strings.Builder
+			for i, x := range pols {
+				if i > 0 {
+					b.WriteString(", ")
+				}
+				b.WriteString(x.l.policy)
 			}
-			b.WriteString(sfString(x.name))
-			b.WriteString(";q=")
-			b.WriteString(strconv.FormatUint(x.quota, 10))
-			b.WriteString(";w=")
-			b.WriteString(strconv.FormatInt(ceilSeconds(x.window), 10))
+			policy = b.String()
 		}
-		add("ratelimit-policy", b.String())
-		add("ratelimit", sfString(p.name)+";r="+strconv.FormatUint(p.r.Remaining, 10)+";t="+strconv.FormatInt(reset, 10))
+		add("ratelimit-policy", policy)
+		add("ratelimit", p.l.sfName+";r="+strconv.FormatUint(p.r.Remaining, 10)+";t="+strconv.FormatInt(reset, 10))
 	case HeadersIETFDraft07:
 		var b strings.Builder
 		for i, x := range pols {
@@ -82,7 +81,7 @@ func (s *Service) headers(apps []applied, results []limiter.Result, over bool) [
 			}
 			b.WriteString(strconv.FormatUint(x.quota, 10))
 			b.WriteString(";w=")
-			b.WriteString(strconv.FormatInt(ceilSeconds(x.window), 10))
+			b.WriteString(strconv.FormatInt(ceilSeconds(x.l.Window), 10))
 		}
 		add("ratelimit-limit", strconv.FormatUint(p.quota, 10))
 		add("ratelimit-remaining", strconv.FormatUint(p.r.Remaining, 10))

@@ -185,13 +185,20 @@ func readRulesFile(path string) (File, *Problem) {
 // Units are second, minute, hour, day, week, month (30 days) and year (365
 // days), in any case. Sluice extensions, each optional:
 //
-//	domain level:     algorithm: sliding_window | fixed_window  (default sliding_window)
+//	domain level:     algorithm: sliding_window | sliding_window_lease | fixed_window
+//	                                       (default sliding_window)
+//	                  on_hot_key: exact | lease  (default exact)
 //	                  failure_mode_deny: true  (fail closed without Redis; default false)
 //	in a rate limit:  unit_multiplier: N  (window = N units, default 1)
 //	                  algorithm: ...       (default: the domain's)
+//	                  on_hot_key: ...      (default: the domain's)
 //	                  sub_windows: N       (sliding window buckets, 1..120, default 10)
 //	on a descriptor:  rate_limits: [ {...}, ... ]  (several limits at once, with
 //	                  or instead of rate_limit; names must differ)
+//
+// sliding_window_lease is the sliding window decided in lease mode, and on_hot_key: lease lets
+// a sliding window move to lease mode while its key is hot (see limiter.Mode); both need the
+// sliding window.
 //
 // Checks, as envoyproxy/ratelimit makes them: unknown keys, an empty domain,
 // a domain defined twice, an empty key, two descriptors with the same key and
@@ -669,9 +676,9 @@ func (p *parser) uint(kv pair, lo, hi uint64) (v uint64, ok bool) {
 // Keys valid at each level. envoyproxy/ratelimit checks every key against one
 // list wherever it appears; Sluice also says where a misplaced key belongs.
 var (
-	rootKeys       = []string{"domain", "descriptors", "algorithm", "failure_mode_deny"}
+	rootKeys       = []string{"domain", "descriptors", "algorithm", "on_hot_key", "failure_mode_deny"}
 	descriptorKeys = []string{"key", "value", "rate_limit", "rate_limits", "descriptors", "shadow_mode", "quota_mode", "detailed_metric", "value_to_metric", "share_threshold", "metadata"}
-	rateLimitKeys  = []string{"unit", "requests_per_unit", "unlimited", "name", "replaces", "unit_multiplier", "algorithm", "sub_windows"}
+	rateLimitKeys  = []string{"unit", "requests_per_unit", "unlimited", "name", "replaces", "unit_multiplier", "algorithm", "on_hot_key", "sub_windows"}
 	replacesKeys   = []string{"name"}
 )
 
@@ -711,7 +718,11 @@ func (p *parser) domain(root *yaml.Node) *Domain {
 			descs = &pairs[i]
 		case "algorithm":
 			if a, ok := p.algorithm(kv); ok {
-				d.Algorithm = a
+				d.Algorithm, d.Mode = a.alg, a.mode
+			}
+		case "on_hot_key":
+			if v, ok := p.onHotKey(kv); ok {
+				d.HotKeyLease = v
 			}
 		case "failure_mode_deny":
 			d.FailureModeDeny, d.FailureModeSet = p.boolean(kv), true
@@ -729,17 +740,46 @@ func (p *parser) domain(root *yaml.Node) *Domain {
 	return d
 }
 
-func (p *parser) algorithm(kv pair) (limiter.Algorithm, bool) {
+// algorithmName is one value of `algorithm`: how hits are counted, and how decisions are made.
+type algorithmName struct {
+	alg  limiter.Algorithm
+	mode limiter.Mode
+}
+
+// algorithmNames are the values of `algorithm`.
+var algorithmNames = map[string]algorithmName{
+	"sliding_window":       {limiter.SlidingWindow, limiter.Exact},
+	"sliding_window_lease": {limiter.SlidingWindow, limiter.Lease},
+	"fixed_window":         {limiter.FixedWindow, limiter.Exact},
+}
+
+func (p *parser) algorithm(kv pair) (algorithmName, bool) {
 	s, ok := p.str(kv)
 	if !ok {
-		return 0, false
+		return algorithmName{}, false
 	}
-	a, err := limiter.ParseAlgorithm(s)
-	if err != nil {
-		p.problemf(kv.line, "algorithm %q: want sliding_window or fixed_window", s)
-		return 0, false
+	a, ok := algorithmNames[strings.ToLower(s)]
+	if !ok {
+		p.problemf(kv.line, "algorithm %q: want sliding_window, sliding_window_lease or fixed_window", s)
+		return algorithmName{}, false
 	}
 	return a, true
+}
+
+// onHotKey reads `on_hot_key`: true for lease, false for exact.
+func (p *parser) onHotKey(kv pair) (lease, ok bool) {
+	s, ok := p.str(kv)
+	if !ok {
+		return false, false
+	}
+	switch strings.ToLower(s) {
+	case "exact":
+		return false, true
+	case "lease":
+		return true, true
+	}
+	p.problemf(kv.line, "on_hot_key %q: want exact or lease", s)
+	return false, false
 }
 
 // level reads one descriptor list.
@@ -883,6 +923,7 @@ func (p *parser) descriptor(item *yaml.Node, d *Domain, parent string, depth int
 		} else {
 			names[l.Name] = l.Line
 		}
+		l.finish()
 		n.limits = append(n.limits, l)
 	}
 	for _, l := range n.limits {
@@ -907,8 +948,9 @@ func (p *parser) rateLimit(v *yaml.Node, d *Domain) *Limit {
 	if !ok {
 		return nil
 	}
-	l := &Limit{File: p.file, Line: v.Line, UnitMultiplier: 1, Algorithm: d.Algorithm}
-	var unit, rpu, mult, alg, sub *pair
+	l := &Limit{File: p.file, Line: v.Line, UnitMultiplier: 1, Algorithm: d.Algorithm, Mode: d.Mode}
+	hotLease := d.HotKeyLease
+	var unit, rpu, mult, alg, sub, hot *pair
 	for i, kv := range pairs {
 		switch kv.name {
 		case "unit":
@@ -925,6 +967,8 @@ func (p *parser) rateLimit(v *yaml.Node, d *Domain) *Limit {
 			mult = &pairs[i]
 		case "algorithm":
 			alg = &pairs[i]
+		case "on_hot_key":
+			hot = &pairs[i]
 		case "sub_windows":
 			sub = &pairs[i]
 		default:
@@ -939,7 +983,8 @@ func (p *parser) rateLimit(v *yaml.Node, d *Domain) *Limit {
 		}
 	}
 	if l.Unlimited {
-		for _, kv := range []*pair{unit, rpu, mult, alg, sub} {
+		l.Mode = limiter.Exact
+		for _, kv := range []*pair{unit, rpu, mult, alg, sub, hot} {
 			if kv != nil && !isNull(kv.val) {
 				// The reference refuses a unit on an unlimited limit too
 				// (config_impl.go); Sluice also refuses every other setting.
@@ -984,7 +1029,23 @@ func (p *parser) rateLimit(v *yaml.Node, d *Domain) *Limit {
 	}
 	if alg != nil && !isNull(alg.val) {
 		if a, ok := p.algorithm(*alg); ok {
-			l.Algorithm = a
+			l.Algorithm, l.Mode = a.alg, a.mode
+		}
+	}
+	if hot != nil && !isNull(hot.val) {
+		if v, ok := p.onHotKey(*hot); ok {
+			hotLease = v
+		}
+	}
+	if hotLease && l.Mode == limiter.Exact {
+		if l.Algorithm != limiter.SlidingWindow {
+			line := l.Line
+			if hot != nil {
+				line = hot.line
+			}
+			p.problemf(line, "on_hot_key: lease needs the sliding_window algorithm, not %s", l.Algorithm)
+		} else {
+			l.Mode = limiter.LeaseWhenHot
 		}
 	}
 	switch {

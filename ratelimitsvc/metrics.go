@@ -2,6 +2,7 @@ package ratelimitsvc
 
 import (
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -16,7 +17,17 @@ type metrics struct {
 	reloads   *prometheus.CounterVec   // result
 	lastLoad  prometheus.Gauge
 	limits    prometheus.Gauge
+
+	// The children decisions are counted in, per configured limit: looking
+	// them up by label values costs more than the rest of a decision's
+	// accounting. Emptied when the rules change (SetRules).
+	byLimit     sync.Map // *Limit -> *[len(decisionCodes)]prometheus.Counter
+	okDuration  prometheus.Observer
+	badDuration prometheus.Observer
 }
+
+// decisionCodes are the values of the code label, in the order of byLimit's arrays.
+var decisionCodes = [...]string{codeOK, codeNear, codeOver, codeShadow, codeFailOpen, codeFailClosed}
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	m := &metrics{
@@ -48,6 +59,8 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Help: "Domains in the rules in force.",
 		}),
 	}
+	m.okDuration = m.duration.WithLabelValues("ok")
+	m.badDuration = m.duration.WithLabelValues("invalid")
 	if reg == nil {
 		return m, nil
 	}
@@ -59,20 +72,42 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 	return m, nil
 }
 
-func (m *metrics) decision(domain, rule, code string) {
-	m.decisions.WithLabelValues(domain, rule, code).Inc()
+// decision counts one decision of limit l (labelled rule) in domain. The
+// limits of a descriptor's override are made per request: they are looked up
+// by label values every time, not remembered.
+func (m *metrics) decision(domain string, l *Limit, rule, code string) {
+	if l.override {
+		m.decisions.WithLabelValues(domain, rule, code).Inc()
+		return
+	}
+	i := 0
+	for decisionCodes[i] != code {
+		i++
+	}
+	v, ok := m.byLimit.Load(l)
+	if !ok {
+		var cs [len(decisionCodes)]prometheus.Counter
+		for j, c := range decisionCodes {
+			cs[j] = m.decisions.WithLabelValues(domain, rule, c)
+		}
+		v, _ = m.byLimit.LoadOrStore(l, &cs)
+	}
+	v.(*[len(decisionCodes)]prometheus.Counter)[i].Inc()
 }
+
+// rulesChanged forgets the counters of the limits of the rules replaced.
+func (m *metrics) rulesChanged() { m.byLimit.Clear() }
 
 func (m *metrics) degradedCall(domain, mode string) {
 	m.degraded.WithLabelValues(domain, mode).Inc()
 }
 
 func (m *metrics) observe(d time.Duration, err error) {
-	result := "ok"
 	if err != nil {
-		result = "invalid"
+		m.badDuration.Observe(d.Seconds())
+		return
 	}
-	m.duration.WithLabelValues(result).Observe(d.Seconds())
+	m.okDuration.Observe(d.Seconds())
 }
 
 func (m *metrics) reload(ok bool, domains int, now time.Time) {

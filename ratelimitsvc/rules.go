@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -36,6 +38,12 @@ type Domain struct {
 	// Algorithm is the domain's `algorithm` (Sluice extension), the default of
 	// its limits. Default limiter.SlidingWindow.
 	Algorithm limiter.Algorithm
+	// Mode is limiter.Lease for `algorithm: sliding_window_lease`, else
+	// limiter.Exact: the default of its limits.
+	Mode limiter.Mode
+	// HotKeyLease is the domain's `on_hot_key: lease`, the default of its
+	// limits: a hot key of a sliding window moves to lease mode.
+	HotKeyLease bool
 	// File and Line say where the domain is defined.
 	File string
 	Line int
@@ -66,6 +74,10 @@ type Limit struct {
 	Window time.Duration
 	// Algorithm is the limit's `algorithm`, else its domain's.
 	Algorithm limiter.Algorithm
+	// Mode is how its decisions are made: limiter.Lease for
+	// sliding_window_lease, limiter.LeaseWhenHot for a sliding window with
+	// on_hot_key: lease, else limiter.Exact.
+	Mode limiter.Mode
 	// SubWindows is `sub_windows` for a sliding window (default 10); 1 for a
 	// fixed window; 0 when Unlimited.
 	SubWindows int
@@ -88,6 +100,34 @@ type Limit struct {
 	// File and Line say where the limit is defined.
 	File string
 	Line int
+
+	// What every response of this limit repeats, built once (finish): its
+	// DescriptorStatus.current_limit, shared by the responses (gRPC only reads
+	// it), and its name as an sf-string and its IETF policy item for the
+	// headers.
+	current *rlsv3.RateLimitResponse_RateLimit
+	sfName  string
+	policy  string
+	// override: made for one request from its descriptor's `limit`.
+	override bool
+}
+
+// finish builds what every response of l repeats, once its fields are set.
+func (l *Limit) finish() {
+	if l.Unlimited {
+		return
+	}
+	l.current = &rlsv3.RateLimitResponse_RateLimit{
+		Name:            l.Name,
+		RequestsPerUnit: clampU32(l.RequestsPerUnit),
+		Unit:            l.Unit,
+	}
+	// RateLimit.unit_multiplier: "If not specified, defaults to 1".
+	if l.UnitMultiplier > 1 {
+		l.current.UnitMultiplier = wrapperspb.UInt32(l.UnitMultiplier)
+	}
+	l.sfName = sfString(policyName(l))
+	l.policy = l.sfName + ";q=" + strconv.FormatUint(l.RequestsPerUnit, 10) + ";w=" + strconv.FormatInt(ceilSeconds(l.Window), 10)
 }
 
 // Entry is one key/value pair of a request descriptor.
@@ -369,6 +409,7 @@ type jsonLimit struct {
 	UnitMultiplier  uint32   `json:"unit_multiplier,omitempty"`
 	Window          string   `json:"window,omitempty"`
 	Algorithm       string   `json:"algorithm,omitempty"`
+	Mode            string   `json:"mode,omitempty"` // lease or lease_when_hot; empty when exact
 	SubWindows      int      `json:"sub_windows,omitempty"`
 	Replaces        []string `json:"replaces,omitempty"`
 	Source          string   `json:"source"`
@@ -398,6 +439,9 @@ func jsonLevel(l *level) []jsonNode {
 				jl.UnitMultiplier = l.UnitMultiplier
 				jl.Window = l.Window.String()
 				jl.Algorithm = l.Algorithm.String()
+				if l.Mode != limiter.Exact {
+					jl.Mode = l.Mode.String()
+				}
 				jl.SubWindows = l.SubWindows
 			}
 			jn.Limits = append(jn.Limits, jl)

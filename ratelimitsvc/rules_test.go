@@ -359,6 +359,13 @@ descriptors:
 	for i, w := range want {
 		w.Shadow, w.Quota, w.DetailedMetric, w.File = true, true, true, "test.yaml"
 		got := *m.Limits[i]
+		// What responses repeat, derived from the fields above (Limit.finish).
+		wantPolicy := `"` + w.ID + `";q=` + strconv.FormatUint(w.RequestsPerUnit, 10) + ";w=" + strconv.FormatInt(int64(w.Window/time.Second), 10)
+		if got.policy != wantPolicy || got.current.GetRequestsPerUnit() != uint32(w.RequestsPerUnit) || got.current.GetUnit() != w.Unit ||
+			got.current.GetUnitMultiplier().GetValue() != map[bool]uint32{true: w.UnitMultiplier, false: 0}[w.UnitMultiplier > 1] {
+			t.Errorf("limit %d: policy %s, current limit %v; want %s and the limit", i, got.policy, got.current, wantPolicy)
+		}
+		got.current, got.sfName, got.policy, got.override = nil, "", "", false
 		if fmt.Sprintf("%+v", got) != fmt.Sprintf("%+v", w) {
 			t.Errorf("limit %d:\n got %+v\nwant %+v", i, got, w)
 		}

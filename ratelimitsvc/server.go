@@ -37,6 +37,7 @@ func (s *Service) DebugHandler() http.Handler {
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
+		lc := s.cfg.LimiterConfig()
 		body := struct {
 			Service any    `json:"service"`
 			Rules   *Rules `json:"rules"`
@@ -47,6 +48,12 @@ func (s *Service) DebugHandler() http.Handler {
 				"headers":           s.cfg.Headers,
 				"near_limit_ratio":  s.cfg.NearLimitRatio,
 				"local_cache_size":  s.cfg.LocalCacheSize,
+				"lease": map[string]any{
+					"max_overshoot": lc.Lease.MaxOvershoot,
+					"horizon":       lc.Lease.Horizon.String(),
+					"max_keys":      lc.Lease.MaxKeys,
+				},
+				"hot_key_threshold": lc.HotKeyThreshold,
 			},
 			Rules: rules,
 		}

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"math"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -22,7 +23,6 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/types/known/durationpb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -83,7 +83,10 @@ func New(cfg Config, lim Limiter, keyPrefix string, reg prometheus.Registerer, l
 }
 
 // SetRules atomically replaces the rules used by later calls.
-func (s *Service) SetRules(r *Rules) { s.rules.Store(r) }
+func (s *Service) SetRules(r *Rules) {
+	s.rules.Store(r)
+	s.metrics.rulesChanged()
+}
 
 // Rules returns the rules in force, or nil before the first SetRules.
 func (s *Service) Rules() *Rules { return s.rules.Load() }
@@ -149,8 +152,8 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 	}
 
 	var (
-		apps     []applied
-		items    []limiter.Item
+		apps     = make([]applied, 0, 2*len(descs))
+		items    = make([]limiter.Item, 0, 2*len(descs))
 		replaced map[string]bool
 	)
 	for i, d := range descs {
@@ -173,6 +176,7 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 		if !ok {
 			continue
 		}
+		tag := "" // the counters' hash tag, shared by the descriptor's limits
 		for _, l := range limits {
 			for _, r := range l.Replaces {
 				if replaced == nil {
@@ -184,13 +188,17 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 			// index), so the metric label stays bounded whatever clients send.
 			a := applied{desc: i, limit: l, rule: l.ID, item: -1}
 			if !l.Unlimited {
+				if tag == "" {
+					tag = s.counterTag(domain.Name, counter)
+				}
 				a.item = len(items)
 				items = append(items, limiter.Item{
-					Key:        s.counterKey(domain.Name, counter, l.ID),
+					Key:        tag + l.ID,
 					Limit:      l.RequestsPerUnit,
 					Window:     l.Window,
 					Algorithm:  l.Algorithm,
 					SubWindows: l.SubWindows,
+					Mode:       l.Mode,
 					Hits:       hits,
 					Refund:     d.GetIsNegativeHits(),
 					// A quota_mode limit over its quota refuses the request
@@ -219,6 +227,11 @@ func (s *Service) decide(ctx context.Context, req *rlsv3.RateLimitRequest) (*rls
 	}
 	if err != nil {
 		return s.degraded(ctx, resp, domain, apps, err), nil
+	}
+	for _, a := range apps {
+		if a.item >= 0 && results[a.item].NewlyHot {
+			s.logHot(ctx, domain.Name, a, descs[a.desc], items[a.item], results[a.item])
+		}
 	}
 	if len(results) > 0 && results[0].FromCache {
 		s.readUnanswered(ctx, items, results)
@@ -264,8 +277,11 @@ func (s *Service) limitsFor(rules *Rules, domain *Domain, d *commonrl.RateLimitD
 			UnitMultiplier:  mult,
 			Window:          window * time.Duration(mult),
 			Algorithm:       domain.Algorithm,
+			Mode:            overrideMode(domain),
 			SubWindows:      limiter.DefaultSubWindows,
+			override:        true,
 		}
+		l.finish()
 		return []*Limit{l}, entries, true
 	}
 	m, ok := rules.Match(domain.Name, entries)
@@ -273,6 +289,15 @@ func (s *Service) limitsFor(rules *Rules, domain *Domain, d *commonrl.RateLimitD
 		return nil, nil, false
 	}
 	return m.Limits, m.CounterEntries, true
+}
+
+// overrideMode is how a descriptor's limit override is decided: as its
+// domain's limits are by default.
+func overrideMode(d *Domain) limiter.Mode {
+	if d.Mode == limiter.Exact && d.HotKeyLease && d.Algorithm == limiter.SlidingWindow {
+		return limiter.LeaseWhenHot
+	}
+	return d.Mode
 }
 
 // readUnanswered completes a denial by the limiter's local cache, which
@@ -315,6 +340,23 @@ func (s *Service) readUnanswered(ctx context.Context, items []limiter.Item, resu
 		}
 		results[i] = r
 	}
+}
+
+// logHot logs, once per hot spell, a counter decided at or above the hot-key
+// threshold: one Redis key, hence one shard, carries all its decisions, however
+// many replicas there are. Lease mode takes it off the shard where the rule
+// allows it (on_hot_key: lease); otherwise the shard's capacity caps it.
+func (s *Service) logHot(ctx context.Context, domain string, a applied, d *commonrl.RateLimitDescriptor, it limiter.Item, r limiter.Result) {
+	entries := make([]string, 0, len(d.GetEntries()))
+	for _, e := range d.GetEntries() {
+		entries = append(entries, e.GetKey()+"="+e.GetValue())
+	}
+	mode := "exact (the rule does not allow lease mode: set on_hot_key: lease or algorithm: sliding_window_lease)"
+	if it.Mode == limiter.LeaseWhenHot {
+		mode = "lease (on_hot_key: lease)"
+	}
+	s.log.WarnContext(ctx, "rate limit: hot key: one Redis key carries this descriptor's decisions (logged once per hot spell; see sluice_ratelimit_hot_keys)",
+		"domain", domain, "rule", a.rule, "descriptor", strings.Join(entries, ","), "decisions_per_second", math.Round(r.HotRate), "mode", mode)
 }
 
 // refund takes back the hits that items charged. A failure is logged (at
@@ -360,25 +402,33 @@ func dropReplaced(apps []applied, items []limiter.Item, replaced map[string]bool
 	return outA, outI
 }
 
-// counterKey names a counter in Redis: the descriptor's identity is hashed
+// counterTag is the start of the names of a descriptor's counters in Redis,
+// to which each limit appends its ID: the descriptor's identity is hashed
 // (SHA-256, 128 bits) into the Cluster hash tag, so every limit of a
 // descriptor shares one slot, keys stay short whatever clients send, and no
-// value can break out of the tag.
-func (s *Service) counterKey(domain string, entries []Entry, limitID string) string {
-	h := sha256.New()
-	var n [8]byte
-	write := func(v string) {
-		binary.BigEndian.PutUint64(n[:], uint64(len(v)))
-		h.Write(n[:])
-		h.Write([]byte(v))
-	}
-	write(domain)
+// value can break out of the tag: "<prefix>rl:{<32 hex digits>}:".
+func (s *Service) counterTag(domain string, entries []Entry) string {
+	size := 8 + len(domain)
 	for _, e := range entries {
-		write(e.Key)
-		write(e.Value)
+		size += 16 + len(e.Key) + len(e.Value)
 	}
-	var sum [sha256.Size]byte
-	return s.prefix + "{" + hex.EncodeToString(h.Sum(sum[:0])[:16]) + "}:" + limitID
+	var stack [512]byte
+	b := stack[:0]
+	if size > len(stack) {
+		b = make([]byte, 0, size)
+	}
+	b = binary.BigEndian.AppendUint64(b, uint64(len(domain)))
+	b = append(b, domain...)
+	for _, e := range entries {
+		b = binary.BigEndian.AppendUint64(b, uint64(len(e.Key)))
+		b = append(b, e.Key...)
+		b = binary.BigEndian.AppendUint64(b, uint64(len(e.Value)))
+		b = append(b, e.Value...)
+	}
+	sum := sha256.Sum256(b)
+	var h [32]byte
+	hex.Encode(h[:], sum[:16])
+	return s.prefix + "{" + string(h[:]) + "}:"
 }
 
 // fill turns limiter results into descriptor statuses. A descriptor with
@@ -401,12 +451,12 @@ func (s *Service) fill(resp *rlsv3.RateLimitResponse, domain string, apps []appl
 			if best[a.desc] < 0 {
 				st.LimitRemaining = math.MaxUint32
 			}
-			s.metrics.decision(domain, a.rule, codeOK)
+			s.metrics.decision(domain, a.limit, a.rule, codeOK)
 			continue
 		}
 		r := results[a.item]
 		code := s.codeOf(a.limit, r)
-		s.metrics.decision(domain, a.rule, code)
+		s.metrics.decision(domain, a.limit, a.rule, code)
 		if a.limit.Quota {
 			if quota == nil {
 				quota = map[int]bool{}
@@ -521,7 +571,7 @@ func (s *Service) degraded(ctx context.Context, resp *rlsv3.RateLimitResponse, d
 			continue
 		}
 		st := resp.Statuses[a.desc]
-		s.metrics.decision(domain.Name, a.rule, code)
+		s.metrics.decision(domain.Name, a.limit, a.rule, code)
 		if st.CurrentLimit == nil {
 			st.CurrentLimit = currentLimit(a.limit)
 			st.LimitRemaining = clampU32(a.limit.RequestsPerUnit)
@@ -535,18 +585,9 @@ func (s *Service) degraded(ctx context.Context, resp *rlsv3.RateLimitResponse, d
 	return resp
 }
 
-func currentLimit(l *Limit) *rlsv3.RateLimitResponse_RateLimit {
-	cl := &rlsv3.RateLimitResponse_RateLimit{
-		Name:            l.Name,
-		RequestsPerUnit: clampU32(l.RequestsPerUnit),
-		Unit:            l.Unit,
-	}
-	// RateLimit.unit_multiplier: unset means 1, so 1 is left out.
-	if l.UnitMultiplier > 1 {
-		cl.UnitMultiplier = wrapperspb.UInt32(l.UnitMultiplier)
-	}
-	return cl
-}
+// currentLimit is DescriptorStatus.current_limit for l: shared by every
+// response (built by Limit.finish), so nothing may modify it.
+func currentLimit(l *Limit) *rlsv3.RateLimitResponse_RateLimit { return l.current }
 
 func clampU32(v uint64) uint32 {
 	if v > math.MaxUint32 {

@@ -25,6 +25,8 @@ export GORACE="${GORACE:-atexit_sleep_ms=0}"
 go test -race -timeout 20m -skip '^TestConformance$' "$@" $(go list ./... | grep -v '/internal/chaos$')
 echo "== go test -race ./internal/devstack -run TestConformance (alone)"
 go test -race -timeout 10m -run '^TestConformance$' "$@" ./internal/devstack
+echo "== go test -race -tags vtprotobuf (the build of the image and the benchmarks: vtprotobuf marshalers)"
+go test -race -timeout 10m -tags vtprotobuf "$@" ./internal/grpccodec ./internal/app
 echo "== go test -race ./internal/chaos (alone)"
 go test -race -timeout 10m "$@" ./internal/chaos
 # deploy/kubernetes is a module of its own (the Kubernetes, Istio, Envoy Gateway and

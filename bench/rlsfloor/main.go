@@ -9,11 +9,8 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"flag"
-	"fmt"
 	"log"
-	"math"
 	"net"
 	"time"
 
@@ -31,28 +28,22 @@ type floor struct {
 	prefix string
 }
 
-// item is ARGV[2]'s share of one sliding-window item (see limiter's script.go): flags 0,
-// 10 sub-windows, limit 1e9, window 60000 ms, 1 hit.
-var item = func() []byte {
-	b := []byte{0, 10}
-	for _, v := range []float64{1e9, 60000, 1} {
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(v))
-	}
-	return b
-}()
-
 func (f floor) ShouldRateLimit(ctx context.Context, req *rlsv3.RateLimitRequest) (*rlsv3.RateLimitResponse, error) {
 	ds := req.GetDescriptors()
 	if f.rdb != nil && len(ds) > 0 {
-		keys := make([]string, len(ds))
-		input := binary.LittleEndian.AppendUint32(make([]byte, 0, 4+len(ds)*len(item)), uint32(len(ds)))
+		// One sliding-window item per descriptor, as Sluice sends them: limit 1e9, window 1m,
+		// 10 sub-windows, 1 hit.
+		items := make([]limiter.Item, len(ds))
 		for i, d := range ds {
 			k := ""
 			for _, e := range d.GetEntries() {
 				k += e.GetKey() + "=" + e.GetValue() + ";"
 			}
-			keys[i] = fmt.Sprintf("%s{%s}:s:60000:10", f.prefix, k)
-			input = append(input, item...)
+			items[i] = limiter.Item{Key: f.prefix + "{" + k + "}", Limit: 1e9, Window: time.Minute, Hits: 1}
+		}
+		keys, input, err := limiter.ScriptCall(items)
+		if err != nil {
+			return nil, err
 		}
 		ctx, cancel := context.WithTimeout(ctx, time.Second)
 		defer cancel()

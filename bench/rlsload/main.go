@@ -1,7 +1,12 @@
-// Command rlsload drives ShouldRateLimit calls at a RateLimitService for a
-// fixed time with a fixed number of concurrent callers, and prints
-// decisions/s and latency percentiles on one line, for comparison between
-// servers measured in the same run.
+// Command rlsload drives ShouldRateLimit calls at one or more RateLimitService
+// servers for a fixed time and prints decisions/s and latency percentiles on
+// one line, for comparison between servers measured in the same run.
+//
+// By default it runs closed-loop: -c callers each send their next call as
+// soon as the last one is answered. With -rate it runs open-loop instead, at
+// that many calls per second in all, and with -window it reports how many
+// calls were admitted in the busiest span of that length, for accuracy runs
+// against a known limit (-limit).
 package main
 
 import (
@@ -23,32 +28,40 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
+// admission is one admitted call: it was decided between sent and answered.
+type admission struct{ sent, answered time.Time }
+
 func main() {
 	var (
-		addr     = flag.String("addr", "127.0.0.1:8081", "RateLimitService address")
+		addrs    = flag.String("addr", "127.0.0.1:8081", "RateLimitService address, or several separated by commas (calls go round-robin)")
 		label    = flag.String("label", "", "name printed on the result line")
 		domain   = flag.String("domain", "bench", "rate limit domain")
 		descs    = flag.Int("descriptors", 1, "descriptors per request (1..8)")
 		conc     = flag.Int("c", 32, "concurrent callers")
-		conns    = flag.Int("conns", 4, "gRPC connections (callers are spread over them)")
-		dur      = flag.Duration("d", 5*time.Second, "measurement time (after 1s warm-up)")
-		tenants  = flag.Int("tenants", 1000, "distinct tenant values (spreads keys like real traffic)")
+		conns    = flag.Int("conns", 4, "gRPC connections per address (callers are spread over them)")
+		dur      = flag.Duration("d", 5*time.Second, "measurement time (after the warm-up)")
+		tenants  = flag.Int("tenants", 1000, "distinct tenant values (spreads keys like real traffic); 1 for one hot key")
 		warm     = flag.Duration("warmup", time.Second, "warm-up time, not measured")
 		rpcLimit = flag.Duration("timeout", time.Second, "per-call timeout")
 		pids     = flag.String("pids", "", "name=pid,... of processes whose CPU time per call to report (Linux /proc), e.g. server=123,redis=456")
+		rate     = flag.Float64("rate", 0, "calls per second in all, sent open-loop by the -c callers (0: closed loop, as fast as answered)")
+		window   = flag.Duration("window", 0, "report the most calls admitted within any span of this length (accuracy runs)")
+		limit    = flag.Int("limit", 0, "with -window: the limit per window, to print the busiest window as a ratio of it")
 	)
 	flag.Parse()
-	if *descs < 1 || *descs > 8 || *conc < 1 || *conns < 1 {
+	if *descs < 1 || *descs > 8 || *conc < 1 || *conns < 1 || *tenants < 1 || *rate < 0 {
 		log.Fatal("rlsload: bad flags")
 	}
-	clients := make([]rlsv3.RateLimitServiceClient, *conns)
-	for i := range clients {
-		cc, err := grpc.NewClient(*addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			log.Fatal(err)
+	var clients []rlsv3.RateLimitServiceClient
+	for _, addr := range strings.Split(*addrs, ",") {
+		for range *conns {
+			cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+			if err != nil {
+				log.Fatal(err)
+			}
+			defer cc.Close()
+			clients = append(clients, rlsv3.NewRateLimitServiceClient(cc))
 		}
-		defer cc.Close()
-		clients[i] = rlsv3.NewRateLimitServiceClient(cc)
 	}
 	keys := []string{"tenant_id", "user_id", "remote_address", "k3", "k4", "k5", "k6", "k7"}
 	mkReq := func(n int) *rlsv3.RateLimitRequest {
@@ -63,31 +76,54 @@ func main() {
 	}
 
 	var (
-		mu      sync.Mutex
-		lat     []time.Duration
-		errs    int
-		over    int
-		measure = time.Now().Add(*warm)
-		stop    = measure.Add(*dur)
-		wg      sync.WaitGroup
+		mu       sync.Mutex
+		lat      []time.Duration
+		admitted []admission
+		errs     int
+		over     int
+		start    = time.Now()
+		measure  = start.Add(*warm)
+		stop     = measure.Add(*dur)
+		wg       sync.WaitGroup
 	)
+	// With -rate, ticket n may be sent at start + n/rate: a caller takes the next ticket and
+	// waits for its time, so calls keep their schedule while callers are free.
+	var (
+		ticketMu sync.Mutex
+		ticket   int
+	)
+	nextSlot := func() (int, time.Time) {
+		ticketMu.Lock()
+		defer ticketMu.Unlock()
+		n := ticket
+		ticket++
+		return n, start.Add(time.Duration(float64(n) / *rate * float64(time.Second)))
+	}
 	for w := 0; w < *conc; w++ {
-		wg.Add(1)
-		go func(w int) {
-			defer wg.Done()
+		wg.Go(func() {
 			c := clients[w%len(clients)]
 			local := make([]time.Duration, 0, 1<<16)
+			var localAdm []admission
 			var le, lo int
 			for n := w; ; n += *conc {
-				start := time.Now()
-				if start.After(stop) {
+				if *rate > 0 {
+					var at time.Time
+					n, at = nextSlot()
+					if at.After(stop) {
+						break
+					}
+					time.Sleep(time.Until(at))
+					c = clients[n%len(clients)]
+				}
+				sent := time.Now()
+				if sent.After(stop) {
 					break
 				}
 				ctx, cancel := context.WithTimeout(context.Background(), *rpcLimit)
 				resp, err := c.ShouldRateLimit(ctx, mkReq(n))
 				cancel()
-				el := time.Since(start)
-				if start.Before(measure) {
+				answered := time.Now()
+				if sent.Before(measure) {
 					continue
 				}
 				switch {
@@ -95,15 +131,18 @@ func main() {
 					le++
 				case resp.OverallCode == rlsv3.RateLimitResponse_OVER_LIMIT:
 					lo++
+				case *window > 0:
+					localAdm = append(localAdm, admission{sent, answered})
 				}
-				local = append(local, el)
+				local = append(local, answered.Sub(sent))
 			}
 			mu.Lock()
 			lat = append(lat, local...)
+			admitted = append(admitted, localAdm...)
 			errs += le
 			over += lo
 			mu.Unlock()
-		}(w)
+		})
 	}
 	// CPU accounting over the measured window only: the servers' from /proc, the load
 	// generator's own from getrusage. Per call, it is comparable across runs even when the
@@ -138,6 +177,61 @@ func main() {
 		total += v
 		fmt.Printf("%s loadgen=%.1f total=%.1f\n", line, v, total)
 	}
+	if *window > 0 {
+		hi, lo := busiest(admitted, *window)
+		line := fmt.Sprintf("%-28s admitted=%d busiest_%v: at_most=%d at_least=%d", "", len(admitted), *window, hi, lo)
+		if *limit > 0 {
+			line += fmt.Sprintf(" limit=%d at_most/limit=%.4f", *limit, float64(hi)/float64(*limit))
+		}
+		fmt.Println(line)
+	}
+}
+
+// busiest bounds the most admissions the server decided within any span of length w. Each was
+// decided at some moment between its sent and answered times, so a span holds at most the
+// admissions whose interval meets it (hi) and at least those whose interval lies inside it
+// (lo); the true busiest span lies between.
+func busiest(adm []admission, w time.Duration) (hi, lo int) {
+	if len(adm) == 0 {
+		return 0, 0
+	}
+	sent := make([]time.Time, len(adm))
+	answered := make([]time.Time, len(adm))
+	for i, a := range adm {
+		sent[i], answered[i] = a.sent, a.answered
+	}
+	slices.SortFunc(sent, time.Time.Compare)
+	slices.SortFunc(answered, time.Time.Compare)
+	// hi: for a span [t, t+w] starting at an answered time, the intervals meeting it are those
+	// sent by t+w, less those answered before t. The maximum is reached at such a start.
+	j, k := 0, 0
+	for i, t := range answered {
+		for j < len(sent) && !sent[j].After(t.Add(w)) {
+			j++
+		}
+		for k < i && answered[k].Before(t) {
+			k++
+		}
+		hi = max(hi, j-k)
+	}
+	// lo: intervals inside [t, t+w] for t at a sent time: sent at or after t and answered by
+	// t+w; sorted by sent, a sliding scan over the admissions.
+	byStart := slices.Clone(adm)
+	slices.SortFunc(byStart, func(a, b admission) int { return a.sent.Compare(b.sent) })
+	for i, a := range byStart {
+		end := a.sent.Add(w)
+		n := 0
+		for _, b := range byStart[i:] {
+			if b.sent.After(end) {
+				break
+			}
+			if !b.answered.After(end) {
+				n++
+			}
+		}
+		lo = max(lo, n)
+	}
+	return hi, lo
 }
 
 type proc struct {

@@ -6,12 +6,9 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"flag"
 	"fmt"
 	"log"
-	"math"
-	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -42,31 +39,40 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	// ARGV[2] as script.go lays it out: one request (item count), one item: flags 0 (sliding),
-	// 10 sub-windows, limit 1e9, window 60000 ms, 1 hit.
-	input := binary.LittleEndian.AppendUint32(nil, 1)
-	input = append(input, 0, 10)
-	for _, v := range []float64{1e9, 60000, 1} {
-		input = binary.LittleEndian.AppendUint64(input, math.Float64bits(v))
+	// One request of one sliding-window item per call, as the limiter sends it: limit 1e9,
+	// window 1m, 10 sub-windows, 1 hit, on one of -r counters.
+	type scriptCall struct {
+		keys  []string
+		input []byte
+	}
+	counters := make([]scriptCall, *keys)
+	for i := range counters {
+		k, in, err := limiter.ScriptCall([]limiter.Item{{
+			Key: fmt.Sprintf("%srl:{%d}", *prefix, i), Limit: 1e9, Window: time.Minute, Hits: 1,
+		}})
+		if err != nil {
+			log.Fatal(err)
+		}
+		counters[i] = scriptCall{k, in}
 	}
 	var (
 		mu   sync.Mutex
 		lat  []time.Duration
 		wg   sync.WaitGroup
-		next = make(chan struct{}, *calls)
+		next = make(chan int, *calls)
 	)
-	for range *calls {
-		next <- struct{}{}
+	for i := range *calls {
+		next <- i
 	}
 	close(next)
 	start := time.Now()
 	for range *clients {
 		wg.Go(func() {
 			local := make([]time.Duration, 0, *calls / *clients + 1)
-			for range next {
-				key := fmt.Sprintf("%srl:{%d}:s:60000:10", *prefix, rand.IntN(*keys))
+			for i := range next {
+				sc := counters[(i*7919)%len(counters)]
 				t := time.Now()
-				if err := c.EvalSha(ctx, sha, []string{key}, "", input).Err(); err != nil {
+				if err := c.EvalSha(ctx, sha, sc.keys, "", sc.input).Err(); err != nil {
 					log.Fatal(err)
 				}
 				local = append(local, time.Since(t))
@@ -79,6 +85,6 @@ func main() {
 	wg.Wait()
 	el := time.Since(start)
 	slices.Sort(lat)
-	fmt.Printf("EVALSHA %s 1 %srl:{<rand>}:s:60000:10 \"\" <one sliding item>: %.2f requests per second, p50=%.3f msec\n",
+	fmt.Printf("EVALSHA %s 1 %srl:{<n>}:sw:60000:10 \"\" <one sliding item>: %.2f requests per second, p50=%.3f msec\n",
 		sha, *prefix, float64(len(lat))/el.Seconds(), float64(lat[len(lat)/2].Microseconds())/1000)
 }

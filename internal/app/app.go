@@ -30,6 +30,7 @@ import (
 	"github.com/sluicehq/sluice/internal/admin"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/db"
+	"github.com/sluicehq/sluice/internal/grpccodec"
 	"github.com/sluicehq/sluice/internal/metrics"
 	"github.com/sluicehq/sluice/internal/pgtier"
 	"github.com/sluicehq/sluice/internal/redisconn"
@@ -178,6 +179,9 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		// RPCs beyond the pool still get their own goroutine.
 		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+		// Envoy's messages marshaled by go-control-plane's vtprotobuf code when built with
+		// -tags vtprotobuf (measured 1.4µs less per RateLimitResponse); gRPC's codec otherwise.
+		grpc.ForceServerCodecV2(grpccodec.New()),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 	}
 	if t := cfg.Server.GRPCTLS; t.Enabled() {

@@ -75,8 +75,19 @@ func TestServerKillRestart(t *testing.T) {
 		}
 	}
 
+	info, err := c.Info(ctx, "server").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("process_id:%d\r\n", s.PID()); s.PID() <= 0 || !strings.Contains(info, want) {
+		t.Errorf("PID() = %d, INFO server does not say %q", s.PID(), want)
+	}
+
 	s.Kill()
 	s.Kill() // idempotent
+	if pid := s.PID(); pid != 0 {
+		t.Errorf("PID() = %d after Kill, want 0", pid)
+	}
 	short, cancel := context.WithTimeout(ctx, time.Second)
 	defer cancel()
 	if err := c.Ping(short).Err(); err == nil {

@@ -82,6 +82,17 @@ func startServer(t testing.TB, cluster bool) *Server {
 	return nil
 }
 
+// PID returns the process id of the running redis-server, or 0 while it is killed: benchmarks
+// read its CPU time from /proc.
+func (s *Server) PID() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.proc == nil {
+		return 0
+	}
+	return s.proc.cmd.Process.Pid
+}
+
 // Addr returns the server's address, host:port. It does not change across restarts.
 func (s *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)) }
 

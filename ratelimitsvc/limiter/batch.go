@@ -29,14 +29,21 @@ const (
 // queueing it; the flusher that takes it sets reply or err, then signals done. Requests are
 // recycled through requestPool once answered.
 type request struct {
-	keys     []any  // its counters, the KEYS entries (counter names as strings)
-	input    []byte // its share of ARGV[2] (appendRequest)
+	keys     []any  // its KEYS entries (counter names as strings)
+	input    []byte // its share of ARGV[2] (appendRequest, appendLease)
+	replyLen int    // the length of its share of the reply
+	slot     uint16 // the Redis Cluster hash slot of all its keys (a cluster batch: one call per slot)
 	nowArg   string // ARGV[1]: only requests with the same value share a batch
 	deadline time.Time
 	state    atomic.Int32  // reqQueued, then reqTaken (by a flusher) or reqAbandoned (by Do)
 	done     chan struct{} // buffered: finish never blocks
-	reply    []int64       // its share of the reply: replyPerReq, then replyPerItem per item
+	reply    []int64       // its share of the reply: replyPerReq, then replyPerItem per item (replyPerLease for a lease)
+	now      int64         // the batch's time, Unix ms (the reply's head)
 	err      error
+	// then, if set, is called with the request once it is answered, by the flusher, instead
+	// of signalling done: a request nobody waits for (a lease call), recycled after. It must
+	// not block, nor take the batcher's lock.
+	then func(r *request)
 }
 
 var requestPool = sync.Pool{New: func() any { return &request{done: make(chan struct{}, 1)} }}
@@ -46,7 +53,7 @@ func getRequest() *request { return requestPool.Get().(*request) }
 // putRequest recycles r, which no flusher may hold any more.
 func putRequest(r *request) {
 	clear(r.keys)
-	r.keys, r.input, r.reply, r.err = r.keys[:0], r.input[:0], nil, nil
+	r.keys, r.input, r.reply, r.err, r.replyLen, r.now, r.then = r.keys[:0], r.input[:0], nil, nil, 0, 0, nil
 	r.state.Store(reqQueued)
 	requestPool.Put(r)
 }
@@ -114,6 +121,21 @@ func (b *batcher) do(ctx context.Context, r *request) (answered bool, err error)
 	}
 }
 
+// enqueue queues r without waiting: the flusher calls r.then with it once it is answered (or
+// fails). It reports false, leaving r to the caller, once the batcher is closed.
+func (b *batcher) enqueue(r *request) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return false
+	}
+	b.queue = append(b.queue, r)
+	if b.idle > 0 {
+		b.cond.Signal()
+	}
+	return true
+}
+
 // close stops taking requests, lets the flushers send what is queued and waits for them.
 func (b *batcher) close() {
 	b.mu.Lock()
@@ -124,11 +146,20 @@ func (b *batcher) close() {
 }
 
 func (b *batcher) flusher() {
-	var batch []*request
+	var batch, expired []*request
 	for {
-		batch = b.next(batch[:0])
+		batch, expired = b.next(batch[:0], expired[:0])
+		// Finished here, out of the batcher's lock: a request's then may take other locks
+		// whose holders queue requests.
+		for _, r := range expired {
+			r.finish(nil, 0, errQueuedTooLong)
+		}
+		clear(expired)
 		if len(batch) == 0 {
-			return
+			if len(expired) == 0 {
+				return
+			}
+			continue
 		}
 		b.send(batch)
 		clear(batch)
@@ -138,14 +169,15 @@ func (b *batcher) flusher() {
 // next waits for queued requests and takes the next batch from the front of the queue: up to
 // maxBatchRequests requests and maxBatchItems items (one request may exceed that alone), all
 // with the same nowArg. Requests abandoned by their callers are dropped, and those past their
-// deadline are finished with a timeout. It returns an empty batch once closed and drained.
-func (b *batcher) next(batch []*request) []*request {
+// deadline go to expired, for the caller to finish with a timeout. It returns no batch and no
+// expired request once closed and drained.
+func (b *batcher) next(batch, expired []*request) ([]*request, []*request) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	for {
 		for len(b.queue) == 0 {
-			if b.closed {
-				return batch
+			if b.closed || len(expired) > 0 {
+				return batch, expired
 			}
 			b.idle++
 			b.cond.Wait()
@@ -163,7 +195,7 @@ func (b *batcher) next(batch []*request) []*request {
 				continue // abandoned
 			}
 			if !now.Before(r.deadline) {
-				r.finish(nil, errQueuedTooLong)
+				expired = append(expired, r)
 				continue
 			}
 			batch = append(batch, r)
@@ -173,7 +205,7 @@ func (b *batcher) next(batch []*request) []*request {
 		clear(b.queue[rest:])
 		b.queue = b.queue[:rest]
 		if len(batch) > 0 {
-			return batch
+			return batch, expired
 		}
 	}
 }
@@ -182,31 +214,42 @@ func (b *batcher) next(batch []*request) []*request {
 // is slow: the batches ahead of it took their whole timeout).
 var errQueuedTooLong = fmt.Errorf("queued until the timeout: %w", context.DeadlineExceeded)
 
-func (r *request) finish(reply []int64, err error) {
-	r.reply, r.err = reply, err
+func (r *request) finish(reply []int64, now int64, err error) {
+	r.reply, r.now, r.err = reply, now, err
+	if r.then != nil {
+		r.then(r)
+		putRequest(r)
+		return
+	}
 	r.done <- struct{}{}
 }
 
 // sendBatch runs one batch as one script call (behind the circuit breaker, which counts a
 // batch as one call) and finishes its requests. The call's deadline is the earliest of theirs.
+// On a cluster, the requests of each hash slot make one script call, all sent in one pipeline.
 func (l *Limiter) sendBatch(batch []*request) {
+	if l.cluster != nil {
+		l.sendClusterBatch(batch)
+		return
+	}
 	deadline := batch[0].deadline
-	nkeys, nbytes := 0, 0
+	nkeys, nbytes, nreply := 0, 0, replyHead
 	for _, r := range batch {
 		if r.deadline.Before(deadline) {
 			deadline = r.deadline
 		}
 		nkeys += len(r.keys)
 		nbytes += len(r.input)
+		nreply += r.replyLen
 	}
-	args := make([]any, 0, 5+nkeys)
+	args := make([]any, 0, 6+nkeys)
 	args = append(args, "evalsha", limitScript.Hash(), nkeys)
 	input := make([]byte, 0, nbytes)
 	for _, r := range batch {
 		args = append(args, r.keys...)
 		input = append(input, r.input...)
 	}
-	args = append(args, batch[0].nowArg, input)
+	args = append(args, batch[0].nowArg, input, l.id)
 
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	var reply []int64
@@ -216,17 +259,17 @@ func (l *Limiter) sendBatch(batch []*request) {
 		return struct{}{}, err
 	})
 	cancel()
-	if err == nil && len(reply) != replyHead+replyPerReq*len(batch)+replyPerItem*nkeys {
-		err = fmt.Errorf("limiter: script reply of %d values for %d requests of %d items", len(reply), len(batch), nkeys)
+	if err == nil && len(reply) != nreply {
+		err = fmt.Errorf("limiter: script reply of %d values for %d requests, want %d", len(reply), len(batch), nreply)
 	}
 	off := replyHead
 	for _, r := range batch {
 		if err != nil {
-			r.finish(nil, err)
+			r.finish(nil, 0, err)
 			continue
 		}
-		n := replyPerReq + replyPerItem*len(r.keys)
-		r.finish(reply[off:off+n:off+n], nil)
+		n := r.replyLen
+		r.finish(reply[off:off+n:off+n], reply[0], nil)
 		off += n
 	}
 }
@@ -253,4 +296,101 @@ type processor interface {
 
 func isNoScript(err error) bool {
 	return err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT"))
+}
+
+// sendClusterBatch runs a batch on a cluster: the requests of each hash slot (each request's
+// keys are in one slot) as one script call, all the calls in one pipeline, which go-redis
+// splits by node and sends to the nodes at once. Behind the circuit breaker as one call.
+func (l *Limiter) sendClusterBatch(batch []*request) {
+	deadline := batch[0].deadline
+	type group struct {
+		reqs []*request
+		cmd  *redis.IntSliceCmd
+		args []any
+	}
+	var (
+		groups []*group
+		bySlot = map[uint16]*group{}
+	)
+	for _, r := range batch {
+		if r.deadline.Before(deadline) {
+			deadline = r.deadline
+		}
+		g := bySlot[r.slot]
+		if g == nil {
+			g = &group{}
+			bySlot[r.slot] = g
+			groups = append(groups, g)
+		}
+		g.reqs = append(g.reqs, r)
+	}
+	for _, g := range groups {
+		var input []byte
+		g.args = append(g.args, "evalsha", limitScript.Hash(), 0)
+		for _, r := range g.reqs {
+			g.args = append(g.args, r.keys...)
+			input = append(input, r.input...)
+		}
+		g.args[2] = len(g.args) - 3
+		g.args = append(g.args, g.reqs[0].nowArg, input, l.id)
+	}
+	ctx, cancel := context.WithDeadline(context.Background(), deadline)
+	defer cancel()
+	_, err := l.breaker.Execute(func() (struct{}, error) {
+		send := func(todo []*group) {
+			start := time.Now()
+			_, _ = l.cluster.Pipelined(ctx, func(p redis.Pipeliner) error {
+				for _, g := range todo {
+					g.cmd = redis.NewIntSliceCmd(ctx, g.args...)
+					_ = p.Process(ctx, g.cmd)
+				}
+				return nil
+			})
+			l.metrics.duration.Observe(time.Since(start).Seconds())
+		}
+		send(groups)
+		var retry []*group
+		for _, g := range groups {
+			if isNoScript(g.cmd.Err()) {
+				g.args[0], g.args[1] = "eval", limitScriptSource
+				retry = append(retry, g)
+			}
+		}
+		if len(retry) > 0 {
+			send(retry)
+		}
+		// The breaker judges Redis by the first failure; each group answers its own requests.
+		for _, g := range groups {
+			if err := g.cmd.Err(); err != nil {
+				return struct{}{}, err
+			}
+		}
+		return struct{}{}, nil
+	})
+	for _, g := range groups {
+		var (
+			reply []int64
+			gerr  = err // the breaker's refusal, when nothing was sent
+		)
+		if g.cmd != nil {
+			reply, gerr = g.cmd.Result()
+		}
+		want := replyHead
+		for _, r := range g.reqs {
+			want += r.replyLen
+		}
+		if gerr == nil && len(reply) != want {
+			gerr = fmt.Errorf("limiter: script reply of %d values for %d requests, want %d", len(reply), len(g.reqs), want)
+		}
+		off := replyHead
+		for _, r := range g.reqs {
+			if gerr != nil {
+				r.finish(nil, 0, gerr)
+				continue
+			}
+			n := r.replyLen
+			r.finish(reply[off:off+n:off+n], reply[0], nil)
+			off += n
+		}
+	}
 }

@@ -11,8 +11,8 @@ import (
 )
 
 // BenchmarkDo measures one Do call against the machine's Redis, the script reading the
-// server's TIME as in production, the local cache off (every call goes to Redis). The ping case
-// is the baseline: one round trip doing nothing.
+// server's TIME as in production, the local cache off (every call goes to Redis, but in lease
+// mode, where a lease decides). The ping case is the baseline: one round trip doing nothing.
 func BenchmarkDo(b *testing.B) {
 	c := redistest.Client(b)
 	p := redistest.Prefix(b)
@@ -22,6 +22,15 @@ func BenchmarkDo(b *testing.B) {
 		for b.Loop() {
 			if err := c.Ping(ctx).Err(); err != nil {
 				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("lease/items=1", func(b *testing.B) {
+		item := limiter.Item{Key: p + "{bench}lease", Limit: limiter.MaxCount, Window: time.Minute, Hits: 1, Mode: limiter.Lease}
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, ok, err := l.Do(ctx, []limiter.Item{item}); err != nil || !ok {
+				b.Fatalf("Do: %v, allowed %v", err, ok)
 			}
 		}
 	})

@@ -144,7 +144,7 @@ func (l *Limiter) runPipeline(ctx context.Context, calls []call, scs []*scriptCa
 			keys[j] = calls[i].counter
 		}
 		sc.args = append([]any{"evalsha", limitScript.Hash(), len(keys)}, keys...)
-		sc.args = append(sc.args, sc.nowArg, appendRequest(nil, calls, sc.idx))
+		sc.args = append(sc.args, sc.nowArg, appendRequest(nil, calls, sc.idx), l.id)
 	}
 	send := func(todo []*scriptCall) {
 		start := time.Now()

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"math/rand/v2"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -145,4 +147,83 @@ func TestCluster(t *testing.T) {
 			}
 		}
 	})
+}
+
+// pipelineGate is a go-redis hook that holds every pipeline until release is closed, counting
+// them and the script calls in them.
+type pipelineGate struct {
+	entered   chan struct{}
+	release   chan struct{}
+	pipelines atomic.Int64
+	scripts   atomic.Int64
+}
+
+func (g *pipelineGate) DialHook(next redis.DialHook) redis.DialHook          { return next }
+func (g *pipelineGate) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (g *pipelineGate) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		g.pipelines.Add(1)
+		for _, c := range cmds {
+			if c.Name() == "evalsha" || c.Name() == "eval" {
+				g.scripts.Add(1)
+			}
+		}
+		g.entered <- struct{}{}
+		<-g.release
+		return next(ctx, cmds)
+	}
+}
+
+// TestClusterCoalesce queues calls on two slots of a cluster while the flusher is held: they go
+// in one pipeline of one script call per slot, and exactly Limit of each key's calls pass.
+func TestClusterCoalesce(t *testing.T) {
+	cl := redistest.StartCluster(t)
+	cc := cl.Client(t)
+	l := newLimiter(t, cc, limiter.Config{LocalCacheSize: -1})
+	// Load the script on every master first.
+	for _, k := range []string{"w{a}", "w{b}", "w{c}"} {
+		do(t, l, limiter.Item{Key: k, Limit: 1, Window: time.Minute})
+	}
+	g := &pipelineGate{entered: make(chan struct{}, 100), release: make(chan struct{})}
+	cc.AddHook(g)
+	var blocker sync.WaitGroup
+	blocker.Go(func() { do(t, l, limiter.Item{Key: "blocker{c}", Limit: 10, Window: time.Minute, Hits: 1}) })
+	<-g.entered
+	const (
+		callers = 40
+		limit   = 15
+	)
+	var (
+		wg      sync.WaitGroup
+		allowed [2]atomic.Int64
+	)
+	for i := range callers {
+		wg.Go(func() {
+			key := []string{"crowd{a}", "crowd{b}"}[i%2]
+			_, ok, err := l.Do(context.Background(), []limiter.Item{{Key: key, Limit: limit, Window: time.Minute, Hits: 1}})
+			if err != nil {
+				t.Errorf("Do: %v", err)
+			}
+			if ok {
+				allowed[i%2].Add(1)
+			}
+		})
+	}
+	waitQueued(t, l, callers)
+	pipelines, scripts := g.pipelines.Load(), g.scripts.Load()
+	close(g.release)
+	wg.Wait()
+	blocker.Wait()
+	if n := g.pipelines.Load() - pipelines; n != 1 {
+		t.Errorf("%d queued calls went in %d pipelines, want 1", callers, n)
+	}
+	if n := g.scripts.Load() - scripts; n != 2 {
+		t.Errorf("%d queued calls on two slots made %d script calls, want 2", callers, n)
+	}
+	for i := range allowed {
+		if n := allowed[i].Load(); n != limit {
+			t.Errorf("key %d: %d of %d calls allowed, want exactly %d", i, n, callers/2, limit)
+		}
+	}
 }

@@ -1,5 +1,5 @@
 // Package limiter implements sliding- and fixed-window rate limits over Redis, at most one round
-// trip per call.
+// trip per call, and a lease mode that decides most calls without one.
 //
 // A Limiter's Do takes the limits that apply to one request (Items), checks all of them and
 // charges all of them only if none that may deny is over: a denied request consumes no quota.
@@ -16,12 +16,14 @@
 //
 // # Sliding window
 //
-// The counter is a string "<Key>:s:<window ms>:<N>" of 8(2N+3) bytes: the newest sub-window
-// charged, then a count and a last-admit time for each of N+1 sub-windows of window/N (a ring,
-// packed with Redis Lua's struct library, or the script's pure-Lua fallback on Redis-protocol
-// servers without it, such as sluice dev's embedded miniredis). A request is counted against
-// the N most recent sub-windows, which lie wholly inside the window, plus the one straddling
-// the window's start, counted in full until its last admitted hit has left the window. So:
+// The counter is a string "<Key>:sw:<window ms>:<N>" of 61+29(N+1) bytes of fixed-width
+// decimal integers: the newest sub-window charged, the sum of all counts, the oldest counted
+// sub-window and the time of its last hit, then a count and a last-admit time for each of N+1
+// sub-windows of window/N (a ring). The script reads them with string.sub and tonumber and
+// writes them with string.format, so Redis and any Redis-protocol server with plain Lua 5.1
+// (sluice dev's embedded miniredis) run the same code. A request is counted against the N most recent
+// sub-windows, which lie wholly inside the window, plus the one straddling the window's start,
+// counted in full until its last admitted hit has left the window. So:
 //
 //   - no span of length window ever holds more than Limit admitted hits (tolerance 0; the
 //     weighted two-window counter lets up to 2*Limit through against a burst at the end of a
@@ -70,28 +72,90 @@
 //   - the circuit breaker counts a batch as one call;
 //   - Close stops taking calls, waits for the queued ones to be answered, then stops the flusher.
 //
-// A Redis Cluster is not coalesced: each Do is one pipeline of one script call per slot.
+// On a Redis Cluster, a Do whose items share one hash slot is coalesced the same way, and each
+// batch is one pipeline of one script call per slot (go-redis sends each node its share at
+// once); lease calls too. A Do spanning several slots goes alone (see Redis Cluster).
 //
 // # Cost
 //
-// Inside Redis (INFO commandstats usec_per_call, an idle machine, 1000 counters, N=10), a script
-// call costs about 8µs plus, per sliding-window item, about 5.5µs (15µs at N=60), and per
-// fixed-window item about 3.5µs; the former hash layout cost 15µs for one sliding item and 12µs
-// per further item, one call per Do. bench/ratelimit.sh measures the whole path (gRPC, service,
-// limiter, Redis) against a gRPC server that answers without Redis, load generator on the same
-// two cores: 32 callers form batches of about 4 (one descriptor) to 8 (three) requests.
+// bench/ratelimit.sh measures the whole path (gRPC, service, limiter, Redis) against a gRPC
+// server that answers without Redis, load generator on the same two cores; 32 callers on 1000
+// tenants form batches of about 13 requests. docs/ratelimit.md has the figures.
 //
 // # Redis Cluster
 //
-// With a *redis.ClusterClient, items are grouped by the hash slot of their {hash tag} and each
-// group is one script call, all sent in one pipeline (go-redis sends each node its share at
-// once). Each group decides and charges atomically. If one group denies while others charged,
+// With a *redis.ClusterClient, the items of a Do that span several slots are grouped by the
+// hash slot of their {hash tag} and each group is one script call, all sent in one pipeline.
+// Each group decides and charges atomically. If one group denies while others charged,
 // the others are refunded in a second pipeline at the time they charged at. That is not
 // atomic: in between, other requests see the extra hits (and may be denied, never wrongly
 // allowed); if the refund fails the hits stay charged until their window passes. If a group
 // fails with an error, Do returns the error and the groups that charged keep their charge.
 // Give the items of one request the same hash tag (say, the tenant) to keep them atomic.
 //
+// # Lease mode
+//
+// An item in Mode Lease (or LeaseWhenHot, once its key is hot) is decided from a lease: hits of
+// the counter's quota that Redis charged to this replica in advance and that it admits without
+// a round trip. A lease call is one script call on the counter, whose value carries, after the
+// ring, the registry of leases: "<replica id>=<hits leased and unused>@<expiry ms>;" per
+// replica (one key: nothing more for Redis Cluster, and exact decisions leave it as it is). It
+// gives back hits the replica will not use, charges the hits a waiting decision needs if they
+// fit in the quota, and leases more:
+//
+//	leased = min(max(want, floor(C/R)/4) - held, quota left, C - leased by others - held, floor(C/R) - held)
+//
+// where held is what the replica still holds, want its recent rate times Config.Lease.Horizon
+// (a key far below its limit gets at least a quarter of the replica's share, so that it renews
+// no more often than one near it),
+// C = floor(MaxOvershoot * Limit) the cap on hits leased across replicas, and R the replicas
+// holding unexpired leases on the key, itself included. So leases follow each replica's rate,
+// replicas share the cap evenly, and an idle replica, which gives its lease back after a
+// horizon without decisions, holds nothing and is not counted in R. Leased hits are charged
+// when leased, like exact hits, in the same sliding counter: exact and leased decisions of one
+// key add up, and a key can move between modes at any moment.
+//
+// Decisions wait for Redis only when the lease lacks the hits: the first decision of a key, or
+// a burst faster than renewal. A lease is renewed in the background when a quarter of the
+// target is left or it nears its time (2*Horizon after the replica asked for it; the registry
+// entry expires then on Redis's clock, and the replica measures that time on its own monotonic
+// clock from before it asked, so it stops first). When Redis reports the quota used up, the
+// replica denies locally until quota frees, like the local over-limit cache.
+//
+// Over-admission bound. Hits admitted in any window of length Window come from hits charged
+// within that window, which the sliding counter keeps within Limit as for exact decisions, and
+// from leases charged before it and used in it, which were leased and unused at its start: at
+// most C. So no window admits more than Limit + C = Limit * (1 + MaxOvershoot), and with R
+// replicas each holding a lease of at most L <= floor(C/R) hits the excess is at most R*L.
+// TestLeaseOverAdmission checks it in simulated time and TestLeaseRegistryCap that what is
+// leased across replicas never exceeds C; bench/ratelimit.sh measures it with three Sluice
+// processes at five times a limit.
+//
+// Faults: a replica that dies loses at most its lease (those hits stay counted until they leave
+// the window; its registry entry counts for nothing once expired, so the others get its share
+// back within 2*Horizon). With Redis down, decisions go on from the leases until they are used
+// up or expire; then Do fails like an exact call, and the caller's failure mode applies.
+// Windows, grants and registry expiries are on Redis's clock (the script reads TIME); a
+// replica's clock only measures how long it has held a lease. A limit whose cap C is below one
+// hit is decided exactly: leasing it would gain nothing.
+//
+// Unused hits go back to the sub-window that counted them (refunding them from the newest
+// sub-window would let older hits leave the window early): a lease keeps the unused hits of
+// each grant with its Redis time, uses the oldest first, and gives them back with its next
+// lease call when it expires, idles or Close runs. A request denied by another item gives back
+// what its leased items took. Results of leased items carry Leased; their Used, Remaining and
+// ResetAfter are Redis's figures from the last lease call, less the hits this replica leased
+// and has not used.
+//
+// # Hot keys
+//
+// Exact decisions (Mode Exact and LeaseWhenHot) are sampled, one in eight, per counter over
+// one-second intervals. A counter decided at Config.HotKeyThreshold decisions per second or
+// more at this replica is hot until it falls below half of that: one Result says NewlyHot (the
+// service logs it once), sluice_ratelimit_hot_keys{mode} counts hot counters, and LeaseWhenHot
+// items of a hot sliding-window counter are decided in lease mode. Detection is per replica:
+// a key spread over R replicas is hot on the shard at R times the rate each replica sees.
+
 // # Local over-limit cache
 //
 // When Redis reports a counter exhausted (Remaining 0), the Limiter remembers it until its
@@ -110,7 +174,7 @@
 // callers usually allow requests on any error.
 //
 // Metrics (metrics.go): sluice_ratelimit_redis_duration_seconds (one per script call, that is
-// per batch),
-// sluice_ratelimit_redis_errors_total{reason}, sluice_ratelimit_local_cache_hits_total and
-// sluice_ratelimit_breaker_open.
+// per batch), sluice_ratelimit_redis_errors_total{reason}, sluice_ratelimit_local_cache_hits_total,
+// sluice_ratelimit_breaker_open, sluice_ratelimit_hot_keys{mode}, sluice_ratelimit_leases and
+// sluice_ratelimit_lease_calls_total{reason}.
 package limiter

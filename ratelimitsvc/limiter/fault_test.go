@@ -150,7 +150,7 @@ func TestBreakerIgnores(t *testing.T) {
 			do(t, l, item) // EVALSHA gets NOSCRIPT, EVAL runs it
 		}},
 		{name: "key of the wrong type", run: func(t *testing.T) {
-			if err := c.Set(context.Background(), "{w}:s:60000:10", "x", time.Minute).Err(); err != nil {
+			if err := c.Set(context.Background(), "{w}:sw:60000:10", "x", time.Minute).Err(); err != nil {
 				t.Fatal(err)
 			}
 			_, _, err := l.Do(context.Background(), []limiter.Item{{Key: "{w}", Limit: 1, Window: time.Minute, Hits: 1}})

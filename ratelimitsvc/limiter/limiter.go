@@ -2,6 +2,8 @@ package limiter
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
@@ -51,6 +53,35 @@ func (a Algorithm) String() string {
 	return "Algorithm(" + strconv.Itoa(int(a)) + ")"
 }
 
+// Mode is how an item is decided. The zero value is Exact.
+type Mode uint8
+
+const (
+	// Exact asks Redis for every decision (one round trip per Do, shared with concurrent calls).
+	Exact Mode = iota
+	// Lease decides from a lease of the counter's quota that this replica holds, asking Redis
+	// only to renew it in the background, and to take the first lease of a key (see Lease mode
+	// in the package doc). Sliding windows only: a fixed-window item is decided exactly, and so
+	// is a limit whose share of Config.Lease.MaxOvershoot is below one hit.
+	Lease
+	// LeaseWhenHot decides exactly until the counter is a hot key (Config.HotKeyThreshold), then
+	// in lease mode until it cools.
+	LeaseWhenHot
+)
+
+// String returns "exact", "lease" or "lease_when_hot".
+func (m Mode) String() string {
+	switch m {
+	case Exact:
+		return "exact"
+	case Lease:
+		return "lease"
+	case LeaseWhenHot:
+		return "lease_when_hot"
+	}
+	return "Mode(" + strconv.Itoa(int(m)) + ")"
+}
+
 const (
 	// DefaultSubWindows is the sliding window precision when Item.SubWindows is 0.
 	DefaultSubWindows = 10
@@ -66,7 +97,7 @@ type Item struct {
 	// Key is the counter's identity, unique per descriptor and limit. It contains exactly one
 	// non-empty {hash tag}, chosen by the caller: items whose tags hash to the same Redis Cluster
 	// slot are decided atomically together. The limiter appends ":f:<window ms>:<window start ms>"
-	// (fixed) or ":s:<window ms>:<sub-windows>" (sliding) to make the Redis key.
+	// (fixed) or ":sw:<window ms>:<sub-windows>" (sliding) to make the Redis key.
 	Key string
 	// Limit is the number of hits allowed per Window; 0 means every hit is over.
 	Limit uint64
@@ -88,8 +119,12 @@ type Item struct {
 	// even when the request is denied: it returns quota of an earlier request.
 	Refund bool
 	// Shadow reports being over the limit without denying the request (the limit's shadow_mode
-	// in envoyproxy/ratelimit configuration). A shadow item is charged like any other.
+	// in envoyproxy/ratelimit configuration). A shadow item is charged like any other, except a
+	// leased one over its limit, which is not charged.
 	Shadow bool
+	// Mode is how the item is decided: Exact (the default), Lease or LeaseWhenHot. A refund is
+	// always exact.
+	Mode Mode
 }
 
 // Result is the outcome of one Item.
@@ -105,8 +140,19 @@ type Result struct {
 	// ResetAfter is when quota next frees: for a fixed window, when it ends; for a sliding window,
 	// when the hits of its oldest counted sub-window leave it (0 if nothing is counted).
 	ResetAfter time.Duration
-	// FromCache reports that Redis was not asked: the local over-limit cache answered.
+	// FromCache reports that Do denied the request without asking Redis (the local over-limit
+	// cache, or a lease, knew an item to be over): the items it did not decide are left empty.
 	FromCache bool
+	// Leased reports that this replica's lease decided the item, without a round trip unless it
+	// had to wait for a lease. Used, Remaining and ResetAfter are then Redis's figures as of the
+	// last lease call, less what this replica leased and has not used: what other replicas
+	// admitted since is not in them.
+	Leased bool
+	// NewlyHot reports that the item's counter is a hot key (Config.HotKeyThreshold) and that
+	// this is the first result to say so since it became hot: the caller may log it, once.
+	NewlyHot bool
+	// HotRate is the counter's rate at this replica, in decisions per second, when NewlyHot.
+	HotRate float64
 }
 
 var (
@@ -129,9 +175,13 @@ type Limiter struct {
 	cluster *redis.ClusterClient // client, when it is a cluster: calls are split by hash slot
 	cfg     Config
 	cache   *localCache // nil when disabled
-	batch   *batcher    // single Redis: coalesces concurrent calls; nil on a cluster
+	batch   *batcher    // coalesces concurrent calls (on a cluster, those of one slot each)
 	breaker *gobreaker.CircuitBreaker[struct{}]
 	metrics *metrics
+	id      string         // this replica's name in lease registries: random, per Limiter
+	leases  *leases        // lease mode state
+	hot     *hotKeys       // nil when detection is off
+	flights sync.WaitGroup // the lease sweeper
 
 	closed    atomic.Bool
 	closeOnce sync.Once
@@ -176,9 +226,15 @@ func New(client redis.UniversalClient, cfg Config, reg prometheus.Registerer) (*
 			l.metrics.breakerOpen.Set(0)
 		}
 	})
-	if l.cluster == nil {
-		l.batch = newBatcher(l.sendBatch)
+	l.batch = newBatcher(l.sendBatch)
+	var id [8]byte
+	_, _ = rand.Read(id[:]) // never fails (crypto/rand documents it)
+	l.id = hex.EncodeToString(id[:])
+	if cfg.HotKeyThreshold > 0 {
+		l.hot = newHotKeys(cfg.HotKeyThreshold, l.metrics)
 	}
+	l.leases = newLeases(l, cfg.Lease)
+	l.flights.Go(l.leases.sweep)
 	return l, nil
 }
 
@@ -192,6 +248,10 @@ func (l *Limiter) Close() error {
 	}
 	l.closeOnce.Do(func() {
 		l.closed.Store(true)
+		if l.leases != nil {
+			l.leases.close() // gives leases back through the batcher: before it closes
+			l.flights.Wait()
+		}
 		if l.batch != nil {
 			l.batch.close()
 		}
@@ -209,6 +269,9 @@ type call struct {
 	counter string // KEYS entry: Key plus the algorithm's suffix
 	subs    int    // sub-windows after defaulting
 	slot    uint16 // Redis Cluster hash slot of Key's tag
+	lease   *lease // the lease that decides it, nil when exact
+	hot     bool   // the counter is newly hot (Result.NewlyHot)
+	hotRate float64
 }
 
 // Do checks every item and, only if no non-shadow item is over, charges all of them
@@ -231,36 +294,55 @@ func (l *Limiter) Do(ctx context.Context, items []Item) (results []Result, allow
 		return nil, true, nil
 	}
 	calls := make([]call, len(items))
-	refunds := false
 	for i := range items {
 		if err := prepare(&items[i], &calls[i], l.cluster != nil); err != nil {
 			return nil, false, fmt.Errorf("limiter: item %d: %w", i, err)
 		}
-		refunds = refunds || items[i].Refund
 	}
 	now := l.now()
 	results = make([]Result, len(items))
+	leased := false
+	for i := range calls {
+		l.classify(&calls[i], now)
+		leased = leased || calls[i].lease != nil
+	}
+	if leased {
+		allowed, err = l.doLeased(ctx, calls, results, now)
+	} else {
+		allowed, err = l.exact(ctx, calls, results, now)
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	for i := range calls {
+		if calls[i].hot {
+			results[i].NewlyHot, results[i].HotRate = true, calls[i].hotRate
+		}
+	}
+	return results, allowed, nil
+}
+
+// exact decides calls with Redis (or the local over-limit cache) and fills results.
+func (l *Limiter) exact(ctx context.Context, calls []call, results []Result, now time.Time) (allowed bool, err error) {
 	if l.cache != nil {
-		if refunds {
-			for i := range calls {
-				if calls[i].item.Refund {
-					l.cache.forget(calls[i].counter)
-				}
+		refunds := false
+		for i := range calls {
+			if calls[i].item.Refund {
+				refunds = true
+				l.cache.forget(calls[i].counter)
 			}
-		} else if l.cache.answer(calls, now, results) {
+		}
+		if !refunds && l.cache.answer(calls, now, results) {
 			l.metrics.cacheHits.Inc()
-			return results, false, nil
+			return false, nil
 		}
 	}
 
 	if err := ctx.Err(); err != nil {
-		return nil, false, fmt.Errorf("limiter: eval script: %w", err)
+		return false, fmt.Errorf("limiter: eval script: %w", err)
 	}
-	nowArg := ""
-	if l.cfg.Now != nil {
-		nowArg = formatInt(now.UnixMilli())
-	}
-	if l.cluster != nil {
+	nowArg := l.nowArg(now)
+	if l.cluster != nil && !oneSlot(calls) {
 		tctx, cancel := context.WithTimeout(ctx, l.cfg.Timeout)
 		defer cancel()
 		_, err = l.breaker.Execute(func() (struct{}, error) {
@@ -276,12 +358,12 @@ func (l *Limiter) Do(ctx context.Context, items []Item) (results []Result, allow
 		allowed, err = l.evalOne(ctx, calls, nowArg, results)
 	}
 	if err != nil {
-		return nil, false, l.failure(ctx, err)
+		return false, l.failure(ctx, err)
 	}
 	if l.cache != nil {
 		l.cache.remember(calls, results, now)
 	}
-	return results, allowed, nil
+	return allowed, nil
 }
 
 // failure counts a failed Do in the metrics and wraps its error.
@@ -303,6 +385,14 @@ func (l *Limiter) failure(ctx context.Context, err error) error {
 	return fmt.Errorf("limiter: eval script: %w", err)
 }
 
+// nowArg is ARGV[1]: now, when it comes from Config.Now, or "" for the Redis server's TIME.
+func (l *Limiter) nowArg(now time.Time) string {
+	if l.cfg.Now != nil {
+		return formatInt(now.UnixMilli())
+	}
+	return ""
+}
+
 func (l *Limiter) now() time.Time {
 	if l.cfg.Now != nil {
 		return l.cfg.Now()
@@ -310,13 +400,26 @@ func (l *Limiter) now() time.Time {
 	return time.Now()
 }
 
-// evalOne decides calls on a single Redis: queued as one request, sent in the next batch.
+// oneSlot reports whether every call's key is in the first one's hash slot.
+func oneSlot(calls []call) bool {
+	for i := 1; i < len(calls); i++ {
+		if calls[i].slot != calls[0].slot {
+			return false
+		}
+	}
+	return true
+}
+
+// evalOne decides calls on a single Redis, or in one hash slot of a cluster: queued as one
+// request, sent in the next batch.
 func (l *Limiter) evalOne(ctx context.Context, calls []call, nowArg string, results []Result) (bool, error) {
 	r := getRequest()
+	r.slot = calls[0].slot
 	for i := range calls {
 		r.keys = append(r.keys, calls[i].counter)
 	}
 	r.input = appendRequest(r.input, calls, nil)
+	r.replyLen = replyPerReq + replyPerItem*len(calls)
 	r.nowArg, r.deadline = nowArg, time.Now().Add(l.cfg.Timeout)
 	answered, err := l.batch.do(ctx, r)
 	if !answered {
@@ -381,6 +484,8 @@ func prepare(it *Item, c *call, cluster bool) error {
 		return fmt.Errorf("%w: key %q: window %v is not a whole number of milliseconds", ErrInvalidItem, it.Key, it.Window)
 	case it.Algorithm > FixedWindow:
 		return fmt.Errorf("%w: key %q: unknown algorithm %v", ErrInvalidItem, it.Key, it.Algorithm)
+	case it.Mode > LeaseWhenHot:
+		return fmt.Errorf("%w: key %q: unknown mode %v", ErrInvalidItem, it.Key, it.Mode)
 	case it.SubWindows < 0 || it.SubWindows > MaxSubWindows:
 		return fmt.Errorf("%w: key %q: sub-windows %d not in 1..%d (or 0 for %d)", ErrInvalidItem, it.Key, it.SubWindows, MaxSubWindows, DefaultSubWindows)
 	case it.Hits > MaxCount:
@@ -395,7 +500,7 @@ func prepare(it *Item, c *call, cluster bool) error {
 	if it.Algorithm == FixedWindow {
 		c.counter = it.Key + ":f:" + ms
 	} else {
-		c.counter = it.Key + ":s:" + ms + ":" + strconv.Itoa(c.subs)
+		c.counter = it.Key + ":sw:" + ms + ":" + strconv.Itoa(c.subs)
 	}
 	if cluster {
 		c.slot = Slot(tag)

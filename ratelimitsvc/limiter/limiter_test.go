@@ -53,9 +53,14 @@ func TestConfig(t *testing.T) {
 		want    limiter.Config // after WithDefaults, Now ignored
 		wantErr string
 	}{
-		{name: "zero takes defaults", want: limiter.Config{Timeout: 20 * time.Millisecond, LocalCacheSize: 100000, BreakerFailures: 5, BreakerOpenFor: time.Second}},
-		{name: "set fields stay", cfg: limiter.Config{Timeout: time.Second, LocalCacheSize: -1, BreakerFailures: 2, BreakerOpenFor: time.Minute},
-			want: limiter.Config{Timeout: time.Second, LocalCacheSize: -1, BreakerFailures: 2, BreakerOpenFor: time.Minute}},
+		{name: "zero takes defaults", want: limiter.Config{Timeout: 20 * time.Millisecond, LocalCacheSize: 100000, BreakerFailures: 5, BreakerOpenFor: time.Second,
+			Lease: limiter.LeaseConfig{MaxOvershoot: 0.02, Horizon: time.Second, MaxKeys: 100000}, HotKeyThreshold: 1000}},
+		{name: "set fields stay", cfg: limiter.Config{Timeout: time.Second, LocalCacheSize: -1, BreakerFailures: 2, BreakerOpenFor: time.Minute,
+			Lease: limiter.LeaseConfig{MaxOvershoot: 0.5, Horizon: 3 * time.Second, MaxKeys: 7}, HotKeyThreshold: -1},
+			want: limiter.Config{Timeout: time.Second, LocalCacheSize: -1, BreakerFailures: 2, BreakerOpenFor: time.Minute,
+				Lease: limiter.LeaseConfig{MaxOvershoot: 0.5, Horizon: 3 * time.Second, MaxKeys: 7}, HotKeyThreshold: -1}},
+		{name: "overshoot above one", cfg: limiter.Config{Lease: limiter.LeaseConfig{MaxOvershoot: 1.5}}, wantErr: "lease.max_overshoot 1.5 is not in [0, 1]"},
+		{name: "horizon not whole ms", cfg: limiter.Config{Lease: limiter.LeaseConfig{Horizon: time.Microsecond}}, wantErr: "lease.horizon 1µs"},
 		{name: "negative timeout", cfg: limiter.Config{Timeout: -1}, wantErr: "timeout -1ns is negative"},
 		{name: "negative open time", cfg: limiter.Config{BreakerOpenFor: -time.Second}, wantErr: "breaker_open_for -1s is negative"},
 	}
@@ -73,7 +78,8 @@ func TestConfig(t *testing.T) {
 				t.Fatalf("Validate() = %v", err)
 			}
 			if got := tc.cfg.WithDefaults(); got.Timeout != tc.want.Timeout || got.LocalCacheSize != tc.want.LocalCacheSize ||
-				got.BreakerFailures != tc.want.BreakerFailures || got.BreakerOpenFor != tc.want.BreakerOpenFor {
+				got.BreakerFailures != tc.want.BreakerFailures || got.BreakerOpenFor != tc.want.BreakerOpenFor ||
+				got.Lease != tc.want.Lease || got.HotKeyThreshold != tc.want.HotKeyThreshold {
 				t.Errorf("WithDefaults() = %+v, want %+v", got, tc.want)
 			}
 			if tc.cfg.Timeout != before.Timeout {
@@ -152,7 +158,8 @@ func TestMetricsRegistration(t *testing.T) {
 	for _, mf := range mfs {
 		names = append(names, mf.GetName())
 	}
-	want := "sluice_ratelimit_breaker_open sluice_ratelimit_local_cache_hits_total sluice_ratelimit_redis_duration_seconds sluice_ratelimit_redis_errors_total"
+	want := "sluice_ratelimit_breaker_open sluice_ratelimit_hot_keys sluice_ratelimit_lease_calls_total sluice_ratelimit_leases " +
+		"sluice_ratelimit_local_cache_hits_total sluice_ratelimit_redis_duration_seconds sluice_ratelimit_redis_errors_total"
 	if got := strings.Join(names, " "); got != want {
 		t.Errorf("registered %s, want %s", got, want)
 	}

@@ -15,12 +15,28 @@ const (
 	reasonError       = "error"       // anything else: connection errors, error replies
 )
 
+// Values of the mode label of sluice_ratelimit_hot_keys.
+const (
+	modeLease = "lease" // its rule allows lease mode: decided from leases while hot
+	modeExact = "exact" // decided exactly all the same
+)
+
+// Values of the reason label of sluice_ratelimit_lease_calls_total.
+const (
+	leaseNeed   = "need"   // a decision found no lease (a new key, or one used faster than renewed) and waited
+	leaseRenew  = "renew"  // a background renewal
+	leaseReturn = "return" // an idle key, or Close, gave its lease back
+)
+
 // metrics are a Limiter's collectors. They exist (and count) even when no registry is given.
 type metrics struct {
 	duration    prometheus.Histogram
 	errors      *prometheus.CounterVec
 	cacheHits   prometheus.Counter
 	breakerOpen prometheus.Gauge
+	hotKeys     *prometheus.GaugeVec
+	leases      prometheus.Gauge
+	leaseCalls  *prometheus.CounterVec
 
 	registration *sluicemetrics.Registration
 }
@@ -48,11 +64,29 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "sluice_ratelimit_breaker_open",
 			Help: "1 while the circuit breaker in front of Redis is open, else 0.",
 		}),
+		hotKeys: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "sluice_ratelimit_hot_keys",
+			Help: "Counters this replica decides exactly at or above the hot-key threshold (decisions per second), by mode: lease (their rule allows lease mode, which decides them while hot) or exact.",
+		}, []string{"mode"}),
+		leases: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sluice_ratelimit_leases",
+			Help: "Counters this replica keeps lease state for (lease mode).",
+		}),
+		leaseCalls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sluice_ratelimit_lease_calls_total",
+			Help: "Lease calls to Redis by reason: need (a decision waited for a lease), renew (in the background), return (an idle key gave its lease back).",
+		}, []string{"reason"}),
 	}
 	for _, r := range []string{reasonTimeout, reasonUnavailable, reasonError} {
 		m.errors.WithLabelValues(r) // export zeros, so rate() works from the first error
 	}
-	r, err := sluicemetrics.RegisterAll(reg, m.duration, m.errors, m.cacheHits, m.breakerOpen)
+	for _, r := range []string{leaseNeed, leaseRenew, leaseReturn} {
+		m.leaseCalls.WithLabelValues(r)
+	}
+	for _, mode := range []string{modeLease, modeExact} {
+		m.hotKeys.WithLabelValues(mode)
+	}
+	r, err := sluicemetrics.RegisterAll(reg, m.duration, m.errors, m.cacheHits, m.breakerOpen, m.hotKeys, m.leases, m.leaseCalls)
 	if err != nil {
 		return nil, fmt.Errorf("limiter: register metrics: %w", err)
 	}

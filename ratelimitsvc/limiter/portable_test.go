@@ -11,11 +11,11 @@ import (
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
 
-// TestPortableStructFallback runs one random traffic trace through a real Redis
-// (whose Lua has the struct library) and through miniredis (the embedded
-// server of `sluice dev`, which lacks it, so the script's pure-Lua fallback
-// packs and unpacks the counters), and requires identical decisions.
-func TestPortableStructFallback(t *testing.T) {
+// TestPortable runs one random traffic trace through a real Redis and through
+// miniredis (the embedded server of `sluice dev`, whose Lua is gopher-lua, with
+// none of Redis's extra libraries), which run the same script, and requires
+// identical decisions.
+func TestPortable(t *testing.T) {
 	real, prefix, realClock := setup(t)
 	mini := miniredis.RunT(t)
 	mc := redis.NewClient(&redis.Options{Addr: mini.Addr(), ContextTimeoutEnabled: true})

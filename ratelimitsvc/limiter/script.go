@@ -2,14 +2,14 @@ package limiter
 
 import (
 	"encoding/binary"
-	"math"
+	"fmt"
 
 	"github.com/redis/go-redis/v9"
 )
 
 // Input and reply layout of limitScript, shared by the Go side and the script.
 const (
-	itemBytes = 26 // bytes per item in ARGV[2]: flags, sub-windows, limit, window ms, hits
+	itemBytes = 22 // bytes per item in ARGV[2]: flags, sub-windows, limit, window ms, hits
 	reqBytes  = 4  // bytes before a request's items in ARGV[2]: its item count
 
 	flagRefund = 1 // item flags bit: subtract Hits instead of adding them
@@ -31,41 +31,54 @@ const (
 //
 //	KEYS      the counter of every item of every request, in order. Fixed window:
 //	          "<Key>:f:<window ms>"; the script appends ":<window start ms>" and uses that string
-//	          key. Sliding window: the string "<Key>:s:<window ms>:<sub-windows>". Both carry the
-//	          item's {hash tag}, so the derived fixed-window key lives in the same Cluster slot.
+//	          key. Sliding window: the string "<Key>:sw:<window ms>:<sub-windows>". Both carry
+//	          the item's {hash tag}, so the derived fixed-window key lives in the same Cluster
+//	          slot.
 //	ARGV[1]   now in Unix milliseconds, or "" for the server's TIME (production: one clock for
 //	          all sidecars, so client clock skew cannot stretch or shrink windows). One time for
 //	          the whole batch.
-//	ARGV[2]   binary, little-endian: for each request its item count (uint32), then for each
-//	          item flags (uint8: 1 refund, 2 shadow, 4 fixed), sub-windows (uint8), limit, window
-//	          ms and hits (float64 each, integers below 2^53).
+//	ARGV[2]   binary, unsigned little-endian integers: for each request its item count (4 bytes),
+//	          then for each item flags (1 byte: 1 refund, 2 shadow, 4 fixed, 8 lease),
+//	          sub-windows (1), limit (7), window ms (6) and hits (7); a lease item (alone in its
+//	          request) then has want (7), held (7), cap (7), ttl ms (6), the number of grants it
+//	          gives back (1) and for each its hits (7) and time ms (6); see the lease function.
+//	ARGV[3]   the replica's id in lease registries (lease requests only)
 //	reply     {now ms, then per request: allowed 1|0 (or -i if its item i holds a value of another
 //	          type or format: that request is skipped), then per item: over 0|1, used after the
-//	          call, reset after ms}
+//	          call, reset after ms; and for a lease item, the hits leased beyond its need and the
+//	          replicas holding leases}
 //
-// Each counter is read once per batch (one MGET for all of them) into Lua tables, every request
-// is decided against those, and each changed counter is written back once at the end: SETRANGE
-// of the whole value (sliding) or INCRBY (fixed), which keep the TTL, or SET with PX where the
-// key or a new sub-window is created. A key missing from the MGET is checked with EXISTS (a key
-// of another type reads as missing), so a request on a key of another type fails, not the key. Within a request: refunds first
-// (unconditional: they return quota of earlier requests), then every other item is checked
-// against the state after refunds plus what earlier items of the same request would add to the
-// same counter (so duplicate keys cannot overshoot together), then, if allowed, all of them are
-// charged.
+// Every number the script reads or writes is an integer that Lua's doubles hold exactly (below
+// 2^53), decoded from bytes with string.byte and written with %d: no library beyond Lua 5.1's
+// own, so Redis and the Lua of Redis-protocol servers such as sluice dev's embedded miniredis
+// run the same code.
 //
-// Sliding window: a string of 8(2N+3) bytes, packed with Redis Lua's struct library (float64,
-// little-endian): the index of the newest sub-window charged, then N+1 slots of (count, time of
-// the last admitted hit). Sub-window k (k = floor(now*N/window)) lives in slot k mod (N+1); the
-// slots between the newest and k are cleared when a charge reaches k. The count is the sum of
-// sub-windows k-N+1..k, which lie wholly inside (now-window, now], plus sub-window k-N, which
-// straddles the window's start: it counts in full unless its last hit is at or before
-// now-window. That never undercounts the hits of (now-window, now], so no window of that length
-// ever holds more than limit admitted hits, and overcounts at most the hits of one sub-window
-// that already left (for at most one sub-window's time). The key gets its TTL (window + one
-// sub-window) when it is created and when a charge opens a new sub-window, never otherwise.
+// Each counter is read once per batch into Lua tables, every request is decided against those,
+// and each changed counter is written back once at the end. A key of another type fails the
+// requests that use it, not the batch. Within a request: refunds first (unconditional: they
+// return quota of earlier requests), then every other item is checked against the state after
+// refunds plus what earlier items of the same request would add to the same counter (so
+// duplicate keys cannot overshoot together), then, if allowed, all of them are charged.
 //
-// Numbers are Lua doubles: all arithmetic stays in integer milliseconds below 2^53 (now*N is
-// about 2e14 for N=120) and integers are formatted with %d, never tostring, for key names.
+// Every counter of a batch is read with one MGET. Fixed window: a string count, written with
+// INCRBY of the difference, or SET with PX when the key is created.
+//
+// Sliding window: a string of fixed-width decimal integers: the newest sub-window charged, the sum
+// of the counts of all slots, the oldest counted sub-window and its last hit, then for each of
+// the N+1 slots its count and the time of its last admitted hit; in lease mode the registry of
+// leases follows (see the lease function). Sub-window j (j = floor(now*N/window)) lives in slot
+// j mod (N+1). The count at sub-window k is the sum of sub-windows k-N+1..k, which lie wholly
+// inside (now-window, now], plus sub-window k-N, which straddles the window's start: it counts
+// in full unless its last hit is at or before now-window. That never undercounts the hits of
+// (now-window, now], so no window of that length ever holds more than limit admitted hits, and
+// overcounts at most the hits of one sub-window that already left (for at most one sub-window's
+// time). The running sum and the oldest counted sub-window make a decision decode only a few
+// fields (the head and the slots of sub-windows k-N and k), other slots only where needed (a
+// refund, a counter idle for two sub-windows or more). A change writes the ring back with one
+// SETRANGE, which keeps the TTL and the registry; a change of the registry writes the whole
+// value with SET KEEPTTL. The key gets its TTL (window + one sub-window, or longer while a
+// lease in its registry lasts longer) when it is created and when a charge opens a new
+// sub-window, never otherwise.
 var limitScript = redis.NewScript(limitScriptSource)
 
 // ScriptSource returns the Lua source of the limit script, for tools that load
@@ -97,149 +110,116 @@ func appendRequest(b []byte, calls []call, idx []int) []byte {
 			flags |= flagFixed
 		}
 		b = append(b, flags, byte(c.subs))
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(float64(min(it.Limit, MaxCount))))
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(float64(it.Window.Milliseconds())))
-		b = binary.LittleEndian.AppendUint64(b, math.Float64bits(float64(it.Hits)))
+		b = appendUint(b, min(it.Limit, MaxCount), 7)
+		b = appendUint(b, uint64(it.Window.Milliseconds()), 6)
+		b = appendUint(b, it.Hits, 7)
 	}
 	return b
 }
 
-const limitScriptSource = `
-local floor, max, min, fmt = math.floor, math.max, math.min, string.format
-local unpack = unpack
-local sunpack, spack
-local lib = rawget(_G, "struct")
-if lib then
-  sunpack, spack = lib.unpack, lib.pack
-else
-  -- Portable subset of Redis' struct library for Redis-protocol servers that lack it (the
-  -- embedded miniredis of 'sluice dev'): little-endian formats made of "<", "B", "I4" and "d"
-  -- only, which is all this script uses. Real Redis always has struct.
-  local byte, char, frexp, ldexp = string.byte, string.char, math.frexp, math.ldexp
-  local parsed = {}
-  local function codes(f)
-    local c = parsed[f]
-    if c then return c end
-    c = {}
-    local i = 1
-    while i <= #f do
-      local ch = string.sub(f, i, i)
-      if ch == "<" then
-        i = i + 1
-      elseif ch == "B" or ch == "d" then
-        c[#c + 1] = ch
-        i = i + 1
-      elseif ch == "I" and string.sub(f, i + 1, i + 1) == "4" then
-        c[#c + 1] = "I4"
-        i = i + 2
-      else
-        error("limiter: struct fallback cannot handle format " .. f)
-      end
-    end
-    parsed[f] = c
-    return c
-  end
-  local function getd(s, pos)
-    local b1, b2, b3, b4, b5, b6, b7, b8 = byte(s, pos, pos + 7)
-    local sign = 1
-    if b8 >= 128 then sign = -1 end
-    local e = (b8 % 128) * 16 + floor(b7 / 16)
-    local m = ((((((b7 % 16) * 256 + b6) * 256 + b5) * 256 + b4) * 256 + b3) * 256 + b2) * 256 + b1
-    if e == 0 then return sign * ldexp(m, -1074) end
-    return sign * ldexp(m + 4503599627370496, e - 1075)
-  end
-  local function putd(v)
-    local sign = 0
-    if v < 0 then sign, v = 128, -v end
-    if v == 0 then return char(0, 0, 0, 0, 0, 0, 0, sign) end
-    local m, e = frexp(v)
-    local ex, mant = e + 1022, 0
-    if ex <= 0 then
-      ex, mant = 0, ldexp(m, e + 1074)
-    else
-      mant = (m * 2 - 1) * 4503599627370496
-    end
-    local o = {}
-    for i = 1, 6 do
-      o[i] = mant % 256
-      mant = floor(mant / 256)
-    end
-    o[7] = (ex % 16) * 16 + mant
-    o[8] = sign + floor(ex / 16)
-    return char(o[1], o[2], o[3], o[4], o[5], o[6], o[7], o[8])
-  end
-  sunpack = function(f, s, pos)
-    pos = pos or 1
-    local out = {}
-    for _, c in ipairs(codes(f)) do
-      if c == "B" then
-        out[#out + 1] = byte(s, pos)
-        pos = pos + 1
-      elseif c == "I4" then
-        local a, b, d, e = byte(s, pos, pos + 3)
-        out[#out + 1] = ((e * 256 + d) * 256 + b) * 256 + a
-        pos = pos + 4
-      else
-        out[#out + 1] = getd(s, pos)
-        pos = pos + 8
-      end
-    end
-    out[#out + 1] = pos
-    return unpack(out)
-  end
-  spack = function(f, ...)
-    local args, out = {...}, {}
-    for i, c in ipairs(codes(f)) do
-      local v = args[i]
-      if c == "B" then
-        out[i] = char(v)
-      elseif c == "I4" then
-        out[i] = char(v % 256, floor(v / 256) % 256, floor(v / 65536) % 256, floor(v / 16777216) % 256)
-      else
-        out[i] = putd(v)
-      end
-    end
-    return table.concat(out)
-  end
+// appendUint appends the n low bytes of v, little-endian.
+func appendUint(b []byte, v uint64, n int) []byte {
+	for range n {
+		b = append(b, byte(v))
+		v >>= 8
+	}
+	return b
+}
+
+var limitScriptSource = `
+local byte, floor, max, min, fmt, sub = string.byte, math.floor, math.max, math.min, string.format, string.sub
+local call, unpack = redis.call, unpack
+
+-- unsigned little-endian integers of ARGV[2]
+local function u4(s, p)
+  local a, b, c, d = byte(s, p, p + 3)
+  return ((d * 256 + c) * 256 + b) * 256 + a
+end
+local function u6(s, p)
+  local a, b, c, d, e, f = byte(s, p, p + 5)
+  return ((((f * 256 + e) * 256 + d) * 256 + c) * 256 + b) * 256 + a
+end
+local function u7(s, p)
+  local a, b, c, d, e, f, g = byte(s, p, p + 6)
+  return (((((g * 256 + f) * 256 + e) * 256 + d) * 256 + c) * 256 + b) * 256 + a
 end
 
 local now
 if ARGV[1] == "" then
-  local t = redis.call("TIME")
+  local t = call("TIME")
   now = tonumber(t[1]) * 1000 + floor(tonumber(t[2]) / 1000)
 else
   now = tonumber(ARGV[1])
 end
 
-local formats = {}
+-- A sliding counter is fixed-width decimal: a head of k (the newest sub-window), s (the sum of
+-- all counts), o (the oldest sub-window with a count, 0 if none; 16 digits each), ot (its last
+-- hit, 13 digits), and the count (16) and last hit (13) of sub-window k; then n+1 slots of a
+-- count (16) and a last-hit ms (13) for the sub-windows before k. Sub-window k's own slot in
+-- the ring is stale: the head holds it, so that a charge in the newest sub-window, the usual
+-- case, writes the head alone.
+local HEAD, SLOT = 90, 29
+local function headOf(k, s, o, t, h, ht) return fmt("%016d%016d%016d%013d%016d%013d", k, s, o, t, h, ht) end
+local function slotOf(h, t) return fmt("%016d%013d", h, t) end
 
 -- Counters, one per distinct KEYS entry, in arrays indexed by counter number c:
 --   name[c]  Redis key (fixed window: with ":<window start ms>" appended)
 --   win[c], subs[c]  window ms and sub-windows; subs[c] == 0 for a fixed window
 --   cur[c]   sliding: index of the sub-window holding now; fixed: ms until the window ends
---   ring[c]  sliding: {newest index, then count and last-hit ms of each of the n+1 slots}
 --   used[c]  hits counted now
 --   state[c] 0 unchanged, -2 absent and unchanged, 1 changed, 2 changed and needing a (new) TTL
 --            (absent, or a charge opened a new sub-window), -1 unreadable (another type or format)
-local ids, name, win, subs, cur, ring, used, state, pending = {}, {}, {}, {}, {}, {}, {}, {}, {}
-local ic, ihits, ilimit, iflags, iover = {}, {}, {}, {}, {}
+--   old[c]   fixed: the count read; sliding: the newest sub-window as stored
+-- and for a sliding window, its ring of n+1 slots (sub-window j lives in slot j % (n+1)):
+--   raw[c]   the value read (nil if absent)
+--   sum[c]   the sum of the counts of all slots
+--   cnt[c], tim[c]  slot -> count and last-hit ms, decoded from raw[c] when first needed
+--   dirty[c] slot -> true for the slots that differ from Redis
+--   oldest[c], ot[c]  the oldest sub-window with a count, and its last hit; oldest[c] is nil
+--            while unknown (its sub-window left or was emptied), 0 when nothing is counted
+--   reg[c]   its registry of leases, once a lease call read it (registry()); regDirty[c] when
+--            changed (both tables made by the first lease item)
+local ids, name, win, subs, cur, used, state, pending, old = {}, {}, {}, {}, {}, {}, {}, {}, {}
+local raw, sum, cnt, tim, dirty, oldest, ot, reg, regDirty = {}, {}, {}, {}, {}, {}, {}, nil, nil
+-- per item; ilease (made by the first lease item) holds a lease item's fields
+local ic, ihits, ilimit, iflags, iover, ilease = {}, {}, {}, {}, {}, nil
+local anyRefund = false
 
-local blob, pos, reqs, x = ARGV[2], 1, {}, 0
+local blob, pos, reqs, x, kx = ARGV[2], 1, {}, 0, 0
 while pos <= #blob do
-  local m
-  m, pos = sunpack("<I4", blob, pos)
+  local m = u4(blob, pos)
+  pos = pos + 4
   reqs[#reqs + 1] = m
   for _ = 1, m do
     x = x + 1
-    local flags, n, limit, w, hits
-    flags, n, limit, w, hits, pos = sunpack("<BBddd", blob, pos)
-    local key = KEYS[x]
+    local flags, n, a1, a2, a3, a4, a5, a6, a7, b1, b2, b3, b4, b5, b6, h1, h2, h3, h4, h5, h6, h7 = byte(blob, pos, pos + 21)
+    local limit = (((((a7 * 256 + a6) * 256 + a5) * 256 + a4) * 256 + a3) * 256 + a2) * 256 + a1
+    local w = ((((b6 * 256 + b5) * 256 + b4) * 256 + b3) * 256 + b2) * 256 + b1
+    local hits = (((((h7 * 256 + h6) * 256 + h5) * 256 + h4) * 256 + h3) * 256 + h2) * 256 + h1
+    pos = pos + 22
+    kx = kx + 1
+    local key = KEYS[kx]
+    if flags % 16 >= 8 then
+      -- a lease: what the replica wants to hold after the call and holds now, the cap on hits
+      -- leased by all replicas, how long a lease lasts, and the unused hits it gives back, each
+      -- with the time of the grant that charged them
+      local L = {want = u7(blob, pos), held = u7(blob, pos + 7), cap = u7(blob, pos + 14),
+        ttl = u6(blob, pos + 21), ret = {}}
+      local nret = byte(blob, pos + 27)
+      pos = pos + 28
+      for j = 1, nret do
+        L.ret[j] = {u7(blob, pos), u6(blob, pos + 7)}
+        pos = pos + 13
+      end
+      ilease = ilease or {}
+      ilease[x] = L
+    end
     local c = ids[key]
     if c == nil then
       c = #name + 1
       ids[key] = c
       win[c], used[c], state[c], pending[c] = w, 0, 0, 0
-      if flags >= 4 then
+      if flags % 8 >= 4 then
         local start = now - now % w
         name[c], subs[c], cur[c] = key .. ":" .. fmt("%d", start), 0, start + w - now
       else
@@ -251,116 +231,258 @@ while pos <= #blob do
       end
     end
     ic[x], iflags[x], ilimit[x], ihits[x] = c, flags % 4, limit, hits
+    if flags % 2 == 1 then anyRefund = true end
   end
 end
-if x ~= #KEYS then return redis.error_reply("limiter: " .. #KEYS .. " keys for " .. x .. " items") end
+if kx ~= #KEYS then return redis.error_reply("limiter: " .. #KEYS .. " keys for " .. kx .. " expected") end
 
 if x == 0 then return {now} end
 
-local raws = redis.call("MGET", unpack(name))
+-- count returns the count of slot i of sliding counter c, decoding it first if needed.
+local function count(c, i)
+  local h = cnt[c][i]
+  if h == nil then
+    local r, p = raw[c], HEAD + SLOT * i + 1
+    if r == nil then
+      h = 0
+      tim[c][i] = 0
+    else
+      h = tonumber(sub(r, p, p + 15)) or 0
+      tim[c][i] = tonumber(sub(r, p + 16, p + 28)) or 0
+    end
+    cnt[c][i] = h
+  end
+  return h
+end
+
+-- clear empties slot i of sliding counter c, in this call's view.
+local function clear(c, i)
+  sum[c] = sum[c] - count(c, i)
+  cnt[c][i], tim[c][i], dirty[c][i] = 0, 0, true
+end
+
+-- findOldest finds the oldest counted sub-window of sliding counter c.
+local function findOldest(c)
+  oldest[c] = 0
+  if sum[c] <= 0 then return end
+  local k, n = cur[c], subs[c]
+  for j = k - n, k do
+    local i = j % (n + 1)
+    if count(c, i) > 0 then
+      oldest[c], ot[c] = j, tim[c][i]
+      return
+    end
+  end
+end
+
+local raws = call("MGET", unpack(name))
 for c = 1, #name do
-  local raw, n = raws[c], subs[c]
-  if not raw then
-    if redis.call("EXISTS", name[c]) == 1 then state[c] = -1 end -- another type
-    if n > 0 then
-      local v = {cur[c]}
-      for i = 2, 2 * n + 3 do v[i] = 0 end
-      ring[c] = v
-    end
-    used[c] = 0
-    if state[c] == 0 then state[c] = -2 end -- absent: any write creates it, with a TTL
+  local r, n = raws[c], subs[c]
+  if not r then
+    if call("EXISTS", name[c]) == 1 then state[c] = -1 else state[c] = -2 end -- another type, or absent
+    old[c] = 0
   elseif n == 0 then
-    used[c] = tonumber(raw)
+    used[c] = tonumber(r)
+    old[c] = used[c]
     if used[c] == nil then state[c] = -1 end
-  elseif #raw ~= 16 * n + 24 then
-    state[c] = -1
-  else
-    local f = formats[n]
-    if f == nil then
-      f = "<d" .. string.rep("dd", n + 1)
-      formats[n] = f
-    end
-    local v, k, w = {sunpack(f, raw)}, cur[c], win[c]
-    ring[c] = v
-    local newest, u = v[1], 0
-    for j = max(k - n, newest - n), min(k, newest) do
-      local i = 2 + 2 * (j % (n + 1))
-      local h = v[i]
-      if h > 0 then
-        if j == k - n and v[i + 1] <= now - w then
-          v[i] = 0 -- the sub-window straddling the window's start, its last hit gone: not counted
-        else
-          u = u + h
+  elseif #r < HEAD + SLOT * (n + 1) then
+    state[c] = -1 -- another format
+  end
+  if n > 0 and state[c] ~= -1 then
+    cnt[c], tim[c], dirty[c] = {}, {}, {}
+    local m, k, w = n + 1, cur[c], win[c]
+    if state[c] == -2 then
+      sum[c], oldest[c], ot[c] = 0, 0, 0
+    else
+      local newest, s, o, t = tonumber(sub(r, 1, 16)), tonumber(sub(r, 17, 32)), tonumber(sub(r, 33, 48)), tonumber(sub(r, 49, 61))
+      local hc, ht = tonumber(sub(r, 62, 77)), tonumber(sub(r, 78, 90))
+      if newest == nil or s == nil or o == nil or t == nil or hc == nil or ht == nil then
+        state[c] = -1
+      else
+        raw[c], old[c], sum[c], oldest[c], ot[c] = r, newest, s, o, t
+        local zn = newest % m
+        cnt[c][zn], tim[c][zn] = hc, ht -- the newest sub-window is in the head, not its slot
+        if k < newest - n or k - newest > n then
+          -- the clock went back more than a window, or the counter was idle for a window:
+          -- nothing counted
+          for i = 0, n do clear(c, i) end
+          sum[c], oldest[c] = 0, 0
+        elseif k < newest then
+          -- the clock went back within the window: count from the newest sub-window charged
+          k = newest
+          cur[c] = k
+        elseif k > newest then
+          -- the head's sub-window goes to its slot; sub-windows newest+1..k start empty: their
+          -- slots held sub-windows that left
+          dirty[c][zn] = true
+          for j = newest + 1, k do clear(c, j % m) end
+          if oldest[c] < k - n then oldest[c] = nil end
         end
+        -- the sub-window straddling the window's start counts until its last hit leaves
+        local a = (k + 1) % m
+        if count(c, a) > 0 and tim[c][a] <= now - w then
+          clear(c, a)
+          if oldest[c] == k - n then oldest[c] = nil end
+        end
+        if sum[c] <= 0 then oldest[c] = 0 end
       end
     end
-    used[c] = u
+    if state[c] ~= -1 then used[c] = sum[c] end
+  end
+end
+
+-- changed marks counter c for writing; a sliding one needs a new TTL when it is created or
+-- opens a new sub-window.
+local function changed(c)
+  if state[c] == -2 or state[c] == 2 or (subs[c] > 0 and cur[c] ~= old[c]) then
+    state[c] = 2
+  else
+    state[c] = 1
   end
 end
 
 local function charge(c, hits)
   used[c] = used[c] + hits
   local n = subs[c]
-  if n == 0 then
-    if state[c] ~= -2 and state[c] ~= 2 then state[c] = 1 else state[c] = 2 end
-    return
+  if n > 0 then
+    local k = cur[c]
+    local z = k % (n + 1)
+    if sum[c] <= 0 then oldest[c], ot[c] = k, now elseif oldest[c] == k then ot[c] = now end
+    cnt[c][z], tim[c][z], dirty[c][z] = count(c, z) + hits, now, true
+    sum[c] = sum[c] + hits
   end
-  local v, k = ring[c], cur[c]
-  local newest = v[1]
-  local fresh = state[c] == -2 or state[c] == 2
-  if k > newest then
-    -- a new sub-window: clear the slots of the sub-windows since the newest
-    for j = max(newest + 1, k - n), k do
-      local i = 2 + 2 * (j % (n + 1))
-      v[i], v[i + 1] = 0, 0
-    end
-    v[1] = k
-    fresh = true
-  elseif k < newest - n then
-    -- the clock went back more than a window: start over
-    for i = 2, 2 * n + 3 do v[i] = 0 end
-    v[1] = k
-    fresh = true
-  end
-  local i = 2 + 2 * (k % (n + 1))
-  v[i], v[i + 1] = v[i] + hits, now
-  if fresh then state[c] = 2 else state[c] = 1 end
+  changed(c)
 end
 
-local function refund(c, hits)
+-- refund subtracts hits from the counter (sliding: from the newest non-empty sub-windows).
+local refund
+if anyRefund then
+refund = function(c, hits)
   local n = subs[c]
   if n == 0 then
     local d = min(used[c], hits)
     if d > 0 then
       used[c] = used[c] - d
-      if state[c] == 0 then state[c] = 1 end
+      changed(c)
     end
     return
   end
-  local v, k = ring[c], cur[c]
-  local newest = v[1]
-  for j = min(k, newest), max(k - n, newest - n), -1 do
+  local k, m = cur[c], n + 1
+  for j = k, k - n, -1 do
     if hits <= 0 then break end
-    local i = 2 + 2 * (j % (n + 1))
-    local h = v[i]
+    local i = j % m
+    local h = count(c, i)
     if h > 0 then
       local d = min(h, hits)
-      v[i], hits, used[c] = h - d, hits - d, used[c] - d
-      if state[c] == 0 then state[c] = 1 end
+      cnt[c][i], dirty[c][i] = h - d, true
+      hits, sum[c], used[c] = hits - d, sum[c] - d, used[c] - d
+      if h == d and oldest[c] == j then oldest[c] = nil end
+      changed(c)
     end
   end
+  if sum[c] <= 0 then oldest[c] = 0 end
+end
 end
 
+-- Lease mode only: these exist when the batch has a lease item.
+local subwindow, refundAt, registry, lease
+if ilease then
+-- subwindow returns the index of the sub-window of sliding counter c holding time t.
+subwindow = function(c, t)
+  local n, w = subs[c], win[c]
+  local y = t * n
+  local k = floor(y / w)
+  while k * w > y do k = k - 1 end
+  while (k + 1) * w <= y do k = k + 1 end
+  return k
+end
+
+-- refundAt subtracts hits from the sub-window holding time at, if it is still counted: the
+-- unused part of a lease goes back where it was charged.
+refundAt = function(c, hits, at)
+  local j, k, n = subwindow(c, at), cur[c], subs[c]
+  if j < k - n or j > k then return end
+  local i = j % (n + 1)
+  local h = count(c, i)
+  local d = min(h, hits)
+  if d <= 0 then return end
+  cnt[c][i], dirty[c][i] = h - d, true
+  sum[c], used[c] = sum[c] - d, used[c] - d
+  if h == d and oldest[c] == j then oldest[c] = nil end
+  if sum[c] <= 0 then oldest[c] = 0 end
+  changed(c)
+end
+
+-- registry returns the registry of sliding counter c, read from the tail of its value: what
+-- each replica may still admit without asking, {id -> {hits, expiry ms}}.
+registry = function(c)
+  if not reg then reg, regDirty = {}, {} end
+  local g = reg[c]
+  if g then return g end
+  g = {}
+  local r = raw[c]
+  if r and #r > HEAD + SLOT * (subs[c] + 1) then
+    for id, h, e in string.gmatch(sub(r, HEAD + SLOT * (subs[c] + 1) + 1), "([^=;]+)=(%d+)@(%d+);") do
+      g[id] = {tonumber(h), tonumber(e)}
+    end
+  end
+  reg[c] = g
+  return g
+end
+
+-- lease decides one lease item i: the unused hits the replica gives back go back where they
+-- were charged, the hits it needs now are charged if they fit, and it gets a lease on more if
+-- the cap on hits leased by all replicas and its share of it allow. The registry holds what
+-- every replica may still admit without asking; entries past their expiry count for nothing
+-- and are dropped. It returns over, the hits leased beyond the need, and the replicas holding
+-- leases.
+lease = function(i)
+  local c, L, me, need, limit = ic[i], ilease[i], ARGV[3], ihits[i], ilimit[i]
+  for _, r in ipairs(L.ret) do refundAt(c, r[1], r[2]) end
+  local g, others, replicas = registry(c), 0, 1
+  for id, e in pairs(g) do
+    if e[2] <= now then
+      g[id] = nil
+      regDirty[c] = true
+    elseif id ~= me then
+      others, replicas = others + e[1], replicas + 1
+    end
+  end
+  local over, more = 0, 0
+  if need > 0 and used[c] + need > limit then
+    over = 1
+  else
+    -- at least a quarter of the replica's share: a key used far below its limit renews its
+    -- lease as seldom as one used near it (leases of all replicas stay within the cap); want 0
+    -- gives the lease back
+    local share, want = floor(L.cap / replicas), L.want
+    if want > 0 then want = max(want, floor(share / 4)) end
+    local avail = limit - used[c] - need
+    more = max(0, min(want - L.held, avail, L.cap - others - L.held, share - L.held))
+    if need + more > 0 then charge(c, need + more) end
+  end
+  local mine = L.held + more
+  if mine > 0 then
+    g[me] = {mine, now + L.ttl}
+    regDirty[c] = true
+  elseif g[me] then
+    g[me] = nil
+    regDirty[c] = true
+  end
+  if regDirty[c] and state[c] <= 0 then state[c] = 1 end
+  return over, more, replicas
+end
+end
+
+-- resetAfter is when quota next frees: a fixed window's end, or when the last hit of the
+-- oldest counted sub-window leaves the window.
 local function resetAfter(c)
   local n = subs[c]
   if n == 0 then return cur[c] end
-  local v, k, w = ring[c], cur[c], win[c]
-  local newest = v[1]
-  for j = max(k - n, newest - n), min(k, newest) do
-    local i = 2 + 2 * (j % (n + 1))
-    if v[i] > 0 then return max(0, min(w, v[i + 1] + w - now)) end
-  end
-  return 0
+  if sum[c] <= 0 then return 0 end
+  if oldest[c] == nil then findOldest(c) end
+  if oldest[c] <= 0 then return 0 end
+  return max(0, min(win[c], ot[c] + win[c] - now))
 end
 
 local out, o = {now}, 1
@@ -374,10 +496,20 @@ for r = 1, #reqs do
   if bad > 0 then
     out[o + 1] = -bad
     o = o + 1
-    for _ = x, last do
+    for i = x, last do
       out[o + 1], out[o + 2], out[o + 3] = 0, 0, 0
       o = o + 3
+      if ilease and ilease[i] then
+        out[o + 1], out[o + 2] = 0, 0
+        o = o + 2
+      end
     end
+  elseif ilease and ilease[x] then
+    -- a lease request: one lease item
+    local c = ic[x]
+    local over, g, replicas = lease(x)
+    out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6] = 1, over, used[c], resetAfter(c), g, replicas
+    o = o + 6
   else
     for i = x, last do
       pending[ic[i]] = 0
@@ -413,25 +545,74 @@ for r = 1, #reqs do
 end
 
 for c = 1, #name do
-  local st = state[c]
-  if st > 0 then
-    local n = subs[c]
-    if n == 0 then
-      if st == 1 then
-        local d = used[c] - tonumber(raws[c])
-        if d ~= 0 then redis.call("INCRBY", name[c], fmt("%d", d)) end
+  local st, n = state[c], subs[c]
+  if n == 0 then
+    if st == 1 then
+      local d = used[c] - old[c]
+      if d ~= 0 then call("INCRBY", name[c], fmt("%d", d)) end
+    elseif st == 2 then
+      call("SET", name[c], fmt("%d", used[c]), "PX", cur[c])
+    end
+  elseif st > 0 or (st == 0 and next(dirty[c]) ~= nil) then
+    -- a changed counter, or one whose view moved on: written back, so that the next call
+    -- starts from here
+    if oldest[c] == nil then findOldest(c) end
+    local ttl = win[c] + floor((win[c] + n - 1) / n)
+    local tail = ""
+    local rd = regDirty and regDirty[c]
+    if rd then
+      -- the registry goes after the ring; the key lives as long as its last entry
+      local t = {}
+      for id, e in pairs(reg[c]) do
+        t[#t + 1] = fmt("%s=%d@%d;", id, e[1], e[2])
+        if e[2] - now > ttl then ttl, st = e[2] - now, 2 end
+      end
+      tail = table.concat(t)
+    end
+    local m, zc = n + 1, cur[c] % (n + 1)
+    local head = headOf(cur[c], sum[c], oldest[c], ot[c], count(c, zc), tim[c][zc])
+    if raw[c] == nil or rd then
+      -- a new value: created, or with a registry of another length (SET, keeping the TTL
+      -- unless it must grow); every slot as read or as changed
+      local parts, r, d = {head}, raw[c], dirty[c]
+      for i = 0, n do
+        if i == zc or r == nil or d[i] then
+          parts[i + 2] = slotOf(i ~= zc and count(c, i) or 0, i ~= zc and tim[c][i] or 0)
+        else
+          parts[i + 2] = sub(r, HEAD + SLOT * i + 1, HEAD + SLOT * (i + 1))
+        end
+      end
+      parts[n + 3] = tail
+      if r == nil then
+        call("SET", name[c], table.concat(parts), "PX", ttl)
       else
-        redis.call("SET", name[c], fmt("%d", used[c]), "PX", cur[c])
+        call("SET", name[c], table.concat(parts), "KEEPTTL")
+        if st == 2 then call("PEXPIRE", name[c], ttl) end
       end
     else
-      local val = spack(formats[n] or ("<d" .. string.rep("dd", n + 1)), unpack(ring[c], 1, 2 * n + 3))
-      if st == 1 then
-        redis.call("SETRANGE", name[c], 0, val) -- same length: the whole value, TTL kept
-      else
-        redis.call("SET", name[c], val, "PX", win[c] + floor((win[c] + n - 1) / n))
+      -- SETRANGE of the head, and of each other slot changed (a new sub-window, a refund):
+      -- it keeps the TTL and the registry after the ring
+      call("SETRANGE", name[c], 0, head)
+      for i in pairs(dirty[c]) do
+        if i ~= zc then call("SETRANGE", name[c], HEAD + SLOT * i, slotOf(cnt[c][i], tim[c][i])) end
       end
+      if st == 2 then call("PEXPIRE", name[c], ttl) end
     end
   end
 end
 return out
 `
+
+// ScriptCall returns the KEYS and ARGV[2] with which the limiter sends items to the limit
+// script as one request (ARGV[1] is the time: "" for the Redis server's), for tools that call
+// the script themselves (bench/rlsscript, bench/rlsfloor). It fails on an item Do would refuse.
+func ScriptCall(items []Item) (keys []string, input []byte, err error) {
+	calls := make([]call, len(items))
+	for i := range items {
+		if err := prepare(&items[i], &calls[i], false); err != nil {
+			return nil, nil, fmt.Errorf("limiter: item %d: %w", i, err)
+		}
+		keys = append(keys, calls[i].counter)
+	}
+	return keys, appendRequest(nil, calls, nil), nil
+}

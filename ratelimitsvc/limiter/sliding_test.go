@@ -1,12 +1,16 @@
 package limiter_test
 
 import (
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -248,9 +252,12 @@ func TestSlidingAccuracy(t *testing.T) {
 	t.Log("summary (window 1m, limit 100, 10 windows of traffic):\n" + strings.Join(summary, "\n"))
 }
 
-// TestSlidingMemoryBounded checks that a sliding counter stays one string of 8(2N+3) bytes (the
-// newest sub-window, and a count and a time for each of N+1 sub-windows) with a TTL of at most
-// window plus one sub-window, under random traffic with refunds.
+// TestSlidingMemoryBounded checks that a sliding counter stays one string of 90+29(N+1) bytes
+// (the newest sub-window, the running sum, the oldest counted sub-window and its last hit, the
+// newest sub-window's count and last hit, and a count and a time for each of N+1 sub-windows,
+// in fixed-width decimal), whose running sum is the newest sub-window's count plus the counts
+// of the other slots, with a TTL of at most window plus one sub-window, under random traffic
+// with refunds.
 func TestSlidingMemoryBounded(t *testing.T) {
 	ctx := t.Context()
 	c, p, clk := setup(t)
@@ -258,25 +265,52 @@ func TestSlidingMemoryBounded(t *testing.T) {
 	const (
 		subs   = 10
 		window = time.Minute
+		size   = 90 + 29*(subs+1)
 	)
 	item := limiter.Item{Key: p + "{mem}", Limit: 50, Window: window, SubWindows: subs, Hits: 1}
-	key := p + "{mem}:s:60000:10"
+	key := p + "{mem}:sw:60000:10"
+	num := func(s string) int64 {
+		t.Helper()
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			t.Fatalf("field %q is not a number: %v", s, err)
+		}
+		return n
+	}
 	r := rand.New(rand.NewPCG(7, 7))
+	seen := false
 	for range 3000 {
 		clk.Advance(time.Duration(r.Int64N(400)) * ms)
 		it := withHits(item, 1+r.Uint64N(3))
 		it.Refund = r.IntN(10) == 0
 		do(t, l, it)
-		n, err := c.StrLen(ctx, key).Result()
+		v, err := c.Get(ctx, key).Result()
+		if errors.Is(err, redis.Nil) {
+			continue
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n != 0 && n != 8*(2*subs+3) {
-			t.Fatalf("at %v: %d bytes, want %d", clk.Now().Sub(epoch), n, 8*(2*subs+3))
+		seen = true
+		if len(v) != size {
+			t.Fatalf("at %v: %d bytes, want %d", clk.Now().Sub(epoch), len(v), size)
 		}
-		if ttl := c.PTTL(ctx, key).Val(); n > 0 && (ttl <= 0 || ttl > window+window/subs) {
+		total := num(v[61:77]) // the newest sub-window, in the head
+		newest := int(num(v[0:16])) % (subs + 1)
+		for i := range subs + 1 {
+			if i != newest { // its slot is stale: the head holds it
+				total += num(v[90+29*i : 90+29*i+16])
+			}
+		}
+		if s := num(v[16:32]); s != total {
+			t.Fatalf("at %v: running sum %d, counts add up to %d: %s", clk.Now().Sub(epoch), s, total, v)
+		}
+		if ttl := c.PTTL(ctx, key).Val(); ttl <= 0 || ttl > window+window/subs {
 			t.Fatalf("at %v: PTTL %v, want (0, %v]", clk.Now().Sub(epoch), ttl, window+window/subs)
 		}
+	}
+	if !seen {
+		t.Fatalf("counter %s never written", key)
 	}
 }
 
