@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"os"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -258,17 +259,36 @@ func TestTierLimits(t *testing.T) {
 	}
 }
 
+// TestAnonymousLimitedPerIP: 62 requests of one anonymous address within a
+// minute, against 60 per minute per IP, get exactly 2 refusals. Only a round
+// the rate limit service decided in full counts: on a loaded machine Envoy's
+// 20 ms ratelimit budget can run out (the filter then fails open, and the
+// answer carries no RateLimit-Policy); such a round is run again from a new
+// address.
 func TestAnonymousLimitedPerIP(t *testing.T) {
 	s := start(t, echo(t).URL, true, demoPolicy)
-	limited := 0
-	for i := 0; i < 62; i++ {
-		if resp, _ := s.get(t, "/x"); resp.StatusCode == 429 {
-			limited++
+	for round := range 5 {
+		c := s.from(t, "127.0.0."+strconv.Itoa(60+round))
+		limited, undecided := 0, 0
+		for range 62 {
+			resp, _ := c.do(t, "GET", s.URL()+"/x", "")
+			switch {
+			case !decided(resp):
+				undecided++
+			case resp.StatusCode == 429:
+				limited++
+			}
 		}
+		if undecided > 0 {
+			t.Logf("round %d: %d answers undecided (failed open); again from another address", round, undecided)
+			continue
+		}
+		if limited != 2 {
+			t.Errorf("anonymous caller: %d of 62 limited, want 2 (60 per minute per IP)", limited)
+		}
+		return
 	}
-	if limited != 2 {
-		t.Errorf("anonymous caller: %d of 62 limited, want 2 (60 per minute per IP)", limited)
-	}
+	t.Fatal("no round of 62 requests was decided in full by the rate limit service")
 }
 
 // slow delays the request headers phase past Envoy's message_timeout when
