@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sluicehq/sluice/envoy"
+	"github.com/sluicehq/sluice/envoy/emulator"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 )
@@ -753,16 +754,43 @@ func TestBatchListener(t *testing.T) {
 	}
 }
 
+// envoyPortNames names the container port of each listener of envoy.yaml in
+// the pods that run it. A listener added to envoy.yaml fails TestEnvoyPods
+// until it is named here and declared (or bound to loopback).
+var envoyPortNames = map[string]string{
+	envoy.IngressListener:  "http",
+	envoy.InternalListener: "internal",
+	envoy.StatsListener:    "stats",
+}
+
+// envoyListeners returns envoy.yaml's listeners.
+func envoyListeners(t *testing.T) []*envoy.Settings {
+	t.Helper()
+	ls, err := envoy.ParseListeners(envoy.DefaultConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ls
+}
+
 // TestEnvoyPods: the pods that run envoy/envoy.yaml themselves run it
-// unchanged, with the pinned image, ports and probes that agree with it, and
-// the names its clusters use resolve.
+// unchanged, with the pinned image, a container port for each listener that
+// is not on loopback and none for the admin interface (loopback), a readiness
+// probe on the stats listener, and the names its clusters use resolve.
 func TestEnvoyPods(t *testing.T) {
 	b, err := envoy.LoadBootstrap(envoy.DefaultConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
 	admin := b.GetAdmin().GetAddress().GetSocketAddress()
-	_, listener := portOf(t, envoyListener(t))
+	if !loopback(admin.GetAddress()) {
+		t.Errorf("envoy.yaml's admin interface listens on %s: it must stay on loopback (/quitquitquit, /config_dump)", admin.GetAddress())
+	}
+	listeners := envoyListeners(t)
+	stats := envoy.Find(listeners, envoy.StatsListener)
+	if stats == nil {
+		t.Fatal("envoy.yaml has no stats listener: the probes and Prometheus have nothing to reach")
+	}
 	n := 0
 	for _, name := range overlays(t) {
 		objs := render(t, name)
@@ -785,18 +813,47 @@ func TestEnvoyPods(t *testing.T) {
 			if data[key] != string(envoy.DefaultConfig) {
 				t.Errorf("%s: -c %s is not envoy/envoy.yaml (deploy/kubernetes/components/envoy-config/envoy.yaml must equal it)", where, c.Args[i+1])
 			}
-			if got, ok := containerPort(p, intstr.FromString("http")); !ok || int(got) != listener {
-				t.Errorf("%s: port http is %d; envoy.yaml listens on %d", where, got, listener)
+			for _, l := range listeners {
+				host, port := portOf(t, l.Address)
+				portName, ok := envoyPortNames[l.Listener]
+				switch {
+				case !ok:
+					t.Errorf("envoy.yaml's listener %s has no container port name in envoyPortNames", l.Listener)
+				case loopback(host):
+					if got, ok := containerPort(p, intstr.FromString(portName)); ok {
+						t.Errorf("%s: declares port %s (%d) for listener %s, which listens on loopback only", where, portName, got, l.Listener)
+					}
+				default:
+					if got, ok := containerPort(p, intstr.FromString(portName)); !ok || int(got) != port {
+						t.Errorf("%s: port %s is %d; envoy.yaml's listener %s listens on %d", where, portName, got, l.Listener, port)
+					}
+				}
 			}
-			if pr := c.ReadinessProbe; pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Path != "/ready" {
-				t.Errorf("%s: readiness probe is not httpGet /ready (Envoy admin)", where)
-			} else if got, _ := containerPort(p, pr.HTTPGet.Port); got != int32(admin.GetPortValue()) || loopback(admin.GetAddress()) {
-				t.Errorf("%s: readiness probe on port %d; envoy.yaml's admin is %s:%d, which the kubelet must reach", where, got, admin.GetAddress(), admin.GetPortValue())
+			if got, ok := containerPort(pod{spec: &corev1.PodSpec{Containers: []corev1.Container{*c}}}, intstr.FromInt32(int32(admin.GetPortValue()))); ok {
+				t.Errorf("%s: declares port %d, envoy.yaml's admin interface, which listens on loopback only", where, got)
+			}
+			// Ready: the stats listener answers. Envoy serves its listeners only once its
+			// clusters have initialized (source/server/server.cc, RunHelper: the workers start
+			// after the cluster manager's initialized callback), so this is /ready's answer
+			// without the admin interface.
+			_, statsPort := portOf(t, stats.Address)
+			if pr := c.ReadinessProbe; pr == nil || pr.HTTPGet == nil {
+				t.Errorf("%s: readiness probe is not httpGet", where)
+			} else if got, _ := containerPort(p, pr.HTTPGet.Port); int(got) != statsPort {
+				t.Errorf("%s: readiness probe on port %d; envoy.yaml's stats listener is on %d", where, got, statsPort)
+			} else {
+				path, _, _ := strings.Cut(pr.HTTPGet.Path, "?")
+				if rt, err := emulator.MatchRoute(stats, "GET", path, "probe"); err != nil || rt == nil {
+					t.Errorf("%s: readiness probe GET %s: no route of the stats listener answers it (%v)", where, pr.HTTPGet.Path, err)
+				}
 			}
 			// The names envoy.yaml's clusters resolve: hostAliases in the pod, else a Service of
-			// the namespace (headless, for STRICT_DNS to see every pod).
+			// the namespace (headless, for STRICT_DNS to see every pod); loopback is the pod.
 			for _, cl := range b.GetStaticResources().GetClusters() {
 				sa := cl.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+				if loopback(sa.GetAddress()) {
+					continue
+				}
 				if slices.ContainsFunc(p.spec.HostAliases, func(h corev1.HostAlias) bool { return slices.Contains(h.Hostnames, sa.GetAddress()) }) {
 					s := sluiceServe(t, objs, p.owner)
 					if _, port := portOf(t, s.cfg.Server.GRPCAddr); sa.GetAddress() != "sluice" || int(sa.GetPortValue()) != port {
