@@ -667,22 +667,15 @@ func TestWorkerAgreesWithSluice(t *testing.T) {
 			if strings.TrimSpace(tenants) == "" && strings.TrimSpace(templates) == "" {
 				t.Error("ENVOY_URL set without WARM_TENANTS or WARM_TEMPLATES: the worker exits")
 			}
-			// Warming goes through the same gateway as batch items, unless Sluice's batch target
-			// is its own pod's Envoy (sidecar): then through the Service in front of those pods.
-			u, err := url.Parse(envoyURL)
-			if err != nil {
-				t.Fatal(err)
-			}
+			// Warming goes to the listener batch items go to (Envoy's internal listener where
+			// there is one), unless that is Sluice's own pod's Envoy on loopback (sidecar): then
+			// to the internal listener of those pods through a Service.
 			bh, _ := portOf(t, hostPort(t, s.cfg.Batch.ListenerURL))
 			if loopback(bh) {
-				_, listener := portOf(t, envoyListener(t))
-				p, _ := strconv.Atoi(u.Port())
-				if p != listener {
-					t.Errorf("ENVOY_URL %s: port %d; Envoy listens on %d", envoyURL, p, listener)
-				}
-				checkService(t, objs, worker.namespace, u.Hostname(), p, false)
+				host, port := portOf(t, hostPort(t, envoyURL))
+				checkEnvoyInternalService(t, objs, worker.namespace, host, port)
 			} else if strings.TrimSuffix(envoyURL, "/") != strings.TrimSuffix(s.cfg.Batch.ListenerURL, "/") {
-				t.Errorf("ENVOY_URL %s; batch.listener_url %s: both name the gateway's listener", envoyURL, s.cfg.Batch.ListenerURL)
+				t.Errorf("ENVOY_URL %s; batch.listener_url %s: both name the gateway's internal listener", envoyURL, s.cfg.Batch.ListenerURL)
 			}
 		})
 	}
@@ -700,18 +693,54 @@ func hostPort(t *testing.T, rawURL string) string {
 	return u.Host
 }
 
-// envoyListener is envoy.yaml's listener address.
-func envoyListener(t *testing.T) string {
+// listenerPort is the port of envoy.yaml's listener name.
+func listenerPort(t *testing.T, name string) int {
 	t.Helper()
-	s, err := envoy.ParseSettings(envoy.DefaultConfig)
-	if err != nil {
-		t.Fatal(err)
+	l := envoy.Find(envoyListeners(t), name)
+	if l == nil {
+		t.Fatalf("envoy.yaml has no listener %s", name)
 	}
-	return s.Address
+	_, port := portOf(t, l.Address)
+	return port
 }
 
-// TestBatchListener: batch.listener_url names the gateway's listener as
-// Sluice reaches it.
+// checkEnvoyInternalService checks that host:port (<svc>[.<ns>...], port of
+// the Service) reaches envoy.yaml's internal listener: a Service whose port
+// targets, on every pod it selects, an Envoy container's port of that
+// listener.
+func checkEnvoyInternalService(t *testing.T, objs []*object, namespace, host string, port int) {
+	t.Helper()
+	parts := strings.Split(host, ".")
+	if len(parts) > 1 {
+		namespace = parts[1]
+	}
+	checkService(t, objs, namespace, parts[0], port, false)
+	want := listenerPort(t, envoy.InternalListener)
+	for _, o := range ofKind(objs, "Service") {
+		if o.Namespace != namespace || o.Name != parts[0] {
+			continue
+		}
+		svc := decodeAs[*corev1.Service](t, o)
+		for _, sp := range svc.Spec.Ports {
+			if int(sp.Port) != port {
+				continue
+			}
+			for _, p := range selected(pods(t, objs), namespace, labels.SelectorFromSet(svc.Spec.Selector)) {
+				var got int32
+				if c := container(p, "envoy"); c != nil {
+					got, _ = containerPort(pod{spec: &corev1.PodSpec{Containers: []corev1.Container{*c}}}, sp.TargetPort)
+				}
+				if int(got) != want {
+					t.Errorf("%s port %d reaches %s port %d; envoy.yaml's internal listener is an Envoy container's %d", o, port, p.owner, got, want)
+				}
+			}
+		}
+	}
+}
+
+// TestBatchListener: batch.listener_url names, as Sluice reaches it, the
+// gateway's listener that takes the client address from the header Sluice
+// sets (envoy.yaml's internal listener), where the overlay has one.
 func TestBatchListener(t *testing.T) {
 	for _, name := range overlays(t) {
 		t.Run(name, func(t *testing.T) {
@@ -723,9 +752,8 @@ func TestBatchListener(t *testing.T) {
 			host, port := portOf(t, hostPort(t, s.cfg.Batch.ListenerURL))
 			switch {
 			case loopback(host):
-				_, listener := portOf(t, envoyListener(t))
-				if container(s.pod, "envoy") == nil || port != listener {
-					t.Errorf("batch.listener_url %s: no Envoy in the pod listens on %d", s.cfg.Batch.ListenerURL, port)
+				if container(s.pod, "envoy") == nil || port != listenerPort(t, envoy.InternalListener) {
+					t.Errorf("batch.listener_url %s: the pod's Envoy has no internal listener on %d", s.cfg.Batch.ListenerURL, port)
 				}
 			case name == "envoy-gateway":
 				// The Gateway's Service, named by the EnvoyProxy, in Envoy Gateway's namespace.
@@ -743,12 +771,7 @@ func TestBatchListener(t *testing.T) {
 					t.Errorf("batch.listener_url %s; want Istio's ingress gateway", s.cfg.Batch.ListenerURL)
 				}
 			default:
-				ns := s.pod.namespace
-				parts := strings.Split(host, ".")
-				if len(parts) > 1 {
-					ns = parts[1]
-				}
-				checkService(t, objs, ns, parts[0], port, false)
+				checkEnvoyInternalService(t, objs, s.pod.namespace, host, port)
 			}
 		})
 	}
@@ -867,77 +890,6 @@ func TestEnvoyPods(t *testing.T) {
 	}
 	if n < 2 {
 		t.Errorf("%d pods run Envoy; want the shared overlay's gateway and the sidecar pod", n)
-	}
-}
-
-// TestNetworkPolicyAdmitsGateways: whoever calls Sluice's gRPC port is
-// admitted by the `sluice` NetworkPolicy, and Prometheus is admitted to the
-// admin ports.
-func TestNetworkPolicyAdmitsGateways(t *testing.T) {
-	for _, name := range overlays(t) {
-		t.Run(name, func(t *testing.T) {
-			objs := render(t, name)
-			np := decodeAs[*networkingv1.NetworkPolicy](t, one(t, objs, "NetworkPolicy", "sluice"))
-			admits := func(port string, ns string, podLabels map[string]string) bool {
-				for _, r := range np.Spec.Ingress {
-					if !slices.ContainsFunc(r.Ports, func(p networkingv1.NetworkPolicyPort) bool { return p.Port.String() == port }) {
-						continue
-					}
-					if len(r.From) == 0 {
-						return true
-					}
-					for _, peer := range r.From {
-						nsOK := peer.NamespaceSelector != nil && (len(peer.NamespaceSelector.MatchLabels) == 0 && len(peer.NamespaceSelector.MatchExpressions) == 0 ||
-							peer.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] == ns)
-						if peer.NamespaceSelector == nil {
-							nsOK = ns == ""
-						}
-						podOK := peer.PodSelector == nil || labelSelector(t, "peer", peer.PodSelector).Matches(labels.Set(podLabels))
-						if nsOK && podOK {
-							return true
-						}
-					}
-				}
-				return false
-			}
-			if !admits("admin", "monitoring", map[string]string{"app.kubernetes.io/name": "prometheus"}) {
-				t.Error("Prometheus (app.kubernetes.io/name: prometheus) is not admitted to the admin port")
-			}
-			if admits("admin", "default", map[string]string{"app": "anything"}) {
-				t.Error("any pod reaches the admin port (/debug/pprof, cache purges)")
-			}
-			var callers []map[string]string
-			callerNS := ""
-			switch {
-			case name == "shared":
-				for _, p := range pods(t, objs) {
-					if container(p, "envoy") != nil {
-						callers, callerNS = append(callers, p.labels), p.namespace
-					}
-				}
-			case strings.HasPrefix(name, "istio"):
-				for _, o := range ofKind(objs, "EnvoyFilter") {
-					callers = append(callers, decodeAs[*envoyFilter](t, o).spec.GetWorkloadSelector().GetLabels())
-					callerNS = o.Namespace
-				}
-			case name == "envoy-gateway":
-				proxy := decodeAs[*egv1a1.EnvoyProxy](t, one(t, objs, "EnvoyProxy", "sluice-gateway"))
-				callers, callerNS = append(callers, proxy.Spec.Provider.Kubernetes.EnvoyDeployment.Pod.Labels), "envoy-gateway-system"
-			default:
-				return // sidecar: gRPC stays on loopback
-			}
-			if len(callers) == 0 {
-				t.Fatal("no gateway pods found")
-			}
-			for _, l := range callers {
-				if !admits("grpc", callerNS, l) {
-					t.Errorf("gateway pods %v in %s are not admitted to Sluice's gRPC port", l, callerNS)
-				}
-			}
-			if admits("grpc", "default", map[string]string{"app": "anything"}) {
-				t.Error("any pod reaches Sluice's gRPC port")
-			}
-		})
 	}
 }
 
