@@ -193,13 +193,14 @@ func sluiceServe(t *testing.T, objs []*object, dep *object) served {
 	if c == nil || len(c.Args) == 0 || c.Args[0] != "serve" {
 		t.Fatalf("%s: no container sluice running serve", dep)
 	}
-	var configPath, grpcAddr, adminAddr, rules string
+	var configPath, grpcAddr, adminAddr, rules, tokenFile string
 	fs := flag.NewFlagSet("sluice serve", flag.ContinueOnError)
 	fs.SetOutput(&strings.Builder{})
 	fs.StringVar(&configPath, "config", "", "")
 	fs.StringVar(&grpcAddr, "grpc-addr", "", "")
 	fs.StringVar(&adminAddr, "admin-addr", "", "")
 	fs.StringVar(&rules, "ratelimit-config", "", "")
+	fs.StringVar(&tokenFile, "admin-token-file", "", "")
 	if err := fs.Parse(c.Args[1:]); err != nil {
 		t.Fatalf("%s: sluice args %q: %v (secrets such as --redis-url never go on the command line)", dep, c.Args, err)
 	}
@@ -219,8 +220,13 @@ func sluiceServe(t *testing.T, objs []*object, dep *object) served {
 	if err != nil {
 		t.Fatalf("%s: %v", dep, err)
 	}
-	// REDIS_URL comes from the Secret at run time (TestSecretsOnlyFromSecrets checks it does).
-	cfg = config.Overrides{GRPCAddr: grpcAddr, AdminAddr: adminAddr, RateLimitConfig: rules, RedisURL: "redis://from-the-secret:6379/0"}.Apply(cfg)
+	// REDIS_URL (and SLUICE_ADMIN_TOKEN) come from the Secret at run time
+	// (TestSecretsOnlyFromSecrets checks they do).
+	ov := config.Overrides{GRPCAddr: grpcAddr, AdminAddr: adminAddr, RateLimitConfig: rules, AdminTokenFile: tokenFile, RedisURL: "redis://from-the-secret:6379/0"}
+	if slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "SLUICE_ADMIN_TOKEN" }) {
+		ov.AdminToken = "from-the-secret-0123456789abcdef"
+	}
+	cfg = ov.Apply(cfg)
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("%s: the mounted config with the container's flags does not validate: %v", dep, err)
 	}
@@ -506,7 +512,7 @@ func TestWorkloads(t *testing.T) {
 // container as environment from the Secret, never as a flag, an argument or a
 // plain value.
 func TestSecretsOnlyFromSecrets(t *testing.T) {
-	secret := []string{"REDIS_URL", "DATABASE_URL", "DATABASE_READ_URL"}
+	secret := []string{"REDIS_URL", "DATABASE_URL", "DATABASE_READ_URL", "SLUICE_ADMIN_TOKEN"}
 	for _, name := range overlays(t) {
 		objs := render(t, name)
 		n := 0
@@ -560,13 +566,23 @@ func TestSluiceAgreesWithItsConfig(t *testing.T) {
 					t.Errorf("container port %s is %d; the config listens on %d", portName, got, want)
 				}
 			}
-			// `sluice serve`'s admin address is set in the file: its default (loopback) would
-			// keep the kubelet and Prometheus out.
-			if srv, _ := s.raw["server"].(map[string]any); srv == nil || srv["admin_addr"] == nil {
-				t.Error("server.admin_addr is not set explicitly in the mounted config")
+			// `sluice serve`'s addresses are set in the file: their defaults (loopback) would
+			// keep the kubelet, Prometheus and a gateway in another pod out.
+			srv, _ := s.raw["server"].(map[string]any)
+			for _, key := range []string{"admin_addr", "grpc_addr"} {
+				if srv == nil || srv[key] == nil {
+					t.Errorf("server.%s is not set explicitly in the mounted config", key)
+				}
 			}
 			if loopback(adminHost) {
 				t.Errorf("admin address %s is loopback: probes and Prometheus reach the pod's IP", s.cfg.Server.AdminAddr)
+			}
+			// Beyond loopback, purges and /debug ask for the admin token (docs/security.md).
+			if !loopback(adminHost) && !adminTokenFromSecret(t, objs, s) {
+				t.Error("the admin port listens beyond loopback without a token: set SLUICE_ADMIN_TOKEN from a Secret (or server.admin_token_file on a Secret volume)")
+			}
+			if s.cfg.Server.Pprof {
+				t.Error("server.pprof is on: profiles of a production process on its admin port")
 			}
 			for kind, pr := range map[string]*corev1.Probe{"readiness": s.c.ReadinessProbe, "liveness": s.c.LivenessProbe} {
 				path := map[string]string{"readiness": "/readyz", "liveness": "/healthz"}[kind]
@@ -612,6 +628,34 @@ func TestSluiceAgreesWithItsConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// adminTokenFromSecret reports whether a `sluice serve` container gets its
+// admin token from a Secret: SLUICE_ADMIN_TOKEN from a (non-optional) key,
+// or server.admin_token_file inside a Secret volume.
+func adminTokenFromSecret(t *testing.T, objs []*object, s served) bool {
+	t.Helper()
+	for _, e := range s.c.Env {
+		if e.Name == "SLUICE_ADMIN_TOKEN" {
+			ref := e.ValueFrom.SecretKeyRef
+			return ref != nil && (ref.Optional == nil || !*ref.Optional)
+		}
+	}
+	f := s.cfg.Server.AdminTokenFile
+	if f == "" {
+		return false
+	}
+	for _, vm := range s.c.VolumeMounts {
+		if rel, err := filepath.Rel(vm.MountPath, f); err != nil || strings.HasPrefix(rel, "..") {
+			continue
+		}
+		for _, v := range s.pod.spec.Volumes {
+			if v.Name == vm.Name && v.Secret != nil {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // TestWorkerAgreesWithSluice: the worker warms the cache Sluice writes,
@@ -924,4 +968,92 @@ func domainOf(t *testing.T, f *hcmv3.HttpFilter) string {
 		t.Fatal(err)
 	}
 	return rl.GetDomain()
+}
+
+// composeJob returns the job of deploy/prometheus/prometheus.yml (the compose
+// stack's Prometheus) that scrapes metricsPath.
+func composeJob(t *testing.T, metricsPath string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "prometheus", "prometheus.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			JobName     string `json:"job_name"`
+			MetricsPath string `json:"metrics_path"`
+		} `json:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range cfg.ScrapeConfigs {
+		if sc.MetricsPath == metricsPath {
+			return sc.JobName
+		}
+	}
+	t.Fatalf("deploy/prometheus/prometheus.yml scrapes no %s", metricsPath)
+	return ""
+}
+
+// TestEnvoyMonitoring: where the overlay runs envoy.yaml, one ServiceMonitor
+// scrapes every Envoy pod's stats listener, on a path that listener answers,
+// as job `envoy` (the compose stack's job for it).
+func TestEnvoyMonitoring(t *testing.T) {
+	stats := envoy.Find(envoyListeners(t), envoy.StatsListener)
+	statsPort := int32(listenerPort(t, envoy.StatsListener))
+	for _, name := range overlays(t) {
+		objs := render(t, name)
+		var envoyPods []pod
+		for _, p := range pods(t, objs) {
+			if container(p, "envoy") != nil {
+				envoyPods = append(envoyPods, p)
+			}
+		}
+		if len(envoyPods) == 0 {
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			scraped := map[*object]int{}
+			for _, o := range ofKind(objs, "ServiceMonitor") {
+				sm := decodeAs[*monitoringv1.ServiceMonitor](t, o)
+				sel := labelSelector(t, o.String(), &sm.Spec.Selector)
+				for _, so := range ofKind(objs, "Service") {
+					svc := decodeAs[*corev1.Service](t, so)
+					if so.Namespace != o.Namespace || !sel.Matches(labels.Set(svc.Labels)) {
+						continue
+					}
+					for _, ep := range sm.Spec.Endpoints {
+						i := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ep.Port })
+						if i < 0 {
+							continue
+						}
+						for _, p := range selected(envoyPods, so.Namespace, labels.SelectorFromSet(svc.Spec.Selector)) {
+							if got, _ := containerPort(p, svc.Spec.Ports[i].TargetPort); got != statsPort {
+								continue
+							}
+							scraped[p.owner]++
+							if rt, err := emulator.MatchRoute(stats, "GET", ep.Path, "prometheus"); err != nil || rt == nil {
+								t.Errorf("%s scrapes %s, which the stats listener does not answer (%v)", o, ep.Path, err)
+							}
+							job := ""
+							for _, r := range ep.RelabelConfigs {
+								if r.TargetLabel == "job" && r.Replacement != nil && len(r.SourceLabels) == 0 {
+									job = *r.Replacement
+								}
+							}
+							if want := composeJob(t, ep.Path); job != want {
+								t.Errorf("%s gives Envoy's targets job %q; the compose stack's Prometheus calls them %q", o, job, want)
+							}
+						}
+					}
+				}
+			}
+			for _, p := range envoyPods {
+				if scraped[p.owner] != 1 {
+					t.Errorf("%s: its stats listener is scraped by %d ServiceMonitor endpoints; want 1", p.owner, scraped[p.owner])
+				}
+			}
+		})
+	}
 }
