@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
@@ -186,6 +187,81 @@ type patchResult struct {
 	filters     []string // HTTP filters inserted before the router, in order
 	rateLimit   *ratelimitv3.RateLimit
 	vhostLimits []*routev3.RateLimit
+	hcmMerged   bool // a NETWORK_FILTER patch sets connection manager fields
+}
+
+// istioOwnedHCM are the connection manager fields Istio generates itself and
+// an EnvoyFilter leaves alone; every other field envoy.yaml's ingress sets
+// must be in the gateway's NETWORK_FILTER patch.
+var istioOwnedHCM = map[string]string{
+	"stat_prefix":        "Istio's",
+	"codec_type":         "Istio's",
+	"route_config":       "Istio's RDS",
+	"rds":                "Istio's RDS",
+	"http_filters":       "the HTTP_FILTER patches insert Sluice's",
+	"use_remote_address": "true on Istio's gateways (TestIstioEnvoyFilters checks envoy.yaml agrees)",
+}
+
+// fieldDiff lists, field by field, where got differs from want, leaving out
+// the fields owned names: each line the field and both values.
+func fieldDiff(got, want proto.Message, owned map[string]string) []string {
+	var out []string
+	fields := got.ProtoReflect().Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if _, ok := owned[string(fd.Name())]; ok {
+			continue
+		}
+		only := func(m proto.Message) proto.Message {
+			c := m.ProtoReflect().New()
+			if m.ProtoReflect().Has(fd) {
+				c.Set(fd, m.ProtoReflect().Get(fd))
+			}
+			return c.Interface()
+		}
+		g, w := only(got), only(want)
+		if !proto.Equal(g, w) {
+			out = append(out, fmt.Sprintf("%s: %s; envoy.yaml has %s", fd.Name(), orUnset(g), orUnset(w)))
+		}
+	}
+	return out
+}
+
+func orUnset(m proto.Message) string {
+	if s := text(m); s != "{}" {
+		return s
+	}
+	return "unset"
+}
+
+// zeroValues lists the paths of false, 0 and "0s" values in a decoded
+// patch value.
+func zeroValues(v any, path string) []string {
+	var out []string
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			out = append(out, zeroValues(e, path+"."+k)...)
+		}
+	case []any:
+		for i, e := range x {
+			out = append(out, zeroValues(e, fmt.Sprintf("%s[%d]", path, i))...)
+		}
+	case bool:
+		if !x {
+			out = append(out, path)
+		}
+	case float64:
+		if x == 0 {
+			out = append(out, path)
+		}
+	case string:
+		if x == "0s" {
+			out = append(out, path)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func checkEnvoyFilter(t *testing.T, objs []*object, o *object, ref *reference, compare bool, wantService string) patchResult {
@@ -254,14 +330,24 @@ func checkEnvoyFilter(t *testing.T, objs []*object, o *object, ref *reference, c
 				t.Errorf("%s: %v", where, err)
 				continue
 			}
-			merged := proto.Clone(ref.hcm).(*hcmv3.HttpConnectionManager)
-			merged.CommonHttpProtocolOptions = nil
+			// Merged into a connection manager as Istio generates one (a stand-in: its route
+			// configuration and filters), it must validate.
+			merged := &hcmv3.HttpConnectionManager{StatPrefix: "istio", RouteSpecifier: ref.hcm.GetRouteSpecifier(), HttpFilters: ref.hcm.GetHttpFilters()}
 			proto.Merge(merged, frag)
 			if err := envoy.Validate(merged); err != nil {
 				t.Errorf("%s: merged: %v", where, err)
 			}
-			if compare && !proto.Equal(merged.GetCommonHttpProtocolOptions(), ref.hcm.GetCommonHttpProtocolOptions()) {
-				t.Errorf("%s: common_http_protocol_options %s; envoy.yaml has %s", where, text(merged.GetCommonHttpProtocolOptions()), text(ref.hcm.GetCommonHttpProtocolOptions()))
+			res.hcmMerged = true
+			if !compare {
+				continue
+			}
+			// A MERGE copies only what protobuf's merge copies: a false, 0 or 0s changes
+			// nothing, so such a value in the patch is a setting that silently does not apply.
+			for _, z := range zeroValues(value, "") {
+				t.Errorf("%s: %s is a zero value, which a MERGE does not apply", where, z)
+			}
+			for _, d := range fieldDiff(frag, ref.hcm, istioOwnedHCM) {
+				t.Errorf("%s: %s", where, d)
 			}
 		case istionetworking.EnvoyFilter_HTTP_ROUTE:
 			frag := &routev3.Route{}
@@ -307,6 +393,9 @@ func checkEnvoyFilter(t *testing.T, objs []*object, o *object, ref *reference, c
 
 func TestIstioEnvoyFilters(t *testing.T) {
 	ref := loadReference(t)
+	if !ref.hcm.GetUseRemoteAddress().GetValue() {
+		t.Error("envoy.yaml's ingress no longer sets use_remote_address: true, which Istio's gateways do (istioOwnedHCM)")
+	}
 	for _, src := range []struct {
 		name string
 		objs []*object
@@ -325,6 +414,9 @@ func TestIstioEnvoyFilters(t *testing.T) {
 				// Each inserted before the router, in order: ext_proc, then ratelimit.
 				if strings.Join(res.filters, ",") != "envoy.filters.http.ext_proc,envoy.filters.http.ratelimit" {
 					t.Errorf("%s inserts %v before the router; want ext_proc then ratelimit", o, res.filters)
+				}
+				if gateway := decodeAs[*envoyFilter](t, o).spec.GetConfigPatches()[0].GetMatch().GetContext() == istionetworking.EnvoyFilter_GATEWAY; gateway && !res.hcmMerged {
+					t.Errorf("%s sets none of envoy.yaml's connection manager settings (a NETWORK_FILTER MERGE)", o)
 				}
 			}
 			if n == 0 {
