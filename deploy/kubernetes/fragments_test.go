@@ -425,7 +425,7 @@ func updateFragments() error {
 var fragmentFiles = []string{
 	"overlays/istio/gateway-envoyfilter.yaml",
 	"overlays/istio/sidecar-envoyfilter.yaml",
-	"overlays/envoy-gateway/gateway/policies.yaml",
+	"overlays/envoy-gateway/gateway/patch-policies.yaml",
 }
 
 // TestEnvoyFragments: every marked fragment is what envoy.yaml gives today.

@@ -469,7 +469,8 @@ func TestWorkloads(t *testing.T) {
 			}
 			for _, o := range ofKind(objs, "NetworkPolicy") {
 				np := decodeAs[*networkingv1.NetworkPolicy](t, o)
-				ps := selected(all, o.Namespace, labelSelector(t, o.String(), &np.Spec.PodSelector))
+				// Envoy Gateway's Envoy pods are not rendered here: egPods stands in for them.
+				ps := selected(append(slices.Clone(all), egPods(t, objs)...), o.Namespace, labelSelector(t, o.String(), &np.Spec.PodSelector))
 				if len(ps) == 0 {
 					t.Errorf("%s selects no rendered pod", o)
 				}
@@ -800,15 +801,35 @@ func TestBatchListener(t *testing.T) {
 					t.Errorf("batch.listener_url %s: the pod's Envoy has no internal listener on %d", s.cfg.Batch.ListenerURL, port)
 				}
 			case name == "envoy-gateway":
-				// The Gateway's Service, named by the EnvoyProxy, in Envoy Gateway's namespace.
-				proxy := decodeAs[*egv1a1.EnvoyProxy](t, one(t, objs, "EnvoyProxy", "sluice-gateway"))
-				svcName := *proxy.Spec.Provider.Kubernetes.EnvoyService.Name
-				gw := decodeAs[*gwapiv1.Gateway](t, one(t, objs, "Gateway", "eg"))
-				if want := svcName + ".envoy-gateway-system"; host != want || int(gw.Spec.Listeners[0].Port) != port {
-					t.Errorf("batch.listener_url %s; want http://%s:%d (the Gateway's Service)", s.cfg.Batch.ListenerURL, want, gw.Spec.Listeners[0].Port)
+				// The Service of the Gateway that stands for envoy.yaml's internal listener, named
+				// by its EnvoyProxy, in Envoy Gateway's namespace; reachable from Sluice and the
+				// worker alone.
+				var gwName string
+				for _, g := range egGateways {
+					if g.envoyListener == envoy.InternalListener {
+						gwName = g.gateway
+					}
 				}
-				if proxy.Spec.Provider.Kubernetes.EnvoyDeployment.Pod.Labels["sluice.dev/gateway"] != "true" {
-					t.Error("the Gateway's Envoy pods lack sluice.dev/gateway: \"true\", so the NetworkPolicy keeps them from Sluice's gRPC port")
+				gw := decodeAs[*gwapiv1.Gateway](t, one(t, objs, "Gateway", gwName))
+				proxy := decodeAs[*egv1a1.EnvoyProxy](t, one(t, objs, "EnvoyProxy", string(gw.Spec.Infrastructure.ParametersRef.Name)))
+				svc := proxy.Spec.Provider.Kubernetes.EnvoyService
+				if want := *svc.Name + "." + egNamespace; host != want || int(gw.Spec.Listeners[0].Port) != port {
+					t.Errorf("batch.listener_url %s; want http://%s:%d (Gateway %s's Service)", s.cfg.Batch.ListenerURL, want, gw.Spec.Listeners[0].Port, gwName)
+				}
+				if svc.Type == nil || *svc.Type != egv1a1.ServiceTypeClusterIP {
+					t.Errorf("Gateway %s's Service is not ClusterIP (Envoy Gateway's default is a LoadBalancer): its listener takes the client address from a header", gwName)
+				}
+				for _, p := range egPods(t, objs) {
+					if p.owner.Name == proxy.Name {
+						checkAdmits(t, objs, p, "listener "+string(gw.Spec.Listeners[0].Name), egContainerPort(gw.Spec.Listeners[0].Port),
+							[]peer{sluicePeer(s.pod.namespace), workerPeer(s.pod.namespace)},
+							[]peer{anyPeer, sameNamespaceAnyPeer(egNamespace), prometheusPeer, sluicePeer("elsewhere")})
+					}
+				}
+				for _, o := range ofKind(objs, "EnvoyProxy") {
+					if decodeAs[*egv1a1.EnvoyProxy](t, o).Spec.Provider.Kubernetes.EnvoyDeployment.Pod.Labels["sluice.dev/gateway"] != "true" {
+						t.Errorf("%s: the Envoy pods lack sluice.dev/gateway: \"true\", so the NetworkPolicy keeps them from Sluice's gRPC port", o)
+					}
 				}
 			case strings.HasPrefix(name, "istio"):
 				if host != "istio-ingressgateway.istio-system" {
