@@ -305,6 +305,30 @@ type region struct {
 
 func indentOf(l string) int { return len(l) - len(strings.TrimLeft(l, " ")) }
 
+// valueEnd returns the index after the last line of the value of the key on
+// line k: the lines indented deeper than the key, and the items of a
+// sequence written at the key's own indentation; blank lines count only
+// between such lines.
+func valueEnd(lines []string, k int) int {
+	indent := indentOf(lines[k])
+	end, seq := k+1, false
+	for j := k + 1; j < len(lines); j++ {
+		l := lines[j]
+		item := indentOf(l) == indent && strings.HasPrefix(strings.TrimSpace(l), "- ")
+		switch {
+		case strings.TrimSpace(l) == "":
+			continue
+		case indentOf(l) > indent:
+		case item && (seq || end == k+1):
+			seq = true
+		default:
+			return end
+		}
+		end = j + 1
+	}
+	return end
+}
+
 // regenerate finds the marked fragments of a manifest and returns its text
 // with each rewritten from envoy.yaml, and the regions found.
 func regenerate(data []byte, root *yaml.Node) ([]byte, []region, error) {
@@ -336,21 +360,7 @@ func regenerate(data []byte, root *yaml.Node) ([]byte, []region, error) {
 		if indent != indentOf(lines[i]) || !ok || key == "" || strings.HasPrefix(key, "-") || strings.HasPrefix(key, "#") {
 			return nil, nil, fmt.Errorf("line %d: the marker must be directly above a `key:` line at its own indentation", i+1)
 		}
-		end, seq := k+1, false
-		for j := k + 1; j < len(lines); j++ {
-			l := lines[j]
-			switch {
-			case strings.TrimSpace(l) == "":
-				continue
-			case indentOf(l) > indent:
-			case indentOf(l) == indent && strings.HasPrefix(strings.TrimSpace(l), "- ") && (seq || end == k+1):
-				seq = true
-			default:
-				j = len(lines) // stop
-				continue
-			}
-			end = j + 1
-		}
+		end := valueEnd(lines, k)
 		n, err := fragment(root, spec)
 		if err != nil {
 			return nil, nil, fmt.Errorf("line %d: %w", i+1, err)
@@ -490,6 +500,10 @@ func TestEnvoyFragmentsRegenerate(t *testing.T) {
 		name: "mapping with only=, trailing blank line kept",
 		in:   "p:\n" + m + "ingress.route_config only=name\n  value:\n    name: old\n\nq: 1\n",
 		want: "p:\n" + m + "ingress.route_config only=name\n  value:\n    name: ingress\n\nq: 1\n",
+	}, {
+		name: "a blank line inside the old value goes with it",
+		in:   "p:\n" + m + "ingress.route_config only=name\n  value:\n    a: 1\n\n    b: 2\nq: 1\n",
+		want: "p:\n" + m + "ingress.route_config only=name\n  value:\n    name: ingress\nq: 1\n",
 	}, {
 		name: "gRPC target of a filter, block style",
 		in:   "p:\n" + m + "ingress.http_filters[envoy.filters.http.ext_proc].typed_config.grpc_service grpc=c|1||s authority=s.ns\n  v: {}\n",
