@@ -771,12 +771,18 @@ func TestComposeWorker(t *testing.T) {
 		if f.redisURL != cfg.Redis.URL || f.keyPrefix != cfg.Redis.KeyPrefix {
 			t.Errorf("worker reads the cache at %s prefix %q; sluice writes it at %s prefix %q", f.redisURL, f.keyPrefix, cfg.Redis.URL, cfg.Redis.KeyPrefix)
 		}
-		settings, err := envoy.ParseSettings(envoyConfig(t, c))
+		// Envoy's internal listener, as batch items: the client-facing one strips the warming
+		// marker (internal/warm.DefaultEnvoyURL; docs/security.md, the checklist).
+		listeners, err := envoy.ParseListeners(envoyConfig(t, c))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := fmt.Sprintf("http://envoy:%d", port(t, settings.Address)); strings.TrimSuffix(f.envoyURL, "/") != want {
-			t.Errorf("worker ENVOY_URL %s; want %s (the envoy service's listener)", f.envoyURL, want)
+		internal := envoy.Find(listeners, envoy.InternalListener)
+		if internal == nil {
+			t.Fatal("envoy.yaml has no internal listener")
+		}
+		if want := fmt.Sprintf("http://envoy:%d", port(t, internal.Address)); strings.TrimSuffix(f.envoyURL, "/") != want {
+			t.Errorf("worker ENVOY_URL %s; want %s (the envoy service's internal listener)", f.envoyURL, want)
 		}
 		var tenants []string
 		for tn := range strings.SplitSeq(f.tenants, ",") {

@@ -3,6 +3,7 @@ package kubernetes
 import (
 	"bytes"
 	"flag"
+	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -13,7 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-var update = flag.Bool("update", false, "rewrite the copies kustomize needs from their single sources")
+var update = flag.Bool("update", false, "rewrite the copies kustomize needs and the fragments of envoy/envoy.yaml in the manifests from their single sources")
 
 // copies are files kustomize must find inside its root, each the same bytes
 // as its single source elsewhere in the repository.
@@ -23,20 +24,48 @@ var copies = []struct{ source, copy string }{
 	{"envoy/envoy.yaml", "deploy/kubernetes/components/envoy-config/envoy.yaml"},
 }
 
+// TestMain rewrites every generated file first when -update is given, so
+// that the tests of the same run check the new versions.
+func TestMain(m *testing.M) {
+	flag.Parse()
+	if *update {
+		if err := updateGenerated(); err != nil {
+			fmt.Fprintln(os.Stderr, "-update:", err)
+			os.Exit(1)
+		}
+	}
+	os.Exit(m.Run())
+}
+
+// updateGenerated rewrites the copies, the PrometheusRule and the marked
+// fragments of envoy.yaml (fragments_test.go) from their sources.
+func updateGenerated() error {
+	for _, c := range copies {
+		src, err := os.ReadFile(filepath.Join(repoRoot, c.source))
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(filepath.Join(repoRoot, c.copy), src, 0o644); err != nil {
+			return err
+		}
+	}
+	rules, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "prometheus", "rules", "sluice.rules.yml"))
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(repoRoot, prometheusRule), prometheusRuleFor(rules), 0o644); err != nil {
+		return err
+	}
+	return updateFragments()
+}
+
 func TestCopiesEqualTheirSource(t *testing.T) {
 	for _, c := range copies {
 		src, err := os.ReadFile(filepath.Join(repoRoot, c.source))
 		if err != nil {
 			t.Fatal(err)
 		}
-		dst := filepath.Join(repoRoot, c.copy)
-		if *update {
-			if err := os.WriteFile(dst, src, 0o644); err != nil {
-				t.Fatal(err)
-			}
-			continue
-		}
-		got, err := os.ReadFile(dst)
+		got, err := os.ReadFile(filepath.Join(repoRoot, c.copy))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -74,13 +103,7 @@ func TestPrometheusRuleEqualsRules(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dst := filepath.Join(repoRoot, prometheusRule)
-	if *update {
-		if err := os.WriteFile(dst, prometheusRuleFor(src), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	got, err := os.ReadFile(dst)
+	got, err := os.ReadFile(filepath.Join(repoRoot, prometheusRule))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,6 +49,7 @@ var apiTypes = map[[2]string]func() any{
 	{"gateway.envoyproxy.io/v1alpha1", "EnvoyExtensionPolicy"}: func() any { return &egv1a1.EnvoyExtensionPolicy{} },
 	{"gateway.envoyproxy.io/v1alpha1", "EnvoyPatchPolicy"}:     func() any { return &egv1a1.EnvoyPatchPolicy{} },
 	{"gateway.envoyproxy.io/v1alpha1", "EnvoyProxy"}:           func() any { return &egv1a1.EnvoyProxy{} },
+	{"gateway.envoyproxy.io/v1alpha1", "ClientTrafficPolicy"}:  func() any { return &egv1a1.ClientTrafficPolicy{} },
 	{"gateway.networking.k8s.io/v1", "Gateway"}:                func() any { return &gwapiv1.Gateway{} },
 	{"gateway.networking.k8s.io/v1", "HTTPRoute"}:              func() any { return &gwapiv1.HTTPRoute{} },
 	{"gateway.networking.k8s.io/v1beta1", "ReferenceGrant"}:    func() any { return &gwapiv1b1.ReferenceGrant{} },

@@ -11,11 +11,17 @@
 // resource against its CRD's OpenAPI schema and CEL rules as published in the
 // owning project's module, decode every Envoy fragment inside an EnvoyFilter or
 // EnvoyPatchPolicy into go-control-plane's types and validate it, compare those
-// fragments with envoy/envoy.yaml, and check the rendered objects against each
+// fragments, and the connection managers Istio and Envoy Gateway end up with,
+// with envoy/envoy.yaml, run `sluice check-config --envoy`'s cross-check on the
+// overlays that run envoy.yaml, and check the rendered objects against each
 // other and against the Sluice config they carry (ports, probes, selectors,
-// pinned images, secrets only from a Secret). The copies kustomize needs inside
-// its root (the rules, envoy.yaml, the dashboard, the alert rules) are checked
-// equal to their single source; `go test -update` rewrites them.
+// who may reach which port under the NetworkPolicies, pinned images, secrets
+// only from a Secret).
+//
+// Generated files: the copies kustomize needs inside its root (the rules,
+// envoy.yaml, the dashboard, the alert rules) and the fragments of envoy.yaml
+// the manifests carry (fragments_test.go) are checked equal to their single
+// source; `go test -update` rewrites them before the tests run.
 //
 // It is a Go module of its own so that the Kubernetes, Istio, Envoy Gateway and
 // prometheus-operator modules (and the API server's validation code) stay out

@@ -3,33 +3,24 @@ package kubernetes
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"regexp"
+	"sort"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 
-	egv1a1 "github.com/envoyproxy/gateway/api/v1alpha1"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	jsonpatch "github.com/evanphx/json-patch/v5"
-	"github.com/ohler55/ojg/jp"
-	"github.com/ohler55/ojg/oj"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/durationpb"
 	istionetworking "istio.io/api/networking/v1alpha3"
 	corev1 "k8s.io/api/core/v1"
-	gwapiv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/sluicehq/sluice/envoy"
 )
@@ -186,6 +177,81 @@ type patchResult struct {
 	filters     []string // HTTP filters inserted before the router, in order
 	rateLimit   *ratelimitv3.RateLimit
 	vhostLimits []*routev3.RateLimit
+	hcmMerged   bool // a NETWORK_FILTER patch sets connection manager fields
+}
+
+// istioOwnedHCM are the connection manager fields Istio generates itself and
+// an EnvoyFilter leaves alone; every other field envoy.yaml's ingress sets
+// must be in the gateway's NETWORK_FILTER patch.
+var istioOwnedHCM = map[string]string{
+	"stat_prefix":        "Istio's",
+	"codec_type":         "Istio's",
+	"route_config":       "Istio's RDS",
+	"rds":                "Istio's RDS",
+	"http_filters":       "the HTTP_FILTER patches insert Sluice's",
+	"use_remote_address": "true on Istio's gateways (TestIstioEnvoyFilters checks envoy.yaml agrees)",
+}
+
+// fieldDiff lists, field by field, where got differs from want, leaving out
+// the fields owned names: each line the field and both values.
+func fieldDiff(got, want proto.Message, owned map[string]string) []string {
+	var out []string
+	fields := got.ProtoReflect().Descriptor().Fields()
+	for i := range fields.Len() {
+		fd := fields.Get(i)
+		if _, ok := owned[string(fd.Name())]; ok {
+			continue
+		}
+		only := func(m proto.Message) proto.Message {
+			c := m.ProtoReflect().New()
+			if m.ProtoReflect().Has(fd) {
+				c.Set(fd, m.ProtoReflect().Get(fd))
+			}
+			return c.Interface()
+		}
+		g, w := only(got), only(want)
+		if !proto.Equal(g, w) {
+			out = append(out, fmt.Sprintf("%s: %s; envoy.yaml has %s", fd.Name(), orUnset(g), orUnset(w)))
+		}
+	}
+	return out
+}
+
+func orUnset(m proto.Message) string {
+	if s := text(m); s != "{}" {
+		return s
+	}
+	return "unset"
+}
+
+// zeroValues lists the paths of false, 0 and "0s" values in a decoded
+// patch value.
+func zeroValues(v any, path string) []string {
+	var out []string
+	switch x := v.(type) {
+	case map[string]any:
+		for k, e := range x {
+			out = append(out, zeroValues(e, path+"."+k)...)
+		}
+	case []any:
+		for i, e := range x {
+			out = append(out, zeroValues(e, fmt.Sprintf("%s[%d]", path, i))...)
+		}
+	case bool:
+		if !x {
+			out = append(out, path)
+		}
+	case float64:
+		if x == 0 {
+			out = append(out, path)
+		}
+	case string:
+		if x == "0s" {
+			out = append(out, path)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 func checkEnvoyFilter(t *testing.T, objs []*object, o *object, ref *reference, compare bool, wantService string) patchResult {
@@ -254,14 +320,24 @@ func checkEnvoyFilter(t *testing.T, objs []*object, o *object, ref *reference, c
 				t.Errorf("%s: %v", where, err)
 				continue
 			}
-			merged := proto.Clone(ref.hcm).(*hcmv3.HttpConnectionManager)
-			merged.CommonHttpProtocolOptions = nil
+			// Merged into a connection manager as Istio generates one (a stand-in: its route
+			// configuration and filters), it must validate.
+			merged := &hcmv3.HttpConnectionManager{StatPrefix: "istio", RouteSpecifier: ref.hcm.GetRouteSpecifier(), HttpFilters: ref.hcm.GetHttpFilters()}
 			proto.Merge(merged, frag)
 			if err := envoy.Validate(merged); err != nil {
 				t.Errorf("%s: merged: %v", where, err)
 			}
-			if compare && !proto.Equal(merged.GetCommonHttpProtocolOptions(), ref.hcm.GetCommonHttpProtocolOptions()) {
-				t.Errorf("%s: common_http_protocol_options %s; envoy.yaml has %s", where, text(merged.GetCommonHttpProtocolOptions()), text(ref.hcm.GetCommonHttpProtocolOptions()))
+			res.hcmMerged = true
+			if !compare {
+				continue
+			}
+			// A MERGE copies only what protobuf's merge copies: a false, 0 or 0s changes
+			// nothing, so such a value in the patch is a setting that silently does not apply.
+			for _, z := range zeroValues(value, "") {
+				t.Errorf("%s: %s is a zero value, which a MERGE does not apply", where, z)
+			}
+			for _, d := range fieldDiff(frag, ref.hcm, istioOwnedHCM) {
+				t.Errorf("%s: %s", where, d)
 			}
 		case istionetworking.EnvoyFilter_HTTP_ROUTE:
 			frag := &routev3.Route{}
@@ -307,6 +383,9 @@ func checkEnvoyFilter(t *testing.T, objs []*object, o *object, ref *reference, c
 
 func TestIstioEnvoyFilters(t *testing.T) {
 	ref := loadReference(t)
+	if !ref.hcm.GetUseRemoteAddress().GetValue() {
+		t.Error("envoy.yaml's ingress no longer sets use_remote_address: true, which Istio's gateways do (istioOwnedHCM)")
+	}
 	for _, src := range []struct {
 		name string
 		objs []*object
@@ -325,6 +404,9 @@ func TestIstioEnvoyFilters(t *testing.T) {
 				// Each inserted before the router, in order: ext_proc, then ratelimit.
 				if strings.Join(res.filters, ",") != "envoy.filters.http.ext_proc,envoy.filters.http.ratelimit" {
 					t.Errorf("%s inserts %v before the router; want ext_proc then ratelimit", o, res.filters)
+				}
+				if gateway := decodeAs[*envoyFilter](t, o).spec.GetConfigPatches()[0].GetMatch().GetContext() == istionetworking.EnvoyFilter_GATEWAY; gateway && !res.hcmMerged {
+					t.Errorf("%s sets none of envoy.yaml's connection manager settings (a NETWORK_FILTER MERGE)", o)
 				}
 			}
 			if n == 0 {
@@ -359,309 +441,6 @@ func TestIstioRateLimitDropIn(t *testing.T) {
 		entries := descriptor(t, actions[0], map[string]string{":path": path})
 		if _, ok := rules.Match(rl.GetDomain(), entries); !ok {
 			t.Errorf("descriptor %v of a request to %s matches no rule", entries, path)
-		}
-	}
-}
-
-// egExtProcName is the name Envoy Gateway gives the ext_proc filter of an
-// EnvoyExtensionPolicy (checked against its own test data by TestEnvoyGatewayNames).
-func egExtProcName(ns, name string, i int) string {
-	return fmt.Sprintf("envoy.filters.http.ext_proc/envoyextensionpolicy/%s/%s/extproc/%d", ns, name, i)
-}
-
-// TestEnvoyGatewayNames checks, against Envoy Gateway's own translator test
-// data in the pinned module, the names the EnvoyPatchPolicy relies on: the
-// ext_proc filter of a policy and a listener's <namespace>/<gateway>/<listener>.
-func TestEnvoyGatewayNames(t *testing.T) {
-	dir := moduleDir(t, "github.com/envoyproxy/gateway")
-	for _, tt := range []struct{ file, want string }{
-		{"internal/gatewayapi/testdata/envoyextensionpolicy-with-extproc-with-multiple-backendrefs.out.yaml", "name: envoyextensionpolicy/default/policy-for-http-route/extproc/0"},
-		{"internal/xds/translator/testdata/out/xds-ir/ext-proc.listeners.yaml", "name: " + egExtProcName("default", "policy-for-route-1", 0)},
-		// Listener http of Gateway default/gateway-1.
-		{"internal/gatewayapi/testdata/envoyextensionpolicy-with-extproc-with-multiple-backendrefs.out.yaml", "name: default/gateway-1/http"},
-	} {
-		data, err := os.ReadFile(filepath.Join(dir, tt.file))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !strings.Contains(string(data), tt.want) {
-			t.Errorf("%s has no %q: Envoy Gateway's naming changed; update the EnvoyPatchPolicy", tt.file, tt.want)
-		}
-	}
-}
-
-// applyJSONPatch applies one EnvoyPatchPolicy operation to doc as Envoy
-// Gateway does (internal/utils/jsonpatch): a jsonPath selects every matching
-// location, path is appended to each, and the RFC 6902 operation runs there.
-func applyJSONPatch(doc []byte, op egv1a1.JSONPatchOperation) ([]byte, error) {
-	var paths []string
-	if op.JSONPath != nil && *op.JSONPath != "" {
-		x, err := jp.ParseString(*op.JSONPath)
-		if err != nil {
-			return nil, err
-		}
-		parsed, err := oj.Parse(doc)
-		if err != nil {
-			return nil, err
-		}
-		for _, loc := range x.Locate(parsed, 0) {
-			var ptr strings.Builder
-			for _, f := range loc {
-				switch v := f.(type) {
-				case jp.Root:
-				case jp.Child:
-					ptr.WriteString("/" + strings.NewReplacer("~", "~0", "/", "~1").Replace(string(v)))
-				case jp.Nth:
-					ptr.WriteString("/" + strconv.Itoa(int(v)))
-				default:
-					return nil, fmt.Errorf("jsonPath location %v: %T", loc, f)
-				}
-			}
-			p := ptr.String()
-			if op.Path != nil && *op.Path != "" {
-				p = strings.TrimSuffix(p, "/") + "/" + strings.TrimPrefix(*op.Path, "/")
-			}
-			paths = append(paths, p)
-		}
-		if len(paths) == 0 {
-			return nil, fmt.Errorf("jsonPath %s matches nothing", *op.JSONPath)
-		}
-	} else if op.Path != nil {
-		paths = []string{*op.Path}
-	}
-	for _, p := range paths {
-		o := map[string]any{"op": string(op.Op), "path": p}
-		if op.Value != nil {
-			o["value"] = json.RawMessage(op.Value.Raw)
-		}
-		raw, err := json.Marshal([]any{o})
-		if err != nil {
-			return nil, err
-		}
-		patch, err := jsonpatch.DecodePatch(raw)
-		if err != nil {
-			return nil, err
-		}
-		if doc, err = patch.Apply(doc); err != nil {
-			return nil, fmt.Errorf("%s at %s: %w", op.Op, p, err)
-		}
-	}
-	return doc, nil
-}
-
-// egExtProc is the ext_proc filter Envoy Gateway generates for one extProc of
-// an EnvoyExtensionPolicy (its xds translator: disabled on the listener and
-// enabled on the routes the policy targets; headers sent for a side the
-// processing mode names, SKIP otherwise; trailers skipped).
-func egExtProc(t *testing.T, ns, name string, i int, e egv1a1.ExtProc) *hcmv3.HttpFilter {
-	t.Helper()
-	side := func(o *egv1a1.ProcessingModeOptions) (extprocv3.ProcessingMode_HeaderSendMode, extprocv3.ProcessingMode_BodySendMode) {
-		if o == nil {
-			return extprocv3.ProcessingMode_SKIP, extprocv3.ProcessingMode_NONE
-		}
-		body := extprocv3.ProcessingMode_NONE
-		if o.Body != nil {
-			body = map[egv1a1.ExtProcBodyProcessingMode]extprocv3.ProcessingMode_BodySendMode{
-				egv1a1.BufferedExtProcBodyProcessingMode:          extprocv3.ProcessingMode_BUFFERED,
-				egv1a1.StreamedExtProcBodyProcessingMode:          extprocv3.ProcessingMode_STREAMED,
-				egv1a1.BufferedPartialExtBodyHeaderProcessingMode: extprocv3.ProcessingMode_BUFFERED_PARTIAL,
-				egv1a1.FullDuplexStreamedExtBodyProcessingMode:    extprocv3.ProcessingMode_FULL_DUPLEX_STREAMED,
-			}[*o.Body]
-		}
-		return extprocv3.ProcessingMode_SEND, body
-	}
-	pm := e.ProcessingMode
-	if pm == nil {
-		pm = &egv1a1.ExtProcProcessingMode{}
-	}
-	reqH, reqB := side(pm.Request)
-	respH, respB := side(pm.Response)
-	c := &extprocv3.ExternalProcessor{
-		GrpcService: &corev3.GrpcService{TargetSpecifier: &corev3.GrpcService_EnvoyGrpc_{EnvoyGrpc: &corev3.GrpcService_EnvoyGrpc{
-			ClusterName: fmt.Sprintf("envoyextensionpolicy/%s/%s/%d/%s", ns, name, i, e.BackendRefs[0].Name),
-		}}},
-		ProcessingMode: &extprocv3.ProcessingMode{
-			RequestHeaderMode: reqH, RequestBodyMode: reqB,
-			ResponseHeaderMode: respH, ResponseBodyMode: respB,
-			RequestTrailerMode: extprocv3.ProcessingMode_SKIP, ResponseTrailerMode: extprocv3.ProcessingMode_SKIP,
-		},
-		AllowModeOverride: pm.AllowModeOverride,
-		FailureModeAllow:  e.FailOpen != nil && *e.FailOpen,
-	}
-	if e.MessageTimeout != nil {
-		d, err := time.ParseDuration(string(*e.MessageTimeout))
-		if err != nil {
-			t.Fatal(err)
-		}
-		c.MessageTimeout = durationpb.New(d)
-	}
-	a, err := anypb.New(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &hcmv3.HttpFilter{Name: egExtProcName(ns, name, i), Disabled: true, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: a}}
-}
-
-func TestEnvoyGatewayPolicies(t *testing.T) {
-	objs := render(t, "envoy-gateway")
-	ref := loadReference(t)
-	gw := one(t, objs, "Gateway", "eg")
-	gateway := decodeAs[*gwapiv1.Gateway](t, gw)
-	listenerName := fmt.Sprintf("%s/%s/%s", gw.Namespace, gw.Name, gateway.Spec.Listeners[0].Name)
-
-	// The listener and route configuration Envoy Gateway generates for the Gateway's HTTP
-	// listener, with the ext_proc filters of the policies, before the patches.
-	hcm := &hcmv3.HttpConnectionManager{
-		StatPrefix: "http-10080",
-		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
-			RouteConfigName: listenerName,
-			ConfigSource:    &corev3.ConfigSource{ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}}, ResourceApiVersion: corev3.ApiVersion_V3},
-		}},
-	}
-	policies := map[string]egv1a1.ExtProc{}
-	for _, o := range ofKind(objs, "EnvoyExtensionPolicy") {
-		p := decodeAs[*egv1a1.EnvoyExtensionPolicy](t, o)
-		for i, e := range p.Spec.ExtProc {
-			f := egExtProc(t, o.Namespace, o.Name, i, e)
-			policies[f.GetName()] = e
-			hcm.HttpFilters = append(hcm.HttpFilters, f)
-		}
-	}
-	router, _ := anypb.New(&routerv3.Router{})
-	hcm.HttpFilters = append(hcm.HttpFilters, &hcmv3.HttpFilter{Name: "envoy.filters.http.router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: router}})
-	hcmAny, _ := anypb.New(hcm)
-	listener := &listenerv3.Listener{
-		Name:    listenerName,
-		Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{Address: "0.0.0.0", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 10080}}}},
-		DefaultFilterChain: &listenerv3.FilterChain{Filters: []*listenerv3.Filter{{
-			Name: "envoy.filters.network.http_connection_manager", ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: hcmAny},
-		}}},
-	}
-	routeConfig := &routev3.RouteConfiguration{Name: listenerName, VirtualHosts: []*routev3.VirtualHost{{Name: listenerName + "/*", Domains: []string{"*"}}}}
-	marshal := protojson.MarshalOptions{UseProtoNames: true} // as Envoy Gateway before patching
-	docs := map[string][]byte{}
-	docs["listener"], _ = marshal.Marshal(listener)
-	docs["route"], _ = marshal.Marshal(routeConfig)
-
-	var clusters []*clusterv3.Cluster
-	epp := decodeAs[*egv1a1.EnvoyPatchPolicy](t, one(t, objs, "EnvoyPatchPolicy", "sluice"))
-	if epp.Spec.TargetRef.Kind != "Gateway" || string(epp.Spec.TargetRef.Name) != gw.Name {
-		t.Errorf("EnvoyPatchPolicy targets %s %s; want Gateway %s", epp.Spec.TargetRef.Kind, epp.Spec.TargetRef.Name, gw.Name)
-	}
-	for i, p := range epp.Spec.JSONPatches {
-		where := fmt.Sprintf("jsonPatches[%d] (%s %s)", i, p.Type, p.Name)
-		switch p.Type {
-		case "type.googleapis.com/envoy.config.cluster.v3.Cluster":
-			if p.Operation.Op != "add" || (p.Operation.Path != nil && *p.Operation.Path != "") || p.Operation.Value == nil {
-				t.Errorf("%s: want add with an empty path (a new resource)", where)
-				continue
-			}
-			c := &clusterv3.Cluster{}
-			if err := protojson.Unmarshal(p.Operation.Value.Raw, c); err != nil {
-				t.Errorf("%s: %v", where, err)
-				continue
-			}
-			if err := envoy.Validate(c); err != nil {
-				t.Errorf("%s: %v", where, err)
-			}
-			clusters = append(clusters, c)
-		case "type.googleapis.com/envoy.config.listener.v3.Listener", "type.googleapis.com/envoy.config.route.v3.RouteConfiguration":
-			key := map[bool]string{true: "listener", false: "route"}[strings.HasSuffix(string(p.Type), "Listener")]
-			if string(p.Name) != listenerName {
-				t.Errorf("%s: patches %s; the Gateway's listener is %s", where, p.Name, listenerName)
-			}
-			out, err := applyJSONPatch(docs[key], p.Operation)
-			if err != nil {
-				t.Errorf("%s: %v", where, err)
-				continue
-			}
-			docs[key] = out
-		default:
-			t.Errorf("%s: no check for this type", where)
-		}
-	}
-
-	// The patched listener: valid, and its filters are envoy.yaml's.
-	if err := protojson.Unmarshal(docs["listener"], listener); err != nil {
-		t.Fatalf("patched listener: %v", err)
-	}
-	if err := envoy.Validate(listener); err != nil {
-		t.Fatalf("patched listener: %v", err)
-	}
-	if err := listener.GetDefaultFilterChain().GetFilters()[0].GetTypedConfig().UnmarshalTo(hcm); err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, f := range hcm.GetHttpFilters() {
-		names = append(names, f.GetName())
-	}
-	want := []string{egExtProcName("default", "sluice", 0), egExtProcName("default", "sluice-batch", 0), "envoy.filters.http.ratelimit", "envoy.filters.http.router"}
-	if strings.Join(names, " ") != strings.Join(want, " ") {
-		t.Fatalf("patched http_filters %v; want %v", names, want)
-	}
-	refExtProc := &extprocv3.ExternalProcessor{}
-	_ = ref.extProc.GetTypedConfig().UnmarshalTo(refExtProc)
-	batchOverride := &extprocv3.ExtProcPerRoute{}
-	_ = ref.batchRoute.GetTypedPerFilterConfig()[ref.extProc.GetName()].UnmarshalTo(batchOverride)
-	for i, f := range hcm.GetHttpFilters()[:2] {
-		got := &extprocv3.ExternalProcessor{}
-		_ = f.GetTypedConfig().UnmarshalTo(got)
-		got.GrpcService = refExtProc.GetGrpcService()
-		want := proto.Clone(refExtProc).(*extprocv3.ExternalProcessor)
-		if i == 1 { // the batch route's policy: envoy.yaml's per-route override applied
-			want.ProcessingMode = batchOverride.GetOverrides().GetProcessingMode()
-			want.FailureModeAllow = batchOverride.GetOverrides().GetFailureModeAllow().GetValue()
-		}
-		if !proto.Equal(got, want) {
-			t.Errorf("%s after the patches, gRPC target aside:\n got %s\nwant %s (envoy/envoy.yaml)", f.GetName(), text(got), text(want))
-		}
-	}
-	cluster, _, norm := grpcTarget(t, hcm.GetHttpFilters()[2])
-	if !sameConfig(norm, ref.rateLimit) {
-		t.Errorf("the ratelimit filter differs from envoy/envoy.yaml's (gRPC target aside):\n got %s\nwant %s", text(norm), text(ref.rateLimit))
-	}
-
-	// Its cluster: added by the policy, envoy.yaml's `sluice` but for name and address,
-	// at a headless Service in front of Sluice's gRPC port.
-	var rlCluster *clusterv3.Cluster
-	for _, c := range clusters {
-		if c.GetName() == cluster {
-			rlCluster = c
-		}
-	}
-	if rlCluster == nil {
-		t.Fatalf("the ratelimit filter calls cluster %q, which the policy does not add", cluster)
-	}
-	addr := rlCluster.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
-	normCluster := proto.Clone(rlCluster).(*clusterv3.Cluster)
-	normCluster.Name, normCluster.LoadAssignment = ref.cluster.GetName(), ref.cluster.GetLoadAssignment()
-	if !proto.Equal(normCluster, ref.cluster) {
-		t.Errorf("cluster %s differs from envoy.yaml's sluice (name and address aside):\n got %s\nwant %s", cluster, text(normCluster), text(ref.cluster))
-	}
-	checkServiceAddress(t, objs, addr.GetAddress(), int(addr.GetPortValue()), true)
-
-	// The route configuration: envoy.yaml's internal_only_headers.
-	if err := protojson.Unmarshal(docs["route"], routeConfig); err != nil {
-		t.Fatalf("patched route configuration: %v", err)
-	}
-	if err := envoy.Validate(routeConfig); err != nil {
-		t.Fatalf("patched route configuration: %v", err)
-	}
-	if strings.Join(routeConfig.GetInternalOnlyHeaders(), ",") != strings.Join(ref.routeConfig.GetInternalOnlyHeaders(), ",") {
-		t.Errorf("internal_only_headers %v; envoy.yaml has %v", routeConfig.GetInternalOnlyHeaders(), ref.routeConfig.GetInternalOnlyHeaders())
-	}
-
-	// The policies' backends: Sluice's gRPC port, allowed across namespaces by a ReferenceGrant.
-	for name, e := range policies {
-		for _, b := range e.BackendRefs {
-			ns := gw.Namespace
-			if b.Namespace != nil {
-				ns = string(*b.Namespace)
-			}
-			checkServiceAddress(t, objs, fmt.Sprintf("%s.%s.svc.cluster.local", b.Name, ns), int(*b.Port), false)
-			if ns != gw.Namespace && !referenceGranted(t, objs, gw.Namespace, ns, string(b.Name)) {
-				t.Errorf("%s calls Service %s/%s, and no ReferenceGrant there allows EnvoyExtensionPolicies of %s", name, ns, b.Name, gw.Namespace)
-			}
 		}
 	}
 }

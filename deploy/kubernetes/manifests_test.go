@@ -30,6 +30,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/sluicehq/sluice/envoy"
+	"github.com/sluicehq/sluice/envoy/emulator"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 )
@@ -192,13 +193,14 @@ func sluiceServe(t *testing.T, objs []*object, dep *object) served {
 	if c == nil || len(c.Args) == 0 || c.Args[0] != "serve" {
 		t.Fatalf("%s: no container sluice running serve", dep)
 	}
-	var configPath, grpcAddr, adminAddr, rules string
+	var configPath, grpcAddr, adminAddr, rules, tokenFile string
 	fs := flag.NewFlagSet("sluice serve", flag.ContinueOnError)
 	fs.SetOutput(&strings.Builder{})
 	fs.StringVar(&configPath, "config", "", "")
 	fs.StringVar(&grpcAddr, "grpc-addr", "", "")
 	fs.StringVar(&adminAddr, "admin-addr", "", "")
 	fs.StringVar(&rules, "ratelimit-config", "", "")
+	fs.StringVar(&tokenFile, "admin-token-file", "", "")
 	if err := fs.Parse(c.Args[1:]); err != nil {
 		t.Fatalf("%s: sluice args %q: %v (secrets such as --redis-url never go on the command line)", dep, c.Args, err)
 	}
@@ -218,8 +220,13 @@ func sluiceServe(t *testing.T, objs []*object, dep *object) served {
 	if err != nil {
 		t.Fatalf("%s: %v", dep, err)
 	}
-	// REDIS_URL comes from the Secret at run time (TestSecretsOnlyFromSecrets checks it does).
-	cfg = config.Overrides{GRPCAddr: grpcAddr, AdminAddr: adminAddr, RateLimitConfig: rules, RedisURL: "redis://from-the-secret:6379/0"}.Apply(cfg)
+	// REDIS_URL (and SLUICE_ADMIN_TOKEN) come from the Secret at run time
+	// (TestSecretsOnlyFromSecrets checks they do).
+	ov := config.Overrides{GRPCAddr: grpcAddr, AdminAddr: adminAddr, RateLimitConfig: rules, AdminTokenFile: tokenFile, RedisURL: "redis://from-the-secret:6379/0"}
+	if slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == "SLUICE_ADMIN_TOKEN" }) {
+		ov.AdminToken = "from-the-secret-0123456789abcdef"
+	}
+	cfg = ov.Apply(cfg)
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("%s: the mounted config with the container's flags does not validate: %v", dep, err)
 	}
@@ -462,7 +469,8 @@ func TestWorkloads(t *testing.T) {
 			}
 			for _, o := range ofKind(objs, "NetworkPolicy") {
 				np := decodeAs[*networkingv1.NetworkPolicy](t, o)
-				ps := selected(all, o.Namespace, labelSelector(t, o.String(), &np.Spec.PodSelector))
+				// Envoy Gateway's Envoy pods are not rendered here: egPods stands in for them.
+				ps := selected(append(slices.Clone(all), egPods(t, objs)...), o.Namespace, labelSelector(t, o.String(), &np.Spec.PodSelector))
 				if len(ps) == 0 {
 					t.Errorf("%s selects no rendered pod", o)
 				}
@@ -505,7 +513,7 @@ func TestWorkloads(t *testing.T) {
 // container as environment from the Secret, never as a flag, an argument or a
 // plain value.
 func TestSecretsOnlyFromSecrets(t *testing.T) {
-	secret := []string{"REDIS_URL", "DATABASE_URL", "DATABASE_READ_URL"}
+	secret := []string{"REDIS_URL", "DATABASE_URL", "DATABASE_READ_URL", "SLUICE_ADMIN_TOKEN"}
 	for _, name := range overlays(t) {
 		objs := render(t, name)
 		n := 0
@@ -559,13 +567,23 @@ func TestSluiceAgreesWithItsConfig(t *testing.T) {
 					t.Errorf("container port %s is %d; the config listens on %d", portName, got, want)
 				}
 			}
-			// `sluice serve`'s admin address is set in the file: its default (loopback) would
-			// keep the kubelet and Prometheus out.
-			if srv, _ := s.raw["server"].(map[string]any); srv == nil || srv["admin_addr"] == nil {
-				t.Error("server.admin_addr is not set explicitly in the mounted config")
+			// `sluice serve`'s addresses are set in the file: their defaults (loopback) would
+			// keep the kubelet, Prometheus and a gateway in another pod out.
+			srv, _ := s.raw["server"].(map[string]any)
+			for _, key := range []string{"admin_addr", "grpc_addr"} {
+				if srv == nil || srv[key] == nil {
+					t.Errorf("server.%s is not set explicitly in the mounted config", key)
+				}
 			}
 			if loopback(adminHost) {
 				t.Errorf("admin address %s is loopback: probes and Prometheus reach the pod's IP", s.cfg.Server.AdminAddr)
+			}
+			// Beyond loopback, purges and /debug ask for the admin token (docs/security.md).
+			if !loopback(adminHost) && !adminTokenFromSecret(t, objs, s) {
+				t.Error("the admin port listens beyond loopback without a token: set SLUICE_ADMIN_TOKEN from a Secret (or server.admin_token_file on a Secret volume)")
+			}
+			if s.cfg.Server.Pprof {
+				t.Error("server.pprof is on: profiles of a production process on its admin port")
 			}
 			for kind, pr := range map[string]*corev1.Probe{"readiness": s.c.ReadinessProbe, "liveness": s.c.LivenessProbe} {
 				path := map[string]string{"readiness": "/readyz", "liveness": "/healthz"}[kind]
@@ -611,6 +629,34 @@ func TestSluiceAgreesWithItsConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// adminTokenFromSecret reports whether a `sluice serve` container gets its
+// admin token from a Secret: SLUICE_ADMIN_TOKEN from a (non-optional) key,
+// or server.admin_token_file inside a Secret volume.
+func adminTokenFromSecret(t *testing.T, objs []*object, s served) bool {
+	t.Helper()
+	for _, e := range s.c.Env {
+		if e.Name == "SLUICE_ADMIN_TOKEN" {
+			ref := e.ValueFrom.SecretKeyRef
+			return ref != nil && (ref.Optional == nil || !*ref.Optional)
+		}
+	}
+	f := s.cfg.Server.AdminTokenFile
+	if f == "" {
+		return false
+	}
+	for _, vm := range s.c.VolumeMounts {
+		if rel, err := filepath.Rel(vm.MountPath, f); err != nil || strings.HasPrefix(rel, "..") {
+			continue
+		}
+		for _, v := range s.pod.spec.Volumes {
+			if v.Name == vm.Name && v.Secret != nil {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // TestWorkerAgreesWithSluice: the worker warms the cache Sluice writes,
@@ -666,22 +712,15 @@ func TestWorkerAgreesWithSluice(t *testing.T) {
 			if strings.TrimSpace(tenants) == "" && strings.TrimSpace(templates) == "" {
 				t.Error("ENVOY_URL set without WARM_TENANTS or WARM_TEMPLATES: the worker exits")
 			}
-			// Warming goes through the same gateway as batch items, unless Sluice's batch target
-			// is its own pod's Envoy (sidecar): then through the Service in front of those pods.
-			u, err := url.Parse(envoyURL)
-			if err != nil {
-				t.Fatal(err)
-			}
+			// Warming goes to the listener batch items go to (Envoy's internal listener where
+			// there is one), unless that is Sluice's own pod's Envoy on loopback (sidecar): then
+			// to the internal listener of those pods through a Service.
 			bh, _ := portOf(t, hostPort(t, s.cfg.Batch.ListenerURL))
 			if loopback(bh) {
-				_, listener := portOf(t, envoyListener(t))
-				p, _ := strconv.Atoi(u.Port())
-				if p != listener {
-					t.Errorf("ENVOY_URL %s: port %d; Envoy listens on %d", envoyURL, p, listener)
-				}
-				checkService(t, objs, worker.namespace, u.Hostname(), p, false)
+				host, port := portOf(t, hostPort(t, envoyURL))
+				checkEnvoyInternalService(t, objs, worker.namespace, host, port)
 			} else if strings.TrimSuffix(envoyURL, "/") != strings.TrimSuffix(s.cfg.Batch.ListenerURL, "/") {
-				t.Errorf("ENVOY_URL %s; batch.listener_url %s: both name the gateway's listener", envoyURL, s.cfg.Batch.ListenerURL)
+				t.Errorf("ENVOY_URL %s; batch.listener_url %s: both name the gateway's internal listener", envoyURL, s.cfg.Batch.ListenerURL)
 			}
 		})
 	}
@@ -699,18 +738,54 @@ func hostPort(t *testing.T, rawURL string) string {
 	return u.Host
 }
 
-// envoyListener is envoy.yaml's listener address.
-func envoyListener(t *testing.T) string {
+// listenerPort is the port of envoy.yaml's listener name.
+func listenerPort(t *testing.T, name string) int {
 	t.Helper()
-	s, err := envoy.ParseSettings(envoy.DefaultConfig)
-	if err != nil {
-		t.Fatal(err)
+	l := envoy.Find(envoyListeners(t), name)
+	if l == nil {
+		t.Fatalf("envoy.yaml has no listener %s", name)
 	}
-	return s.Address
+	_, port := portOf(t, l.Address)
+	return port
 }
 
-// TestBatchListener: batch.listener_url names the gateway's listener as
-// Sluice reaches it.
+// checkEnvoyInternalService checks that host:port (<svc>[.<ns>...], port of
+// the Service) reaches envoy.yaml's internal listener: a Service whose port
+// targets, on every pod it selects, an Envoy container's port of that
+// listener.
+func checkEnvoyInternalService(t *testing.T, objs []*object, namespace, host string, port int) {
+	t.Helper()
+	parts := strings.Split(host, ".")
+	if len(parts) > 1 {
+		namespace = parts[1]
+	}
+	checkService(t, objs, namespace, parts[0], port, false)
+	want := listenerPort(t, envoy.InternalListener)
+	for _, o := range ofKind(objs, "Service") {
+		if o.Namespace != namespace || o.Name != parts[0] {
+			continue
+		}
+		svc := decodeAs[*corev1.Service](t, o)
+		for _, sp := range svc.Spec.Ports {
+			if int(sp.Port) != port {
+				continue
+			}
+			for _, p := range selected(pods(t, objs), namespace, labels.SelectorFromSet(svc.Spec.Selector)) {
+				var got int32
+				if c := container(p, "envoy"); c != nil {
+					got, _ = containerPort(pod{spec: &corev1.PodSpec{Containers: []corev1.Container{*c}}}, sp.TargetPort)
+				}
+				if int(got) != want {
+					t.Errorf("%s port %d reaches %s port %d; envoy.yaml's internal listener is an Envoy container's %d", o, port, p.owner, got, want)
+				}
+			}
+		}
+	}
+}
+
+// TestBatchListener: batch.listener_url names, as Sluice reaches it, the
+// gateway's listener that takes the client address from the header Sluice
+// sets (envoy.yaml's internal listener), where the overlay has one.
 func TestBatchListener(t *testing.T) {
 	for _, name := range overlays(t) {
 		t.Run(name, func(t *testing.T) {
@@ -722,47 +797,88 @@ func TestBatchListener(t *testing.T) {
 			host, port := portOf(t, hostPort(t, s.cfg.Batch.ListenerURL))
 			switch {
 			case loopback(host):
-				_, listener := portOf(t, envoyListener(t))
-				if container(s.pod, "envoy") == nil || port != listener {
-					t.Errorf("batch.listener_url %s: no Envoy in the pod listens on %d", s.cfg.Batch.ListenerURL, port)
+				if container(s.pod, "envoy") == nil || port != listenerPort(t, envoy.InternalListener) {
+					t.Errorf("batch.listener_url %s: the pod's Envoy has no internal listener on %d", s.cfg.Batch.ListenerURL, port)
 				}
 			case name == "envoy-gateway":
-				// The Gateway's Service, named by the EnvoyProxy, in Envoy Gateway's namespace.
-				proxy := decodeAs[*egv1a1.EnvoyProxy](t, one(t, objs, "EnvoyProxy", "sluice-gateway"))
-				svcName := *proxy.Spec.Provider.Kubernetes.EnvoyService.Name
-				gw := decodeAs[*gwapiv1.Gateway](t, one(t, objs, "Gateway", "eg"))
-				if want := svcName + ".envoy-gateway-system"; host != want || int(gw.Spec.Listeners[0].Port) != port {
-					t.Errorf("batch.listener_url %s; want http://%s:%d (the Gateway's Service)", s.cfg.Batch.ListenerURL, want, gw.Spec.Listeners[0].Port)
+				// The Service of the Gateway that stands for envoy.yaml's internal listener, named
+				// by its EnvoyProxy, in Envoy Gateway's namespace; reachable from Sluice and the
+				// worker alone.
+				var gwName string
+				for _, g := range egGateways {
+					if g.envoyListener == envoy.InternalListener {
+						gwName = g.gateway
+					}
 				}
-				if proxy.Spec.Provider.Kubernetes.EnvoyDeployment.Pod.Labels["sluice.dev/gateway"] != "true" {
-					t.Error("the Gateway's Envoy pods lack sluice.dev/gateway: \"true\", so the NetworkPolicy keeps them from Sluice's gRPC port")
+				gw := decodeAs[*gwapiv1.Gateway](t, one(t, objs, "Gateway", gwName))
+				proxy := decodeAs[*egv1a1.EnvoyProxy](t, one(t, objs, "EnvoyProxy", string(gw.Spec.Infrastructure.ParametersRef.Name)))
+				svc := proxy.Spec.Provider.Kubernetes.EnvoyService
+				if want := *svc.Name + "." + egNamespace; host != want || int(gw.Spec.Listeners[0].Port) != port {
+					t.Errorf("batch.listener_url %s; want http://%s:%d (Gateway %s's Service)", s.cfg.Batch.ListenerURL, want, gw.Spec.Listeners[0].Port, gwName)
+				}
+				if svc.Type == nil || *svc.Type != egv1a1.ServiceTypeClusterIP {
+					t.Errorf("Gateway %s's Service is not ClusterIP (Envoy Gateway's default is a LoadBalancer): its listener takes the client address from a header", gwName)
+				}
+				for _, p := range egPods(t, objs) {
+					if p.owner.Name == proxy.Name {
+						checkAdmits(t, objs, p, "listener "+string(gw.Spec.Listeners[0].Name), egContainerPort(gw.Spec.Listeners[0].Port),
+							[]peer{sluicePeer(s.pod.namespace), workerPeer(s.pod.namespace)},
+							[]peer{anyPeer, sameNamespaceAnyPeer(egNamespace), prometheusPeer, sluicePeer("elsewhere")})
+					}
+				}
+				for _, o := range ofKind(objs, "EnvoyProxy") {
+					if decodeAs[*egv1a1.EnvoyProxy](t, o).Spec.Provider.Kubernetes.EnvoyDeployment.Pod.Labels["sluice.dev/gateway"] != "true" {
+						t.Errorf("%s: the Envoy pods lack sluice.dev/gateway: \"true\", so the NetworkPolicy keeps them from Sluice's gRPC port", o)
+					}
 				}
 			case strings.HasPrefix(name, "istio"):
 				if host != "istio-ingressgateway.istio-system" {
 					t.Errorf("batch.listener_url %s; want Istio's ingress gateway", s.cfg.Batch.ListenerURL)
 				}
 			default:
-				ns := s.pod.namespace
-				parts := strings.Split(host, ".")
-				if len(parts) > 1 {
-					ns = parts[1]
-				}
-				checkService(t, objs, ns, parts[0], port, false)
+				checkEnvoyInternalService(t, objs, s.pod.namespace, host, port)
 			}
 		})
 	}
 }
 
+// envoyPortNames names the container port of each listener of envoy.yaml in
+// the pods that run it. A listener added to envoy.yaml fails TestEnvoyPods
+// until it is named here and declared (or bound to loopback).
+var envoyPortNames = map[string]string{
+	envoy.IngressListener:  "http",
+	envoy.InternalListener: "internal",
+	envoy.StatsListener:    "stats",
+}
+
+// envoyListeners returns envoy.yaml's listeners.
+func envoyListeners(t *testing.T) []*envoy.Settings {
+	t.Helper()
+	ls, err := envoy.ParseListeners(envoy.DefaultConfig)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ls
+}
+
 // TestEnvoyPods: the pods that run envoy/envoy.yaml themselves run it
-// unchanged, with the pinned image, ports and probes that agree with it, and
-// the names its clusters use resolve.
+// unchanged, with the pinned image, a container port for each listener that
+// is not on loopback and none for the admin interface (loopback), a readiness
+// probe on the stats listener, and the names its clusters use resolve.
 func TestEnvoyPods(t *testing.T) {
 	b, err := envoy.LoadBootstrap(envoy.DefaultConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
 	admin := b.GetAdmin().GetAddress().GetSocketAddress()
-	_, listener := portOf(t, envoyListener(t))
+	if !loopback(admin.GetAddress()) {
+		t.Errorf("envoy.yaml's admin interface listens on %s: it must stay on loopback (/quitquitquit, /config_dump)", admin.GetAddress())
+	}
+	listeners := envoyListeners(t)
+	stats := envoy.Find(listeners, envoy.StatsListener)
+	if stats == nil {
+		t.Fatal("envoy.yaml has no stats listener: the probes and Prometheus have nothing to reach")
+	}
 	n := 0
 	for _, name := range overlays(t) {
 		objs := render(t, name)
@@ -785,18 +901,47 @@ func TestEnvoyPods(t *testing.T) {
 			if data[key] != string(envoy.DefaultConfig) {
 				t.Errorf("%s: -c %s is not envoy/envoy.yaml (deploy/kubernetes/components/envoy-config/envoy.yaml must equal it)", where, c.Args[i+1])
 			}
-			if got, ok := containerPort(p, intstr.FromString("http")); !ok || int(got) != listener {
-				t.Errorf("%s: port http is %d; envoy.yaml listens on %d", where, got, listener)
+			for _, l := range listeners {
+				host, port := portOf(t, l.Address)
+				portName, ok := envoyPortNames[l.Listener]
+				switch {
+				case !ok:
+					t.Errorf("envoy.yaml's listener %s has no container port name in envoyPortNames", l.Listener)
+				case loopback(host):
+					if got, ok := containerPort(p, intstr.FromString(portName)); ok {
+						t.Errorf("%s: declares port %s (%d) for listener %s, which listens on loopback only", where, portName, got, l.Listener)
+					}
+				default:
+					if got, ok := containerPort(p, intstr.FromString(portName)); !ok || int(got) != port {
+						t.Errorf("%s: port %s is %d; envoy.yaml's listener %s listens on %d", where, portName, got, l.Listener, port)
+					}
+				}
 			}
-			if pr := c.ReadinessProbe; pr == nil || pr.HTTPGet == nil || pr.HTTPGet.Path != "/ready" {
-				t.Errorf("%s: readiness probe is not httpGet /ready (Envoy admin)", where)
-			} else if got, _ := containerPort(p, pr.HTTPGet.Port); got != int32(admin.GetPortValue()) || loopback(admin.GetAddress()) {
-				t.Errorf("%s: readiness probe on port %d; envoy.yaml's admin is %s:%d, which the kubelet must reach", where, got, admin.GetAddress(), admin.GetPortValue())
+			if got, ok := containerPort(pod{spec: &corev1.PodSpec{Containers: []corev1.Container{*c}}}, intstr.FromInt32(int32(admin.GetPortValue()))); ok {
+				t.Errorf("%s: declares port %d, envoy.yaml's admin interface, which listens on loopback only", where, got)
+			}
+			// Ready: the stats listener answers. Envoy serves its listeners only once its
+			// clusters have initialized (source/server/server.cc, RunHelper: the workers start
+			// after the cluster manager's initialized callback), so this is /ready's answer
+			// without the admin interface.
+			_, statsPort := portOf(t, stats.Address)
+			if pr := c.ReadinessProbe; pr == nil || pr.HTTPGet == nil {
+				t.Errorf("%s: readiness probe is not httpGet", where)
+			} else if got, _ := containerPort(p, pr.HTTPGet.Port); int(got) != statsPort {
+				t.Errorf("%s: readiness probe on port %d; envoy.yaml's stats listener is on %d", where, got, statsPort)
+			} else {
+				path, _, _ := strings.Cut(pr.HTTPGet.Path, "?")
+				if rt, err := emulator.MatchRoute(stats, "GET", path, "probe"); err != nil || rt == nil {
+					t.Errorf("%s: readiness probe GET %s: no route of the stats listener answers it (%v)", where, pr.HTTPGet.Path, err)
+				}
 			}
 			// The names envoy.yaml's clusters resolve: hostAliases in the pod, else a Service of
-			// the namespace (headless, for STRICT_DNS to see every pod).
+			// the namespace (headless, for STRICT_DNS to see every pod); loopback is the pod.
 			for _, cl := range b.GetStaticResources().GetClusters() {
 				sa := cl.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
+				if loopback(sa.GetAddress()) {
+					continue
+				}
 				if slices.ContainsFunc(p.spec.HostAliases, func(h corev1.HostAlias) bool { return slices.Contains(h.Hostnames, sa.GetAddress()) }) {
 					s := sluiceServe(t, objs, p.owner)
 					if _, port := portOf(t, s.cfg.Server.GRPCAddr); sa.GetAddress() != "sluice" || int(sa.GetPortValue()) != port {
@@ -810,77 +955,6 @@ func TestEnvoyPods(t *testing.T) {
 	}
 	if n < 2 {
 		t.Errorf("%d pods run Envoy; want the shared overlay's gateway and the sidecar pod", n)
-	}
-}
-
-// TestNetworkPolicyAdmitsGateways: whoever calls Sluice's gRPC port is
-// admitted by the `sluice` NetworkPolicy, and Prometheus is admitted to the
-// admin ports.
-func TestNetworkPolicyAdmitsGateways(t *testing.T) {
-	for _, name := range overlays(t) {
-		t.Run(name, func(t *testing.T) {
-			objs := render(t, name)
-			np := decodeAs[*networkingv1.NetworkPolicy](t, one(t, objs, "NetworkPolicy", "sluice"))
-			admits := func(port string, ns string, podLabels map[string]string) bool {
-				for _, r := range np.Spec.Ingress {
-					if !slices.ContainsFunc(r.Ports, func(p networkingv1.NetworkPolicyPort) bool { return p.Port.String() == port }) {
-						continue
-					}
-					if len(r.From) == 0 {
-						return true
-					}
-					for _, peer := range r.From {
-						nsOK := peer.NamespaceSelector != nil && (len(peer.NamespaceSelector.MatchLabels) == 0 && len(peer.NamespaceSelector.MatchExpressions) == 0 ||
-							peer.NamespaceSelector.MatchLabels["kubernetes.io/metadata.name"] == ns)
-						if peer.NamespaceSelector == nil {
-							nsOK = ns == ""
-						}
-						podOK := peer.PodSelector == nil || labelSelector(t, "peer", peer.PodSelector).Matches(labels.Set(podLabels))
-						if nsOK && podOK {
-							return true
-						}
-					}
-				}
-				return false
-			}
-			if !admits("admin", "monitoring", map[string]string{"app.kubernetes.io/name": "prometheus"}) {
-				t.Error("Prometheus (app.kubernetes.io/name: prometheus) is not admitted to the admin port")
-			}
-			if admits("admin", "default", map[string]string{"app": "anything"}) {
-				t.Error("any pod reaches the admin port (/debug/pprof, cache purges)")
-			}
-			var callers []map[string]string
-			callerNS := ""
-			switch {
-			case name == "shared":
-				for _, p := range pods(t, objs) {
-					if container(p, "envoy") != nil {
-						callers, callerNS = append(callers, p.labels), p.namespace
-					}
-				}
-			case strings.HasPrefix(name, "istio"):
-				for _, o := range ofKind(objs, "EnvoyFilter") {
-					callers = append(callers, decodeAs[*envoyFilter](t, o).spec.GetWorkloadSelector().GetLabels())
-					callerNS = o.Namespace
-				}
-			case name == "envoy-gateway":
-				proxy := decodeAs[*egv1a1.EnvoyProxy](t, one(t, objs, "EnvoyProxy", "sluice-gateway"))
-				callers, callerNS = append(callers, proxy.Spec.Provider.Kubernetes.EnvoyDeployment.Pod.Labels), "envoy-gateway-system"
-			default:
-				return // sidecar: gRPC stays on loopback
-			}
-			if len(callers) == 0 {
-				t.Fatal("no gateway pods found")
-			}
-			for _, l := range callers {
-				if !admits("grpc", callerNS, l) {
-					t.Errorf("gateway pods %v in %s are not admitted to Sluice's gRPC port", l, callerNS)
-				}
-			}
-			if admits("grpc", "default", map[string]string{"app": "anything"}) {
-				t.Error("any pod reaches Sluice's gRPC port")
-			}
-		})
 	}
 }
 
@@ -915,4 +989,92 @@ func domainOf(t *testing.T, f *hcmv3.HttpFilter) string {
 		t.Fatal(err)
 	}
 	return rl.GetDomain()
+}
+
+// composeJob returns the job of deploy/prometheus/prometheus.yml (the compose
+// stack's Prometheus) that scrapes metricsPath.
+func composeJob(t *testing.T, metricsPath string) string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(repoRoot, "deploy", "prometheus", "prometheus.yml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cfg struct {
+		ScrapeConfigs []struct {
+			JobName     string `json:"job_name"`
+			MetricsPath string `json:"metrics_path"`
+		} `json:"scrape_configs"`
+	}
+	if err := yaml.Unmarshal(data, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range cfg.ScrapeConfigs {
+		if sc.MetricsPath == metricsPath {
+			return sc.JobName
+		}
+	}
+	t.Fatalf("deploy/prometheus/prometheus.yml scrapes no %s", metricsPath)
+	return ""
+}
+
+// TestEnvoyMonitoring: where the overlay runs envoy.yaml, one ServiceMonitor
+// scrapes every Envoy pod's stats listener, on a path that listener answers,
+// as job `envoy` (the compose stack's job for it).
+func TestEnvoyMonitoring(t *testing.T) {
+	stats := envoy.Find(envoyListeners(t), envoy.StatsListener)
+	statsPort := int32(listenerPort(t, envoy.StatsListener))
+	for _, name := range overlays(t) {
+		objs := render(t, name)
+		var envoyPods []pod
+		for _, p := range pods(t, objs) {
+			if container(p, "envoy") != nil {
+				envoyPods = append(envoyPods, p)
+			}
+		}
+		if len(envoyPods) == 0 {
+			continue
+		}
+		t.Run(name, func(t *testing.T) {
+			scraped := map[*object]int{}
+			for _, o := range ofKind(objs, "ServiceMonitor") {
+				sm := decodeAs[*monitoringv1.ServiceMonitor](t, o)
+				sel := labelSelector(t, o.String(), &sm.Spec.Selector)
+				for _, so := range ofKind(objs, "Service") {
+					svc := decodeAs[*corev1.Service](t, so)
+					if so.Namespace != o.Namespace || !sel.Matches(labels.Set(svc.Labels)) {
+						continue
+					}
+					for _, ep := range sm.Spec.Endpoints {
+						i := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ep.Port })
+						if i < 0 {
+							continue
+						}
+						for _, p := range selected(envoyPods, so.Namespace, labels.SelectorFromSet(svc.Spec.Selector)) {
+							if got, _ := containerPort(p, svc.Spec.Ports[i].TargetPort); got != statsPort {
+								continue
+							}
+							scraped[p.owner]++
+							if rt, err := emulator.MatchRoute(stats, "GET", ep.Path, "prometheus"); err != nil || rt == nil {
+								t.Errorf("%s scrapes %s, which the stats listener does not answer (%v)", o, ep.Path, err)
+							}
+							job := ""
+							for _, r := range ep.RelabelConfigs {
+								if r.TargetLabel == "job" && r.Replacement != nil && len(r.SourceLabels) == 0 {
+									job = *r.Replacement
+								}
+							}
+							if want := composeJob(t, ep.Path); job != want {
+								t.Errorf("%s gives Envoy's targets job %q; the compose stack's Prometheus calls them %q", o, job, want)
+							}
+						}
+					}
+				}
+			}
+			for _, p := range envoyPods {
+				if scraped[p.owner] != 1 {
+					t.Errorf("%s: its stats listener is scraped by %d ServiceMonitor endpoints; want 1", p.owner, scraped[p.owner])
+				}
+			}
+		})
+	}
 }
