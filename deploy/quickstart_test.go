@@ -118,7 +118,13 @@ func TestQuickStart(t *testing.T) {
 			{tenant: "someone-else", rule: "free_tenant_burst"},
 		}
 		for _, tt := range tests {
+			// An answer without RateLimit-Policy was not decided (the filter's 20ms budget ran
+			// out and it failed open): asked again, a few times at most.
 			resp := get(t, "/api/v1/dashboard/stats", "x-tenant-id", tt.tenant, "cache-control", "no-cache")
+			for try := 1; try < 5 && resp.StatusCode == http.StatusOK && resp.Header.Get("RateLimit-Policy") == ""; try++ {
+				t.Logf("%s: failed open (no RateLimit-Policy); again", tt.tenant)
+				resp = get(t, "/api/v1/dashboard/stats", "x-tenant-id", tt.tenant, "cache-control", "no-cache")
+			}
 			if resp.StatusCode != http.StatusOK || !strings.Contains(resp.Header.Get("RateLimit-Policy"), tt.rule) {
 				t.Errorf("%s: %d, RateLimit-Policy %q; want 200 under %s", tt.tenant, resp.StatusCode, resp.Header.Get("RateLimit-Policy"), tt.rule)
 			}
