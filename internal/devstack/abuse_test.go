@@ -555,3 +555,33 @@ func TestHostileJWTIdentity(t *testing.T) {
 		t.Errorf("batch item seen as %q/%q; want initech/alice", item.Get("X-Sluice-Tenant"), item.Get("X-Sluice-User"))
 	}
 }
+
+// TestHostileManyHeaders: Envoy's codec takes up to max_headers_count (100)
+// header lines and refuses more with 431; ext_proc's mutation must keep the
+// map within the same limit (pseudo-headers and the fields Envoy adds
+// count), or Envoy answers 500. A client sending 90 to 100 lines got that
+// 500 for the x-sluice-* fields Sluice adds; now each size gets a 200 or a
+// 431, never a 5xx.
+func TestHostileManyHeaders(t *testing.T) {
+	s := start(t, echo(t).URL, true, demoPolicy)
+	for i, lines := range []int{60, 90, 95, 100, 101, 5000} {
+		t.Run(strconv.Itoa(lines), func(t *testing.T) {
+			c := s.from(t, fmt.Sprintf("127.0.0.%d", 60+i))
+			hdr := []string{"x-tenant-id", "acme", "cache-control", "no-cache"}
+			for j := 0; len(hdr)/2 < lines-1; j++ { // Host is the last line
+				hdr = append(hdr, fmt.Sprintf("x-h%d", j), "v")
+			}
+			resp, body := c.do(t, "GET", s.URL()+"/api/v1/many-headers", "", hdr...)
+			switch {
+			case resp.StatusCode >= 500:
+				t.Fatalf("%d header lines: %d %q", lines, resp.StatusCode, body)
+			case lines <= 60 && resp.StatusCode != 200:
+				t.Errorf("%d header lines: %d; want 200", lines, resp.StatusCode)
+			case lines > 100 && resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge:
+				t.Errorf("%d header lines: %d; want 431", lines, resp.StatusCode)
+			case resp.StatusCode != 200 && resp.StatusCode != http.StatusRequestHeaderFieldsTooLarge:
+				t.Errorf("%d header lines: %d; want 200 or 431", lines, resp.StatusCode)
+			}
+		})
+	}
+}
