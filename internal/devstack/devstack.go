@@ -451,9 +451,37 @@ func (s *Stack) Run(ctx context.Context) error {
 	if s.demo != nil {
 		serve(s.demo, s.demoLn)
 	}
+	if s.mini != nil {
+		g.Go(func() error { s.expireEmbedded(gctx); return nil })
+	}
 	err := g.Wait()
 	s.Close()
 	return err
+}
+
+// embeddedTick is how often the embedded Redis's TTLs advance: keys expire
+// at most this late.
+const embeddedTick = 250 * time.Millisecond
+
+// expireEmbedded advances the embedded Redis's TTLs with the wall clock
+// until ctx ends. miniredis counts TTLs down only when told (FastForward;
+// its ClockTTL would walk every key on every command), so without this no
+// key ever expired: every cache entry, tag set and rate-limit window stayed
+// for the life of the process, and a client requesting distinct URLs grew
+// its memory without bound.
+func (s *Stack) expireEmbedded(ctx context.Context) {
+	t := time.NewTicker(embeddedTick)
+	defer t.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case now := <-t.C:
+			s.mini.FastForward(now.Sub(last))
+			last = now
+		}
+	}
 }
 
 // Close releases everything Start acquired; safe on a partial Stack.
