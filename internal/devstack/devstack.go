@@ -93,6 +93,12 @@ type Options struct {
 	// gRPC listens on Sluice.Server.GRPCAddr and the upstream is served on
 	// AppAddr, the addresses that gateway's `sluice` and `app` clusters name.
 	Gateway string
+	// MaxConnections bounds the gateway's open client connections; one past
+	// it is closed at once, as Envoy's overload manager closes connections
+	// past global_downstream_max_connections. 0: 50,000 (Envoy's edge
+	// guidance), at most half the process's file descriptor limit, so that
+	// held connections cannot leave none for Redis, gRPC and the upstream.
+	MaxConnections int
 	// AppAddr is where the upstream is served when Gateway is set (default
 	// 127.0.0.1:8000, envoy.yaml's `app` cluster as scripts/envoy-e2e.sh maps it).
 	AppAddr string
@@ -254,6 +260,7 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 		if s.gwLn, err = net.Listen("tcp", o.Listen); err != nil {
 			return s, fmt.Errorf("dev: listen %s: %w", o.Listen, err)
 		}
+		s.gwLn = newLimitListener(s.gwLn, maxConnections(o.MaxConnections, nofile()))
 		itemsLn := s.gwLn
 		if internal != nil {
 			if o.InternalListen == "" {
