@@ -56,6 +56,17 @@ type Config struct {
 	// request_timeout for clear 408s from Sluice; Envoy's own timeouts still
 	// apply. Default 10s.
 	RequestBodyTimeout time.Duration `yaml:"request_body_timeout"`
+	// MaxRequestHeaders and MaxRequestHeadersKB mirror the connection
+	// manager's common_http_protocol_options.max_headers_count and
+	// max_request_headers_kb in envoy.yaml (Envoy's defaults: 100 and 60).
+	// Envoy refuses a header mutation whose result exceeds either, and
+	// answers 500 (MutationUtils::headerMutationResultCheck, then
+	// Filter::onReceiveMessage's invalid-mutation reply); a request whose
+	// own headers are near the limit would get that 500 for the few
+	// x-sluice-* fields Sluice adds. Sluice answers such a request 431
+	// itself instead. Defaults 100 and 60.
+	MaxRequestHeaders   int `yaml:"max_request_headers"`
+	MaxRequestHeadersKB int `yaml:"max_request_headers_kb"`
 	// ProcessingMode mirrors the ext_proc filter's processing_mode in
 	// envoy.yaml. Sluice needs it because a mode_override replaces every field
 	// (ProcessingResponse.mode_override: body modes always apply, unset means
@@ -162,14 +173,16 @@ type ProcessingModeConfig struct {
 
 // Defaults.
 const (
-	DefaultMaxBodyBytes       = 1 << 20
-	DefaultMaxStreams         = 50000
-	DefaultRequestBodyTimeout = 10 * time.Second
-	DefaultTenantHeader       = "x-tenant-id"
-	DefaultUserHeader         = "x-user-id"
-	DefaultJWTNamespace       = "envoy.filters.http.jwt_authn"
-	DefaultTier               = "free"
-	DefaultMaxValueLength     = 128
+	DefaultMaxBodyBytes        = 1 << 20
+	DefaultMaxStreams          = 50000
+	DefaultRequestBodyTimeout  = 10 * time.Second
+	DefaultMaxRequestHeaders   = 100
+	DefaultMaxRequestHeadersKB = 60
+	DefaultTenantHeader        = "x-tenant-id"
+	DefaultUserHeader          = "x-user-id"
+	DefaultJWTNamespace        = "envoy.filters.http.jwt_authn"
+	DefaultTier                = "free"
+	DefaultMaxValueLength      = 128
 )
 
 // WithDefaults returns c with every unset field given its documented default.
@@ -182,6 +195,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.RequestBodyTimeout == 0 {
 		c.RequestBodyTimeout = DefaultRequestBodyTimeout
+	}
+	if c.MaxRequestHeaders == 0 {
+		c.MaxRequestHeaders = DefaultMaxRequestHeaders
+	}
+	if c.MaxRequestHeadersKB == 0 {
+		c.MaxRequestHeadersKB = DefaultMaxRequestHeadersKB
 	}
 	id := &c.Identity
 	if id.Source == "" {
@@ -236,6 +255,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxStreams < 1 {
 		errs = append(errs, errors.New("extproc: max_streams must be positive"))
+	}
+	if c.MaxRequestHeaders < 1 || c.MaxRequestHeadersKB < 1 {
+		errs = append(errs, errors.New("extproc: max_request_headers and max_request_headers_kb must be positive"))
 	}
 	if c.RequestBodyTimeout < time.Millisecond {
 		errs = append(errs, fmt.Errorf("extproc: request_body_timeout %v must be at least 1ms", c.RequestBodyTimeout))

@@ -732,7 +732,9 @@ func TestConformanceUnexpectedMessages(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			h := newHarness(t, extproc.Config{}, harnessOpts{})
+			// Header limits off: the cases are about the protocol, not Envoy's
+			// map limits (TestHostileMessages).
+			h := newHarness(t, extproc.Config{MaxRequestHeaders: 1 << 30, MaxRequestHeadersKB: 1 << 30}, harnessOpts{})
 			e := openEnvoy(t, h.conn)
 			for i, m := range tt.msgs {
 				if err := e.c.Send(m); err != nil {

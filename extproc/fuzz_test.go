@@ -64,6 +64,9 @@ func FuzzIdentity(f *testing.F) {
 	f.Add(false, "acme", "u-1", 1, 0, []byte(nil))
 	tiers := tier.Static{"acme": "pro", "victim": "enterprise", "weird": "bad tier", "anon": extproc.Anonymous}
 	newServer := func(cfg extproc.Config) *extproc.Server {
+		// No header limits: the target is identity's parsing of any header
+		// map (TestHostileMessages covers maps over Envoy's limits).
+		cfg.MaxRequestHeaders, cfg.MaxRequestHeadersKB = 1<<30, 1<<30
 		srv, err := extproc.New(cfg, tiers, prometheus.NewRegistry(), nil)
 		if err != nil {
 			f.Fatal(err)

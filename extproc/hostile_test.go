@@ -477,6 +477,8 @@ func TestHostileMessages(t *testing.T) {
 		// result, when set, is how the server counts the stream
 		// (sluice_extproc_streams_total).
 		result string
+		// status, when set, is the first reply's immediate_response status.
+		status int
 	}{
 		{
 			name:   "no request oneof",
@@ -608,16 +610,26 @@ func TestHostileMessages(t *testing.T) {
 			tenant:  "acme",
 		},
 		{
+			// Over max_request_headers_kb once Sluice's fields are set:
+			// Envoy would refuse that mutation with a 500, so Sluice
+			// answers 431 itself.
 			name:    "1 MiB tenant value",
 			frames:  msgs(xt.RequestHeaders("GET", "/api/v1/big", true, "x-tenant-id", mib)),
 			want:    codes.OK,
-			replies: []string{"request_headers"},
-			tenant:  extproc.Anonymous,
+			replies: []string{"immediate_response"},
+			status:  431,
 		},
 		{
-			name: "1 MiB value in an ordinary header, a cacheable request and response",
+			name:    "1 MiB value in an ordinary request header",
+			frames:  msgs(xt.RequestHeaders("GET", "/api/v1/big-other", true, "x-tenant-id", "acme", "x-junk", mib)),
+			want:    codes.OK,
+			replies: []string{"immediate_response"},
+			status:  431,
+		},
+		{
+			name: "1 MiB value in a cacheable response's header",
 			frames: msgs(
-				xt.RequestHeaders("GET", "/api/v1/big-other", true, "x-tenant-id", "acme", "x-junk", mib),
+				xt.RequestHeaders("GET", "/api/v1/big-response", true, "x-tenant-id", "acme"),
 				xt.ResponseHeaders(200, false, "cache-control", "max-age=60", "x-junk", mib),
 			),
 			want:    codes.OK,
@@ -628,15 +640,15 @@ func TestHostileMessages(t *testing.T) {
 			name:    "10,000 distinct headers",
 			frames:  msgs(requestHeaders(true, append(many(10000, func(i int) string { return "x-h" + strconv.Itoa(i) }), header("x-tenant-id", "acme"))...)),
 			want:    codes.OK,
-			replies: []string{"request_headers"},
-			tenant:  "acme",
+			replies: []string{"immediate_response"},
+			status:  431,
 		},
 		{
 			name:    "10,000 copies of the tenant header",
 			frames:  msgs(requestHeaders(true, many(10000, func(int) string { return "x-tenant-id" })...)),
 			want:    codes.OK,
-			replies: []string{"request_headers"},
-			tenant:  extproc.Anonymous,
+			replies: []string{"immediate_response"},
+			status:  431,
 		},
 		{
 			name:    "10,000 spoofed x-sluice-tenant headers",
@@ -772,6 +784,11 @@ func TestHostileMessages(t *testing.T) {
 			if tt.tenant != "" && len(out.replies) > 0 {
 				if got := setTenant(out.replies[0]); got != tt.tenant {
 					t.Errorf("x-sluice-tenant set to %q, want %q", got, tt.tenant)
+				}
+			}
+			if tt.status != 0 && len(out.replies) > 0 {
+				if got := int(out.replies[0].GetImmediateResponse().GetStatus().GetCode()); got != tt.status {
+					t.Errorf("immediate_response status %d, want %d", got, tt.status)
 				}
 			}
 			if tt.result != "" {

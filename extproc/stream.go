@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/http"
 	"slices"
 	"strconv"
 	"strings"
@@ -204,7 +205,34 @@ func (st *stream) requestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadata) 
 			break
 		}
 	}
+	if x.reply.immediate == nil && !st.observability && st.overHeaderLimits() {
+		x.respondedBy = "header_limits"
+		x.Respond(http.StatusRequestHeaderFieldsTooLarge, Headers{{Name: "content-type", Value: "text/plain"}},
+			[]byte("request header fields too large\n"))
+	}
 	return st.headersReply(true), nil
+}
+
+// overHeaderLimits reports whether the request headers, once Envoy applied
+// the queued mutation, would exceed the connection manager's limits, so
+// that Envoy would refuse the mutation and answer 500
+// (MutationUtils::headerMutationResultCheck counts every entry, pseudo-
+// headers included, and their bytes). Without a mutation Envoy checks
+// nothing.
+func (st *stream) overHeaderLimits() bool {
+	r := &st.x.reply
+	if len(r.set) == 0 && len(r.remove) == 0 {
+		return false
+	}
+	fwd := st.x.ForwardedRequestHeaders()
+	if len(fwd) > st.s.cfg.MaxRequestHeaders {
+		return true
+	}
+	n := 0
+	for _, h := range fwd {
+		n += len(h.Name) + len(h.Value)
+	}
+	return n > st.s.cfg.MaxRequestHeadersKB*1024
 }
 
 func (st *stream) responseHeaders(h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, error) {

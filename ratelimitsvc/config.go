@@ -24,6 +24,10 @@ const (
 	HeadersOff = "off"
 )
 
+// DefaultTimeout is Config.Timeout's default: the ratelimit filter's own
+// default timeout in Envoy.
+const DefaultTimeout = 20 * time.Millisecond
+
 // Config is the `ratelimit` section of the Sluice config file. Use
 // WithDefaults before Validate; New does both.
 type Config struct {
@@ -89,7 +93,7 @@ func (c Config) WithDefaults() Config {
 		c.PollInterval = 10 * time.Second
 	}
 	if c.Timeout == 0 {
-		c.Timeout = 20 * time.Millisecond
+		c.Timeout = DefaultTimeout
 	}
 	if c.NearLimitRatio == 0 {
 		c.NearLimitRatio = 0.8

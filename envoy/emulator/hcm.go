@@ -276,6 +276,19 @@ func codecReply(code int, details string) *localReply {
 	return &localReply{code: code, body: http.StatusText(code), details: details, beforeFilters: true}
 }
 
+// headerLines is the number of header lines the client sent: Go's server
+// keeps Host out of r.Header.
+func headerLines(r *http.Request) int {
+	n := 0
+	for _, vs := range r.Header {
+		n += len(vs)
+	}
+	if r.Host != "" {
+		n++
+	}
+	return n
+}
+
 // decodeHCM is the connection manager's part before the filters, in
 // Envoy's order: the codec's checks (underscores, header size, hop-by-hop
 // fields), ActiveStream::decodeHeaders's path checks and normalisation,
@@ -310,6 +323,13 @@ func (s *stream) decodeHCM() *localReply {
 	}
 	if s.req.byteSize() > s.g.maxRequestHeadersKB*1024 {
 		return codecReply(http.StatusRequestHeaderFieldsTooLarge, "http1.headers_too_large")
+	}
+	// max_headers_count: the HTTP/1 codec counts every header line, Host
+	// included, as it parses them and refuses the request past the limit
+	// (ConnectionImpl::completeCurrentHeader, source/common/http/http1/
+	// codec_impl.cc: "headers count exceeds limit").
+	if lines := headerLines(r); lines > s.g.limits.maxCount {
+		return codecReply(http.StatusRequestHeaderFieldsTooLarge, "http1.too_many_headers")
 	}
 	// Hop-by-hop headers (RFC 9110 §7.6.1) never reach the filters: the
 	// headers Connection nominates (Utility::sanitizeConnectionHeader, which

@@ -3,6 +3,7 @@ package emulator
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -484,6 +485,51 @@ func TestFilterFieldsRefused(t *testing.T) {
 			edit(s)
 			if _, err := New(Options{Settings: s}); err == nil || !strings.Contains(err.Error(), "not emulated") {
 				t.Fatalf("New = %v; want a refusal", err)
+			}
+		})
+	}
+}
+
+// TestCodecHeaderCount: Envoy's HTTP/1 codec refuses a request with more
+// header lines than common_http_protocol_options.max_headers_count (100 by
+// default; the Host line counts) with 431 before any filter runs
+// (ConnectionImpl::completeCurrentHeader, http1.too_many_headers). Before,
+// the emulator let them through and a mutation that pushed the map past the
+// limit turned a client's mistake into a 500.
+func TestCodecHeaderCount(t *testing.T) {
+	tests := []struct {
+		name  string
+		lines int // header lines, Host included
+		want  int
+	}{
+		{"at the limit", 100, http.StatusOK},
+		{"one over", 101, http.StatusRequestHeaderFieldsTooLarge},
+		{"thousands", 5000, http.StatusRequestHeaderFieldsTooLarge},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := newHarness(t, harnessOpts{})
+			var b strings.Builder
+			b.WriteString("GET /api/v1/x HTTP/1.1\r\nHost: api.example\r\nConnection: close\r\n")
+			for i := range tt.lines - 2 {
+				fmt.Fprintf(&b, "x-h%d: v\r\n", i)
+			}
+			b.WriteString("\r\n")
+			code, body := rawRequest(t, strings.TrimPrefix(h.srv.URL, "http://"), b.String())
+			if code != tt.want {
+				t.Fatalf("status %d (%q); want %d", code, body, tt.want)
+			}
+			if tt.want == http.StatusOK {
+				return
+			}
+			if body != "Request Header Fields Too Large" {
+				t.Errorf("body %q", body)
+			}
+			if got := h.extProc.kinds(); !slices.Equal(got, []string{"response_headers"}) {
+				t.Errorf("ext_proc saw %v; want the local reply's response_headers only", got)
+			}
+			if hits, _, _ := h.upstream.last(); hits != 0 {
+				t.Errorf("the upstream was reached")
 			}
 		})
 	}
