@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // Binary encoding of an Entry, the value of an L2 entry key:
@@ -121,9 +123,9 @@ func decodeEntry(b []byte) (*Entry, error) {
 	e.StaleWhileRevalidate = time.Duration(r.varint())
 	e.StaleIfError = time.Duration(r.varint())
 	if n := r.count(maxHeaderFields, 2); n > 0 {
-		e.Header = make([]Header, n)
+		e.Header = make(header.List, n)
 		for i := range e.Header {
-			e.Header[i] = Header{Name: r.string(), Value: r.string()}
+			e.Header[i] = header.Field{Name: r.string(), Value: r.string()}
 		}
 	}
 	e.Vary = r.strings(maxVaryNames)

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // codecSampleEntry is a realistic entry: every field set.
@@ -18,7 +20,7 @@ func codecSampleEntry() *Entry {
 	t0 := time.Date(2026, 3, 1, 12, 0, 0, 123456789, time.UTC)
 	return &Entry{
 		Status: 200,
-		Header: []Header{
+		Header: header.List{
 			{Name: "content-type", Value: "application/json"},
 			{Name: "etag", Value: `"v1"`},
 			{Name: "set-cookie", Value: "a=1"},
@@ -102,9 +104,9 @@ func codecRandomEntry(r *rand.Rand) *Entry {
 		LastModified:         str(),
 	}
 	if n := r.IntN(6); n > 0 {
-		e.Header = make([]Header, n)
+		e.Header = make(header.List, n)
 		for i := range e.Header {
-			e.Header[i] = Header{Name: str(), Value: str()}
+			e.Header[i] = header.Field{Name: str(), Value: str()}
 		}
 	}
 	if n := r.IntN(3000); n > 0 {

@@ -3,6 +3,8 @@ package cachefilter
 import (
 	"strings"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // Conditional requests, both directions (RFC 9110 §13, RFC 9111 §4.3):
@@ -27,13 +29,13 @@ var ConditionalFields = []string{"if-none-match", "if-modified-since"}
 // origin sent it unquoted), and If-Modified-Since with its Last-Modified.
 // It returns nil when e has no validator: the request is then an ordinary
 // fetch.
-func ConditionalHeaders(e *Entry) []Header {
-	var h []Header
+func ConditionalHeaders(e *Entry) header.List {
+	var h header.List
 	if e.ETag != "" {
-		h = append(h, Header{"if-none-match", parseEntityTag(e.ETag).String()})
+		h = append(h, header.Field{Name: "if-none-match", Value: parseEntityTag(e.ETag).String()})
 	}
 	if e.LastModified != "" {
-		h = append(h, Header{"if-modified-since", e.LastModified})
+		h = append(h, header.Field{Name: "if-modified-since", Value: e.LastModified})
 	}
 	return h
 }
@@ -55,7 +57,7 @@ func NotModified(req Request, e *Entry, now time.Time) bool {
 	if e == nil || req.Method != "GET" && req.Method != "HEAD" {
 		return false
 	}
-	if inm := fieldValues(req.Header, "if-none-match"); len(inm) > 0 {
+	if inm := req.Header.Values("if-none-match"); len(inm) > 0 {
 		stored := parseEntityTag(e.ETag)
 		for _, v := range inm {
 			for _, m := range splitList(v) {
@@ -66,7 +68,7 @@ func NotModified(req Request, e *Entry, now time.Time) bool {
 		}
 		return false
 	}
-	ims := fieldValues(req.Header, "if-modified-since")
+	ims := req.Header.Values("if-modified-since")
 	if len(ims) != 1 {
 		return false // absent, or more than one member: ignored (§13.1.3)
 	}

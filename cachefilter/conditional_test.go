@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 func TestNotModified(t *testing.T) {
@@ -75,7 +77,7 @@ func TestConditionalHeaders(t *testing.T) {
 	tests := []struct {
 		name  string
 		entry Entry
-		want  []Header
+		want  header.List
 	}{
 		{name: "§4.3.1 strong ETag (cache-tests conditional-etag-strong-generate)", entry: Entry{ETag: `"abcdef"`}, want: polHeader("if-none-match", `"abcdef"`)},
 		{name: "§4.3.1 weak ETag (conditional-etag-weak-generate-weak)", entry: Entry{ETag: `W/"abcdef"`}, want: polHeader("if-none-match", `W/"abcdef"`)},

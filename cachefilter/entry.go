@@ -3,13 +3,11 @@
 // in-process L1 and a Redis L2, and invalidation that reaches every replica.
 package cachefilter
 
-import "time"
+import (
+	"time"
 
-// Header is one response header field; Name is lower-case. Order and
-// repetition are preserved.
-type Header struct {
-	Name, Value string
-}
+	"github.com/sluicehq/sluice/internal/header"
+)
 
 // Entry is one stored response and what RFC 9111 needs to serve it later.
 // Entries are immutable once stored: readers share them without copying.
@@ -20,7 +18,7 @@ type Entry struct {
 	// Header is the stored response header section, without hop-by-hop
 	// fields (RFC 9110 §7.6.1) and without fields Sluice adds when serving
 	// (Age, Cache-Status, x-cache).
-	Header []Header
+	Header header.List
 	// Body is the complete response body (identity-encoded: Envoy's
 	// compressors run after ext_proc on the way out).
 	Body []byte

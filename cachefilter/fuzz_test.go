@@ -4,28 +4,30 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // fuzzHeaders reads "name: value" lines (names lower-cased, as Envoy sends
 // them); a line without ": " is a name with an empty value.
-func fuzzHeaders(s string) []Header {
-	var hs []Header
+func fuzzHeaders(s string) header.List {
+	var hs header.List
 	for _, line := range strings.Split(s, "\n") {
 		if line == "" {
 			continue
 		}
 		name, value, _ := strings.Cut(line, ": ")
-		hs = append(hs, Header{strings.ToLower(name), value})
+		hs = append(hs, header.Field{Name: strings.ToLower(name), Value: value})
 	}
 	return hs
 }
 
 // cookieKept reports whether a Set-Cookie field of header would be part of
 // the stored response but for the Set-Cookie rule.
-func cookieKept(header []Header, cc CacheControl) bool {
-	dropped := append(append(connectionFields(header), cc.PrivateFields...), cc.NoCacheFields...)
+func cookieKept(hdr header.List, cc CacheControl) bool {
+	dropped := append(append(connectionFields(hdr), cc.PrivateFields...), cc.NoCacheFields...)
 	for _, name := range []string{"set-cookie", "set-cookie2"} {
-		if hasField(header, name) && !containsString(dropped, name) {
+		if hdr.Has(name) && !containsString(dropped, name) {
 			return true
 		}
 	}
@@ -70,16 +72,16 @@ func FuzzStorable(f *testing.F) {
 			Method: "GET", Scheme: "http", Authority: "api.example.com", Path: "/api/v1/x?a=1",
 			Header: fuzzHeaders(reqHeader), Tenant: "acme", Time: now.Add(-time.Second),
 		}
-		header := fuzzHeaders(respHeader)
-		e, ok, reason := Storable(req, status, header, now, route)
+		hdr := fuzzHeaders(respHeader)
+		e, ok, reason := Storable(req, status, hdr, now, route)
 		if !ok {
 			if reason == "" {
 				t.Fatal("refused without a reason")
 			}
 			return
 		}
-		cc, _ := responseDirectives(header, route.Targets) // Cache-Control, or CDN-Cache-Control
-		_, varyStar, _ := parseVary(header)
+		cc, _ := responseDirectives(hdr, route.Targets) // Cache-Control, or CDN-Cache-Control
+		_, varyStar, _ := parseVary(hdr)
 		switch {
 		case cc.Private:
 			t.Fatal("stored a private response")
@@ -87,11 +89,11 @@ func FuzzStorable(f *testing.F) {
 			t.Fatal("stored a no-store response")
 		case varyStar:
 			t.Fatal("stored a Vary: * response")
-		case hasField(req.Header, "authorization") && !cc.Public && !cc.SMaxAge.Present && !cc.MustRevalidate:
+		case req.Header.Has("authorization") && !cc.Public && !cc.SMaxAge.Present && !cc.MustRevalidate:
 			t.Fatal("stored the response to an Authorization request")
 		case hasAnyField(req.Header, unkeyedFields) || hasAnyField(req.Header, methodOverrideFields):
 			t.Fatal("stored the response to a request with an unkeyed field")
-		case cookieKept(header, cc) && !storeSetCookie:
+		case cookieKept(hdr, cc) && !storeSetCookie:
 			// (A cookie the response itself names in private= or
 			// no-cache=, or in Connection, is dropped, and the rest may be
 			// stored: RFC 9111 §5.2.2.4, §5.2.2.7.)
@@ -103,7 +105,7 @@ func FuzzStorable(f *testing.F) {
 		}
 		for _, h := range e.Header {
 			n := h.Name
-			if n == "set-cookie" || n == "set-cookie2" || n == "age" || !storedField(n) || containsString(connectionFields(header), n) {
+			if n == "set-cookie" || n == "set-cookie2" || n == "age" || !storedField(n) || containsString(connectionFields(hdr), n) {
 				t.Fatalf("stored field %q: %q", n, h.Value)
 			}
 		}

@@ -1,6 +1,10 @@
 package cachefilter
 
-import "testing"
+import (
+	"testing"
+
+	"github.com/sluicehq/sluice/internal/header"
+)
 
 // TestUnkeyedFields: a request carrying a field applications act on but the
 // key lacks (the host or URL they build links from or route, the method
@@ -8,7 +12,7 @@ import "testing"
 // client cannot poison the entry the tenant's other clients get; a method
 // override also skips the lookup.
 func TestUnkeyedFields(t *testing.T) {
-	resp := []Header{{"cache-control", "public, max-age=60"}, {"etag", `"v1"`}, {"date", polDate(0)}}
+	resp := header.List{{Name: "cache-control", Value: "public, max-age=60"}, {Name: "etag", Value: `"v1"`}, {Name: "date", Value: polDate(0)}}
 	stored, ok, _ := Storable(polGet(), 200, resp, polNow, polRoute())
 	if !ok {
 		t.Fatal("the plain response is not storable")
@@ -40,7 +44,7 @@ func TestUnkeyedFields(t *testing.T) {
 			if _, ok, reason := Storable(req, 200, resp, polNow, polRoute()); ok || reason != ReasonUnkeyedField {
 				t.Errorf("Storable = %v %q, want refused as %s", ok, reason, ReasonUnkeyedField)
 			}
-			notModified := []Header{{"cache-control", "public, max-age=60"}, {"etag", `"v1"`}, {"date", polDate(0)}}
+			notModified := header.List{{Name: "cache-control", Value: "public, max-age=60"}, {Name: "etag", Value: `"v1"`}, {Name: "date", Value: polDate(0)}}
 			if fresh, store, reason := Freshen(req, &stored, notModified, polNow, polRoute()); fresh == nil || store || reason != ReasonUnkeyedField {
 				t.Errorf("Freshen = %v %v %q, want an entry for this request, not stored (%s)", fresh != nil, store, reason, ReasonUnkeyedField)
 			}

@@ -5,6 +5,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 var keyPattern = regexp.MustCompile(`^[0-9a-f]{16}:[0-9a-f]{64}$`)
@@ -182,7 +184,7 @@ func TestInvalidations(t *testing.T) {
 		name   string
 		req    Request
 		status int
-		header []Header
+		hdr    header.List
 		want   []string
 	}{
 		{name: "§4.4 POST success invalidates the target URI (cache-tests invalidate-POST)", req: req("POST", "/r?x=1"), status: 201, want: []string{key("/r?x=1")}},
@@ -195,20 +197,20 @@ func TestInvalidations(t *testing.T) {
 		{name: "§4.4 safe methods invalidate nothing", req: req("GET", "/r"), status: 200},
 		{name: "§4.4 OPTIONS is safe", req: req("OPTIONS", "/r"), status: 200},
 		{name: "§4.4 Location and Content-Location, relative (invalidate-POST-location, -cl)", req: req("POST", "/dir/r"), status: 201,
-			header: polHeader("location", "location_target", "content-location", "/content_location_target?b=2&a=1"),
-			want:   []string{key("/dir/r"), key("/dir/location_target"), key("/content_location_target?a=1&b=2")}},
-		{name: "§4.4 absolute same-origin Location", req: req("POST", "/r"), status: 201, header: polHeader("location", "https://API.example.com:443/new"), want: []string{key("/r"), key("/new")}},
+			hdr:  polHeader("location", "location_target", "content-location", "/content_location_target?b=2&a=1"),
+			want: []string{key("/dir/r"), key("/dir/location_target"), key("/content_location_target?a=1&b=2")}},
+		{name: "§4.4 absolute same-origin Location", req: req("POST", "/r"), status: 201, hdr: polHeader("location", "https://API.example.com:443/new"), want: []string{key("/r"), key("/new")}},
 		{name: "§4.4 other origins are never invalidated", req: req("POST", "/r"), status: 201,
-			header: polHeader("location", "https://evil.example/r2", "content-location", "//other.example/x"), want: []string{key("/r")}},
-		{name: "§4.4 other scheme is another origin", req: req("POST", "/r"), status: 201, header: polHeader("location", "http://api.example.com/x"), want: []string{key("/r")}},
-		{name: "duplicates removed", req: req("POST", "/r"), status: 200, header: polHeader("content-location", "/r"), want: []string{key("/r")}},
-		{name: "each URI keyed with its own route policy", req: req("POST", "/list?page=2&sort=x"), status: 200, header: polHeader("location", "/list?page=3&sort=y"),
+			hdr: polHeader("location", "https://evil.example/r2", "content-location", "//other.example/x"), want: []string{key("/r")}},
+		{name: "§4.4 other scheme is another origin", req: req("POST", "/r"), status: 201, hdr: polHeader("location", "http://api.example.com/x"), want: []string{key("/r")}},
+		{name: "duplicates removed", req: req("POST", "/r"), status: 200, hdr: polHeader("content-location", "/r"), want: []string{key("/r")}},
+		{name: "each URI keyed with its own route policy", req: req("POST", "/list?page=2&sort=x"), status: 200, hdr: polHeader("location", "/list?page=3&sort=y"),
 			want: []string{key("/list?page=2"), key("/list?page=3")}},
-		{name: "unparsable Location ignored", req: req("POST", "/r"), status: 201, header: polHeader("location", "%zz"), want: []string{key("/r")}},
+		{name: "unparsable Location ignored", req: req("POST", "/r"), status: 201, hdr: polHeader("location", "%zz"), want: []string{key("/r")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := c.Invalidations(tt.req, tt.status, tt.header)
+			got := c.Invalidations(tt.req, tt.status, tt.hdr)
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("Invalidations = %v, want %v", got, tt.want)
 			}
@@ -287,12 +289,12 @@ func FuzzVariantKey(f *testing.F) {
 			return
 		}
 		vary := []string{name}
-		joined := VariantKey(primary, vary, []Header{{name, a + ", " + b}})
-		split := VariantKey(primary, vary, []Header{{name, " " + a + " "}, {name, "\t" + b}})
+		joined := VariantKey(primary, vary, header.List{{Name: name, Value: a + ", " + b}})
+		split := VariantKey(primary, vary, header.List{{Name: name, Value: " " + a + " "}, {Name: name, Value: "\t" + b}})
 		if strings.Count(a, `"`)%2 == 0 && !strings.HasSuffix(a, `\`) && joined != split {
 			t.Fatalf("lines %q %q key differently from their join", a, b)
 		}
-		if absent := VariantKey(primary, vary, nil); absent == joined || absent == VariantKey(primary, vary, []Header{{name, a}}) {
+		if absent := VariantKey(primary, vary, nil); absent == joined || absent == VariantKey(primary, vary, header.List{{Name: name, Value: a}}) {
 			t.Fatalf("absent equals present")
 		}
 		if !strings.HasPrefix(joined, primary+":") {

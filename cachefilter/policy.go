@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // This file holds the RFC 9111 decisions of a shared cache, free of I/O and
@@ -42,7 +44,7 @@ type Request struct {
 	// Path is ":path" as sent, query included.
 	Method, Scheme, Authority, Path string
 	// Header is the request header section.
-	Header []Header
+	Header header.List
 	// Tenant is the caller's tenant as the identity stage resolved it. It is
 	// part of every key: no tenant can read another's entries.
 	Tenant string
@@ -206,7 +208,7 @@ type RequestPolicy struct {
 // Range requests are looked up: a stored complete response answers them
 // (ranges.go), and a 206 from the origin is never stored.
 func CheckRequest(req Request) RequestPolicy {
-	ccLines := fieldValues(req.Header, "cache-control")
+	ccLines := req.Header.Values("cache-control")
 	p := RequestPolicy{CacheControl: ParseCacheControl(ccLines...)}
 	if len(ccLines) == 0 && pragmaNoCache(req.Header) {
 		p.CacheControl.NoCache = true // §5.4
@@ -237,7 +239,7 @@ func CheckRequest(req Request) RequestPolicy {
 	// Range (and If-Range) do not stop a lookup: a stored complete response
 	// answers them (ranges.go).
 	switch {
-	case hasField(req.Header, "if-match"), hasField(req.Header, "if-unmodified-since"):
+	case req.Header.Has("if-match"), req.Header.Has("if-unmodified-since"):
 		p.Reason, p.Fwd = "precondition", FwdBypass
 	default:
 		p.Lookup = true
@@ -264,7 +266,7 @@ var unkeyedFields = []string{
 // request's: such a request is neither looked up nor stored.
 var methodOverrideFields = []string{"x-http-method-override", "x-http-method", "x-method-override"}
 
-func hasAnyField(h []Header, names []string) bool {
+func hasAnyField(h header.List, names []string) bool {
 	for _, f := range h {
 		if containsString(names, f.Name) {
 			return true
@@ -273,8 +275,8 @@ func hasAnyField(h []Header, names []string) bool {
 	return false
 }
 
-func pragmaNoCache(h []Header) bool {
-	for _, v := range fieldValues(h, "pragma") {
+func pragmaNoCache(h header.List) bool {
+	for _, v := range h.Values("pragma") {
 		for _, m := range splitList(v) {
 			if strings.EqualFold(m, "no-cache") {
 				return true
@@ -407,7 +409,7 @@ func ServeStaleOnError(req Request, e *Entry, now time.Time, upstreamStatus int)
 // §7.6.1, and the fields Connection lists), Age (replaced by InitialAge),
 // x-cache, Surrogate-Key/Surrogate-Control (read into Tags), x-sluice-*,
 // x-envoy-* and rate-limit fields (RateLimit*, X-RateLimit-*). A Date is added when missing (RFC 9110 §6.6.1).
-func Storable(req Request, status int, header []Header, now time.Time, route RoutePolicy) (e Entry, ok bool, reason string) {
+func Storable(req Request, status int, hdr header.List, now time.Time, route RoutePolicy) (e Entry, ok bool, reason string) {
 	switch {
 	case !route.Enabled:
 		return Entry{}, false, ReasonDisabled
@@ -421,7 +423,7 @@ func Storable(req Request, status int, header []Header, now time.Time, route Rou
 	if !rp.Store {
 		return Entry{}, false, rp.Reason
 	}
-	return assess(req, status, header, now, route)
+	return assess(req, status, hdr, now, route)
 }
 
 // Freshen applies a 304 (Not Modified) response's header to the stored
@@ -445,38 +447,41 @@ func Storable(req Request, status int, header []Header, now time.Time, route Rou
 // result must not be stored (the 304 now says no-store, say, or the route
 // is disabled), the returned entry may still answer the current request
 // but store is false and reason says why.
-func Freshen(req Request, e *Entry, header []Header, now time.Time, route RoutePolicy) (fresh *Entry, store bool, reason string) {
-	if e == nil || !validatorsSelect(e, header) {
+func Freshen(req Request, e *Entry, hdr header.List, now time.Time, route RoutePolicy) (fresh *Entry, store bool, reason string) {
+	if e == nil || !validatorsSelect(e, hdr) {
 		return nil, false, ReasonValidatorMismatch
 	}
 	// The 304's hop-by-hop fields describe its own connection, not the
 	// stored response: drop them before merging.
-	hop := connectionFields(header)
-	update := make([]Header, 0, len(header))
-	for _, h := range header {
+	hop := connectionFields(hdr)
+	update := make(header.List, 0, len(hdr))
+	for _, h := range hdr {
 		if updatable(h.Name) && storedField(h.Name) && !containsString(hop, h.Name) {
 			update = append(update, h)
 		}
 	}
-	merged := make([]Header, 0, len(e.Header)+len(update)+1)
+	merged := make(header.List, 0, len(e.Header)+len(update)+1)
 	for _, h := range e.Header {
-		if !containsField(update, h.Name) {
+		if !update.Has(h.Name) {
 			merged = append(merged, h)
 		}
 	}
 	merged = append(merged, update...)
-	for _, h := range header {
+	for _, h := range hdr {
 		if h.Name == "age" || h.Name == "surrogate-key" {
 			merged = append(merged, h) // read for InitialAge and Tags, not stored
 		}
 	}
-	if _, ok := httpDateField(header, "date", now); !ok {
-		merged = setField(merged, "date", formatHTTPDate(now))
+	if _, ok := httpDateField(hdr, "date", now); !ok {
+		// Every Date line goes (an invalid one included) and the new one is
+		// appended last.
+		merged.Del("date")
+		merged = append(merged, header.Field{Name: "date", Value: formatHTTPDate(now)})
 	}
 	ne, ok, reason := assess(req, e.Status, merged, now, route)
 	ne.Body = e.Body
 	ne.Vary = e.Vary
-	if !containsField(header, "surrogate-key") {
+	if !hdr.Has("surrogate-key") {
 		ne.Tags = e.Tags
 	}
 	switch {
@@ -504,8 +509,8 @@ func updatable(name string) bool {
 }
 
 // validatorsSelect reports whether a 304 with header selects e (§4.3.4).
-func validatorsSelect(e *Entry, header []Header) bool {
-	if v, ok := firstField(header, "etag"); ok {
+func validatorsSelect(e *Entry, hdr header.List) bool {
+	if v, ok := hdr.Lookup("etag"); ok {
 		got, stored := parseEntityTag(v), parseEntityTag(e.ETag)
 		if e.ETag == "" {
 			return false
@@ -515,7 +520,7 @@ func validatorsSelect(e *Entry, header []Header) bool {
 		}
 		return got.opaque == stored.opaque
 	}
-	if v, ok := firstField(header, "last-modified"); ok {
+	if v, ok := hdr.Lookup("last-modified"); ok {
 		t1, ok1 := parseHTTPDate(v, e.ResponseTime)
 		t2, ok2 := parseHTTPDate(e.LastModified, e.ResponseTime)
 		return ok1 && ok2 && t1.Equal(t2)
@@ -536,14 +541,14 @@ const (
 
 // assess is Storable's response half, shared with Freshen. It fills e as
 // far as it can even when it refuses, so Freshen can serve the result once.
-func assess(req Request, status int, header []Header, now time.Time, route RoutePolicy) (Entry, bool, string) {
+func assess(req Request, status int, hdr header.List, now time.Time, route RoutePolicy) (Entry, bool, string) {
 	// Cache-Control, or the targeted field that replaces it and Expires (targeted.go).
-	cc, targeted := responseDirectives(header, route.Targets)
+	cc, targeted := responseDirectives(hdr, route.Targets)
 	reqTime := req.Time
 	if reqTime.IsZero() || reqTime.After(now) {
 		reqTime = now
 	}
-	dateValue, hasDate := httpDateField(header, "date", now)
+	dateValue, hasDate := httpDateField(hdr, "date", now)
 	if !hasDate {
 		dateValue = now
 	}
@@ -551,28 +556,28 @@ func assess(req Request, status int, header []Header, now time.Time, route Route
 		Status:       status,
 		RequestTime:  reqTime,
 		ResponseTime: now,
-		InitialAge:   initialAge(header, dateValue, reqTime, now),
+		InitialAge:   initialAge(hdr, dateValue, reqTime, now),
 		NoCache:      cc.NoCache,
 		// s-maxage incorporates proxy-revalidate (§5.2.2.10), and a shared
 		// cache honours proxy-revalidate as must-revalidate (§5.2.2.8).
 		MustRevalidate: cc.MustRevalidate || cc.ProxyRevalidate || cc.SMaxAge.Present,
 	}
-	if v, ok := firstField(header, "etag"); ok {
+	if v, ok := hdr.Lookup("etag"); ok {
 		e.ETag = strings.Trim(v, " \t")
 	}
-	if v, ok := firstField(header, "last-modified"); ok {
+	if v, ok := hdr.Lookup("last-modified"); ok {
 		e.LastModified = strings.Trim(v, " \t")
 	}
-	vary, varyStar, varyOK := parseVary(header)
+	vary, varyStar, varyOK := parseVary(hdr)
 	e.Vary = vary
 
 	// The stored header section.
-	drop := connectionFields(header)
+	drop := connectionFields(hdr)
 	drop = append(drop, cc.PrivateFields...)
 	drop = append(drop, cc.NoCacheFields...)
-	stored := make([]Header, 0, len(header)+1)
+	stored := make(header.List, 0, len(hdr)+1)
 	setCookie := false
-	for _, h := range header {
+	for _, h := range hdr {
 		if !storedField(h.Name) || containsString(drop, h.Name) {
 			continue
 		}
@@ -582,21 +587,21 @@ func assess(req Request, status int, header []Header, now time.Time, route Route
 		}
 		stored = append(stored, h)
 	}
-	if !hasDate && !containsField(header, "date") {
-		stored = append(stored, Header{"date", formatHTTPDate(now)})
+	if !hasDate && !hdr.Has("date") {
+		stored = append(stored, header.Field{Name: "date", Value: formatHTTPDate(now)})
 	}
 	e.Header = stored
-	e.Tags = entryTags(req.Tenant, route.Tags, header)
+	e.Tags = entryTags(req.Tenant, route.Tags, hdr)
 
 	// Freshness (§4.2.1, §4.2.2).
-	expiresFrom := header
+	expiresFrom := hdr
 	if targeted {
 		expiresFrom = nil
 	}
 	lifetime, explicit := explicitLifetime(cc, expiresFrom, dateValue, now)
 	heuristic := false
 	if !explicit && route.Heuristic && (heuristicStatus(status) || cc.Public) {
-		if lm, ok := httpDateField(header, "last-modified", now); ok && !lm.After(dateValue) {
+		if lm, ok := httpDateField(hdr, "last-modified", now); ok && !lm.After(dateValue) {
 			lifetime = time.Duration(float64(dateValue.Sub(lm)) * route.HeuristicFraction).Truncate(time.Second)
 			if route.HeuristicMax > 0 && lifetime > route.HeuristicMax {
 				lifetime = route.HeuristicMax
@@ -639,7 +644,7 @@ func assess(req Request, status int, header []Header, now time.Time, route Route
 		return e, false, ReasonNoStore
 	case cc.Private:
 		return e, false, ReasonPrivate
-	case hasField(req.Header, "authorization") && !cc.Public && !cc.SMaxAge.Present && !cc.MustRevalidate:
+	case req.Header.Has("authorization") && !cc.Public && !cc.SMaxAge.Present && !cc.MustRevalidate:
 		return e, false, ReasonAuthorization
 	case setCookie && !route.StoreSetCookie:
 		return e, false, ReasonSetCookie
@@ -647,7 +652,7 @@ func assess(req Request, status int, header []Header, now time.Time, route Route
 		return e, false, ReasonVaryStar
 	case !varyOK:
 		return e, false, ReasonVaryInvalid
-	case route.MaxObjectBytes > 0 && contentLength(header) > int64(route.MaxObjectBytes):
+	case route.MaxObjectBytes > 0 && contentLength(hdr) > int64(route.MaxObjectBytes):
 		return e, false, ReasonTooLarge
 	case !explicit && !heuristic && !(cc.NoCache && validator):
 		return e, false, ReasonNoFreshness
@@ -659,7 +664,7 @@ func assess(req Request, status int, header []Header, now time.Time, route Route
 
 // explicitLifetime returns the explicit freshness lifetime (§4.2.1) and
 // whether the response has explicit freshness information at all.
-func explicitLifetime(cc CacheControl, header []Header, dateValue, now time.Time) (time.Duration, bool) {
+func explicitLifetime(cc CacheControl, hdr header.List, dateValue, now time.Time) (time.Duration, bool) {
 	governing := cc.SMaxAge // shared cache: s-maxage first
 	if !governing.Present {
 		governing = cc.MaxAge
@@ -667,7 +672,7 @@ func explicitLifetime(cc CacheControl, header []Header, dateValue, now time.Time
 	if governing.Present {
 		return governing.Duration(), true // Invalid → 0: stale (§4.2.1)
 	}
-	values := fieldValues(header, "expires")
+	values := hdr.Values("expires")
 	if len(values) == 0 {
 		return 0, false
 	}
@@ -688,17 +693,17 @@ func explicitLifetime(cc CacheControl, header []Header, dateValue, now time.Time
 }
 
 // initialAge is corrected_initial_age (§4.2.3).
-func initialAge(header []Header, dateValue, requestTime, responseTime time.Time) time.Duration {
+func initialAge(hdr header.List, dateValue, requestTime, responseTime time.Time) time.Duration {
 	apparent := max(responseTime.Sub(dateValue), 0)
 	delay := max(responseTime.Sub(requestTime), 0)
-	corrected := ageValue(header) + delay
+	corrected := ageValue(hdr) + delay
 	return min(max(apparent, corrected), MaxDeltaSeconds*time.Second)
 }
 
 // ageValue reads Age (§5.1): the first member of the first line; a value
 // that is not a non-negative integer is ignored.
-func ageValue(header []Header) time.Duration {
-	v, ok := firstField(header, "age")
+func ageValue(hdr header.List) time.Duration {
+	v, ok := hdr.Lookup("age")
 	if !ok {
 		return 0
 	}
@@ -714,8 +719,8 @@ func ageValue(header []Header) time.Duration {
 
 // contentLength returns the Content-Length value, or -1 when absent or
 // invalid.
-func contentLength(header []Header) int64 {
-	v, ok := firstField(header, "content-length")
+func contentLength(hdr header.List) int64 {
+	v, ok := hdr.Lookup("content-length")
 	if !ok {
 		return -1
 	}
@@ -728,9 +733,9 @@ func contentLength(header []Header) int64 {
 
 // parseVary returns the lower-case, sorted, de-duplicated Vary members,
 // whether "*" is among them, and whether all members are field names.
-func parseVary(header []Header) (names []string, star, ok bool) {
+func parseVary(hdr header.List) (names []string, star, ok bool) {
 	ok = true
-	for _, v := range fieldValues(header, "vary") {
+	for _, v := range hdr.Values("vary") {
 		for _, m := range splitList(v) {
 			switch {
 			case m == "*":
@@ -794,9 +799,9 @@ func storedField(name string) bool {
 
 // connectionFields returns the lower-case field names the Connection field
 // lists (RFC 9110 §7.6.1): hop-by-hop, never stored.
-func connectionFields(header []Header) []string {
+func connectionFields(hdr header.List) []string {
 	var names []string
-	for _, v := range fieldValues(header, "connection") {
+	for _, v := range hdr.Values("connection") {
 		for _, m := range splitList(v) {
 			if isToken(m) {
 				names = append(names, strings.ToLower(m))
@@ -808,7 +813,7 @@ func connectionFields(header []Header) []string {
 
 // entryTags returns the configured tags (with {tenant} substituted) and the
 // Surrogate-Key members, de-duplicated and bounded.
-func entryTags(tenant string, templates []string, header []Header) []string {
+func entryTags(tenant string, templates []string, hdr header.List) []string {
 	var tags []string
 	add := func(t string) {
 		if len(tags) < maxEntryTags && validTag(t) {
@@ -818,7 +823,7 @@ func entryTags(tenant string, templates []string, header []Header) []string {
 	for _, t := range templates {
 		add(strings.ReplaceAll(t, tenantPlaceholder, tenant))
 	}
-	for _, v := range fieldValues(header, "surrogate-key") {
+	for _, v := range hdr.Values("surrogate-key") {
 		for t := range strings.FieldsSeq(v) {
 			add(t)
 		}
@@ -964,8 +969,8 @@ func AgeValue(age time.Duration) string {
 // (Cache-Control, Content-Location, Date, ETag, Expires, Vary, and
 // Last-Modified when there is no ETag); the caller sends no body. For a
 // HEAD request the caller likewise sends no body.
-func ServeHeaders(e *Entry, now time.Time, status int, cs CacheStatus, xcache string) []Header {
-	out := make([]Header, 0, len(e.Header)+3)
+func ServeHeaders(e *Entry, now time.Time, status int, cs CacheStatus, xcache string) header.List {
+	out := make(header.List, 0, len(e.Header)+3)
 	var upstream []string
 	for _, h := range e.Header {
 		switch {
@@ -980,10 +985,10 @@ func ServeHeaders(e *Entry, now time.Time, status int, cs CacheStatus, xcache st
 		out = append(out, h)
 	}
 	out = append(out,
-		Header{"age", AgeValue(e.Age(now))},
-		Header{"cache-status", AppendCacheStatus(strings.Join(upstream, ", "), cs)})
+		header.Field{Name: "age", Value: AgeValue(e.Age(now))},
+		header.Field{Name: "cache-status", Value: AppendCacheStatus(strings.Join(upstream, ", "), cs)})
 	if xcache != "" {
-		out = append(out, Header{"x-cache", xcache})
+		out = append(out, header.Field{Name: "x-cache", Value: xcache})
 	}
 	return out
 }
@@ -1010,32 +1015,6 @@ func (e *Entry) UsableUntil() time.Time {
 
 // ---- Header and date helpers ---------------------------------------------
 
-func fieldValues(h []Header, name string) []string {
-	var vs []string
-	for _, f := range h {
-		if f.Name == name {
-			vs = append(vs, f.Value)
-		}
-	}
-	return vs
-}
-
-func firstField(h []Header, name string) (string, bool) {
-	for _, f := range h {
-		if f.Name == name {
-			return f.Value, true
-		}
-	}
-	return "", false
-}
-
-func hasField(h []Header, name string) bool {
-	_, ok := firstField(h, name)
-	return ok
-}
-
-func containsField(h []Header, name string) bool { return hasField(h, name) }
-
 func containsString(list []string, s string) bool {
 	for _, v := range list {
 		if v == s {
@@ -1043,17 +1022,6 @@ func containsString(list []string, s string) bool {
 		}
 	}
 	return false
-}
-
-// setField replaces every line of name with one line of value.
-func setField(h []Header, name, value string) []Header {
-	out := h[:0:0]
-	for _, f := range h {
-		if f.Name != name {
-			out = append(out, f)
-		}
-	}
-	return append(out, Header{name, value})
 }
 
 // splitList splits a list-based field value (RFC 9110 §5.6.1) at commas
@@ -1083,8 +1051,8 @@ func splitList(v string) []string {
 
 // httpDateField parses the single value of a date field; more than one
 // differing line makes it invalid.
-func httpDateField(h []Header, name string, now time.Time) (time.Time, bool) {
-	values := fieldValues(h, name)
+func httpDateField(h header.List, name string, now time.Time) (time.Time, bool) {
+	values := h.Values(name)
 	if len(values) == 0 {
 		return time.Time{}, false
 	}

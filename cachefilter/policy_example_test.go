@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // The policy half of a cache lookup and store, as the ext_proc stage uses
@@ -21,7 +22,7 @@ func Example_policy() {
 
 	// Miss: forward, then store what comes back.
 	fmt.Println(cachefilter.Evaluate(req, nil, now).Action)
-	e, ok, _ := cachefilter.Storable(req, 200, []cachefilter.Header{
+	e, ok, _ := cachefilter.Storable(req, 200, header.List{
 		{Name: "cache-control", Value: "max-age=60, stale-while-revalidate=30"},
 		{Name: "etag", Value: `"v1"`},
 	}, now, route)
@@ -59,7 +60,7 @@ func ExampleConfig_Invalidations() {
 		{Prefix: "/api/v1/contacts", Tags: []string{"contacts:{tenant}"}},
 	}}.WithDefaults()
 	req := cachefilter.Request{Method: "POST", Scheme: "https", Authority: "api.example.com", Path: "/api/v1/contacts", Tenant: "acme"}
-	resp := []cachefilter.Header{{Name: "location", Value: "/api/v1/contacts/42"}}
+	resp := header.List{{Name: "location", Value: "/api/v1/contacts/42"}}
 
 	keys := cfg.Invalidations(req, 201, resp)
 	fmt.Println(len(keys), keys[1] == cachefilter.PrimaryKey(cachefilter.Request{

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/internal/header"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -20,10 +21,10 @@ import (
 var polNow = time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
 
 // polHeader builds a header list from name, value pairs (names lower-cased).
-func polHeader(kv ...string) []Header {
-	h := make([]Header, 0, len(kv)/2)
+func polHeader(kv ...string) header.List {
+	h := make(header.List, 0, len(kv)/2)
 	for i := 0; i+1 < len(kv); i += 2 {
-		h = append(h, Header{strings.ToLower(kv[i]), kv[i+1]})
+		h = append(h, header.Field{Name: strings.ToLower(kv[i]), Value: kv[i+1]})
 	}
 	return h
 }
@@ -101,159 +102,159 @@ func TestStorable(t *testing.T) {
 		name     string
 		req      Request
 		status   int
-		header   []Header
+		hdr      header.List
 		route    *RoutePolicy
 		reason   string // "" means stored
 		lifetime time.Duration
 		check    func(t *testing.T, e Entry)
 	}{
 		// §3 storing
-		{name: "§3 200 with max-age", status: 200, header: h("cache-control", "max-age=3600"), lifetime: time.Hour},
-		{name: "§3 HEAD responses are not stored", req: Request{Method: "HEAD"}, status: 200, header: h("cache-control", "max-age=60"), reason: ReasonMethod},
-		{name: "§3 POST responses are not stored (cache-tests method-POST is optional)", req: Request{Method: "POST"}, status: 200, header: h("cache-control", "max-age=60", "content-location", "/r"), reason: ReasonMethod},
-		{name: "§5.2.1.5 request no-store", req: polGet("cache-control", "no-store"), status: 200, header: h("cache-control", "max-age=60"), reason: ReasonRequestNoStore},
-		{name: "disabled route", route: &RoutePolicy{}, status: 200, header: h("cache-control", "max-age=60"), reason: ReasonDisabled},
-		{name: "§3 non-final status", status: 103, header: h("cache-control", "max-age=60"), reason: ReasonStatus},
-		{name: "§4.3.4 304 is never stored", status: 304, header: h("cache-control", "max-age=60"), reason: ReasonStatus},
-		{name: "§3.3 206 is not stored", status: 206, header: h("cache-control", "max-age=60", "content-range", "bytes 0-1/10"), reason: ReasonPartial},
-		{name: "§3 explicit freshness makes 204 storable", status: 204, header: h("cache-control", "max-age=60"), lifetime: time.Minute},
-		{name: "§3 explicit freshness makes 299 storable (cache-tests status-299)", status: 299, header: h("cache-control", "max-age=60"), lifetime: time.Minute},
-		{name: "§3 explicit freshness makes 302 storable", status: 302, header: h("cache-control", "max-age=60", "location", "/x"), lifetime: time.Minute},
-		{name: "§3 explicit freshness makes 400 storable", status: 400, header: h("cache-control", "max-age=60"), lifetime: time.Minute},
-		{name: "§3 explicit freshness makes 499 storable", status: 499, header: h("cache-control", "max-age=60"), lifetime: time.Minute},
-		{name: "§3 explicit freshness makes 503 storable", status: 503, header: h("cache-control", "max-age=60"), lifetime: time.Minute},
-		{name: "§5.2.2.5 no-store", status: 200, header: h("cache-control", "max-age=10000, no-store", "expires", d(10000*time.Second), "date", d(0)), reason: ReasonNoStore},
-		{name: "§5.2.2.5 No-StOrE is case-insensitive", status: 200, header: h("cache-control", "No-StOrE"), reason: ReasonNoStore},
-		{name: "§5.2.2.5 no-store on its own line", status: 200, header: h("cache-control", "max-age=60", "cache-control", "no-store"), reason: ReasonNoStore},
-		{name: "§5.2.2.3 must-understand with an understood status overrides no-store", status: 200, header: h("cache-control", "max-age=3600, no-store, must-understand"), lifetime: time.Hour},
-		{name: "§5.2.2.3 must-understand with an unknown status is not stored", status: 599, header: h("cache-control", "max-age=3600, no-store, must-understand"), reason: ReasonStatus},
-		{name: "§5.2.2.3 must-understand alone with an unknown status", status: 599, header: h("cache-control", "max-age=3600, must-understand"), reason: ReasonStatus},
-		{name: "§5.2.2.7 private is not stored by a shared cache", status: 200, header: h("cache-control", "private, max-age=3600"), reason: ReasonPrivate},
-		{name: "§5.2.2.7 qualified private strips the fields", status: 200, header: h("cache-control", `private="x-user", max-age=60`, "x-user", "bob", "x-other", "1"), lifetime: time.Minute,
+		{name: "§3 200 with max-age", status: 200, hdr: h("cache-control", "max-age=3600"), lifetime: time.Hour},
+		{name: "§3 HEAD responses are not stored", req: Request{Method: "HEAD"}, status: 200, hdr: h("cache-control", "max-age=60"), reason: ReasonMethod},
+		{name: "§3 POST responses are not stored (cache-tests method-POST is optional)", req: Request{Method: "POST"}, status: 200, hdr: h("cache-control", "max-age=60", "content-location", "/r"), reason: ReasonMethod},
+		{name: "§5.2.1.5 request no-store", req: polGet("cache-control", "no-store"), status: 200, hdr: h("cache-control", "max-age=60"), reason: ReasonRequestNoStore},
+		{name: "disabled route", route: &RoutePolicy{}, status: 200, hdr: h("cache-control", "max-age=60"), reason: ReasonDisabled},
+		{name: "§3 non-final status", status: 103, hdr: h("cache-control", "max-age=60"), reason: ReasonStatus},
+		{name: "§4.3.4 304 is never stored", status: 304, hdr: h("cache-control", "max-age=60"), reason: ReasonStatus},
+		{name: "§3.3 206 is not stored", status: 206, hdr: h("cache-control", "max-age=60", "content-range", "bytes 0-1/10"), reason: ReasonPartial},
+		{name: "§3 explicit freshness makes 204 storable", status: 204, hdr: h("cache-control", "max-age=60"), lifetime: time.Minute},
+		{name: "§3 explicit freshness makes 299 storable (cache-tests status-299)", status: 299, hdr: h("cache-control", "max-age=60"), lifetime: time.Minute},
+		{name: "§3 explicit freshness makes 302 storable", status: 302, hdr: h("cache-control", "max-age=60", "location", "/x"), lifetime: time.Minute},
+		{name: "§3 explicit freshness makes 400 storable", status: 400, hdr: h("cache-control", "max-age=60"), lifetime: time.Minute},
+		{name: "§3 explicit freshness makes 499 storable", status: 499, hdr: h("cache-control", "max-age=60"), lifetime: time.Minute},
+		{name: "§3 explicit freshness makes 503 storable", status: 503, hdr: h("cache-control", "max-age=60"), lifetime: time.Minute},
+		{name: "§5.2.2.5 no-store", status: 200, hdr: h("cache-control", "max-age=10000, no-store", "expires", d(10000*time.Second), "date", d(0)), reason: ReasonNoStore},
+		{name: "§5.2.2.5 No-StOrE is case-insensitive", status: 200, hdr: h("cache-control", "No-StOrE"), reason: ReasonNoStore},
+		{name: "§5.2.2.5 no-store on its own line", status: 200, hdr: h("cache-control", "max-age=60", "cache-control", "no-store"), reason: ReasonNoStore},
+		{name: "§5.2.2.3 must-understand with an understood status overrides no-store", status: 200, hdr: h("cache-control", "max-age=3600, no-store, must-understand"), lifetime: time.Hour},
+		{name: "§5.2.2.3 must-understand with an unknown status is not stored", status: 599, hdr: h("cache-control", "max-age=3600, no-store, must-understand"), reason: ReasonStatus},
+		{name: "§5.2.2.3 must-understand alone with an unknown status", status: 599, hdr: h("cache-control", "max-age=3600, must-understand"), reason: ReasonStatus},
+		{name: "§5.2.2.7 private is not stored by a shared cache", status: 200, hdr: h("cache-control", "private, max-age=3600"), reason: ReasonPrivate},
+		{name: "§5.2.2.7 qualified private strips the fields", status: 200, hdr: h("cache-control", `private="x-user", max-age=60`, "x-user", "bob", "x-other", "1"), lifetime: time.Minute,
 			check: polWantFields([]string{"cache-control", "x-other", "date"}, []string{"x-user"})},
 		{name: "§5.2.2.4 qualified no-cache strips one field (cache-tests headers-omit…-no-cache-single)", status: 200,
-			header: h("cache-control", `no-cache="a"`, "a", "1", "b", "2", "cache-control", "max-age=3600", "date", d(0)), lifetime: time.Hour,
+			hdr: h("cache-control", `no-cache="a"`, "a", "1", "b", "2", "cache-control", "max-age=3600", "date", d(0)), lifetime: time.Hour,
 			check: polWantFields([]string{"b"}, []string{"a"})},
 		{name: "§5.2.2.4 qualified no-cache strips several fields", status: 200,
-			header: h("cache-control", `no-cache="a, b"`, "a", "1", "b", "2", "c", "3", "cache-control", "max-age=3600", "date", d(0)), lifetime: time.Hour,
+			hdr: h("cache-control", `no-cache="a, b"`, "a", "1", "b", "2", "c", "3", "cache-control", "max-age=3600", "date", d(0)), lifetime: time.Hour,
 			check: polWantFields([]string{"c"}, []string{"a", "b"})},
 		{name: "§5.2.2.4 no-cache with a validator is stored, never fresh (cache-tests cc-resp-no-cache-revalidate)", status: 200,
-			header: h("cache-control", "no-cache", "etag", `"abcd"`), lifetime: 0,
+			hdr: h("cache-control", "no-cache", "etag", `"abcd"`), lifetime: 0,
 			check: func(t *testing.T, e Entry) { polWant(t, e.NoCache && e.ETag == `"abcd"`, "NoCache and ETag") }},
 		{name: "§5.2.2.4 no-cache with freshness is stored with NoCache", status: 200,
-			header: h("cache-control", "max-age=10000, no-cache", "expires", d(10000*time.Second), "date", d(0)), lifetime: 10000 * time.Second,
+			hdr: h("cache-control", "max-age=10000, no-cache", "expires", d(10000*time.Second), "date", d(0)), lifetime: 10000 * time.Second,
 			check: func(t *testing.T, e Entry) { polWant(t, e.NoCache, "NoCache") }},
-		{name: "§5.2.2.4 no-cache without freshness or validator", status: 200, header: h("cache-control", "no-cache"), reason: ReasonNoFreshness},
-		{name: "§3.5 Authorization in the request", req: polGet("authorization", "FOO"), status: 200, header: h("cache-control", "max-age=3600"), reason: ReasonAuthorization},
-		{name: "§3.5 Authorization with public", req: polGet("authorization", "FOO"), status: 200, header: h("cache-control", "max-age=3600, public"), lifetime: time.Hour},
-		{name: "§3.5 Authorization with must-revalidate", req: polGet("authorization", "FOO"), status: 200, header: h("cache-control", "max-age=3600, must-revalidate"), lifetime: time.Hour},
-		{name: "§3.5 Authorization with s-maxage", req: polGet("authorization", "FOO"), status: 200, header: h("cache-control", "s-maxage=3600"), lifetime: time.Hour},
-		{name: "Set-Cookie is not stored by default", status: 200, header: h("cache-control", "max-age=60", "set-cookie", "a=b"), reason: ReasonSetCookie},
-		{name: "Set-Cookie2 too", status: 200, header: h("cache-control", "max-age=60", "set-cookie2", "a=b"), reason: ReasonSetCookie},
-		{name: "store_set_cookie stores without the cookie", route: &cookies, status: 200, header: h("cache-control", "max-age=60", "set-cookie", "a=b", "x", "1"), lifetime: time.Minute,
+		{name: "§5.2.2.4 no-cache without freshness or validator", status: 200, hdr: h("cache-control", "no-cache"), reason: ReasonNoFreshness},
+		{name: "§3.5 Authorization in the request", req: polGet("authorization", "FOO"), status: 200, hdr: h("cache-control", "max-age=3600"), reason: ReasonAuthorization},
+		{name: "§3.5 Authorization with public", req: polGet("authorization", "FOO"), status: 200, hdr: h("cache-control", "max-age=3600, public"), lifetime: time.Hour},
+		{name: "§3.5 Authorization with must-revalidate", req: polGet("authorization", "FOO"), status: 200, hdr: h("cache-control", "max-age=3600, must-revalidate"), lifetime: time.Hour},
+		{name: "§3.5 Authorization with s-maxage", req: polGet("authorization", "FOO"), status: 200, hdr: h("cache-control", "s-maxage=3600"), lifetime: time.Hour},
+		{name: "Set-Cookie is not stored by default", status: 200, hdr: h("cache-control", "max-age=60", "set-cookie", "a=b"), reason: ReasonSetCookie},
+		{name: "Set-Cookie2 too", status: 200, hdr: h("cache-control", "max-age=60", "set-cookie2", "a=b"), reason: ReasonSetCookie},
+		{name: "store_set_cookie stores without the cookie", route: &cookies, status: 200, hdr: h("cache-control", "max-age=60", "set-cookie", "a=b", "x", "1"), lifetime: time.Minute,
 			check: polWantFields([]string{"x"}, []string{"set-cookie"})},
-		{name: "§5.2.2.7 private=set-cookie makes a Set-Cookie response storable", status: 200, header: h("cache-control", `max-age=60, private="set-cookie"`, "set-cookie", "a=b"), lifetime: time.Minute,
+		{name: "§5.2.2.7 private=set-cookie makes a Set-Cookie response storable", status: 200, hdr: h("cache-control", `max-age=60, private="set-cookie"`, "set-cookie", "a=b"), lifetime: time.Minute,
 			check: polWantFields(nil, []string{"set-cookie"})},
-		{name: "RFC 9110 §12.5.5 Vary: * (cache-tests vary-parse)", status: 200, header: h("cache-control", "max-age=60", "vary", "*"), reason: ReasonVaryStar},
-		{name: "RFC 9110 §12.5.5 Vary: *, *", status: 200, header: h("cache-control", "max-age=60", "vary", "*, *"), reason: ReasonVaryStar},
-		{name: "RFC 9110 §12.5.5 Vary: , *", status: 200, header: h("cache-control", "max-age=60", "vary", ", *"), reason: ReasonVaryStar},
-		{name: "RFC 9110 §12.5.5 Vary: * on a second line", status: 200, header: h("cache-control", "max-age=60", "vary", "", "vary", "*"), reason: ReasonVaryStar},
-		{name: "RFC 9110 §12.5.5 Vary: Foo, *", status: 200, header: h("cache-control", "max-age=60", "vary", "Foo, *"), reason: ReasonVaryStar},
-		{name: "RFC 9110 §12.5.5 Vary: *, Foo", status: 200, header: h("cache-control", "max-age=60", "vary", "*, Foo"), reason: ReasonVaryStar},
-		{name: "Vary member that is not a field name", status: 200, header: h("cache-control", "max-age=60", "vary", "Foo Bar"), reason: ReasonVaryInvalid},
-		{name: "Vary with too many members", status: 200, header: h("cache-control", "max-age=60", "vary", "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q"), reason: ReasonVaryInvalid},
-		{name: "§4.1 Vary names lower-cased, sorted, de-duplicated", status: 200, header: h("cache-control", "max-age=60", "vary", "Foo, Accept-Encoding", "vary", "foo"), lifetime: time.Minute,
+		{name: "RFC 9110 §12.5.5 Vary: * (cache-tests vary-parse)", status: 200, hdr: h("cache-control", "max-age=60", "vary", "*"), reason: ReasonVaryStar},
+		{name: "RFC 9110 §12.5.5 Vary: *, *", status: 200, hdr: h("cache-control", "max-age=60", "vary", "*, *"), reason: ReasonVaryStar},
+		{name: "RFC 9110 §12.5.5 Vary: , *", status: 200, hdr: h("cache-control", "max-age=60", "vary", ", *"), reason: ReasonVaryStar},
+		{name: "RFC 9110 §12.5.5 Vary: * on a second line", status: 200, hdr: h("cache-control", "max-age=60", "vary", "", "vary", "*"), reason: ReasonVaryStar},
+		{name: "RFC 9110 §12.5.5 Vary: Foo, *", status: 200, hdr: h("cache-control", "max-age=60", "vary", "Foo, *"), reason: ReasonVaryStar},
+		{name: "RFC 9110 §12.5.5 Vary: *, Foo", status: 200, hdr: h("cache-control", "max-age=60", "vary", "*, Foo"), reason: ReasonVaryStar},
+		{name: "Vary member that is not a field name", status: 200, hdr: h("cache-control", "max-age=60", "vary", "Foo Bar"), reason: ReasonVaryInvalid},
+		{name: "Vary with too many members", status: 200, hdr: h("cache-control", "max-age=60", "vary", "a,b,c,d,e,f,g,h,i,j,k,l,m,n,o,p,q"), reason: ReasonVaryInvalid},
+		{name: "§4.1 Vary names lower-cased, sorted, de-duplicated", status: 200, hdr: h("cache-control", "max-age=60", "vary", "Foo, Accept-Encoding", "vary", "foo"), lifetime: time.Minute,
 			check: func(t *testing.T, e Entry) {
 				polWant(t, slices.Equal(e.Vary, []string{"accept-encoding", "foo"}), "Vary %v", e.Vary)
 			}},
-		{name: "Content-Length over max_object_bytes", route: &small, status: 200, header: h("cache-control", "max-age=60", "content-length", "11"), reason: ReasonTooLarge},
-		{name: "Content-Length within max_object_bytes", route: &small, status: 200, header: h("cache-control", "max-age=60", "content-length", "10"), lifetime: time.Minute},
-		{name: "Cache-Control too large", status: 200, header: h("cache-control", "max-age=60, "+strings.Repeat("x,", maxCacheControlBytes)), reason: ReasonCacheControl},
+		{name: "Content-Length over max_object_bytes", route: &small, status: 200, hdr: h("cache-control", "max-age=60", "content-length", "11"), reason: ReasonTooLarge},
+		{name: "Content-Length within max_object_bytes", route: &small, status: 200, hdr: h("cache-control", "max-age=60", "content-length", "10"), lifetime: time.Minute},
+		{name: "Cache-Control too large", status: 200, hdr: h("cache-control", "max-age=60, "+strings.Repeat("x,", maxCacheControlBytes)), reason: ReasonCacheControl},
 
 		// §4.2.1 freshness lifetime
-		{name: "§4.2.1 shared cache prefers short s-maxage over max-age", status: 200, header: h("cache-control", "max-age=3600, s-maxage=1"), lifetime: time.Second},
-		{name: "§4.2.1 shared cache prefers long s-maxage over max-age", status: 200, header: h("cache-control", "max-age=1, s-maxage=3600"), lifetime: time.Hour},
-		{name: "§4.2.1 s-maxage over max-age=0 and past Expires", status: 200, header: h("expires", d(-10*time.Second), "cache-control", "max-age=0, s-maxage=3600"), lifetime: time.Hour,
+		{name: "§4.2.1 shared cache prefers short s-maxage over max-age", status: 200, hdr: h("cache-control", "max-age=3600, s-maxage=1"), lifetime: time.Second},
+		{name: "§4.2.1 shared cache prefers long s-maxage over max-age", status: 200, hdr: h("cache-control", "max-age=1, s-maxage=3600"), lifetime: time.Hour},
+		{name: "§4.2.1 s-maxage over max-age=0 and past Expires", status: 200, hdr: h("expires", d(-10*time.Second), "cache-control", "max-age=0, s-maxage=3600"), lifetime: time.Hour,
 			check: func(t *testing.T, e Entry) {
 				polWant(t, e.MustRevalidate, "§5.2.2.10 s-maxage implies proxy-revalidate")
 			}},
-		{name: "§4.2.1 s-maxage on separate lines", status: 200, header: h("cache-control", "max-age=3600", "cache-control", "s-maxage=1"), lifetime: time.Second},
-		{name: "§5.3 max-age overrides a past Expires", status: 200, header: h("cache-control", "max-age=3600", "expires", d(-2*time.Hour), "date", d(0)), lifetime: time.Hour},
-		{name: "§5.3 max-age overrides an invalid Expires", status: 200, header: h("cache-control", "max-age=3600", "expires", "0", "date", d(0)), lifetime: time.Hour},
-		{name: "§4.2.1 max-age=0 and a future Expires, no validator", status: 200, header: h("expires", d(time.Hour), "cache-control", "max-age=0", "date", d(0)), reason: ReasonNotReusable},
-		{name: "§4.2.1 max-age=0 with a validator is stored for revalidation", status: 200, header: h("cache-control", "max-age=0", "etag", `"v"`), lifetime: 0},
-		{name: "§4.2.1 invalid max-age is stale", status: 200, header: h("cache-control", "max-age=abc"), reason: ReasonNotReusable},
-		{name: "§4.2.1 negative max-age is stale", status: 200, header: h("cache-control", "max-age=-3600", "etag", `"v"`), lifetime: 0},
-		{name: "§4.2.1 conflicting max-age is stale", status: 200, header: h("cache-control", "max-age=1800, max-age=1"), reason: ReasonNotReusable},
-		{name: "§1.2.2 max-age 2^31 kept", status: 200, header: h("cache-control", "max-age=99999999999"), lifetime: MaxDeltaSeconds * time.Second},
-		{name: "route max_ttl caps the lifetime", route: &capped, status: 200, header: h("cache-control", "max-age=86400"), lifetime: time.Hour},
+		{name: "§4.2.1 s-maxage on separate lines", status: 200, hdr: h("cache-control", "max-age=3600", "cache-control", "s-maxage=1"), lifetime: time.Second},
+		{name: "§5.3 max-age overrides a past Expires", status: 200, hdr: h("cache-control", "max-age=3600", "expires", d(-2*time.Hour), "date", d(0)), lifetime: time.Hour},
+		{name: "§5.3 max-age overrides an invalid Expires", status: 200, hdr: h("cache-control", "max-age=3600", "expires", "0", "date", d(0)), lifetime: time.Hour},
+		{name: "§4.2.1 max-age=0 and a future Expires, no validator", status: 200, hdr: h("expires", d(time.Hour), "cache-control", "max-age=0", "date", d(0)), reason: ReasonNotReusable},
+		{name: "§4.2.1 max-age=0 with a validator is stored for revalidation", status: 200, hdr: h("cache-control", "max-age=0", "etag", `"v"`), lifetime: 0},
+		{name: "§4.2.1 invalid max-age is stale", status: 200, hdr: h("cache-control", "max-age=abc"), reason: ReasonNotReusable},
+		{name: "§4.2.1 negative max-age is stale", status: 200, hdr: h("cache-control", "max-age=-3600", "etag", `"v"`), lifetime: 0},
+		{name: "§4.2.1 conflicting max-age is stale", status: 200, hdr: h("cache-control", "max-age=1800, max-age=1"), reason: ReasonNotReusable},
+		{name: "§1.2.2 max-age 2^31 kept", status: 200, hdr: h("cache-control", "max-age=99999999999"), lifetime: MaxDeltaSeconds * time.Second},
+		{name: "route max_ttl caps the lifetime", route: &capped, status: 200, hdr: h("cache-control", "max-age=86400"), lifetime: time.Hour},
 		{name: "§4.2.3 max_ttl caps the freshness left, not the lifetime of an aged response (cache-tests age-parse-dup-old)", route: &capped,
-			status: 200, header: h("date", d(0), "cache-control", "max-age=10000", "age", "3600", "age", "3600"), lifetime: 2 * time.Hour,
+			status: 200, hdr: h("date", d(0), "cache-control", "max-age=10000", "age", "3600", "age", "3600"), lifetime: 2 * time.Hour,
 			check: func(t *testing.T, e Entry) {
 				polWant(t, e.InitialAge == time.Hour && e.Fresh(polNow), "age %v, fresh %v", e.InitialAge, e.Fresh(polNow))
 			}},
 		{name: "§4.2.3 an aged response within max_ttl keeps its lifetime", route: &capped, status: 200,
-			header: h("date", d(0), "cache-control", "max-age=5400", "age", "3600"), lifetime: 5400 * time.Second},
-		{name: "§5.3 future Expires", status: 200, header: h("expires", d(30*24*time.Hour), "date", d(0)), lifetime: 30 * 24 * time.Hour},
-		{name: "§5.3 Expires is relative to Date, not the local clock", status: 200, header: h("expires", d(-time.Hour), "date", d(-2*time.Hour)), lifetime: time.Hour},
-		{name: "§5.3 past Expires", status: 200, header: h("expires", d(-30*24*time.Hour), "date", d(0)), reason: ReasonNotReusable},
-		{name: "§5.3 present Expires", status: 200, header: h("expires", d(0), "date", d(0)), reason: ReasonNotReusable},
-		{name: "§5.3 Expires older than Date", status: 200, header: h("expires", d(300*time.Second), "date", d(400*time.Second)), reason: ReasonNotReusable},
-		{name: "§5.3 invalid Expires 0 is already expired", status: 200, header: h("expires", "0", "date", d(0)), reason: ReasonNotReusable},
-		{name: "§5.3 Expires with an invalid Date uses the receive time", status: 200, header: h("date", "foo", "expires", d(10*time.Second)), lifetime: 10 * time.Second},
-		{name: "§4.2.1 conflicting Expires lines are stale", status: 200, header: h("expires", d(time.Hour), "expires", d(2*time.Hour), "date", d(0)), reason: ReasonNotReusable},
-		{name: "§4.2.1 repeated equal Expires lines", status: 200, header: h("expires", d(time.Hour), "expires", d(time.Hour), "date", d(0)), lifetime: time.Hour},
-		{name: "§5.3 Expires far in the future is capped at 2^31s", status: 200, header: h("expires", "Sun, 21 Nov 2286 04:46:39 GMT", "date", d(0)), lifetime: MaxDeltaSeconds * time.Second},
-		{name: "§5.4 response Pragma: no-cache is ignored", status: 200, header: h("cache-control", "max-age=3600", "pragma", "no-cache"), lifetime: time.Hour},
+			hdr: h("date", d(0), "cache-control", "max-age=5400", "age", "3600"), lifetime: 5400 * time.Second},
+		{name: "§5.3 future Expires", status: 200, hdr: h("expires", d(30*24*time.Hour), "date", d(0)), lifetime: 30 * 24 * time.Hour},
+		{name: "§5.3 Expires is relative to Date, not the local clock", status: 200, hdr: h("expires", d(-time.Hour), "date", d(-2*time.Hour)), lifetime: time.Hour},
+		{name: "§5.3 past Expires", status: 200, hdr: h("expires", d(-30*24*time.Hour), "date", d(0)), reason: ReasonNotReusable},
+		{name: "§5.3 present Expires", status: 200, hdr: h("expires", d(0), "date", d(0)), reason: ReasonNotReusable},
+		{name: "§5.3 Expires older than Date", status: 200, hdr: h("expires", d(300*time.Second), "date", d(400*time.Second)), reason: ReasonNotReusable},
+		{name: "§5.3 invalid Expires 0 is already expired", status: 200, hdr: h("expires", "0", "date", d(0)), reason: ReasonNotReusable},
+		{name: "§5.3 Expires with an invalid Date uses the receive time", status: 200, hdr: h("date", "foo", "expires", d(10*time.Second)), lifetime: 10 * time.Second},
+		{name: "§4.2.1 conflicting Expires lines are stale", status: 200, hdr: h("expires", d(time.Hour), "expires", d(2*time.Hour), "date", d(0)), reason: ReasonNotReusable},
+		{name: "§4.2.1 repeated equal Expires lines", status: 200, hdr: h("expires", d(time.Hour), "expires", d(time.Hour), "date", d(0)), lifetime: time.Hour},
+		{name: "§5.3 Expires far in the future is capped at 2^31s", status: 200, hdr: h("expires", "Sun, 21 Nov 2286 04:46:39 GMT", "date", d(0)), lifetime: MaxDeltaSeconds * time.Second},
+		{name: "§5.4 response Pragma: no-cache is ignored", status: 200, hdr: h("cache-control", "max-age=3600", "pragma", "no-cache"), lifetime: time.Hour},
 
 		// §4.2.2 heuristics
-		{name: "§4.2.2 no heuristics by default (cache-tests freshness-none)", status: 200, header: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
-		{name: "§4.2.2 no freshness, no validator", status: 200, header: h("date", d(0)), reason: ReasonNoFreshness},
-		{name: "§4.2.2 heuristic 10% of Date − Last-Modified", route: &heur, status: 200, header: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
-		{name: "§4.2.2 heuristic capped at heuristic_max", route: &heur, status: 200, header: h("last-modified", d(-100*24*time.Hour), "date", d(0)), lifetime: 24 * time.Hour},
-		{name: "§4.2.2 heuristic with response Pragma no-cache", route: &heur, status: 200, header: h("last-modified", lastDay, "date", d(0), "pragma", "no-cache"), lifetime: 8640 * time.Second},
-		{name: "§4.2.2 heuristic needs Last-Modified", route: &heur, status: 200, header: h("date", d(0), "etag", `"x"`), reason: ReasonNoFreshness},
-		{name: "§4.2.2 Last-Modified after Date gives no heuristic", route: &heur, status: 200, header: h("last-modified", d(time.Hour), "date", d(0)), reason: ReasonNoFreshness},
-		{name: "§4.2.2 explicit Expires wins over heuristics", route: &heur, status: 200, header: h("last-modified", lastDay, "date", d(0), "expires", d(time.Minute)), lifetime: time.Minute},
-		{name: "RFC 9110 §15.1 heuristic 203", route: &heur, status: 203, header: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
-		{name: "RFC 9110 §15.1 heuristic 204", route: &heur, status: 204, header: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
-		{name: "RFC 9110 §15.1 heuristic 404", route: &heur, status: 404, header: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
-		{name: "RFC 9110 §15.1 heuristic 405", route: &heur, status: 405, header: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
-		{name: "RFC 9110 §15.1 heuristic 410", route: &heur, status: 410, header: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
-		{name: "RFC 9110 §15.1 heuristic 414", route: &heur, status: 414, header: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
-		{name: "RFC 9110 §15.1 heuristic 501", route: &heur, status: 501, header: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
-		{name: "RFC 9110 §15.1 no heuristic for 201", route: &heur, status: 201, header: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
-		{name: "RFC 9110 §15.1 no heuristic for 202", route: &heur, status: 202, header: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
-		{name: "RFC 9110 §15.1 no heuristic for 403", route: &heur, status: 403, header: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
-		{name: "RFC 9110 §15.1 no heuristic for 502", route: &heur, status: 502, header: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
-		{name: "RFC 9110 §15.1 no heuristic for 503", route: &heur, status: 503, header: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
-		{name: "RFC 9110 §15.1 no heuristic for 504", route: &heur, status: 504, header: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
-		{name: "§4.2.2 no heuristic for 599", route: &heur, status: 599, header: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
-		{name: "§5.2.2.9 public allows heuristics for 599", route: &heur, status: 599, header: h("last-modified", lastDay, "date", d(0), "cache-control", "public"), lifetime: 8640 * time.Second},
-		{name: "§5.2.2.9 public alone is not freshness without heuristics", status: 200, header: h("cache-control", "public"), reason: ReasonNoFreshness},
+		{name: "§4.2.2 no heuristics by default (cache-tests freshness-none)", status: 200, hdr: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
+		{name: "§4.2.2 no freshness, no validator", status: 200, hdr: h("date", d(0)), reason: ReasonNoFreshness},
+		{name: "§4.2.2 heuristic 10% of Date − Last-Modified", route: &heur, status: 200, hdr: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
+		{name: "§4.2.2 heuristic capped at heuristic_max", route: &heur, status: 200, hdr: h("last-modified", d(-100*24*time.Hour), "date", d(0)), lifetime: 24 * time.Hour},
+		{name: "§4.2.2 heuristic with response Pragma no-cache", route: &heur, status: 200, hdr: h("last-modified", lastDay, "date", d(0), "pragma", "no-cache"), lifetime: 8640 * time.Second},
+		{name: "§4.2.2 heuristic needs Last-Modified", route: &heur, status: 200, hdr: h("date", d(0), "etag", `"x"`), reason: ReasonNoFreshness},
+		{name: "§4.2.2 Last-Modified after Date gives no heuristic", route: &heur, status: 200, hdr: h("last-modified", d(time.Hour), "date", d(0)), reason: ReasonNoFreshness},
+		{name: "§4.2.2 explicit Expires wins over heuristics", route: &heur, status: 200, hdr: h("last-modified", lastDay, "date", d(0), "expires", d(time.Minute)), lifetime: time.Minute},
+		{name: "RFC 9110 §15.1 heuristic 203", route: &heur, status: 203, hdr: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
+		{name: "RFC 9110 §15.1 heuristic 204", route: &heur, status: 204, hdr: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
+		{name: "RFC 9110 §15.1 heuristic 404", route: &heur, status: 404, hdr: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
+		{name: "RFC 9110 §15.1 heuristic 405", route: &heur, status: 405, hdr: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
+		{name: "RFC 9110 §15.1 heuristic 410", route: &heur, status: 410, hdr: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
+		{name: "RFC 9110 §15.1 heuristic 414", route: &heur, status: 414, hdr: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
+		{name: "RFC 9110 §15.1 heuristic 501", route: &heur, status: 501, hdr: h("last-modified", lastDay, "date", d(0)), lifetime: 8640 * time.Second},
+		{name: "RFC 9110 §15.1 no heuristic for 201", route: &heur, status: 201, hdr: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
+		{name: "RFC 9110 §15.1 no heuristic for 202", route: &heur, status: 202, hdr: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
+		{name: "RFC 9110 §15.1 no heuristic for 403", route: &heur, status: 403, hdr: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
+		{name: "RFC 9110 §15.1 no heuristic for 502", route: &heur, status: 502, hdr: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
+		{name: "RFC 9110 §15.1 no heuristic for 503", route: &heur, status: 503, hdr: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
+		{name: "RFC 9110 §15.1 no heuristic for 504", route: &heur, status: 504, hdr: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
+		{name: "§4.2.2 no heuristic for 599", route: &heur, status: 599, hdr: h("last-modified", lastDay, "date", d(0)), reason: ReasonNoFreshness},
+		{name: "§5.2.2.9 public allows heuristics for 599", route: &heur, status: 599, hdr: h("last-modified", lastDay, "date", d(0), "cache-control", "public"), lifetime: 8640 * time.Second},
+		{name: "§5.2.2.9 public alone is not freshness without heuristics", status: 200, hdr: h("cache-control", "public"), reason: ReasonNoFreshness},
 
 		// flags and windows
-		{name: "§5.2.2.2 must-revalidate", status: 200, header: h("cache-control", "max-age=60, must-revalidate, stale-if-error=60"), lifetime: time.Minute,
+		{name: "§5.2.2.2 must-revalidate", status: 200, hdr: h("cache-control", "max-age=60, must-revalidate, stale-if-error=60"), lifetime: time.Minute,
 			check: func(t *testing.T, e Entry) {
 				polWant(t, e.MustRevalidate && e.StaleIfError == 0 && e.StaleWhileRevalidate == 0, "must-revalidate drops stale windows: %+v", e)
 			}},
-		{name: "§5.2.2.8 proxy-revalidate is must-revalidate in a shared cache", status: 200, header: h("cache-control", "max-age=60, proxy-revalidate"), lifetime: time.Minute,
+		{name: "§5.2.2.8 proxy-revalidate is must-revalidate in a shared cache", status: 200, hdr: h("cache-control", "max-age=60, proxy-revalidate"), lifetime: time.Minute,
 			check: func(t *testing.T, e Entry) { polWant(t, e.MustRevalidate, "MustRevalidate") }},
-		{name: "RFC 5861 stale windows kept", status: 200, header: h("cache-control", "max-age=1, stale-while-revalidate=30, stale-if-error=600"), lifetime: time.Second,
+		{name: "RFC 5861 stale windows kept", status: 200, hdr: h("cache-control", "max-age=1, stale-while-revalidate=30, stale-if-error=600"), lifetime: time.Second,
 			check: func(t *testing.T, e Entry) {
 				polWant(t, e.StaleWhileRevalidate == 30*time.Second && e.StaleIfError == 10*time.Minute, "windows %+v", e)
 			}},
-		{name: "RFC 5861 stale windows capped by max_ttl", route: &capped, status: 200, header: h("cache-control", "max-age=1, stale-while-revalidate=86400, stale-if-error=86400"), lifetime: time.Second,
+		{name: "RFC 5861 stale windows capped by max_ttl", route: &capped, status: 200, hdr: h("cache-control", "max-age=1, stale-while-revalidate=86400, stale-if-error=86400"), lifetime: time.Second,
 			check: func(t *testing.T, e Entry) {
 				polWant(t, e.StaleWhileRevalidate == time.Hour && e.StaleIfError == time.Hour, "windows %+v", e)
 			}},
-		{name: "RFC 5861 max-age=0 with stale-while-revalidate is reusable", status: 200, header: h("cache-control", "max-age=0, stale-while-revalidate=60"), lifetime: 0},
-		{name: "RFC 5861 stale windows do not apply to no-cache", status: 200, header: h("cache-control", "no-cache, stale-if-error=60", "etag", `"x"`), lifetime: 0,
+		{name: "RFC 5861 max-age=0 with stale-while-revalidate is reusable", status: 200, hdr: h("cache-control", "max-age=0, stale-while-revalidate=60"), lifetime: 0},
+		{name: "RFC 5861 stale windows do not apply to no-cache", status: 200, hdr: h("cache-control", "no-cache, stale-if-error=60", "etag", `"x"`), lifetime: 0,
 			check: func(t *testing.T, e Entry) { polWant(t, e.StaleIfError == 0, "no stale-if-error") }},
 
 		// §3.1 stored fields, §4.2.3 age
 		{name: "§3.1 hop-by-hop and Sluice fields are not stored", status: 200,
-			header: h(":status", "200", "cache-control", "max-age=60", "connection", "a, B", "a", "1", "b", "2", "c", "3",
+			hdr: h(":status", "200", "cache-control", "max-age=60", "connection", "a, B", "a", "1", "b", "2", "c", "3",
 				"keep-alive", "timeout=5", "proxy-connection", "x", "te", "x", "transfer-encoding", "chunked", "upgrade", "x", "trailer", "x",
 				"proxy-authenticate", "x", "proxy-authentication-info", "x", "proxy-authorization", "x", "age", "5",
 				"x-sluice-tenant", "acme", "x-envoy-upstream-service-time", "3", "x-cache", "HIT", "surrogate-key", "k", "surrogate-control", "max-age=5",
@@ -264,28 +265,28 @@ func TestStorable(t *testing.T) {
 					"proxy-authenticate", "proxy-authentication-info", "proxy-authorization", "age", "x-sluice-tenant",
 					"x-envoy-upstream-service-time", "x-cache", "surrogate-key", "surrogate-control",
 					"ratelimit", "ratelimit-policy", "x-ratelimit-remaining"})},
-		{name: "RFC 9110 §6.6.1 Date added when missing", status: 200, header: h("cache-control", "max-age=60"), lifetime: time.Minute,
+		{name: "RFC 9110 §6.6.1 Date added when missing", status: 200, hdr: h("cache-control", "max-age=60"), lifetime: time.Minute,
 			check: func(t *testing.T, e Entry) {
-				v, _ := firstField(e.Header, "date")
+				v, _ := e.Header.Lookup("date")
 				polWant(t, v == polDate(0), "date %q", v)
 			}},
-		{name: "RFC 9110 §6.6.1 existing Date kept", status: 200, header: h("cache-control", "max-age=60", "date", d(-time.Second)), lifetime: time.Minute,
+		{name: "RFC 9110 §6.6.1 existing Date kept", status: 200, hdr: h("cache-control", "max-age=60", "date", d(-time.Second)), lifetime: time.Minute,
 			check: func(t *testing.T, e Entry) {
-				polWant(t, len(fieldValues(e.Header, "date")) == 1 && e.InitialAge == time.Second, "date %v age %v", fieldValues(e.Header, "date"), e.InitialAge)
+				polWant(t, len(e.Header.Values("date")) == 1 && e.InitialAge == time.Second, "date %v age %v", e.Header.Values("date"), e.InitialAge)
 			}},
-		{name: "§4.2.3 Age counts in the initial age", status: 200, header: h("cache-control", "max-age=3600", "age", "1800", "date", d(0)), lifetime: time.Hour,
+		{name: "§4.2.3 Age counts in the initial age", status: 200, hdr: h("cache-control", "max-age=3600", "age", "1800", "date", d(0)), lifetime: time.Hour,
 			check: func(t *testing.T, e Entry) { polWant(t, e.InitialAge == 30*time.Minute, "InitialAge %v", e.InitialAge) }},
 		{name: "§4.2.3 response delay counts in the initial age", req: Request{Method: "GET", Time: polNow.Add(-2 * time.Second)}, status: 200,
-			header: h("cache-control", "max-age=3600", "age", "10", "date", d(0)), lifetime: time.Hour,
+			hdr: h("cache-control", "max-age=3600", "age", "10", "date", d(0)), lifetime: time.Hour,
 			check: func(t *testing.T, e Entry) {
 				polWant(t, e.InitialAge == 12*time.Second && e.RequestTime.Equal(polNow.Add(-2*time.Second)), "InitialAge %v", e.InitialAge)
 			}},
-		{name: "§4.2.3 apparent age from a slow Date", status: 200, header: h("cache-control", "max-age=3600", "date", d(-2*time.Hour)), lifetime: time.Hour,
+		{name: "§4.2.3 apparent age from a slow Date", status: 200, hdr: h("cache-control", "max-age=3600", "date", d(-2*time.Hour)), lifetime: time.Hour,
 			check: func(t *testing.T, e Entry) {
 				polWant(t, e.InitialAge == 2*time.Hour && !e.Fresh(polNow), "InitialAge %v", e.InitialAge)
 			}},
 		{name: "validators and tags", route: &tagged, status: 200,
-			header: h("cache-control", "max-age=60", "etag", ` W/"x" `, "last-modified", lastDay, "surrogate-key", "a  b {bad} a", "surrogate-key", "c"), lifetime: time.Minute,
+			hdr: h("cache-control", "max-age=60", "etag", ` W/"x" `, "last-modified", lastDay, "surrogate-key", "a  b {bad} a", "surrogate-key", "c"), lifetime: time.Minute,
 			check: func(t *testing.T, e Entry) {
 				polWant(t, e.ETag == `W/"x"` && e.LastModified == lastDay, "validators %q %q", e.ETag, e.LastModified)
 				polWant(t, slices.Equal(e.Tags, []string{"contacts:acme", "all", "a", "b", "c"}), "tags %q", e.Tags)
@@ -304,7 +305,7 @@ func TestStorable(t *testing.T) {
 			if tt.route != nil {
 				route = *tt.route
 			}
-			e, ok, reason := Storable(req, tt.status, tt.header, polNow, route)
+			e, ok, reason := Storable(req, tt.status, tt.hdr, polNow, route)
 			if ok != (tt.reason == "") || reason != tt.reason {
 				t.Fatalf("Storable = ok %v reason %q, want reason %q", ok, reason, tt.reason)
 			}
@@ -337,12 +338,12 @@ func polWantFields(present, absent []string) func(t *testing.T, e Entry) {
 	return func(t *testing.T, e Entry) {
 		t.Helper()
 		for _, n := range present {
-			if !hasField(e.Header, n) {
+			if !e.Header.Has(n) {
 				t.Errorf("stored header lacks %q: %v", n, e.Header)
 			}
 		}
 		for _, n := range absent {
-			if hasField(e.Header, n) {
+			if e.Header.Has(n) {
 				t.Errorf("stored header has %q: %v", n, e.Header)
 			}
 		}
@@ -372,9 +373,9 @@ func TestAgeValue(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var h []Header
+			var h header.List
 			for _, l := range tt.lines {
-				h = append(h, Header{"age", l})
+				h = append(h, header.Field{Name: "age", Value: l})
 			}
 			if got := ageValue(h); got != tt.want {
 				t.Errorf("ageValue(%q) = %v, want %v", tt.lines, got, tt.want)
@@ -510,27 +511,27 @@ func TestEvaluateEndToEnd(t *testing.T) {
 	// Storable then Evaluate, with the cache-tests flows that need both.
 	tests := []struct {
 		name    string
-		header  []Header
+		hdr     header.List
 		req     Request
 		elapsed time.Duration
 		action  Action
 	}{
-		{name: "cc-resp-must-revalidate-fresh", header: polHeader("cache-control", "max-age=10000, must-revalidate", "etag", `"abcd"`), req: polGet(), elapsed: time.Second, action: ActionHit},
-		{name: "cc-resp-must-revalidate-stale", header: polHeader("cache-control", "max-age=2, must-revalidate", "etag", `"abcd"`), req: polGet("cache-control", "max-stale"), elapsed: 3 * time.Second, action: ActionValidate},
-		{name: "cc-resp-immutable-fresh", header: polHeader("cache-control", "max-age=10000, immutable", "etag", `"abcd"`), req: polGet(), elapsed: time.Second, action: ActionHit},
-		{name: "cc-resp-immutable-stale", header: polHeader("cache-control", "max-age=2, immutable", "etag", `"abcd"`), req: polGet(), elapsed: 3 * time.Second, action: ActionValidate},
-		{name: "cc-resp-no-cache-revalidate-fresh", header: polHeader("cache-control", "max-age=10000, no-cache", "etag", `"abcd"`), req: polGet(), elapsed: time.Second, action: ActionValidate},
-		{name: "freshness-max-age-s-maxage-shared-longer", header: polHeader("cache-control", "max-age=3600, s-maxage=1"), req: polGet(), elapsed: 3 * time.Second, action: ActionValidate},
-		{name: "freshness-max-age-date (apparent age)", header: polHeader("date", polDate(-2*time.Hour), "cache-control", "max-age=3600"), req: polGet(), elapsed: time.Second, action: ActionValidate},
-		{name: "freshness-expires-age-slow-date", header: polHeader("date", polDate(-10*time.Second), "expires", polDate(10*time.Second), "age", "25"), req: polGet(), elapsed: 0, action: ActionValidate},
-		{name: "freshness-expires-age-fast-date", header: polHeader("date", polDate(10*time.Second), "expires", polDate(20*time.Second), "age", "15"), req: polGet(), elapsed: 0, action: ActionValidate},
-		{name: "age-parse-dup-old", header: polHeader("date", polDate(0), "cache-control", "max-age=10000", "age", "3600", "age", "3600"), req: polGet(), elapsed: time.Second, action: ActionHit},
-		{name: "age-parse-large", header: polHeader("date", polDate(0), "cache-control", "max-age=3600", "age", "2147483648"), req: polGet(), elapsed: 0, action: ActionValidate},
-		{name: "stale-while-revalidate-window", header: polHeader("cache-control", "max-age=1, stale-while-revalidate=4", "etag", `"abc"`), req: polGet(), elapsed: 6 * time.Second, action: ActionValidate},
+		{name: "cc-resp-must-revalidate-fresh", hdr: polHeader("cache-control", "max-age=10000, must-revalidate", "etag", `"abcd"`), req: polGet(), elapsed: time.Second, action: ActionHit},
+		{name: "cc-resp-must-revalidate-stale", hdr: polHeader("cache-control", "max-age=2, must-revalidate", "etag", `"abcd"`), req: polGet("cache-control", "max-stale"), elapsed: 3 * time.Second, action: ActionValidate},
+		{name: "cc-resp-immutable-fresh", hdr: polHeader("cache-control", "max-age=10000, immutable", "etag", `"abcd"`), req: polGet(), elapsed: time.Second, action: ActionHit},
+		{name: "cc-resp-immutable-stale", hdr: polHeader("cache-control", "max-age=2, immutable", "etag", `"abcd"`), req: polGet(), elapsed: 3 * time.Second, action: ActionValidate},
+		{name: "cc-resp-no-cache-revalidate-fresh", hdr: polHeader("cache-control", "max-age=10000, no-cache", "etag", `"abcd"`), req: polGet(), elapsed: time.Second, action: ActionValidate},
+		{name: "freshness-max-age-s-maxage-shared-longer", hdr: polHeader("cache-control", "max-age=3600, s-maxage=1"), req: polGet(), elapsed: 3 * time.Second, action: ActionValidate},
+		{name: "freshness-max-age-date (apparent age)", hdr: polHeader("date", polDate(-2*time.Hour), "cache-control", "max-age=3600"), req: polGet(), elapsed: time.Second, action: ActionValidate},
+		{name: "freshness-expires-age-slow-date", hdr: polHeader("date", polDate(-10*time.Second), "expires", polDate(10*time.Second), "age", "25"), req: polGet(), elapsed: 0, action: ActionValidate},
+		{name: "freshness-expires-age-fast-date", hdr: polHeader("date", polDate(10*time.Second), "expires", polDate(20*time.Second), "age", "15"), req: polGet(), elapsed: 0, action: ActionValidate},
+		{name: "age-parse-dup-old", hdr: polHeader("date", polDate(0), "cache-control", "max-age=10000", "age", "3600", "age", "3600"), req: polGet(), elapsed: time.Second, action: ActionHit},
+		{name: "age-parse-large", hdr: polHeader("date", polDate(0), "cache-control", "max-age=3600", "age", "2147483648"), req: polGet(), elapsed: 0, action: ActionValidate},
+		{name: "stale-while-revalidate-window", hdr: polHeader("cache-control", "max-age=1, stale-while-revalidate=4", "etag", `"abc"`), req: polGet(), elapsed: 6 * time.Second, action: ActionValidate},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e, ok, reason := Storable(polGet(), 200, tt.header, polNow, polRoute())
+			e, ok, reason := Storable(polGet(), 200, tt.hdr, polNow, polRoute())
 			if !ok {
 				t.Fatalf("not stored: %s", reason)
 			}
@@ -598,70 +599,70 @@ func TestFreshen(t *testing.T) {
 	tests := []struct {
 		name   string
 		entry  *Entry
-		header []Header
+		hdr    header.List
 		store  bool
 		reason string
 		check  func(t *testing.T, e *Entry)
 	}{
 		{name: "§4.3.4 strong ETag selects, fields replaced (cache-tests 304-etag-update-response-Test-Header)", entry: stored(),
-			header: polHeader("etag", `"v1"`, "date", at(0), "test-header", "B", "cache-control", "max-age=3600"), store: true,
+			hdr: polHeader("etag", `"v1"`, "date", at(0), "test-header", "B", "cache-control", "max-age=3600"), store: true,
 			check: func(t *testing.T, e *Entry) {
-				polWant(t, fieldValues(e.Header, "test-header")[0] == "B", "updated test-header %v", e.Header)
+				polWant(t, e.Header.Values("test-header")[0] == "B", "updated test-header %v", e.Header)
 				polWant(t, e.Lifetime == time.Hour && e.Fresh(later) && e.ResponseTime.Equal(later), "new lifetime %v", e.Lifetime)
 				polWant(t, string(e.Body) == "body", "body kept")
-				polWant(t, len(fieldValues(e.Header, "cache-control")) == 1, "one cache-control")
+				polWant(t, len(e.Header.Values("cache-control")) == 1, "one cache-control")
 			}},
 		{name: "§4.3.4 stored fields the 304 omits are kept (304-lm-use-stored-Test-Header)", entry: stored(),
-			header: polHeader("last-modified", lm, "date", at(0)), store: true,
+			hdr: polHeader("last-modified", lm, "date", at(0)), store: true,
 			check: func(t *testing.T, e *Entry) {
-				polWant(t, fieldValues(e.Header, "test-header")[0] == "A", "kept test-header")
+				polWant(t, e.Header.Values("test-header")[0] == "A", "kept test-header")
 				polWant(t, e.Lifetime == 2*time.Second && e.Fresh(later), "lifetime renewed from the stored max-age")
-				polWant(t, fieldValues(e.Header, "date")[0] == at(0), "date replaced")
+				polWant(t, e.Header.Values("date")[0] == at(0), "date replaced")
 			}},
 		{name: "§3.2 Content-Length, Content-Encoding and Vary are not updated", entry: stored(),
-			header: polHeader("etag", `"v1"`, "date", at(0), "content-length", "10", "content-encoding", "br", "vary", "Bar"), store: true,
+			hdr: polHeader("etag", `"v1"`, "date", at(0), "content-length", "10", "content-encoding", "br", "vary", "Bar"), store: true,
 			check: func(t *testing.T, e *Entry) {
-				polWant(t, fieldValues(e.Header, "content-length")[0] == "36", "content-length kept")
-				polWant(t, fieldValues(e.Header, "content-encoding")[0] == "gzip", "content-encoding kept")
-				polWant(t, fieldValues(e.Header, "vary")[0] == "Foo" && slices.Equal(e.Vary, []string{"foo"}), "vary kept")
+				polWant(t, e.Header.Values("content-length")[0] == "36", "content-length kept")
+				polWant(t, e.Header.Values("content-encoding")[0] == "gzip", "content-encoding kept")
+				polWant(t, e.Header.Values("vary")[0] == "Foo" && slices.Equal(e.Vary, []string{"foo"}), "vary kept")
 			}},
 		{name: "RFC 9110 §6.6.1 a 304 without Date gets one", entry: stored(),
-			header: polHeader("etag", `"v1"`), store: true,
+			hdr: polHeader("etag", `"v1"`), store: true,
 			check: func(t *testing.T, e *Entry) {
-				polWant(t, fieldValues(e.Header, "date")[0] == formatHTTPDate(later) && e.Fresh(later), "date %v", fieldValues(e.Header, "date"))
+				polWant(t, e.Header.Values("date")[0] == formatHTTPDate(later) && e.Fresh(later), "date %v", e.Header.Values("date"))
 			}},
 		{name: "§4.3.4 the 304's Age counts", entry: stored(),
-			header: polHeader("etag", `"v1"`, "date", at(0), "age", "1", "cache-control", "max-age=60"), store: true,
+			hdr: polHeader("etag", `"v1"`, "date", at(0), "age", "1", "cache-control", "max-age=60"), store: true,
 			check: func(t *testing.T, e *Entry) {
-				polWant(t, e.InitialAge == time.Second && !hasField(e.Header, "age"), "InitialAge %v", e.InitialAge)
+				polWant(t, e.InitialAge == time.Second && !e.Header.Has("age"), "InitialAge %v", e.InitialAge)
 			}},
-		{name: "§4.3.4 a different strong ETag does not select", entry: stored(), header: polHeader("etag", `"v2"`), reason: ReasonValidatorMismatch},
-		{name: "§4.3.4 a strong ETag does not select a weak one", entry: stored(), header: polHeader("etag", `"v1"`, "etag", `W/"v1"`),
+		{name: "§4.3.4 a different strong ETag does not select", entry: stored(), hdr: polHeader("etag", `"v2"`), reason: ReasonValidatorMismatch},
+		{name: "§4.3.4 a strong ETag does not select a weak one", entry: stored(), hdr: polHeader("etag", `"v1"`, "etag", `W/"v1"`),
 			store: true}, // first ETag line decides; strong "v1" matches stored strong "v1"
-		{name: "§4.3.4 weak ETag selects by weak comparison", entry: stored(), header: polHeader("etag", `W/"v1"`), store: true},
-		{name: "§4.3.4 Last-Modified selects when there is no ETag", entry: stored(), header: polHeader("last-modified", "Wednesday, 01-Jan-20 00:00:00 GMT"), store: true},
-		{name: "§4.3.4 a different Last-Modified does not select", entry: stored(), header: polHeader("last-modified", "Thu, 02 Jan 2020 00:00:00 GMT"), reason: ReasonValidatorMismatch},
-		{name: "§4.3.4 a 304 without validators answers Sluice's own request", entry: stored(), header: polHeader("date", at(0)), store: true},
-		{name: "§4.3.4 ETag in the 304 but none stored", entry: func() *Entry { e := stored(); e.ETag = ""; return e }(), header: polHeader("etag", `"v1"`), reason: ReasonValidatorMismatch},
-		{name: "§4.3.4 a 304 with no-store: serve once, do not store", entry: stored(), header: polHeader("etag", `"v1"`, "cache-control", "no-store"), reason: ReasonNoStore,
+		{name: "§4.3.4 weak ETag selects by weak comparison", entry: stored(), hdr: polHeader("etag", `W/"v1"`), store: true},
+		{name: "§4.3.4 Last-Modified selects when there is no ETag", entry: stored(), hdr: polHeader("last-modified", "Wednesday, 01-Jan-20 00:00:00 GMT"), store: true},
+		{name: "§4.3.4 a different Last-Modified does not select", entry: stored(), hdr: polHeader("last-modified", "Thu, 02 Jan 2020 00:00:00 GMT"), reason: ReasonValidatorMismatch},
+		{name: "§4.3.4 a 304 without validators answers Sluice's own request", entry: stored(), hdr: polHeader("date", at(0)), store: true},
+		{name: "§4.3.4 ETag in the 304 but none stored", entry: func() *Entry { e := stored(); e.ETag = ""; return e }(), hdr: polHeader("etag", `"v1"`), reason: ReasonValidatorMismatch},
+		{name: "§4.3.4 a 304 with no-store: serve once, do not store", entry: stored(), hdr: polHeader("etag", `"v1"`, "cache-control", "no-store"), reason: ReasonNoStore,
 			check: func(t *testing.T, e *Entry) { polWant(t, e != nil && string(e.Body) == "body", "entry to serve") }},
-		{name: "request no-store on the validating request", entry: stored(), header: polHeader("etag", `"v1"`), reason: ReasonRequestNoStore},
-		{name: "tags kept without Surrogate-Key", entry: stored(), header: polHeader("etag", `"v1"`), store: true,
+		{name: "request no-store on the validating request", entry: stored(), hdr: polHeader("etag", `"v1"`), reason: ReasonRequestNoStore},
+		{name: "tags kept without Surrogate-Key", entry: stored(), hdr: polHeader("etag", `"v1"`), store: true,
 			check: func(t *testing.T, e *Entry) { polWant(t, slices.Equal(e.Tags, []string{"old"}), "tags %v", e.Tags) }},
-		{name: "tags replaced by a Surrogate-Key", entry: stored(), header: polHeader("etag", `"v1"`, "surrogate-key", "n1 n2"), store: true,
+		{name: "tags replaced by a Surrogate-Key", entry: stored(), hdr: polHeader("etag", `"v1"`, "surrogate-key", "n1 n2"), store: true,
 			check: func(t *testing.T, e *Entry) {
-				polWant(t, slices.Equal(e.Tags, []string{"n1", "n2"}) && !hasField(e.Header, "surrogate-key"), "tags %v", e.Tags)
+				polWant(t, slices.Equal(e.Tags, []string{"n1", "n2"}) && !e.Header.Has("surrogate-key"), "tags %v", e.Tags)
 			}},
 		{name: "RFC 9110 §7.6.1 the 304's hop-by-hop fields are not merged", entry: stored("x-keep", "stored"),
-			header: polHeader("etag", `"v1"`, "connection", "x-keep", "x-keep", "hop", "keep-alive", "timeout=5"), store: true,
+			hdr: polHeader("etag", `"v1"`, "connection", "x-keep", "x-keep", "hop", "keep-alive", "timeout=5"), store: true,
 			check: func(t *testing.T, e *Entry) {
-				polWant(t, slices.Equal(fieldValues(e.Header, "x-keep"), []string{"stored"}) && !hasField(e.Header, "keep-alive") && !hasField(e.Header, "connection"),
+				polWant(t, slices.Equal(e.Header.Values("x-keep"), []string{"stored"}) && !e.Header.Has("keep-alive") && !e.Header.Has("connection"),
 					"stored x-keep kept, 304 hop fields dropped: %v", e.Header)
 			}},
 		{name: "Set-Cookie on a 304 is not merged and does not block storing", entry: stored(),
-			header: polHeader("etag", `"v1"`, "set-cookie", "s=1"), store: true,
-			check: func(t *testing.T, e *Entry) { polWant(t, !hasField(e.Header, "set-cookie"), "no set-cookie") }},
-		{name: "nil entry", header: polHeader("etag", `"v1"`), reason: ReasonValidatorMismatch},
+			hdr: polHeader("etag", `"v1"`, "set-cookie", "s=1"), store: true,
+			check: func(t *testing.T, e *Entry) { polWant(t, !e.Header.Has("set-cookie"), "no set-cookie") }},
+		{name: "nil entry", hdr: polHeader("etag", `"v1"`), reason: ReasonValidatorMismatch},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -679,7 +680,7 @@ func TestFreshen(t *testing.T) {
 				snapshot = *before
 				snapshot.Header = slices.Clone(before.Header)
 			}
-			e, store, reason := Freshen(req, tt.entry, tt.header, later, polRoute())
+			e, store, reason := Freshen(req, tt.entry, tt.hdr, later, polRoute())
 			if store != tt.store || (!store && reason != tt.reason) {
 				t.Fatalf("Freshen store=%v reason=%q, want store=%v reason=%q", store, reason, tt.store, tt.reason)
 			}
@@ -720,7 +721,7 @@ func TestServeHeaders(t *testing.T) {
 		if !reflect.DeepEqual(got[n-3:], wantTail) {
 			t.Errorf("tail = %v, want %v", got[n-3:], wantTail)
 		}
-		if !hasField(got, "x-other") || !hasField(got, "content-length") {
+		if !got.Has("x-other") || !got.Has("content-length") {
 			t.Errorf("stored fields missing: %v", got)
 		}
 	})
@@ -738,8 +739,8 @@ func TestServeHeaders(t *testing.T) {
 	t.Run("RFC 9110 §15.4.5 Last-Modified in a 304 without ETag", func(t *testing.T) {
 		noETag := *e
 		noETag.ETag = ""
-		noETag.Header = slices.DeleteFunc(slices.Clone(e.Header), func(h Header) bool { return h.Name == "etag" })
-		if got := ServeHeaders(&noETag, now, 304, cs, ""); !hasField(got, "last-modified") {
+		noETag.Header = slices.DeleteFunc(slices.Clone(e.Header), func(h header.Field) bool { return h.Name == "etag" })
+		if got := ServeHeaders(&noETag, now, 304, cs, ""); !got.Has("last-modified") {
 			t.Errorf("want last-modified: %v", got)
 		}
 	})
@@ -897,14 +898,14 @@ func polGoldenRun(t *testing.T, in string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	header := polGoldenHeaders(t, respLines[1:])
+	hdr := polGoldenHeaders(t, respLines[1:])
 
 	cfg = cfg.WithDefaults()
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	route := cfg.Route(req.Path)
-	e, ok, reason := Storable(req, status, header, polNow, route)
+	e, ok, reason := Storable(req, status, hdr, polNow, route)
 	var b strings.Builder
 	fmt.Fprintf(&b, "route: %s\nstored: %v\n", route.Name, ok)
 	if !ok {
@@ -929,9 +930,9 @@ func polGoldenRun(t *testing.T, in string) string {
 	return b.String()
 }
 
-func polGoldenHeaders(t *testing.T, lines []string) []Header {
+func polGoldenHeaders(t *testing.T, lines []string) header.List {
 	t.Helper()
-	var h []Header
+	var h header.List
 	for _, l := range lines {
 		if strings.TrimSpace(l) == "" {
 			continue
@@ -940,7 +941,7 @@ func polGoldenHeaders(t *testing.T, lines []string) []Header {
 		if !ok {
 			t.Fatalf("bad header line %q", l)
 		}
-		h = append(h, Header{strings.ToLower(name), strings.TrimPrefix(value, " ")})
+		h = append(h, header.Field{Name: strings.ToLower(name), Value: strings.TrimPrefix(value, " ")})
 	}
 	return h
 }

@@ -27,7 +27,7 @@ const maxRangeFieldBytes = 1024
 
 // answerRange decides how the GET req, carrying Range, is answered from e at now.
 func answerRange(req Request, e *Entry, now time.Time) rangeAnswer {
-	values := fieldValues(req.Header, "range")
+	values := req.Header.Values("range")
 	if req.Method != "GET" || len(values) != 1 || e.Status != 200 || !ifRangeMatches(req, e, now) {
 		return rangeAnswer{}
 	}
@@ -111,7 +111,7 @@ func digits(s string) (int64, bool) {
 // ifRangeMatches evaluates If-Range (§13.1.5): absent, or a strong ETag equal to e's (a weak
 // one never matches), or an HTTP-date equal to e's Last-Modified.
 func ifRangeMatches(req Request, e *Entry, now time.Time) bool {
-	v, ok := firstField(req.Header, "if-range")
+	v, ok := req.Header.Lookup("if-range")
 	if !ok {
 		return true
 	}

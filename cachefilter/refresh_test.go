@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // TestRefresher: a refresh is the request that found the entry stale, sent again to the
@@ -42,7 +43,7 @@ func TestRefresher(t *testing.T) {
 
 	req := cachefilter.Request{
 		Method: "HEAD", Scheme: "http", Authority: "api.example.com", Path: "/items?page=2", Tenant: "acme",
-		Header: []cachefilter.Header{
+		Header: header.List{
 			{Name: "x-tenant-id", Value: "acme"}, {Name: "accept-language", Value: "fr"},
 			{Name: "authorization", Value: "Bearer t"}, {Name: "if-none-match", Value: `"x"`},
 			{Name: "cache-control", Value: "max-stale"}, {Name: "x-forwarded-for", Value: "192.0.2.1"},

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/extproc"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // Stage is the response cache in the ext_proc pipeline (extproc.WithStages).
@@ -138,7 +139,7 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 	// selects what the origin saw, never what the client claimed.
 	req := Request{
 		Method: x.Method, Scheme: x.Scheme, Authority: x.Authority, Path: x.Path,
-		Header: fromExt(x.ForwardedRequestHeaders()), Tenant: x.Tenant, Time: now,
+		Header: x.ForwardedRequestHeaders(), Tenant: x.Tenant, Time: now,
 		HasBody: !x.RequestEndOfStream,
 	}
 	st := &state{req: req, route: s.cfg.Route(req.Path)}
@@ -176,7 +177,7 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 		s.serve(x, st, e, now)
 		return nil
 	case ActionGatewayTimeout:
-		x.Respond(504, extproc.Headers{{Name: "x-cache", Value: XCacheMiss}, {Name: "cache-control", Value: "no-store"}}, nil)
+		x.Respond(504, header.List{{Name: "x-cache", Value: XCacheMiss}, {Name: "cache-control", Value: "no-store"}}, nil)
 		return nil
 	case ActionStale:
 		if s.refresh != nil {
@@ -302,20 +303,23 @@ func (s *Stage) respond(x *extproc.Exchange, st *state, e *Entry, now time.Time,
 
 // answer is the status, fields and body an answer from e gets: e's, or a
 // byte range of it for a Range request (ranges.go), or none for a 304.
-func (s *Stage) answer(st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) (int, extproc.Headers, []byte) {
+func (s *Stage) answer(st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) (int, header.List, []byte) {
 	body := e.Body
 	var contentRange string
 	switch {
 	case status == 304 || status == 204:
 		body = nil
-	case status == e.Status && hasField(st.req.Header, "range"):
+	case status == e.Status && st.req.Header.Has("range"):
 		if ra := answerRange(st.req, e, now); ra.status != 0 {
 			status, body, contentRange = ra.status, ra.body, ra.contentRange
 		}
 	}
-	h := toExt(ServeHeaders(e, now, status, cs, xcache))
+	h := ServeHeaders(e, now, status, cs, xcache)
+	// Envoy frames a local reply's body itself.
+	h.Del("content-length")
+	h.Del("transfer-encoding")
 	if contentRange != "" {
-		h = append(h, extproc.Header{Name: "content-range", Value: contentRange})
+		h = append(h, header.Field{Name: "content-range", Value: contentRange})
 	}
 	return status, h, body
 }
@@ -330,7 +334,7 @@ func (s *Stage) replace(x *extproc.Exchange, st *state, e *Entry, now time.Time,
 	case status == 304 || status == 204:
 	case st.req.Method == "HEAD":
 		// No body (Envoy would send none), and the length a GET would get.
-		h = append(h, extproc.Header{Name: "content-length", Value: strconv.Itoa(len(body))})
+		h = append(h, header.Field{Name: "content-length", Value: strconv.Itoa(len(body))})
 		body = nil
 	case body == nil:
 		body = []byte{} // replaces whatever body the upstream response has
@@ -359,10 +363,10 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 		return nil
 	}
 	status := x.ResponseStatus
-	header := fromExt(x.ResponseHeaders)
-	removeNominated(x, header)
+	hdr := x.ResponseHeaders
+	removeNominated(x, hdr)
 	if st.unsafe {
-		s.invalidate(ctx, x, st, status, header)
+		s.invalidate(ctx, x, st, status, hdr)
 		return nil
 	}
 	if !st.lookup {
@@ -374,7 +378,7 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 
 	if st.validate && status == 304 {
 		e, store := st.entry, false
-		if fresh, ok, _ := Freshen(st.req, st.entry, header, now, st.route); fresh != nil {
+		if fresh, ok, _ := Freshen(st.req, st.entry, hdr, now, st.route); fresh != nil {
 			e, store = fresh, ok && s.store.keeps(fresh, now)
 			if store {
 				s.put(ctx, st, fresh)
@@ -397,7 +401,7 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 		return nil
 	}
 	if st.entry != nil && status >= 500 {
-		disconnected := Disconnected(status, header)
+		disconnected := Disconnected(status, hdr)
 		if disconnected && ServeStaleDisconnected(st.req, st.entry, now) || ServeStaleOnError(st.req, st.entry, now, status) {
 			s.complete(st, nil)
 			// Not a "hit": the request went upstream (RFC 9211 §2.1); fwd and
@@ -417,8 +421,8 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 	}
 	if st.store {
 		// Only what the store will keep is buffered and reported stored.
-		if e, ok, _ := Storable(st.req, status, header, now, st.route); ok && s.store.keeps(&e, now) {
-			n := contentLength(header)
+		if e, ok, _ := Storable(st.req, status, hdr, now, st.route); ok && s.store.keeps(&e, now) {
+			n := contentLength(hdr)
 			if status == 204 {
 				// RFC 9110 §15.3.5: a 204 ends with its header section.
 				// Envoy sends it with end_of_stream on the headers and no
@@ -466,13 +470,13 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 // would reach the client on misses and pass-through responses (cached hits
 // never carry them: storedField). Removing Connection here would hide the
 // nominations from Envoy's own handling, so it is left to Envoy.
-func removeNominated(x *extproc.Exchange, header []Header) {
-	for _, name := range connectionFields(header) {
+func removeNominated(x *extproc.Exchange, hdr header.List) {
+	for _, name := range connectionFields(hdr) {
 		switch name {
 		case "close", "keep-alive", "upgrade", "connection", "transfer-encoding", "proxy-connection":
 			continue // not a field (close) or one Envoy removes
 		}
-		if hasField(header, name) {
+		if hdr.Has(name) {
 			x.RemoveResponseHeader(name)
 		}
 	}
@@ -532,8 +536,8 @@ func (s *Stage) complete(st *state, e *Entry) {
 // invalidate runs RFC 9111 §4.4 and the tag rules after an unsafe request,
 // before the response goes on, so the client's next read sees the change.
 // Failures are logged; the response is never held back by them.
-func (s *Stage) invalidate(ctx context.Context, x *extproc.Exchange, st *state, status int, header []Header) {
-	keys := s.cfg.Invalidations(st.req, status, header)
+func (s *Stage) invalidate(ctx context.Context, x *extproc.Exchange, st *state, status int, hdr header.List) {
+	keys := s.cfg.Invalidations(st.req, status, hdr)
 	tags := s.cfg.PurgeTags(st.req, status)
 	if len(keys) == 0 && len(tags) == 0 {
 		return
@@ -553,31 +557,4 @@ func (s *Stage) invalidate(ctx context.Context, x *extproc.Exchange, st *state, 
 			s.log.Warn("cache tag purge failed", "tenant", st.req.Tenant, "tag", tag, "err", err)
 		}
 	}
-}
-
-// fromExt converts Envoy's header list, pseudo-headers dropped.
-func fromExt(h extproc.Headers) []Header {
-	out := make([]Header, 0, len(h))
-	for _, f := range h {
-		if strings.HasPrefix(f.Name, ":") {
-			continue
-		}
-		out = append(out, Header{f.Name, f.Value})
-	}
-	return out
-}
-
-// toExt converts served headers for an ImmediateResponse. Content-Length
-// and Transfer-Encoding are left to Envoy, which frames the local reply's
-// body itself.
-func toExt(h []Header) extproc.Headers {
-	out := make(extproc.Headers, 0, len(h))
-	for _, f := range h {
-		switch f.Name {
-		case "content-length", "transfer-encoding":
-			continue
-		}
-		out = append(out, extproc.Header{Name: f.Name, Value: f.Value})
-	}
-	return out
 }

@@ -1,6 +1,10 @@
 package cachefilter
 
-import "time"
+import (
+	"time"
+
+	"github.com/sluicehq/sluice/internal/header"
+)
 
 // Serving stale responses when the origin cannot be reached.
 //
@@ -19,10 +23,10 @@ const EnvoyUpstreamServiceTime = "x-envoy-upstream-service-time"
 
 // Disconnected reports whether a response to a forwarded request is Envoy's own answer to
 // failing to get one from the origin (see above).
-func Disconnected(status int, header []Header) bool {
+func Disconnected(status int, hdr header.List) bool {
 	switch status {
 	case 502, 503, 504:
-		return !hasField(header, EnvoyUpstreamServiceTime)
+		return !hdr.Has(EnvoyUpstreamServiceTime)
 	}
 	return false
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/internal/header"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -72,7 +73,7 @@ func variants(primary string, h map[string]string) func([]string) string {
 func newEntry(now time.Time, body string, lifetime time.Duration) *cachefilter.Entry {
 	return &cachefilter.Entry{
 		Status:       200,
-		Header:       []cachefilter.Header{{Name: "content-type", Value: "application/json"}},
+		Header:       header.List{{Name: "content-type", Value: "application/json"}},
 		Body:         []byte(body),
 		RequestTime:  now,
 		ResponseTime: now,
@@ -158,7 +159,7 @@ func body(e *cachefilter.Entry) string {
 func TestLookupPut(t *testing.T) {
 	type step struct {
 		replica int               // 0 writes, 1 only reads
-		header  map[string]string // request header
+		hdr     map[string]string // request header
 		want    string            // body; "" for a miss
 		layer   cachefilter.Layer
 	}
@@ -185,15 +186,15 @@ func TestLookupPut(t *testing.T) {
 				{"accept-encoding": "br", "accept-language": "en"},
 			},
 			steps: []step{
-				{replica: 0, header: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L1},
-				{replica: 0, header: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L1},
-				{replica: 0, header: map[string]string{"accept-encoding": "br", "accept-language": "de"}, layer: cachefilter.Miss},
-				{replica: 1, header: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L2},
-				{replica: 1, header: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L1},
+				{replica: 0, hdr: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L1},
+				{replica: 0, hdr: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L1},
+				{replica: 0, hdr: map[string]string{"accept-encoding": "br", "accept-language": "de"}, layer: cachefilter.Miss},
+				{replica: 1, hdr: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L2},
+				{replica: 1, hdr: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L1},
 				// The record is in replica 1's L1 now: one round trip with the right guess.
-				{replica: 1, header: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L2},
-				{replica: 1, header: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L1},
-				{replica: 1, header: map[string]string{"accept-encoding": "zstd", "accept-language": "en"}, layer: cachefilter.Miss},
+				{replica: 1, hdr: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L2},
+				{replica: 1, hdr: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L1},
+				{replica: 1, hdr: map[string]string{"accept-encoding": "zstd", "accept-language": "en"}, layer: cachefilter.Miss},
 			},
 		},
 		{
@@ -222,9 +223,9 @@ func TestLookupPut(t *testing.T) {
 				put(t, replicas[0], primary, "/"+tt.name, h, e)
 			}
 			for i, st := range tt.steps {
-				e, layer := lookup(t, replicas[st.replica], primary, st.header)
+				e, layer := lookup(t, replicas[st.replica], primary, st.hdr)
 				if layer != st.layer || (layer != cachefilter.Miss && body(e) != st.want) || (layer == cachefilter.Miss && e != nil) {
-					t.Errorf("step %d (replica %d, %v): got %q from %v, want %q from %v", i, st.replica, st.header, body(e), layer, st.want, st.layer)
+					t.Errorf("step %d (replica %d, %v): got %q from %v, want %q from %v", i, st.replica, st.hdr, body(e), layer, st.want, st.layer)
 				}
 			}
 		})

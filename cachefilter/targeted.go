@@ -3,6 +3,8 @@ package cachefilter
 import (
 	"strconv"
 	"strings"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // Targeted cache-control fields (RFC 9213): a response may carry caching directives meant for
@@ -26,9 +28,9 @@ var DefaultTargets = []string{"cdn-cache-control"}
 // responseDirectives returns the directives that govern storing and reusing a response: those
 // of the first targeted field with a valid, non-empty value (targeted true), else those of
 // its Cache-Control.
-func responseDirectives(header []Header, targets []string) (cc CacheControl, targeted bool) {
+func responseDirectives(hdr header.List, targets []string) (cc CacheControl, targeted bool) {
 	for _, name := range targets {
-		lines := fieldValues(header, name)
+		lines := hdr.Values(name)
 		if len(lines) == 0 {
 			continue
 		}
@@ -36,7 +38,7 @@ func responseDirectives(header []Header, targets []string) (cc CacheControl, tar
 			return cc, true
 		}
 	}
-	return ParseCacheControl(fieldValues(header, "cache-control")...), false
+	return ParseCacheControl(hdr.Values("cache-control")...), false
 }
 
 // parseTargeted reads a targeted field's lines as one Dictionary and maps its members onto

@@ -4,6 +4,8 @@ import (
 	"reflect"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // TestParseSFDictionary: the Dictionary grammar of RFC 8941 §3.2, as targeted fields use it.
@@ -71,30 +73,30 @@ func TestTargetedCacheControl(t *testing.T) {
 	route.Targets = DefaultTargets
 	tests := []struct {
 		name     string
-		header   []Header
+		hdr      header.List
 		stored   bool
 		lifetime time.Duration
 		reason   string
 	}{
-		{name: "its max-age alone", header: polHeader("cdn-cache-control", "max-age=3600"), stored: true, lifetime: time.Hour},
-		{name: "over Cache-Control no-store", header: polHeader("cache-control", "no-store", "cdn-cache-control", "max-age=600"), stored: true, lifetime: 10 * time.Minute},
-		{name: "over a longer Cache-Control", header: polHeader("cache-control", "max-age=3600", "cdn-cache-control", "max-age=1"), stored: true, lifetime: time.Second},
-		{name: "over an expired Expires", header: polHeader("cdn-cache-control", "max-age=60", "expires", polDate(-time.Hour), "date", polDate(0)), stored: true, lifetime: time.Minute},
-		{name: "max-age=0 over a future Expires", header: polHeader("cdn-cache-control", "max-age=0", "expires", polDate(time.Hour), "date", polDate(0)), reason: ReasonNotReusable},
-		{name: "its no-store", header: polHeader("cache-control", "max-age=600", "cdn-cache-control", "no-store"), reason: ReasonNoStore},
-		{name: "its private", header: polHeader("cache-control", "max-age=600", "cdn-cache-control", "private"), reason: ReasonPrivate},
-		{name: "its no-cache, without validator", header: polHeader("cache-control", "max-age=600", "cdn-cache-control", "no-cache"), reason: ReasonNoFreshness},
-		{name: "an extension beside max-age", header: polHeader("cdn-cache-control", "foobar, max-age=60"), stored: true, lifetime: time.Minute},
-		{name: "max-age beyond 2^31 is capped", header: polHeader("cdn-cache-control", "max-age=99999999999"), stored: true, lifetime: MaxDeltaSeconds * time.Second},
-		{name: "wrong type: the directive is ignored", header: polHeader("cache-control", "max-age=600", "cdn-cache-control", `max-age="60"`), reason: ReasonNoFreshness},
-		{name: "unparsable: Cache-Control decides", header: polHeader("cache-control", "no-store", "cdn-cache-control", "max-age=60, &&&"), reason: ReasonNoStore},
-		{name: "space before =: Cache-Control decides", header: polHeader("cache-control", "max-age=1", "cdn-cache-control", "max-age =100"), stored: true, lifetime: time.Second},
-		{name: "empty: Cache-Control decides", header: polHeader("cache-control", "max-age=5", "cdn-cache-control", ""), stored: true, lifetime: 5 * time.Second},
-		{name: "two lines are one dictionary", header: polHeader("cdn-cache-control", "max-age=60", "cdn-cache-control", "must-revalidate"), stored: true, lifetime: time.Minute},
+		{name: "its max-age alone", hdr: polHeader("cdn-cache-control", "max-age=3600"), stored: true, lifetime: time.Hour},
+		{name: "over Cache-Control no-store", hdr: polHeader("cache-control", "no-store", "cdn-cache-control", "max-age=600"), stored: true, lifetime: 10 * time.Minute},
+		{name: "over a longer Cache-Control", hdr: polHeader("cache-control", "max-age=3600", "cdn-cache-control", "max-age=1"), stored: true, lifetime: time.Second},
+		{name: "over an expired Expires", hdr: polHeader("cdn-cache-control", "max-age=60", "expires", polDate(-time.Hour), "date", polDate(0)), stored: true, lifetime: time.Minute},
+		{name: "max-age=0 over a future Expires", hdr: polHeader("cdn-cache-control", "max-age=0", "expires", polDate(time.Hour), "date", polDate(0)), reason: ReasonNotReusable},
+		{name: "its no-store", hdr: polHeader("cache-control", "max-age=600", "cdn-cache-control", "no-store"), reason: ReasonNoStore},
+		{name: "its private", hdr: polHeader("cache-control", "max-age=600", "cdn-cache-control", "private"), reason: ReasonPrivate},
+		{name: "its no-cache, without validator", hdr: polHeader("cache-control", "max-age=600", "cdn-cache-control", "no-cache"), reason: ReasonNoFreshness},
+		{name: "an extension beside max-age", hdr: polHeader("cdn-cache-control", "foobar, max-age=60"), stored: true, lifetime: time.Minute},
+		{name: "max-age beyond 2^31 is capped", hdr: polHeader("cdn-cache-control", "max-age=99999999999"), stored: true, lifetime: MaxDeltaSeconds * time.Second},
+		{name: "wrong type: the directive is ignored", hdr: polHeader("cache-control", "max-age=600", "cdn-cache-control", `max-age="60"`), reason: ReasonNoFreshness},
+		{name: "unparsable: Cache-Control decides", hdr: polHeader("cache-control", "no-store", "cdn-cache-control", "max-age=60, &&&"), reason: ReasonNoStore},
+		{name: "space before =: Cache-Control decides", hdr: polHeader("cache-control", "max-age=1", "cdn-cache-control", "max-age =100"), stored: true, lifetime: time.Second},
+		{name: "empty: Cache-Control decides", hdr: polHeader("cache-control", "max-age=5", "cdn-cache-control", ""), stored: true, lifetime: 5 * time.Second},
+		{name: "two lines are one dictionary", hdr: polHeader("cdn-cache-control", "max-age=60", "cdn-cache-control", "must-revalidate"), stored: true, lifetime: time.Minute},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			e, ok, reason := Storable(req, 200, tt.header, polNow, route)
+			e, ok, reason := Storable(req, 200, tt.hdr, polNow, route)
 			if ok != tt.stored || reason != tt.reason {
 				t.Fatalf("Storable = %v, %q; want %v, %q", ok, reason, tt.stored, tt.reason)
 			}
@@ -112,7 +114,7 @@ func TestTargetedCacheControl(t *testing.T) {
 	})
 	t.Run("the field reaches the client", func(t *testing.T) {
 		e, ok, _ := Storable(req, 200, polHeader("cdn-cache-control", "max-age=60"), polNow, route)
-		if !ok || !hasField(e.Header, "cdn-cache-control") {
+		if !ok || !e.Header.Has("cdn-cache-control") {
 			t.Errorf("stored header %v lacks CDN-Cache-Control", e.Header)
 		}
 	})

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/extproc"
 	xt "github.com/sluicehq/sluice/extproc/extproctest"
+	"github.com/sluicehq/sluice/internal/header"
 	"github.com/sluicehq/sluice/internal/tier"
 )
 
@@ -27,7 +28,7 @@ func TestMetrics(t *testing.T) {
 	tiers := tier.Static{"acme": "pro", "globex": "enterprise", "initech": "basic"}
 	cache := &probe{name: "cache", requestHeaders: func(_ context.Context, x *extproc.Exchange) error {
 		if x.Path == "/v1/users/cached" {
-			x.Respond(200, extproc.Headers{{"content-type", "application/json"}}, []byte("{}"))
+			x.Respond(200, header.List{{Name: "content-type", Value: "application/json"}}, []byte("{}"))
 		}
 		return nil
 	}}
