@@ -15,11 +15,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
 // benchKeys returns n primary keys and a 1 KiB entry.
-func benchKeys(n int) ([]string, *cachefilter.Entry) {
+func benchKeys(n int) ([]string, *httpcache.Entry) {
 	keys := make([]string, n)
 	for i := range keys {
 		keys[i] = primaryKey(tenantA, fmt.Sprintf("/bench/%d", i))

@@ -7,6 +7,7 @@ import (
 	"math"
 	"time"
 
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/internal/header"
 )
 
@@ -51,7 +52,7 @@ const (
 var ErrCorrupt = errors.New("cachefilter: corrupt encoding")
 
 // appendEntry appends the encoding of e to b.
-func appendEntry(b []byte, e *Entry) []byte {
+func appendEntry(b []byte, e *httpcache.Entry) []byte {
 	b = append(b, codecVersion)
 	b = binary.AppendUvarint(b, uint64(e.Status))
 	var flags byte
@@ -92,7 +93,7 @@ func appendEntry(b []byte, e *Entry) []byte {
 
 // decodeEntry decodes an entry encoded by appendEntry. The entry's Body aliases b: the caller
 // must not change b afterwards. Errors wrap ErrCorrupt.
-func decodeEntry(b []byte) (*Entry, error) {
+func decodeEntry(b []byte) (*httpcache.Entry, error) {
 	if len(b) > maxEntryBytesLimit {
 		return nil, fmt.Errorf("%w: entry of %d bytes above %d", ErrCorrupt, len(b), maxEntryBytesLimit)
 	}
@@ -100,7 +101,7 @@ func decodeEntry(b []byte) (*Entry, error) {
 	if v := r.byte(); v != codecVersion && r.err == nil {
 		return nil, fmt.Errorf("%w: entry version %d, want %d", ErrCorrupt, v, codecVersion)
 	}
-	e := &Entry{}
+	e := &httpcache.Entry{}
 	status := r.uvarint()
 	if r.err == nil && (status < 100 || status > 999) {
 		return nil, fmt.Errorf("%w: status %d", ErrCorrupt, status)

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 )
 
 // A Store without Redis is one replica's L1. The policy computes the keys; the store only needs
@@ -26,7 +27,7 @@ func ExampleStore() {
 		}
 		return primary + ":gzip" // the policy hashes the request's values of the vary fields
 	}
-	e := &cachefilter.Entry{
+	e := &httpcache.Entry{
 		Status: 200, Body: []byte(`{"ok":true}`), ResponseTime: now, Lifetime: time.Minute,
 		Vary: []string{"accept-encoding"}, Tags: []string{"contacts"},
 	}
@@ -52,7 +53,7 @@ func ExampleStore_Collapse() {
 
 	leader, _ := s.Collapse(key)
 	follower, wait := s.Collapse(key)
-	go s.Complete(key, &cachefilter.Entry{Status: 200, Body: []byte("fetched once")}) // the leader, after its fetch
+	go s.Complete(key, &httpcache.Entry{Status: 200, Body: []byte("fetched once")}) // the leader, after its fetch
 	e, ok := wait(context.Background())
 	fmt.Println(leader, follower, ok, string(e.Body))
 	// Output: true false true fetched once

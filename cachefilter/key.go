@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/internal/header"
 )
 
@@ -72,7 +73,7 @@ func KeyTenant(key string) string {
 // too, then its parameters are sorted by name (the order of repeated names
 // kept) and, when route.QueryParams is not nil, only those names kept
 // (none when it is empty). A fragment is ignored.
-func PrimaryKey(req Request, route RoutePolicy) string {
+func PrimaryKey(req httpcache.Request, route RoutePolicy) string {
 	path, query := req.Path, ""
 	if i := strings.IndexByte(path, '#'); i >= 0 {
 		path = path[:i]
@@ -150,7 +151,7 @@ func VariantKey(primary string, vary []string, reqHeader header.List) string {
 func normalizeVaryValue(name string, values []string) string {
 	var members []string
 	for _, v := range values {
-		members = append(members, splitList(v)...)
+		members = append(members, header.SplitList(v)...)
 	}
 	switch name {
 	case "accept-encoding":
@@ -314,7 +315,7 @@ func writeKeyCount(h hash.Hash, n int) {
 // policy of its own path; the store removes each primary key's variants
 // with it. The result has no duplicates and is nil when nothing is
 // invalidated.
-func (c Config) Invalidations(req Request, status int, respHeader header.List) []string {
+func (c Config) Invalidations(req httpcache.Request, status int, respHeader header.List) []string {
 	if !unsafeMethod(req.Method) || status < 200 || status > 399 {
 		return nil
 	}
@@ -341,7 +342,7 @@ func (c Config) Invalidations(req Request, status int, respHeader header.List) [
 		if u.RawQuery != "" {
 			path += "?" + u.RawQuery
 		}
-		target := Request{Method: "GET", Scheme: req.Scheme, Authority: req.Authority, Path: path, Tenant: req.Tenant}
+		target := httpcache.Request{Method: "GET", Scheme: req.Scheme, Authority: req.Authority, Path: path, Tenant: req.Tenant}
 		if k := PrimaryKey(target, c.Route(path)); !slices.Contains(keys, k) {
 			keys = append(keys, k)
 		}

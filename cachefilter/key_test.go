@@ -6,13 +6,14 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/internal/header"
 )
 
 var keyPattern = regexp.MustCompile(`^[0-9a-f]{16}:[0-9a-f]{64}$`)
 
-func keyReq(tenant, scheme, authority, path string) Request {
-	return Request{Method: "GET", Scheme: scheme, Authority: authority, Path: path, Tenant: tenant}
+func keyReq(tenant, scheme, authority, path string) httpcache.Request {
+	return httpcache.Request{Method: "GET", Scheme: scheme, Authority: authority, Path: path, Tenant: tenant}
 }
 
 func TestPrimaryKeySame(t *testing.T) {
@@ -20,11 +21,11 @@ func TestPrimaryKeySame(t *testing.T) {
 	base := keyReq("acme", "https", "api.example.com", "/a/b?x=1&y=2")
 	tests := []struct {
 		name  string
-		req   Request
+		req   httpcache.Request
 		route RoutePolicy
 	}{
-		{name: "§4 HEAD uses the GET entry", req: func() Request { r := base; r.Method = "HEAD"; return r }()},
-		{name: "§4.4 an unsafe method names the GET entry", req: func() Request { r := base; r.Method = "POST"; return r }()},
+		{name: "§4 HEAD uses the GET entry", req: func() httpcache.Request { r := base; r.Method = "HEAD"; return r }()},
+		{name: "§4.4 an unsafe method names the GET entry", req: func() httpcache.Request { r := base; r.Method = "POST"; return r }()},
 		{name: "RFC 3986 §6.2.2.1 authority is case-insensitive", req: keyReq("acme", "HTTPS", "API.Example.COM", "/a/b?x=1&y=2")},
 		{name: "RFC 3986 §6.2.3 default port", req: keyReq("acme", "https", "api.example.com:443", "/a/b?x=1&y=2")},
 		{name: "RFC 3986 §6.2.2.2 unreserved characters decoded", req: keyReq("acme", "https", "api.example.com", "/%61/%62?%78=%31&y=2")},
@@ -66,7 +67,7 @@ func TestPrimaryKeySame(t *testing.T) {
 func TestPrimaryKeyDifferent(t *testing.T) {
 	pairs := []struct {
 		name string
-		a, b Request
+		a, b httpcache.Request
 	}{
 		{name: "tenants never share entries", a: keyReq("acme", "https", "h", "/p"), b: keyReq("globex", "https", "h", "/p")},
 		{name: "empty tenant is a tenant", a: keyReq("", "https", "h", "/p"), b: keyReq("anonymous", "https", "h", "/p")},
@@ -176,13 +177,13 @@ func TestVariantKey(t *testing.T) {
 
 func TestInvalidations(t *testing.T) {
 	c := Config{Routes: []RouteConfig{{Name: "list", Prefix: "/list", QueryParams: []string{"page"}}}}
-	req := func(method, path string) Request {
-		return Request{Method: method, Scheme: "https", Authority: "api.example.com", Path: path, Tenant: "acme"}
+	req := func(method, path string) httpcache.Request {
+		return httpcache.Request{Method: method, Scheme: "https", Authority: "api.example.com", Path: path, Tenant: "acme"}
 	}
 	key := func(path string) string { return PrimaryKey(req("GET", path), c.Route(path)) }
 	tests := []struct {
 		name   string
-		req    Request
+		req    httpcache.Request
 		status int
 		hdr    header.List
 		want   []string
@@ -235,7 +236,7 @@ func FuzzPrimaryKey(f *testing.F) {
 		if keep != "" {
 			route.QueryParams = strings.Split(keep, ",")
 		}
-		req := Request{Method: "GET", Scheme: scheme, Authority: authority, Path: path, Tenant: tenant}
+		req := httpcache.Request{Method: "GET", Scheme: scheme, Authority: authority, Path: path, Tenant: tenant}
 		k := PrimaryKey(req, route)
 		if !keyPattern.MatchString(k) || KeyTenant(k) != TenantTag(tenant) {
 			t.Fatalf("bad key %q", k)
@@ -267,7 +268,7 @@ func FuzzPrimaryKey(f *testing.F) {
 		if len(parts) > 0 {
 			canon += "?" + strings.Join(parts, "&")
 		}
-		again := Request{Method: "HEAD", Scheme: strings.ToLower(scheme), Authority: canonicalAuthority(strings.ToLower(scheme), authority), Path: canon, Tenant: tenant}
+		again := httpcache.Request{Method: "HEAD", Scheme: strings.ToLower(scheme), Authority: canonicalAuthority(strings.ToLower(scheme), authority), Path: canon, Tenant: tenant}
 		if got := PrimaryKey(again, route); got != k {
 			t.Fatalf("canonical target %q keys %s, original %q keys %s", canon, got, path, k)
 		}
@@ -285,7 +286,7 @@ func FuzzVariantKey(f *testing.F) {
 	primary := PrimaryKey(keyReq("t", "https", "h", "/"), RoutePolicy{})
 	f.Fuzz(func(t *testing.T, name, a, b string) {
 		name = strings.ToLower(name)
-		if !isToken(name) {
+		if !header.IsToken(name) {
 			return
 		}
 		vary := []string{name}

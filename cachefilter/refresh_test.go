@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/internal/header"
 )
 
@@ -41,7 +42,7 @@ func TestRefresher(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 
-	req := cachefilter.Request{
+	req := httpcache.Request{
 		Method: "HEAD", Scheme: "http", Authority: "api.example.com", Path: "/items?page=2", Tenant: "acme",
 		Header: header.List{
 			{Name: "x-tenant-id", Value: "acme"}, {Name: "accept-language", Value: "fr"},
@@ -99,10 +100,10 @@ func TestRefresher(t *testing.T) {
 type refreshes struct {
 	mu   sync.Mutex
 	keys []string
-	reqs []cachefilter.Request
+	reqs []httpcache.Request
 }
 
-func (f *refreshes) Refresh(key string, req cachefilter.Request) bool {
+func (f *refreshes) Refresh(key string, req httpcache.Request) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.keys = append(f.keys, key)

@@ -1,8 +1,6 @@
 package cachefilter
 
 import (
-	"time"
-
 	"github.com/sluicehq/sluice/internal/header"
 )
 
@@ -29,21 +27,4 @@ func Disconnected(status int, hdr header.List) bool {
 		return !hdr.Has(EnvoyUpstreamServiceTime)
 	}
 	return false
-}
-
-// ServeStaleDisconnected reports whether e may stand in, stale, for the response to req when the
-// origin could not be reached: never for must-revalidate, proxy-revalidate or s-maxage entries
-// (§5.2.2.2, §5.2.2.8, §5.2.2.10: "MUST NOT ... even when disconnected" in effect) nor no-cache
-// ones (§5.2.2.4), nor when the client itself asked for validation (request no-cache, max-age,
-// min-fresh): then the error is the honest answer. A fresh e is always allowed.
-func ServeStaleDisconnected(req Request, e *Entry, now time.Time) bool {
-	if e == nil {
-		return false
-	}
-	rp := CheckRequest(req)
-	cc := rp.CacheControl
-	if !rp.Lookup || cc.NoCache || cc.MaxAge.Present || cc.MinFresh.Present {
-		return false
-	}
-	return e.Fresh(now) || !e.MustRevalidate && !e.NoCache
 }

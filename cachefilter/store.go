@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/internal/redisconn"
 )
 
@@ -292,7 +293,7 @@ func (s *Store) Close() error {
 // none; it must not change them) and returns the request's variant key, which must carry the
 // same tenant tag. On a miss it returns nil and Miss. Lookup fails only for invalid keys
 // (ErrInvalid); Redis failures degrade it to the L1. It may call variantOf twice.
-func (s *Store) Lookup(ctx context.Context, primary string, variantOf func(vary []string) string) (*Entry, Layer, error) {
+func (s *Store) Lookup(ctx context.Context, primary string, variantOf func(vary []string) string) (*httpcache.Entry, Layer, error) {
 	tenant, pr, err := splitKey(primary)
 	if err != nil {
 		return nil, Miss, err
@@ -301,7 +302,7 @@ func (s *Store) Lookup(ctx context.Context, primary string, variantOf func(vary 
 	trusted := s.l1Trusted()
 	var rec *item
 	if trusted {
-		var e *Entry
+		var e *httpcache.Entry
 		if e, rec, err = s.fromL1(tenant, primary, variantOf, now); e != nil || err != nil {
 			return s.answer(tenant, primary, e, L1, err)
 		}
@@ -326,7 +327,7 @@ func (s *Store) Lookup(ctx context.Context, primary string, variantOf func(vary 
 }
 
 // answer counts a Lookup's result and samples hits for the hot-key counter.
-func (s *Store) answer(tenant, primary string, e *Entry, layer Layer, err error) (*Entry, Layer, error) {
+func (s *Store) answer(tenant, primary string, e *httpcache.Entry, layer Layer, err error) (*httpcache.Entry, Layer, error) {
 	if err != nil {
 		return nil, Miss, err
 	}
@@ -344,7 +345,7 @@ func (s *Store) answer(tenant, primary string, e *Entry, layer Layer, err error)
 
 // fromL1 returns the entry the L1 holds for the request, if any, and the primary's vary record,
 // if the L1 holds it.
-func (s *Store) fromL1(tenant, primary string, variantOf func([]string) string, now time.Time) (*Entry, *item, error) {
+func (s *Store) fromL1(tenant, primary string, variantOf func([]string) string, now time.Time) (*httpcache.Entry, *item, error) {
 	rec := s.l1.vary(primary, now)
 	if rec == nil {
 		return nil, nil, nil
@@ -358,7 +359,7 @@ func (s *Store) fromL1(tenant, primary string, variantOf func([]string) string, 
 
 // fromL2 reads the entry for the request from Redis and, if trusted, copies it into the L1. rec
 // is the primary's vary record in the L1, if any: its names are the guess.
-func (s *Store) fromL2(ctx context.Context, tenant, pr, primary string, rec *item, variantOf func([]string) string, now time.Time, trusted bool) (*Entry, error) {
+func (s *Store) fromL2(ctx context.Context, tenant, pr, primary string, rec *item, variantOf func([]string) string, now time.Time, trusted bool) (*httpcache.Entry, error) {
 	var guess []string
 	if rec != nil {
 		guess = rec.names
@@ -424,7 +425,7 @@ func (s *Store) fromL2(ctx context.Context, tenant, pr, primary string, rec *ite
 // query if any). e.Vary must be the names variantOf was (or will be) given for variant; e must
 // not change afterwards. Entries whose expiry has passed, or larger than MaxEntryBytes, are not
 // stored. Put fails only for invalid arguments (ErrInvalid); Redis failures degrade it to the L1.
-func (s *Store) Put(ctx context.Context, primary, variant, path string, e *Entry) error {
+func (s *Store) Put(ctx context.Context, primary, variant, path string, e *httpcache.Entry) error {
 	return s.put(ctx, false, 0, primary, variant, path, e)
 }
 
@@ -440,7 +441,7 @@ func (s *Store) Epoch(primary string) uint64 { return s.races.mark() }
 // a read that started before a write and finished after the write's invalidation would store
 // the old version again, to be served until it expires. Invalidations of other keys, tags,
 // paths or tenants do not stop the put.
-func (s *Store) PutSince(ctx context.Context, since uint64, primary, variant, path string, e *Entry) error {
+func (s *Store) PutSince(ctx context.Context, since uint64, primary, variant, path string, e *httpcache.Entry) error {
 	return s.put(ctx, true, since, primary, variant, path, e)
 }
 
@@ -459,7 +460,7 @@ func (s *Store) discardFill(m fillMark, tenant, primary, path string, tags []str
 	}
 }
 
-func (s *Store) put(ctx context.Context, check bool, since uint64, primary, variant, path string, e *Entry) error {
+func (s *Store) put(ctx context.Context, check bool, since uint64, primary, variant, path string, e *httpcache.Entry) error {
 	tenant, pr, err := splitKey(primary)
 	if err != nil {
 		return err
@@ -470,7 +471,7 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 	if err := checkEntry(path, e); err != nil {
 		return err
 	}
-	if e.Size() > s.cfg.MaxEntryBytes {
+	if entrySize(e) > s.cfg.MaxEntryBytes {
 		return nil
 	}
 	now := s.now()
@@ -521,14 +522,14 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 
 // keeps reports whether Put would keep e at now: a response whose freshness, stale windows and
 // StaleRetention are already over (max-age=0 with StaleRetention 0, say) is not stored.
-func (s *Store) keeps(e *Entry, now time.Time) bool {
+func (s *Store) keeps(e *httpcache.Entry, now time.Time) bool {
 	return s.expires(e, now).Sub(now) >= time.Millisecond
 }
 
 // expires returns when e stops being kept: at the end of its freshness plus its stale windows
 // plus StaleRetention (unless it must be revalidated and has no validator: then nothing could use it), at most MaxTTL
 // after its ResponseTime (now if that is unset). It depends on e alone, so both layers and every replica agree.
-func (s *Store) expires(e *Entry, now time.Time) time.Time {
+func (s *Store) expires(e *httpcache.Entry, now time.Time) time.Time {
 	window := max(e.StaleWhileRevalidate, e.StaleIfError, 0)
 	if e.MustRevalidate {
 		window = 0 // never served stale without validation (RFC 9111 §5.2.2.2)
@@ -695,7 +696,7 @@ func checkTenant(tenant string) error {
 }
 
 // checkEntry checks what Put indexes and what the codec bounds.
-func checkEntry(path string, e *Entry) error {
+func checkEntry(path string, e *httpcache.Entry) error {
 	switch {
 	case e == nil:
 		return fmt.Errorf("%w: nil entry", ErrInvalid)

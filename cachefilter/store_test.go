@@ -15,6 +15,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/internal/header"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
@@ -70,8 +71,8 @@ func variants(primary string, h map[string]string) func([]string) string {
 }
 
 // newEntry returns a 200 response fresh for lifetime from now.
-func newEntry(now time.Time, body string, lifetime time.Duration) *cachefilter.Entry {
-	return &cachefilter.Entry{
+func newEntry(now time.Time, body string, lifetime time.Duration) *httpcache.Entry {
+	return &httpcache.Entry{
 		Status:       200,
 		Header:       header.List{{Name: "content-type", Value: "application/json"}},
 		Body:         []byte(body),
@@ -130,7 +131,7 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 }
 
 // lookup calls s.Lookup and fails the test on error.
-func lookup(t testing.TB, s *cachefilter.Store, primary string, h map[string]string) (*cachefilter.Entry, cachefilter.Layer) {
+func lookup(t testing.TB, s *cachefilter.Store, primary string, h map[string]string) (*httpcache.Entry, cachefilter.Layer) {
 	t.Helper()
 	e, layer, err := s.Lookup(context.Background(), primary, variants(primary, h))
 	if err != nil {
@@ -140,14 +141,14 @@ func lookup(t testing.TB, s *cachefilter.Store, primary string, h map[string]str
 }
 
 // put calls s.Put for the variant of h and fails the test on error.
-func put(t testing.TB, s *cachefilter.Store, primary, path string, h map[string]string, e *cachefilter.Entry) {
+func put(t testing.TB, s *cachefilter.Store, primary, path string, h map[string]string, e *httpcache.Entry) {
 	t.Helper()
 	if err := s.Put(context.Background(), primary, variants(primary, h)(e.Vary), path, e); err != nil {
 		t.Fatalf("Put(%s): %v", primary, err)
 	}
 }
 
-func body(e *cachefilter.Entry) string {
+func body(e *httpcache.Entry) string {
 	if e == nil {
 		return "<nil>"
 	}
@@ -671,7 +672,7 @@ func TestInvalidArguments(t *testing.T) {
 		}},
 		{"put variant of another tenant", func() error { return s.Put(context.Background(), k, primaryKey(tenantB, "/x"), "/x", ok) }},
 		{"put nil entry", func() error { return s.Put(context.Background(), k, k, "/x", nil) }},
-		{"put status 0", func() error { return s.Put(context.Background(), k, k, "/x", &cachefilter.Entry{}) }},
+		{"put status 0", func() error { return s.Put(context.Background(), k, k, "/x", &httpcache.Entry{}) }},
 		{"put NUL in path", func() error { return s.Put(context.Background(), k, k, "/x\x00", ok) }},
 		{"put comma in a Vary name", func() error {
 			e := *ok

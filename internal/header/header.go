@@ -129,3 +129,53 @@ func (l List) ByteSize() int {
 
 // pseudo reports whether name is a pseudo-header name.
 func pseudo(name string) bool { return strings.HasPrefix(name, ":") }
+
+// IsTokenChar reports whether c is a tchar (RFC 9110 §5.6.2).
+func IsTokenChar(c byte) bool {
+	switch {
+	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
+		return true
+	}
+	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
+}
+
+// IsToken reports whether s is a non-empty token (RFC 9110 §5.6.2): what a
+// field name, a method or a list member such as a Vary name must be.
+func IsToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !IsTokenChar(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// SplitList splits a list-based field value (RFC 9110 §5.6.1) at commas
+// outside quoted-strings, trims OWS around each member and drops empty
+// members. A backslash inside a quoted-string escapes the next byte
+// (quoted-pair); an unterminated quoted-string runs to the end.
+func SplitList(v string) []string {
+	var out []string
+	add := func(m string) {
+		if m = strings.Trim(m, " \t"); m != "" {
+			out = append(out, m)
+		}
+	}
+	start, inQuote := 0, false
+	for i := 0; i < len(v); i++ {
+		switch c := v[i]; {
+		case inQuote && c == '\\':
+			i++ // quoted-pair
+		case c == '"':
+			inQuote = !inQuote
+		case !inQuote && c == ',':
+			add(v[start:i])
+			start = i + 1
+		}
+	}
+	add(v[start:])
+	return out
+}

@@ -2,6 +2,7 @@ package header
 
 import (
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -132,4 +133,78 @@ func TestCloneAndByteSize(t *testing.T) {
 			}
 		})
 	}
+}
+
+func TestIsToken(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want bool
+	}{
+		{name: "field name", in: "accept-encoding", want: true},
+		{name: "every tchar symbol", in: "!#$%&'*+-.^_`|~", want: true},
+		{name: "empty", in: ""},
+		{name: "space", in: "a b"},
+		{name: "separator", in: "a,b"},
+		{name: "pseudo-header colon", in: ":path"},
+		{name: "non-ASCII", in: "caf\xc3\xa9"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := IsToken(tt.in); got != tt.want {
+				t.Errorf("IsToken(%q) = %v, want %v", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSplitList(t *testing.T) {
+	tests := []struct {
+		name string
+		in   string
+		want []string
+	}{
+		{name: "RFC 9110 §5.6.1 members trimmed", in: " gzip ,\tbr", want: []string{"gzip", "br"}},
+		{name: "RFC 9110 §5.6.1 empty members dropped", in: ",, a ,,b,", want: []string{"a", "b"}},
+		{name: "comma inside a quoted-string", in: `private="a, b", max-age=1`, want: []string{`private="a, b"`, "max-age=1"}},
+		{name: "quoted-pair escapes a quote", in: `x="a\", b", y`, want: []string{`x="a\", b"`, "y"}},
+		{name: "unterminated quoted-string runs to the end", in: `x="a, b`, want: []string{`x="a, b`}},
+		{name: "empty", in: "", want: nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := SplitList(tt.in); !slices.Equal(got, tt.want) {
+				t.Errorf("SplitList(%q) = %q, want %q", tt.in, got, tt.want)
+			}
+		})
+	}
+}
+
+// FuzzSplitList: members are never empty nor padded with OWS, each is a
+// substring of the input, and a value without quotes splits exactly like
+// strings.Split followed by trimming and dropping empty members.
+func FuzzSplitList(f *testing.F) {
+	for _, s := range []string{"gzip, br", `private="a, b", max-age=1`, `x="a\", b", y`, `"`, `\`, ",,,", " \t "} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		got := SplitList(v)
+		for _, m := range got {
+			if m == "" || strings.Trim(m, " \t") != m || !strings.Contains(v, m) {
+				t.Fatalf("SplitList(%q): bad member %q", v, m)
+			}
+		}
+		if strings.ContainsRune(v, '"') {
+			return
+		}
+		var want []string
+		for _, m := range strings.Split(v, ",") {
+			if m = strings.Trim(m, " \t"); m != "" {
+				want = append(want, m)
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("SplitList(%q) = %q, want %q", v, got, want)
+		}
+	})
 }

@@ -1,4 +1,4 @@
-package cachefilter
+package httpcache
 
 import (
 	"strings"
@@ -60,7 +60,7 @@ func NotModified(req Request, e *Entry, now time.Time) bool {
 	if inm := req.Header.Values("if-none-match"); len(inm) > 0 {
 		stored := parseEntityTag(e.ETag)
 		for _, v := range inm {
-			for _, m := range splitList(v) {
+			for _, m := range header.SplitList(v) {
 				if m == "*" || e.ETag != "" && parseEntityTag(m).opaque == stored.opaque {
 					return true
 				}

@@ -1,4 +1,4 @@
-package cachefilter
+package httpcache
 
 import (
 	"testing"
@@ -70,9 +70,9 @@ func TestAnswerRange(t *testing.T) {
 			if tt.entry != nil {
 				en = tt.entry
 			}
-			got := answerRange(tt.req, en, polNow)
-			if got.status != tt.status || got.contentRange != tt.cr || string(got.body) != tt.body {
-				t.Errorf("answerRange = %d %q %q, want %d %q %q", got.status, got.contentRange, got.body, tt.status, tt.cr, tt.body)
+			got := AnswerRange(tt.req, en, polNow)
+			if got.Status != tt.status || got.ContentRange != tt.cr || string(got.Body) != tt.body {
+				t.Errorf("AnswerRange = %d %q %q, want %d %q %q", got.Status, got.ContentRange, got.Body, tt.status, tt.cr, tt.body)
 			}
 		})
 	}

@@ -1,4 +1,4 @@
-package cachefilter
+package httpcache
 
 import (
 	"reflect"

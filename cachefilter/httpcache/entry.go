@@ -1,7 +1,4 @@
-// Package cachefilter is Sluice's shared HTTP cache: RFC 9111 decisions
-// (storability, freshness, validation), tenant-scoped keys, a bounded
-// in-process L1 and a Redis L2, and invalidation that reaches every replica.
-package cachefilter
+package httpcache
 
 import (
 	"time"
@@ -70,18 +67,11 @@ func (e *Entry) Staleness(now time.Time) time.Duration {
 	return 0
 }
 
-// Size is the entry's approximate memory footprint in bytes, used to bound
-// the L1 in bytes rather than entries.
-func (e *Entry) Size() int {
-	n := 160 + len(e.Body) + len(e.ETag) + len(e.LastModified)
-	for _, h := range e.Header {
-		n += 32 + len(h.Name) + len(h.Value)
-	}
-	for _, v := range e.Vary {
-		n += 16 + len(v)
-	}
-	for _, t := range e.Tags {
-		n += 16 + len(t)
-	}
-	return n
+// UsableUntil is when e stops being servable without validation under any
+// request directive but max-stale: the end of its freshness lifetime plus
+// the longer of its stale-while-revalidate and stale-if-error windows. A
+// store may expire it then, or keep it longer when it has validators
+// (ETag, LastModified) so it can still be revalidated.
+func (e *Entry) UsableUntil() time.Time {
+	return e.ResponseTime.Add(e.Lifetime - e.InitialAge + max(e.StaleWhileRevalidate, e.StaleIfError))
 }

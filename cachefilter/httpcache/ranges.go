@@ -1,4 +1,4 @@
-package cachefilter
+package httpcache
 
 import (
 	"strconv"
@@ -15,34 +15,37 @@ import (
 // match the entry, gets the whole 200 (a server may ignore Range, §14.2). If-Range matches a
 // strong ETag equal to the entry's, or a date equal to its Last-Modified (§13.1.5).
 
-// rangeAnswer is how a Range request is answered from an entry.
-type rangeAnswer struct {
-	status       int    // 206, 416, or 0: answer with the whole entry
-	contentRange string // Content-Range value
-	body         []byte
+// RangeAnswer is how a Range request is answered from an entry.
+type RangeAnswer struct {
+	// Status is 206 or 416, or 0 to answer with the whole entry.
+	Status int
+	// ContentRange is the Content-Range value for a 206 or 416.
+	ContentRange string
+	// Body is the selected slice of the entry's body (206 only).
+	Body []byte
 }
 
 // maxRangeFieldBytes bounds the Range value considered; longer ones are ignored.
 const maxRangeFieldBytes = 1024
 
-// answerRange decides how the GET req, carrying Range, is answered from e at now.
-func answerRange(req Request, e *Entry, now time.Time) rangeAnswer {
+// AnswerRange decides how the GET req, carrying Range, is answered from e at now.
+func AnswerRange(req Request, e *Entry, now time.Time) RangeAnswer {
 	values := req.Header.Values("range")
 	if req.Method != "GET" || len(values) != 1 || e.Status != 200 || !ifRangeMatches(req, e, now) {
-		return rangeAnswer{}
+		return RangeAnswer{}
 	}
 	size := int64(len(e.Body))
 	first, last, ok := parseByteRange(values[0], size)
 	switch {
 	case !ok:
-		return rangeAnswer{}
+		return RangeAnswer{}
 	case first < 0: // unsatisfiable (§14.1.1)
-		return rangeAnswer{status: 416, contentRange: "bytes */" + strconv.FormatInt(size, 10)}
+		return RangeAnswer{Status: 416, ContentRange: "bytes */" + strconv.FormatInt(size, 10)}
 	}
-	return rangeAnswer{
-		status:       206,
-		contentRange: "bytes " + strconv.FormatInt(first, 10) + "-" + strconv.FormatInt(last, 10) + "/" + strconv.FormatInt(size, 10),
-		body:         e.Body[first : last+1],
+	return RangeAnswer{
+		Status:       206,
+		ContentRange: "bytes " + strconv.FormatInt(first, 10) + "-" + strconv.FormatInt(last, 10) + "/" + strconv.FormatInt(size, 10),
+		Body:         e.Body[first : last+1],
 	}
 }
 

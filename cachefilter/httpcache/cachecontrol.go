@@ -1,9 +1,11 @@
-package cachefilter
+package httpcache
 
 import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // MaxDeltaSeconds is the largest delta-seconds value Sluice represents:
@@ -278,7 +280,7 @@ func parseFieldNames(arg string, hasArg bool) ([]string, bool) {
 		if part == "" {
 			continue
 		}
-		if !isToken(part) || len(names) >= maxQualifiedFields {
+		if !header.IsToken(part) || len(names) >= maxQualifiedFields {
 			return nil, false
 		}
 		names = appendUnique(names, strings.ToLower(part))
@@ -376,7 +378,7 @@ func (p *ccScanner) skipSeparators() {
 
 func (p *ccScanner) token() string {
 	start := p.i
-	for p.i < len(p.s) && isTchar(p.s[p.i]) {
+	for p.i < len(p.s) && header.IsTokenChar(p.s[p.i]) {
 		p.i++
 	}
 	return p.s[start:p.i]
@@ -450,26 +452,4 @@ func (p *ccScanner) skipElement() {
 // '\', obs-text.
 func qdchar(c byte) bool {
 	return c == '\t' || c == ' ' || c == 0x21 || c >= 0x23 && c <= 0x5b || c >= 0x5d && c <= 0x7e || c >= 0x80
-}
-
-// isTchar reports tchar (RFC 9110 §5.6.2).
-func isTchar(c byte) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
-}
-
-// isToken reports whether s is a non-empty token (RFC 9110 §5.6.2).
-func isToken(s string) bool {
-	if s == "" {
-		return false
-	}
-	for i := 0; i < len(s); i++ {
-		if !isTchar(s[i]) {
-			return false
-		}
-	}
-	return true
 }

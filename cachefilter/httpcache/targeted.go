@@ -1,4 +1,4 @@
-package cachefilter
+package httpcache
 
 import (
 	"strconv"
@@ -367,7 +367,7 @@ func (p *sfParser) token() sfItem {
 	p.i++
 	for p.i < len(p.s) {
 		c := p.s[p.i]
-		if !isTchar(c) && c != ':' && c != '/' {
+		if !header.IsTokenChar(c) && c != ':' && c != '/' {
 			break
 		}
 		p.i++
