@@ -222,7 +222,7 @@ func BenchmarkHitRatio(b *testing.B) {
 	capacity := keys / 10 * weight
 	for b.Loop() {
 		clk := newClock()
-		s, err := cachefilter.NewStore(cachefilter.StoreConfig{L1MaxBytes: int64(capacity)}, nil, "", nil, nil, clk.Now)
+		s, err := cachefilter.NewStore(cachefilter.StoreConfig{L1MaxBytes: int64(capacity)}, cachefilter.StoreOptions{Now: clk.Now})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -13,7 +13,7 @@ import (
 // the primary key, and the variant key of a request for the Vary names it recorded.
 func ExampleStore() {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	s, err := cachefilter.NewStore(cachefilter.StoreConfig{}, nil, "sluice:", nil, nil, func() time.Time { return now })
+	s, err := cachefilter.NewStore(cachefilter.StoreConfig{}, cachefilter.StoreOptions{KeyPrefix: "sluice:", Now: func() time.Time { return now }})
 	if err != nil {
 		panic(err)
 	}
@@ -47,7 +47,7 @@ func ExampleStore() {
 // Concurrent misses of one key go upstream once: the leader fetches and completes, the others
 // wait for its entry.
 func ExampleStore_Collapse() {
-	s, _ := cachefilter.NewStore(cachefilter.StoreConfig{}, nil, "sluice:", nil, nil, nil)
+	s, _ := cachefilter.NewStore(cachefilter.StoreConfig{}, cachefilter.StoreOptions{KeyPrefix: "sluice:"})
 	defer s.Close()
 	key := "0123456789abcdef:c0ffee"
 

@@ -183,13 +183,32 @@ type Store struct {
 // hotSample is one sampled hit.
 type hotSample struct{ tenant, primary string }
 
-// NewStore returns a Store. rdb may be nil (an L1-only Store); otherwise it must be a
-// *redis.Client, a failover client or a *redis.ClusterClient with ContextTimeoutEnabled set, so
-// that RedisTimeout bounds its socket reads. keyPrefix starts every Redis key (e.g. "sluice:";
-// no '{' or '}'). Metrics are registered on reg unless it is nil, and unregistered by Close. log
-// may be nil (nothing is logged); now is the clock of entry freshness and expiry (nil:
-// time.Now).
-func NewStore(cfg StoreConfig, rdb redis.UniversalClient, keyPrefix string, reg prometheus.Registerer, log *slog.Logger, now func() time.Time) (*Store, error) {
+// StoreOptions are a Store's dependencies. The zero value is an L1-only
+// Store that logs nothing, registers no metrics and reads time.Now.
+type StoreOptions struct {
+	// Redis is the L2 and the invalidation channel; nil makes an L1-only
+	// Store. It must be a *redis.Client, a failover client or a
+	// *redis.ClusterClient with ContextTimeoutEnabled set, so that
+	// StoreConfig.RedisTimeout bounds its socket reads (a *redis.Ring is
+	// refused: it cannot run multi-key scripts).
+	Redis redis.UniversalClient
+	// KeyPrefix starts every Redis key and the default channel (e.g.
+	// "sluice:"; no '{' or '}'). Empty means no prefix.
+	KeyPrefix string
+	// Registerer gets the Store's metrics, unregistered by Close; nil
+	// registers none.
+	Registerer prometheus.Registerer
+	// Log gets the Store's warnings; nil discards them.
+	Log *slog.Logger
+	// Now is the clock of entry freshness and expiry; nil means time.Now.
+	Now func() time.Time
+}
+
+// NewStore returns a Store configured by cfg with the dependencies in opts
+// (see StoreOptions for their zero values). Run it for as long as it
+// serves, then Close it.
+func NewStore(cfg StoreConfig, opts StoreOptions) (*Store, error) {
+	rdb, keyPrefix, reg, log, now := opts.Redis, opts.KeyPrefix, opts.Registerer, opts.Log, opts.Now
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}

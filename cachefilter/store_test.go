@@ -95,7 +95,7 @@ func testConfig() cachefilter.StoreConfig {
 // newStore returns a Store closed when the test ends.
 func newStore(t testing.TB, cfg cachefilter.StoreConfig, rdb redis.UniversalClient, prefix string, clk *clock, reg prometheus.Registerer) *cachefilter.Store {
 	t.Helper()
-	s, err := cachefilter.NewStore(cfg, rdb, prefix, reg, nil, clk.Now)
+	s, err := cachefilter.NewStore(cfg, cachefilter.StoreOptions{Redis: rdb, KeyPrefix: prefix, Registerer: reg, Now: clk.Now})
 	if err != nil {
 		t.Fatalf("NewStore: %v", err)
 	}

@@ -113,6 +113,11 @@ func startApp(t *testing.T, redisURL string, mutate func(*config.Config)) *runni
 		cancel()
 		t.Fatal(err)
 	}
+	if err := a.Listen(ctx); err != nil {
+		a.Close()
+		cancel()
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	conn, err := grpc.NewClient(a.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))

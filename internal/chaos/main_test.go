@@ -488,6 +488,11 @@ func startApp(t *testing.T, redisAddr string, mutate func(*config.Config)) *runn
 		cancel()
 		t.Fatal(err)
 	}
+	if err := a.Listen(ctx); err != nil {
+		a.Close()
+		cancel()
+		t.Fatal(err)
+	}
 	r := &running{app: a, cfg: cfg, done: make(chan error, 1), stop: cancel}
 	go func() { r.done <- a.Run(ctx) }()
 	if r.conn, err = grpc.NewClient(a.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {

@@ -105,7 +105,7 @@ func TestWarmRefreshesHotEntryBeforeExpiry(t *testing.T) {
 	}
 
 	// The warmer's view of Redis: a Store of its own on the same prefix.
-	src, err := cachefilter.NewStore(cachefilter.StoreConfig{}, rdb, prefix, nil, nil, nil)
+	src, err := cachefilter.NewStore(cachefilter.StoreConfig{}, cachefilter.StoreOptions{Redis: rdb, KeyPrefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
