@@ -12,10 +12,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/cachefilter/httpcache"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -263,7 +262,7 @@ func BenchmarkStoredPuts(b *testing.B) {
 	for _, writes := range []int{0, 10} {
 		b.Run(fmt.Sprintf("writes=%d%%", writes), func(b *testing.B) {
 			rdb, prefix, clk := redistest.Client(b), redistest.Prefix(b), newClock()
-			reg := prometheus.NewRegistry()
+			reg := metricstest.NewRegistry()
 			s := newStore(b, testConfig(), rdb, prefix, clk, reg)
 			run(b, s)
 			keys, e := benchKeys(1000)

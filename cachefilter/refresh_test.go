@@ -8,11 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/internal/header"
+	"github.com/sluicehq/sluice/internal/metricstest"
 )
 
 // TestRefresher: a refresh is the request that found the entry stale, sent again to the
@@ -32,7 +31,7 @@ func TestRefresher(t *testing.T) {
 		w.Write([]byte("refreshed"))
 	}))
 	defer listener.Close()
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	r, err := cachefilter.NewRefresher(cachefilter.RefreshConfig{ListenerURL: listener.URL, Workers: 1, Queue: 1}, reg, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -17,6 +17,7 @@ import (
 	"github.com/sluicehq/sluice/cachefilter"
 	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/internal/header"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -510,7 +511,7 @@ func TestPurgeWaitsForRegisteredReplicas(t *testing.T) {
 			cfg := testConfig()
 			cfg.PurgeTimeout = 800 * time.Millisecond
 			cfg.SubscriptionLease = 200 * time.Millisecond
-			reg := prometheus.NewRegistry()
+			reg := metricstest.NewRegistry()
 			s := newStore(t, cfg, rdb, prefix, clk, reg)
 			run(t, s)
 			ctx := context.Background()
@@ -714,29 +715,10 @@ func TestL1Only(t *testing.T) {
 	}
 }
 
-// gauge returns the value of the counter or gauge name of g whose labels include labels.
-func gauge(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+// gauge returns the value of the counter or gauge name{labels} registered on reg.
+func gauge(t testing.TB, reg *metricstest.Registry, name string, labels prometheus.Labels) float64 {
 	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
-					continue metrics
-				}
-			}
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s%v", name, labels)
-	return 0
+	return reg.Value(t, name, labels)
 }
 
 // TestTenantCap checks max_keys_per_tenant: Put evicts the tenant's soonest-expiring keys
@@ -783,7 +765,7 @@ func TestPutSinceRacedInvalidation(t *testing.T) {
 	rdb := redistest.Client(t)
 	prefix := redistest.Prefix(t)
 	clk := newClock()
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	s := newStore(t, testConfig(), rdb, prefix, clk, reg)
 	other := newStore(t, testConfig(), rdb, prefix, clk, nil)
 	run(t, s)

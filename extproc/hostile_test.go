@@ -749,7 +749,7 @@ func TestHostileMessages(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var before float64
 			if tt.result != "" {
-				before = counter(t, p.reg, "sluice_extproc_streams_total", map[string]string{"result": tt.result})
+				before = appCounter(t, p.reg, "sluice_extproc_streams_total", map[string]string{"result": tt.result})
 			}
 			frames := tt.frames
 			if tt.build != nil {
@@ -802,7 +802,7 @@ func waitCounter(t *testing.T, reg prometheus.Gatherer, result string, want floa
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		got := counter(t, reg, "sluice_extproc_streams_total", map[string]string{"result": result})
+		got := appCounter(t, reg, "sluice_extproc_streams_total", map[string]string{"result": result})
 		if got >= want {
 			return
 		}
@@ -828,4 +828,34 @@ func waitGoroutines(t *testing.T, baseline int) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// appCounter returns the value of the counter name with exactly labels, or
+// 0, from the registry internal/app builds for itself (it registers before
+// a test could wrap it in a metricstest.Registry, so this one reads the
+// gathered families).
+func appCounter(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := g.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range mf.GetMetric() {
+			if len(m.GetLabel()) != len(labels) {
+				continue
+			}
+			for _, lp := range m.GetLabel() {
+				if labels[lp.GetName()] != lp.GetValue() {
+					continue metrics
+				}
+			}
+			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
+		}
+	}
+	return 0
 }
