@@ -18,7 +18,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -30,6 +29,7 @@ import (
 	xt "github.com/sluicehq/sluice/extproc/extproctest"
 	"github.com/sluicehq/sluice/internal/app"
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -39,7 +39,7 @@ import (
 // a listener of the test that counts them.
 type pipeline struct {
 	conn    *grpc.ClientConn
-	reg     prometheus.Gatherer
+	reg     *metricstest.Registry
 	subreqs *atomic.Int64
 }
 
@@ -65,7 +65,8 @@ func newPipeline(t testing.TB) *pipeline {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	a, err := app.New(context.Background(), cfg, slog.New(slog.DiscardHandler), "test", app.Options{})
+	reg := metricstest.NewRegistry()
+	a, err := app.New(context.Background(), cfg, slog.New(slog.DiscardHandler), "test", app.Options{Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func newPipeline(t testing.TB) *pipeline {
 	// The gRPC server's message limit as internal/app sets it.
 	maxMsg := max(cfg.Server.MaxRecvMsgBytes, cfg.ExtProc.MaxRecvMsgBytes(), cfg.Batch.MaxRequestBytes+1<<20)
 	conn := xt.Serve(t, a.ExtProc.Register, grpc.MaxRecvMsgSize(maxMsg))
-	return &pipeline{conn: conn, reg: a.Registry, subreqs: &subreqs}
+	return &pipeline{conn: conn, reg: reg, subreqs: &subreqs}
 }
 
 // streamDeadline bounds one driven stream: the longest wait a stage may
@@ -749,7 +750,7 @@ func TestHostileMessages(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			var before float64
 			if tt.result != "" {
-				before = appCounter(t, p.reg, "sluice_extproc_streams_total", map[string]string{"result": tt.result})
+				before = counter(t, p.reg, "sluice_extproc_streams_total", map[string]string{"result": tt.result})
 			}
 			frames := tt.frames
 			if tt.build != nil {
@@ -798,11 +799,11 @@ func responseHeadersOnly(hs ...*corev3.HeaderValue) *extprocv3.ProcessingRequest
 
 // waitCounter waits until sluice_extproc_streams_total{result} reaches
 // want: the client may see the status before the server counts it.
-func waitCounter(t *testing.T, reg prometheus.Gatherer, result string, want float64) {
+func waitCounter(t *testing.T, reg *metricstest.Registry, result string, want float64) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		got := appCounter(t, reg, "sluice_extproc_streams_total", map[string]string{"result": result})
+		got := counter(t, reg, "sluice_extproc_streams_total", map[string]string{"result": result})
 		if got >= want {
 			return
 		}
@@ -828,34 +829,4 @@ func waitGoroutines(t *testing.T, baseline int) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-}
-
-// appCounter returns the value of the counter name with exactly labels, or
-// 0, from the registry internal/app builds for itself (it registers before
-// a test could wrap it in a metricstest.Registry, so this one reads the
-// gathered families).
-func appCounter(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
-	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(labels) {
-				continue
-			}
-			for _, lp := range m.GetLabel() {
-				if labels[lp.GetName()] != lp.GetValue() {
-					continue metrics
-				}
-			}
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return 0
 }

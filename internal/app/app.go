@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -51,7 +50,7 @@ const rlsServiceName = "envoy.service.ratelimit.v3.RateLimitService"
 type App struct {
 	cfg      config.Config
 	log      *slog.Logger
-	Registry *prometheus.Registry
+	Registry metrics.Registry // where components register their metrics; served on /metrics
 
 	rdb       redis.UniversalClient
 	lim       *limiter.Limiter
@@ -81,6 +80,10 @@ type Options struct {
 	// Rules serve when the config names no rules file (sluice dev's embedded
 	// example); nil means no limits.
 	Rules *ratelimitsvc.Rules
+	// Registry is where components register their metrics, served on
+	// /metrics; nil means metrics.NewRegistry (with the Go, process and
+	// build-info collectors). Tests pass a metricstest.Registry to read it.
+	Registry metrics.Registry
 }
 
 // New builds every component and loads the rate limit rules (an invalid rule
@@ -88,7 +91,10 @@ type Options struct {
 // binds no port: Listen does. Redis being down is not an error: Sluice
 // starts, fails open and picks Redis up when it returns.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string, opts Options) (a *App, err error) {
-	a = &App{cfg: cfg, log: log, Registry: metrics.NewRegistry(version)}
+	a = &App{cfg: cfg, log: log, Registry: opts.Registry}
+	if a.Registry == nil {
+		a.Registry = metrics.NewRegistry(version)
+	}
 	defer func() {
 		if err != nil {
 			_ = a.Close()
