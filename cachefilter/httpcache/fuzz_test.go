@@ -36,7 +36,7 @@ func cookieKept(hdr header.List, cc CacheControl) bool {
 
 // FuzzStorable runs a response an origin (or anyone able to influence one)
 // controls through the shared cache's storage decision, with a request
-// whose headers a client controls, then through the codec, the lookup
+// whose headers a client controls, then through the lookup
 // decision and the headers served from the entry. It checks the promises a
 // shared cache makes about hostile responses (RFC 9111 §3, §3.5, §5.2.2):
 // nothing private, no-store, Vary: * or (by default) Set-Cookie is stored;
@@ -44,8 +44,9 @@ func cookieKept(hdr header.List, cc CacheControl) bool {
 // must-revalidate; nothing answering a request with a field the key lacks
 // but applications act on (X-Forwarded-Host, X-Original-URL, method
 // overrides: web cache poisoning); a stored entry holds no Set-Cookie, x-sluice-*,
-// x-envoy-*, rate-limit, hop-by-hop or Age field, survives the codec
-// unchanged, and is served with header values Envoy accepts.
+// x-envoy-*, rate-limit, hop-by-hop or Age field, and is served with header
+// values Envoy accepts. (cachefilter's FuzzStoredEntryCodec stores such
+// entries through the codec.)
 //
 // Seeds: testdata/fuzz/FuzzStorable, plus the exchanges below.
 func FuzzStorable(f *testing.F) {
@@ -113,7 +114,6 @@ func FuzzStorable(f *testing.F) {
 			}
 		}
 
-		// (cachefilter's FuzzDecodeEntry covers storing the entry.)
 		e.Body = []byte("body")
 		got := &e
 		d := Evaluate(req, got, now.Add(time.Second))

@@ -63,19 +63,11 @@ func validHeaderName(name string) bool {
 		}
 	}
 	for i := 0; i < len(s); i++ {
-		if !isTokenChar(s[i]) {
+		if !header.IsTokenChar(s[i]) {
 			return false
 		}
 	}
 	return true
-}
-
-func isTokenChar(c byte) bool {
-	switch {
-	case c >= 'a' && c <= 'z', c >= 'A' && c <= 'Z', c >= '0' && c <= '9':
-		return true
-	}
-	return strings.IndexByte("!#$%&'*+-.^_`|~", c) >= 0
 }
 
 // validHeaderValue follows HeaderUtility::headerValueIsValid: no NUL, CR or
