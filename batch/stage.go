@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/extproc"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // Stage answers batch requests in the ext_proc pipeline (extproc.WithStages).
@@ -71,7 +72,7 @@ type pending struct {
 	client string // the client's address
 }
 
-var jsonHeaders = extproc.Headers{{Name: "content-type", Value: "application/json"}, {Name: "cache-control", Value: "no-store"}}
+var jsonHeaders = header.List{{Name: "content-type", Value: "application/json"}, {Name: "cache-control", Value: "no-store"}}
 
 // RequestHeaders implements extproc.RequestHeadersHook.
 func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
@@ -84,7 +85,7 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 	}
 	if x.Method != http.MethodPost {
 		e := &Error{Status: http.StatusMethodNotAllowed, Code: CodeInvalidRequest, Message: "use POST for a batch"}
-		x.Respond(e.Status, append(extproc.Headers{{Name: "allow", Value: "POST"}}, jsonHeaders...), errorJSON(e))
+		x.Respond(e.Status, append(header.List{{Name: "allow", Value: "POST"}}, jsonHeaders...), errorJSON(e))
 		return nil
 	}
 	client, err := netip.ParseAddr(x.RequestHeaders.Get("x-envoy-external-address"))
@@ -170,7 +171,7 @@ func (s *Stage) respondError(x *extproc.Exchange, e *Error) {
 }
 
 // httpHeader converts Envoy's header list, pseudo-headers left out.
-func httpHeader(hs extproc.Headers) http.Header {
+func httpHeader(hs header.List) http.Header {
 	h := make(http.Header, len(hs))
 	for _, f := range hs {
 		if strings.HasPrefix(f.Name, ":") {

@@ -12,14 +12,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
 // benchKeys returns n primary keys and a 1 KiB entry.
-func benchKeys(n int) ([]string, *cachefilter.Entry) {
+func benchKeys(n int) ([]string, *httpcache.Entry) {
 	keys := make([]string, n)
 	for i := range keys {
 		keys[i] = primaryKey(tenantA, fmt.Sprintf("/bench/%d", i))
@@ -221,7 +221,7 @@ func BenchmarkHitRatio(b *testing.B) {
 	capacity := keys / 10 * weight
 	for b.Loop() {
 		clk := newClock()
-		s, err := cachefilter.NewStore(cachefilter.StoreConfig{L1MaxBytes: int64(capacity)}, nil, "", nil, nil, clk.Now)
+		s, err := cachefilter.NewStore(cachefilter.StoreConfig{L1MaxBytes: int64(capacity)}, cachefilter.StoreOptions{Now: clk.Now})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -262,7 +262,7 @@ func BenchmarkStoredPuts(b *testing.B) {
 	for _, writes := range []int{0, 10} {
 		b.Run(fmt.Sprintf("writes=%d%%", writes), func(b *testing.B) {
 			rdb, prefix, clk := redistest.Client(b), redistest.Prefix(b), newClock()
-			reg := prometheus.NewRegistry()
+			reg := metricstest.NewRegistry()
 			s := newStore(b, testConfig(), rdb, prefix, clk, reg)
 			run(b, s)
 			keys, e := benchKeys(1000)

@@ -6,6 +6,9 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // Binary encoding of an Entry, the value of an L2 entry key:
@@ -49,7 +52,7 @@ const (
 var ErrCorrupt = errors.New("cachefilter: corrupt encoding")
 
 // appendEntry appends the encoding of e to b.
-func appendEntry(b []byte, e *Entry) []byte {
+func appendEntry(b []byte, e *httpcache.Entry) []byte {
 	b = append(b, codecVersion)
 	b = binary.AppendUvarint(b, uint64(e.Status))
 	var flags byte
@@ -90,7 +93,7 @@ func appendEntry(b []byte, e *Entry) []byte {
 
 // decodeEntry decodes an entry encoded by appendEntry. The entry's Body aliases b: the caller
 // must not change b afterwards. Errors wrap ErrCorrupt.
-func decodeEntry(b []byte) (*Entry, error) {
+func decodeEntry(b []byte) (*httpcache.Entry, error) {
 	if len(b) > maxEntryBytesLimit {
 		return nil, fmt.Errorf("%w: entry of %d bytes above %d", ErrCorrupt, len(b), maxEntryBytesLimit)
 	}
@@ -98,7 +101,7 @@ func decodeEntry(b []byte) (*Entry, error) {
 	if v := r.byte(); v != codecVersion && r.err == nil {
 		return nil, fmt.Errorf("%w: entry version %d, want %d", ErrCorrupt, v, codecVersion)
 	}
-	e := &Entry{}
+	e := &httpcache.Entry{}
 	status := r.uvarint()
 	if r.err == nil && (status < 100 || status > 999) {
 		return nil, fmt.Errorf("%w: status %d", ErrCorrupt, status)
@@ -121,9 +124,9 @@ func decodeEntry(b []byte) (*Entry, error) {
 	e.StaleWhileRevalidate = time.Duration(r.varint())
 	e.StaleIfError = time.Duration(r.varint())
 	if n := r.count(maxHeaderFields, 2); n > 0 {
-		e.Header = make([]Header, n)
+		e.Header = make(header.List, n)
 		for i := range e.Header {
-			e.Header[i] = Header{Name: r.string(), Value: r.string()}
+			e.Header[i] = header.Field{Name: r.string(), Value: r.string()}
 		}
 	}
 	e.Vary = r.strings(maxVaryNames)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 )
 
 // collapser collapses concurrent misses of one variant key into one upstream fetch. It is safe
@@ -21,9 +23,9 @@ type collapser struct {
 
 // flight is one upstream fetch that followers wait for.
 type flight struct {
-	done  chan struct{} // closed when the flight ends
-	entry *Entry        // set before done is closed; nil: followers go upstream themselves
-	timer *time.Timer   // ends the flight after the collapse timeout
+	done  chan struct{}    // closed when the flight ends
+	entry *httpcache.Entry // set before done is closed; nil: followers go upstream themselves
+	timer *time.Timer      // ends the flight after the collapse timeout
 }
 
 func newCollapser(max int, timeout time.Duration, onWait func(served bool)) *collapser {
@@ -31,7 +33,7 @@ func newCollapser(max int, timeout time.Duration, onWait func(served bool)) *col
 }
 
 // leaderWait is the wait function of a leader: it has nothing to wait for.
-func leaderWait(context.Context) (*Entry, bool) { return nil, false }
+func leaderWait(context.Context) (*httpcache.Entry, bool) { return nil, false }
 
 // Collapse joins the fetch of variantKey after a cache miss. The first caller for a key is the
 // leader (leader true): it goes upstream and must then call Complete(variantKey, entry or nil)
@@ -45,20 +47,20 @@ func leaderWait(context.Context) (*Entry, bool) { return nil, false }
 // (Lookup), in case a flight ended between its miss and its Collapse. With CollapseMaxKeys
 // flights in progress, or collapsing disabled, every caller is a leader (and its Complete does
 // nothing).
-func (s *Store) Collapse(variantKey string) (leader bool, wait func(ctx context.Context) (*Entry, bool)) {
+func (s *Store) Collapse(variantKey string) (leader bool, wait func(ctx context.Context) (*httpcache.Entry, bool)) {
 	return s.collapse.join(variantKey)
 }
 
 // Complete ends the flight of variantKey: its followers get e, or are released to go upstream if
 // e is nil. Completing a key without a flight (its timeout passed, or it was never collapsed)
 // does nothing.
-func (s *Store) Complete(variantKey string, e *Entry) { s.collapse.complete(variantKey, e) }
+func (s *Store) Complete(variantKey string, e *httpcache.Entry) { s.collapse.complete(variantKey, e) }
 
-func (c *collapser) join(key string) (bool, func(context.Context) (*Entry, bool)) {
+func (c *collapser) join(key string) (bool, func(context.Context) (*httpcache.Entry, bool)) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if f, ok := c.flights[key]; ok {
-		return false, func(ctx context.Context) (*Entry, bool) { return c.wait(ctx, f) }
+		return false, func(ctx context.Context) (*httpcache.Entry, bool) { return c.wait(ctx, f) }
 	}
 	if c.closed || len(c.flights) >= c.max {
 		return true, leaderWait
@@ -69,7 +71,7 @@ func (c *collapser) join(key string) (bool, func(context.Context) (*Entry, bool)
 	return true, leaderWait
 }
 
-func (c *collapser) wait(ctx context.Context, f *flight) (*Entry, bool) {
+func (c *collapser) wait(ctx context.Context, f *flight) (*httpcache.Entry, bool) {
 	select {
 	case <-f.done:
 		served := f.entry != nil
@@ -81,7 +83,7 @@ func (c *collapser) wait(ctx context.Context, f *flight) (*Entry, bool) {
 	}
 }
 
-func (c *collapser) complete(key string, e *Entry) {
+func (c *collapser) complete(key string, e *httpcache.Entry) {
 	c.mu.Lock()
 	f := c.flights[key]
 	c.mu.Unlock()
@@ -91,7 +93,7 @@ func (c *collapser) complete(key string, e *Entry) {
 }
 
 // end ends f, the flight of key, with e, unless it has ended already.
-func (c *collapser) end(key string, f *flight, e *Entry) {
+func (c *collapser) end(key string, f *flight, e *httpcache.Entry) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.flights[key] != f {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 )
 
 // TestCollapse runs 100 concurrent misses of one key: exactly one leader, and the followers get
@@ -17,38 +18,38 @@ func TestCollapse(t *testing.T) {
 	tests := []struct {
 		name       string
 		cfg        cachefilter.StoreConfig
-		complete   func(s *cachefilter.Store, key string, e *cachefilter.Entry) // the leader, after every caller joined
-		followerTO time.Duration                                                // follower context timeout; 0: none
+		complete   func(s *cachefilter.Store, key string, e *httpcache.Entry) // the leader, after every caller joined
+		followerTO time.Duration                                              // follower context timeout; 0: none
 		leaders    int
 		served     int // followers that get the entry
 	}{
 		{
 			name:     "leader stores",
-			complete: func(s *cachefilter.Store, key string, e *cachefilter.Entry) { s.Complete(key, e) },
+			complete: func(s *cachefilter.Store, key string, e *httpcache.Entry) { s.Complete(key, e) },
 			leaders:  1, served: callers - 1,
 		},
 		{
 			name:     "leader fails",
-			complete: func(s *cachefilter.Store, key string, _ *cachefilter.Entry) { s.Complete(key, nil) },
+			complete: func(s *cachefilter.Store, key string, _ *httpcache.Entry) { s.Complete(key, nil) },
 			leaders:  1,
 		},
 		{
 			name:     "leader's stream dies",
 			cfg:      cachefilter.StoreConfig{CollapseTimeout: 100 * time.Millisecond},
-			complete: func(*cachefilter.Store, string, *cachefilter.Entry) {},
+			complete: func(*cachefilter.Store, string, *httpcache.Entry) {},
 			leaders:  1,
 		},
 		{
 			name:       "followers give up",
 			cfg:        cachefilter.StoreConfig{CollapseTimeout: 300 * time.Millisecond},
-			complete:   func(*cachefilter.Store, string, *cachefilter.Entry) {},
+			complete:   func(*cachefilter.Store, string, *httpcache.Entry) {},
 			followerTO: 50 * time.Millisecond,
 			leaders:    1,
 		},
 		{
 			name:     "collapsing disabled",
 			cfg:      cachefilter.StoreConfig{CollapseMaxKeys: -1},
-			complete: func(s *cachefilter.Store, key string, e *cachefilter.Entry) { s.Complete(key, e) },
+			complete: func(s *cachefilter.Store, key string, e *httpcache.Entry) { s.Complete(key, e) },
 			leaders:  callers,
 		},
 	}

@@ -6,6 +6,9 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // Config is the policy part of the `cache` section of the Sluice config
@@ -122,28 +125,14 @@ type TagRule struct {
 type RoutePolicy struct {
 	// Name is the matched route's name, or DefaultRouteName.
 	Name string
-	// Enabled reports whether responses may be stored and served.
-	Enabled bool
-	// MaxTTL caps the freshness left on arrival (Entry.Lifetime −
-	// Entry.InitialAge) and the stale windows; 0 means no cap.
-	MaxTTL time.Duration
-	// MaxObjectBytes is the largest body to store; the caller checks the
-	// body, Storable checks Content-Length. 0 means no limit.
-	MaxObjectBytes int
 	// QueryParams is nil to key on every query parameter, else the only
 	// names kept (empty: none).
 	QueryParams []string
-	// Heuristic, HeuristicFraction and HeuristicMax are Config's.
-	Heuristic         bool
-	HeuristicFraction float64
-	HeuristicMax      time.Duration
-	// StoreSetCookie is Config's.
-	StoreSetCookie bool
-	// Tags are the tag templates for stored responses ({tenant} not yet
-	// substituted; Storable does it).
-	Tags []string
-	// Targets are Config.TargetedCacheControl's lower-case field names.
-	Targets []string
+	// Policy is what the RFC 9111 decisions read (httpcache.Storable,
+	// httpcache.Freshen): Enabled, MaxTTL, MaxObjectBytes, the heuristic,
+	// StoreSetCookie, tag templates ({tenant} not yet substituted) and the
+	// targeted Cache-Control fields (Config.TargetedCacheControl's, lower-case).
+	httpcache.Policy
 }
 
 // Defaults of Config.
@@ -163,7 +152,6 @@ const (
 const (
 	maxObjectBytesLimit = 1 << 30
 	maxTagsPerRule      = 16
-	tenantPlaceholder   = "{tenant}"
 )
 
 // WithDefaults returns c with every unset field given its documented
@@ -211,13 +199,13 @@ func (c Config) Validate() error {
 	if c.HeuristicFraction <= 0 || c.HeuristicFraction > 1 {
 		bad("heuristic_fraction %v must be in (0, 1]", c.HeuristicFraction)
 	}
-	if c.HeuristicMax <= 0 || c.HeuristicMax > MaxDeltaSeconds*time.Second {
+	if c.HeuristicMax <= 0 || c.HeuristicMax > httpcache.MaxDeltaSeconds*time.Second {
 		bad("heuristic_max %v must be positive and at most 2^31s", c.HeuristicMax)
 	}
 	if c.MaxObjectBytes < 1 || c.MaxObjectBytes > maxObjectBytesLimit {
 		bad("max_object_bytes %d must be in [1, %d]", c.MaxObjectBytes, maxObjectBytesLimit)
 	}
-	if c.DefaultMaxTTL <= 0 || c.DefaultMaxTTL > MaxDeltaSeconds*time.Second {
+	if c.DefaultMaxTTL <= 0 || c.DefaultMaxTTL > httpcache.MaxDeltaSeconds*time.Second {
 		bad("default_max_ttl %v must be positive and at most 2^31s", c.DefaultMaxTTL)
 	}
 	seen := make(map[string]bool, len(c.Routes))
@@ -232,7 +220,7 @@ func (c Config) Validate() error {
 		if err := validMatch(r.Prefix, r.Path); err != "" {
 			bad("routes[%d] (%s): %s", i, r.Name, err)
 		}
-		if r.MaxTTL < 0 || r.MaxTTL > MaxDeltaSeconds*time.Second {
+		if r.MaxTTL < 0 || r.MaxTTL > httpcache.MaxDeltaSeconds*time.Second {
 			bad("routes[%d] (%s): max_ttl %v must be in [0, 2^31s]", i, r.Name, r.MaxTTL)
 		}
 		if r.MaxObjectBytes < 0 || r.MaxObjectBytes > maxObjectBytesLimit {
@@ -255,14 +243,14 @@ func (c Config) Validate() error {
 	}
 	for i, f := range c.TargetedCacheControl {
 		switch lf := strings.ToLower(f); {
-		case !isToken(f):
+		case !header.IsToken(f):
 			bad("targeted_cache_control[%d]: %q is not a field name", i, f)
 		case lf == "cache-control" || lf == "expires":
 			bad("targeted_cache_control[%d]: %q is what a targeted field replaces", i, f)
 		}
 	}
 	for i, t := range c.TagRules {
-		if t.Method != "" && t.Method != "*" && (!isToken(t.Method) || strings.ToUpper(t.Method) != t.Method) {
+		if t.Method != "" && t.Method != "*" && (!header.IsToken(t.Method) || strings.ToUpper(t.Method) != t.Method) {
 			bad("tag_rules[%d]: method %q must be an upper-case method or *", i, t.Method)
 		}
 		if err := validMatch(t.Prefix, t.Path); err != "" {
@@ -272,8 +260,8 @@ func (c Config) Validate() error {
 			bad("tag_rules[%d]: needs 1-%d tags", i, maxTagsPerRule)
 		}
 		for _, tag := range t.Tags {
-			if !validTag(strings.ReplaceAll(tag, tenantPlaceholder, "t")) {
-				bad("tag_rules[%d]: tag %q must be 1-%d bytes of visible ASCII without braces (other than {tenant})", i, tag, maxTagLen)
+			if !httpcache.ValidTag(strings.ReplaceAll(tag, httpcache.TenantPlaceholder, "t")) {
+				bad("tag_rules[%d]: tag %q must be 1-%d bytes of visible ASCII without braces (other than {tenant})", i, tag, httpcache.MaxTagLen)
 			}
 		}
 	}
@@ -312,8 +300,7 @@ func (c Config) Route(path string) RoutePolicy {
 	if i := strings.IndexAny(path, "?#"); i >= 0 {
 		path = path[:i]
 	}
-	p := RoutePolicy{
-		Name:              DefaultRouteName,
+	p := RoutePolicy{Name: DefaultRouteName, Policy: httpcache.Policy{
 		Enabled:           c.Enabled == nil || *c.Enabled,
 		MaxTTL:            orDefault(c.DefaultMaxTTL, DefaultPolicyMaxTTL),
 		MaxObjectBytes:    orDefault(c.MaxObjectBytes, DefaultMaxObjectBytes),
@@ -322,7 +309,7 @@ func (c Config) Route(path string) RoutePolicy {
 		HeuristicMax:      orDefault(c.HeuristicMax, DefaultHeuristicMax),
 		StoreSetCookie:    c.StoreSetCookie,
 		Targets:           c.targets(),
-	}
+	}}
 	for i := range c.Routes {
 		r := &c.Routes[i]
 		if !pathMatches(path, r.Prefix, r.Path) {
@@ -348,7 +335,7 @@ func (c Config) Route(path string) RoutePolicy {
 // config names none (nil), the configured ones lower-cased otherwise.
 func (c Config) targets() []string {
 	if c.TargetedCacheControl == nil {
-		return DefaultTargets
+		return httpcache.DefaultTargets
 	}
 	out := make([]string, len(c.TargetedCacheControl))
 	for i, f := range c.TargetedCacheControl {
@@ -359,7 +346,7 @@ func (c Config) targets() []string {
 
 // PurgeTags returns the tags to purge after the response to an unsafe
 // request (see TagRule), with {tenant} substituted, or nil.
-func (c Config) PurgeTags(req Request, status int) []string {
+func (c Config) PurgeTags(req httpcache.Request, status int) []string {
 	if !unsafeMethod(req.Method) || status < 200 || status > 399 {
 		return nil
 	}
@@ -372,7 +359,7 @@ func (c Config) PurgeTags(req Request, status int) []string {
 		t := &c.TagRules[i]
 		if (t.Method == "" || t.Method == "*" || t.Method == req.Method) && pathMatches(path, t.Prefix, t.Path) {
 			for _, tag := range t.Tags {
-				if tag = strings.ReplaceAll(tag, tenantPlaceholder, req.Tenant); validTag(tag) && !slices.Contains(tags, tag) {
+				if tag = strings.ReplaceAll(tag, httpcache.TenantPlaceholder, req.Tenant); httpcache.ValidTag(tag) && !slices.Contains(tags, tag) {
 					tags = append(tags, tag)
 				}
 			}

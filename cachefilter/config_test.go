@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -62,15 +63,15 @@ targeted_cache_control: [Acme-Cache-Control, CDN-Cache-Control]
 		path string
 		want RoutePolicy
 	}{
-		{path: "/api/v1/contacts/7?page=2", want: RoutePolicy{Name: "contacts", Enabled: true, MaxTTL: 5 * time.Minute, MaxObjectBytes: 2048,
-			QueryParams: []string{"page", "per_page"}, Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true,
-			Tags: []string{"contacts:{tenant}"}, Targets: targets}},
-		{path: "/api/v1/search", want: RoutePolicy{Name: "search", Enabled: true, MaxTTL: 10 * time.Minute, MaxObjectBytes: 2048,
-			QueryParams: []string{}, Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true, Targets: targets}},
-		{path: "/api/v1/search/x", want: RoutePolicy{Name: DefaultRouteName, Enabled: true, MaxTTL: 10 * time.Minute, MaxObjectBytes: 2048,
-			Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true, Targets: targets}},
-		{path: "/api/v1/export/all.csv", want: RoutePolicy{Name: "export", Enabled: false, MaxTTL: 10 * time.Minute, MaxObjectBytes: 100,
-			Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true, Targets: targets}},
+		{path: "/api/v1/contacts/7?page=2", want: RoutePolicy{Name: "contacts", QueryParams: []string{"page", "per_page"}, Policy: httpcache.Policy{Enabled: true, MaxTTL: 5 * time.Minute, MaxObjectBytes: 2048,
+			Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true,
+			Tags: []string{"contacts:{tenant}"}, Targets: targets}}},
+		{path: "/api/v1/search", want: RoutePolicy{Name: "search", QueryParams: []string{}, Policy: httpcache.Policy{Enabled: true, MaxTTL: 10 * time.Minute, MaxObjectBytes: 2048,
+			Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true, Targets: targets}}},
+		{path: "/api/v1/search/x", want: RoutePolicy{Name: DefaultRouteName, Policy: httpcache.Policy{Enabled: true, MaxTTL: 10 * time.Minute, MaxObjectBytes: 2048,
+			Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true, Targets: targets}}},
+		{path: "/api/v1/export/all.csv", want: RoutePolicy{Name: "export", Policy: httpcache.Policy{Enabled: false, MaxTTL: 10 * time.Minute, MaxObjectBytes: 100,
+			Heuristic: true, HeuristicFraction: 0.2, HeuristicMax: 12 * time.Hour, StoreSetCookie: true, Targets: targets}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.path, func(t *testing.T) {
@@ -111,7 +112,7 @@ func TestConfigValidate(t *testing.T) {
 		{name: "negative heuristic_max", mod: func(c *Config) { c.HeuristicMax = -time.Second }, want: "heuristic_max"},
 		{name: "max_object_bytes too large", mod: func(c *Config) { c.MaxObjectBytes = 2 << 30 }, want: "max_object_bytes"},
 		{name: "negative default_max_ttl", mod: func(c *Config) { c.DefaultMaxTTL = -1 }, want: "default_max_ttl"},
-		{name: "default_max_ttl beyond 2^31s", mod: func(c *Config) { c.DefaultMaxTTL = (MaxDeltaSeconds + 1) * time.Second }, want: "default_max_ttl"},
+		{name: "default_max_ttl beyond 2^31s", mod: func(c *Config) { c.DefaultMaxTTL = (httpcache.MaxDeltaSeconds + 1) * time.Second }, want: "default_max_ttl"},
 		{name: "route without name", mod: func(c *Config) { c.Routes = []RouteConfig{{Prefix: "/"}} }, want: "name"},
 		{name: "route named default", mod: func(c *Config) { c.Routes = []RouteConfig{{Name: "default", Prefix: "/"}} }, want: "name"},
 		{name: "duplicate route", mod: func(c *Config) { c.Routes = []RouteConfig{{Name: "a", Prefix: "/"}, {Name: "a", Path: "/x"}} }, want: "duplicate"},
@@ -156,10 +157,12 @@ func TestPurgeTags(t *testing.T) {
 		{Method: "GET", Prefix: "/api/v1/contacts", Tags: []string{"read-only"}},
 		{Method: "POST", Path: "/api/v1/reset", Tags: []string{"all"}},
 	}}
-	req := func(method, path string) Request { return Request{Method: method, Path: path, Tenant: "acme"} }
+	req := func(method, path string) httpcache.Request {
+		return httpcache.Request{Method: method, Path: path, Tenant: "acme"}
+	}
 	tests := []struct {
 		name   string
-		req    Request
+		req    httpcache.Request
 		status int
 		want   []string
 	}{

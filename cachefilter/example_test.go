@@ -6,13 +6,14 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 )
 
 // A Store without Redis is one replica's L1. The policy computes the keys; the store only needs
 // the primary key, and the variant key of a request for the Vary names it recorded.
 func ExampleStore() {
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	s, err := cachefilter.NewStore(cachefilter.StoreConfig{}, nil, "sluice:", nil, nil, func() time.Time { return now })
+	s, err := cachefilter.NewStore(cachefilter.StoreConfig{}, cachefilter.StoreOptions{KeyPrefix: "sluice:", Now: func() time.Time { return now }})
 	if err != nil {
 		panic(err)
 	}
@@ -26,7 +27,7 @@ func ExampleStore() {
 		}
 		return primary + ":gzip" // the policy hashes the request's values of the vary fields
 	}
-	e := &cachefilter.Entry{
+	e := &httpcache.Entry{
 		Status: 200, Body: []byte(`{"ok":true}`), ResponseTime: now, Lifetime: time.Minute,
 		Vary: []string{"accept-encoding"}, Tags: []string{"contacts"},
 	}
@@ -46,13 +47,13 @@ func ExampleStore() {
 // Concurrent misses of one key go upstream once: the leader fetches and completes, the others
 // wait for its entry.
 func ExampleStore_Collapse() {
-	s, _ := cachefilter.NewStore(cachefilter.StoreConfig{}, nil, "sluice:", nil, nil, nil)
+	s, _ := cachefilter.NewStore(cachefilter.StoreConfig{}, cachefilter.StoreOptions{KeyPrefix: "sluice:"})
 	defer s.Close()
 	key := "0123456789abcdef:c0ffee"
 
 	leader, _ := s.Collapse(key)
 	follower, wait := s.Collapse(key)
-	go s.Complete(key, &cachefilter.Entry{Status: 200, Body: []byte("fetched once")}) // the leader, after its fetch
+	go s.Complete(key, &httpcache.Entry{Status: 200, Body: []byte("fetched once")}) // the leader, after its fetch
 	e, ok := wait(context.Background())
 	fmt.Println(leader, follower, ok, string(e.Body))
 	// Output: true false true fetched once

@@ -1,5 +1,7 @@
 package cachefilter
 
+import "github.com/sluicehq/sluice/cachefilter/httpcache"
+
 // Hooks for the external tests of the Store (package cachefilter_test). Methods on *Store, so
 // that they cannot collide with the names of other tests of this package.
 
@@ -26,10 +28,15 @@ func (s *Store) L1Weight() (weighed uint64, items int, sum uint64) {
 }
 
 // ItemWeight is the L1 weight of an entry without Vary stored under primary and path.
-func ItemWeight(primary, path string, e *Entry) uint32 { return itemWeight(primary, primary, path, e) }
+func ItemWeight(primary, path string, e *httpcache.Entry) uint32 {
+	return itemWeight(primary, primary, path, e)
+}
 
 // Flights returns the collapsed misses in progress.
 func (s *Store) Flights() int { return s.collapse.size() }
 
 // ReplicaName returns this Store's registry name prefix.
 func (s *Store) ReplicaName() string { return s.replica }
+
+// EntrySize is entrySize for the external tests.
+func EntrySize(e *httpcache.Entry) int { return entrySize(e) }

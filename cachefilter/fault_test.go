@@ -7,9 +7,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -21,7 +20,7 @@ func TestRedisKilled(t *testing.T) {
 	srv := redistest.StartServer(t)
 	rdb := srv.Client(t)
 	clk := newClock()
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	cfg := cachefilter.StoreConfig{
 		RedisTimeout:      100 * time.Millisecond,
 		BreakerFailures:   3,
@@ -217,7 +216,7 @@ func TestFailedPurgeIsRetried(t *testing.T) {
 			srv := redistest.StartServer(t)
 			rdb := srv.Client(t)
 			clk := newClock()
-			reg := prometheus.NewRegistry()
+			reg := metricstest.NewRegistry()
 			cfg := testConfig()
 			s := newStore(t, cfg, rdb, "sluice:", clk, reg)        // the purging replica; Run starts later
 			other := newStore(t, cfg, rdb, "sluice:", clk, nil)    // another replica, reading Redis

@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 )
 
 // PurgeRequest is the JSON body of POST /cache/purge. Tenant is required
@@ -65,7 +67,7 @@ func PurgeHandler(cfg Config, store *Store, timeout time.Duration) http.Handler 
 			if u.RawQuery != "" {
 				path += "?" + u.RawQuery
 			}
-			req := Request{Method: "GET", Scheme: u.Scheme, Authority: u.Host, Path: path, Tenant: pr.Tenant}
+			req := httpcache.Request{Method: "GET", Scheme: u.Scheme, Authority: u.Host, Path: path, Tenant: pr.Tenant}
 			err = store.Invalidate(ctx, PrimaryKey(req, cfg.Route(path)))
 		case pr.Tag != "":
 			err = store.PurgeTag(ctx, tenant, pr.Tag)

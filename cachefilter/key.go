@@ -8,6 +8,9 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // Cache keys.
@@ -70,7 +73,7 @@ func KeyTenant(key string) string {
 // too, then its parameters are sorted by name (the order of repeated names
 // kept) and, when route.QueryParams is not nil, only those names kept
 // (none when it is empty). A fragment is ignored.
-func PrimaryKey(req Request, route RoutePolicy) string {
+func PrimaryKey(req httpcache.Request, route RoutePolicy) string {
 	path, query := req.Path, ""
 	if i := strings.IndexByte(path, '#'); i >= 0 {
 		path = path[:i]
@@ -107,7 +110,7 @@ func PrimaryKey(req Request, route RoutePolicy) string {
 // and Accept-Language lower-cased (their tokens are case-insensitive) and
 // Accept-Encoding's members sorted (their order carries no meaning). An
 // absent field and a field with an empty value give different keys.
-func VariantKey(primary string, vary []string, reqHeader []Header) string {
+func VariantKey(primary string, vary []string, reqHeader header.List) string {
 	if len(vary) == 0 {
 		return primary
 	}
@@ -129,7 +132,10 @@ func VariantKey(primary string, vary []string, reqHeader []Header) string {
 	writeKeyCount(h, len(names))
 	for _, n := range names {
 		writeKeyField(h, n)
-		values := fieldValues(reqHeader, n)
+		var values []string
+		if n[0] != ':' { // pseudo-headers are no request fields (Request.Header keeps them)
+			values = reqHeader.Values(n)
+		}
 		if values == nil {
 			writeKeyCount(h, 0) // absent
 			continue
@@ -145,7 +151,7 @@ func VariantKey(primary string, vary []string, reqHeader []Header) string {
 func normalizeVaryValue(name string, values []string) string {
 	var members []string
 	for _, v := range values {
-		members = append(members, splitList(v)...)
+		members = append(members, header.SplitList(v)...)
 	}
 	switch name {
 	case "accept-encoding":
@@ -309,7 +315,7 @@ func writeKeyCount(h hash.Hash, n int) {
 // policy of its own path; the store removes each primary key's variants
 // with it. The result has no duplicates and is nil when nothing is
 // invalidated.
-func (c Config) Invalidations(req Request, status int, respHeader []Header) []string {
+func (c Config) Invalidations(req httpcache.Request, status int, respHeader header.List) []string {
 	if !unsafeMethod(req.Method) || status < 200 || status > 399 {
 		return nil
 	}
@@ -320,7 +326,7 @@ func (c Config) Invalidations(req Request, status int, respHeader []Header) []st
 	}
 	origin := canonicalAuthority(base.Scheme, req.Authority)
 	for _, name := range []string{"location", "content-location"} {
-		v, ok := firstField(respHeader, name)
+		v, ok := respHeader.Lookup(name)
 		if !ok || v == "" || len(v) > 8<<10 {
 			continue
 		}
@@ -336,7 +342,7 @@ func (c Config) Invalidations(req Request, status int, respHeader []Header) []st
 		if u.RawQuery != "" {
 			path += "?" + u.RawQuery
 		}
-		target := Request{Method: "GET", Scheme: req.Scheme, Authority: req.Authority, Path: path, Tenant: req.Tenant}
+		target := httpcache.Request{Method: "GET", Scheme: req.Scheme, Authority: req.Authority, Path: path, Tenant: req.Tenant}
 		if k := PrimaryKey(target, c.Route(path)); !slices.Contains(keys, k) {
 			keys = append(keys, k)
 		}

@@ -5,12 +5,15 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 var keyPattern = regexp.MustCompile(`^[0-9a-f]{16}:[0-9a-f]{64}$`)
 
-func keyReq(tenant, scheme, authority, path string) Request {
-	return Request{Method: "GET", Scheme: scheme, Authority: authority, Path: path, Tenant: tenant}
+func keyReq(tenant, scheme, authority, path string) httpcache.Request {
+	return httpcache.Request{Method: "GET", Scheme: scheme, Authority: authority, Path: path, Tenant: tenant}
 }
 
 func TestPrimaryKeySame(t *testing.T) {
@@ -18,11 +21,11 @@ func TestPrimaryKeySame(t *testing.T) {
 	base := keyReq("acme", "https", "api.example.com", "/a/b?x=1&y=2")
 	tests := []struct {
 		name  string
-		req   Request
+		req   httpcache.Request
 		route RoutePolicy
 	}{
-		{name: "§4 HEAD uses the GET entry", req: func() Request { r := base; r.Method = "HEAD"; return r }()},
-		{name: "§4.4 an unsafe method names the GET entry", req: func() Request { r := base; r.Method = "POST"; return r }()},
+		{name: "§4 HEAD uses the GET entry", req: func() httpcache.Request { r := base; r.Method = "HEAD"; return r }()},
+		{name: "§4.4 an unsafe method names the GET entry", req: func() httpcache.Request { r := base; r.Method = "POST"; return r }()},
 		{name: "RFC 3986 §6.2.2.1 authority is case-insensitive", req: keyReq("acme", "HTTPS", "API.Example.COM", "/a/b?x=1&y=2")},
 		{name: "RFC 3986 §6.2.3 default port", req: keyReq("acme", "https", "api.example.com:443", "/a/b?x=1&y=2")},
 		{name: "RFC 3986 §6.2.2.2 unreserved characters decoded", req: keyReq("acme", "https", "api.example.com", "/%61/%62?%78=%31&y=2")},
@@ -64,7 +67,7 @@ func TestPrimaryKeySame(t *testing.T) {
 func TestPrimaryKeyDifferent(t *testing.T) {
 	pairs := []struct {
 		name string
-		a, b Request
+		a, b httpcache.Request
 	}{
 		{name: "tenants never share entries", a: keyReq("acme", "https", "h", "/p"), b: keyReq("globex", "https", "h", "/p")},
 		{name: "empty tenant is a tenant", a: keyReq("", "https", "h", "/p"), b: keyReq("anonymous", "https", "h", "/p")},
@@ -174,15 +177,15 @@ func TestVariantKey(t *testing.T) {
 
 func TestInvalidations(t *testing.T) {
 	c := Config{Routes: []RouteConfig{{Name: "list", Prefix: "/list", QueryParams: []string{"page"}}}}
-	req := func(method, path string) Request {
-		return Request{Method: method, Scheme: "https", Authority: "api.example.com", Path: path, Tenant: "acme"}
+	req := func(method, path string) httpcache.Request {
+		return httpcache.Request{Method: method, Scheme: "https", Authority: "api.example.com", Path: path, Tenant: "acme"}
 	}
 	key := func(path string) string { return PrimaryKey(req("GET", path), c.Route(path)) }
 	tests := []struct {
 		name   string
-		req    Request
+		req    httpcache.Request
 		status int
-		header []Header
+		hdr    header.List
 		want   []string
 	}{
 		{name: "§4.4 POST success invalidates the target URI (cache-tests invalidate-POST)", req: req("POST", "/r?x=1"), status: 201, want: []string{key("/r?x=1")}},
@@ -195,20 +198,20 @@ func TestInvalidations(t *testing.T) {
 		{name: "§4.4 safe methods invalidate nothing", req: req("GET", "/r"), status: 200},
 		{name: "§4.4 OPTIONS is safe", req: req("OPTIONS", "/r"), status: 200},
 		{name: "§4.4 Location and Content-Location, relative (invalidate-POST-location, -cl)", req: req("POST", "/dir/r"), status: 201,
-			header: polHeader("location", "location_target", "content-location", "/content_location_target?b=2&a=1"),
-			want:   []string{key("/dir/r"), key("/dir/location_target"), key("/content_location_target?a=1&b=2")}},
-		{name: "§4.4 absolute same-origin Location", req: req("POST", "/r"), status: 201, header: polHeader("location", "https://API.example.com:443/new"), want: []string{key("/r"), key("/new")}},
+			hdr:  polHeader("location", "location_target", "content-location", "/content_location_target?b=2&a=1"),
+			want: []string{key("/dir/r"), key("/dir/location_target"), key("/content_location_target?a=1&b=2")}},
+		{name: "§4.4 absolute same-origin Location", req: req("POST", "/r"), status: 201, hdr: polHeader("location", "https://API.example.com:443/new"), want: []string{key("/r"), key("/new")}},
 		{name: "§4.4 other origins are never invalidated", req: req("POST", "/r"), status: 201,
-			header: polHeader("location", "https://evil.example/r2", "content-location", "//other.example/x"), want: []string{key("/r")}},
-		{name: "§4.4 other scheme is another origin", req: req("POST", "/r"), status: 201, header: polHeader("location", "http://api.example.com/x"), want: []string{key("/r")}},
-		{name: "duplicates removed", req: req("POST", "/r"), status: 200, header: polHeader("content-location", "/r"), want: []string{key("/r")}},
-		{name: "each URI keyed with its own route policy", req: req("POST", "/list?page=2&sort=x"), status: 200, header: polHeader("location", "/list?page=3&sort=y"),
+			hdr: polHeader("location", "https://evil.example/r2", "content-location", "//other.example/x"), want: []string{key("/r")}},
+		{name: "§4.4 other scheme is another origin", req: req("POST", "/r"), status: 201, hdr: polHeader("location", "http://api.example.com/x"), want: []string{key("/r")}},
+		{name: "duplicates removed", req: req("POST", "/r"), status: 200, hdr: polHeader("content-location", "/r"), want: []string{key("/r")}},
+		{name: "each URI keyed with its own route policy", req: req("POST", "/list?page=2&sort=x"), status: 200, hdr: polHeader("location", "/list?page=3&sort=y"),
 			want: []string{key("/list?page=2"), key("/list?page=3")}},
-		{name: "unparsable Location ignored", req: req("POST", "/r"), status: 201, header: polHeader("location", "%zz"), want: []string{key("/r")}},
+		{name: "unparsable Location ignored", req: req("POST", "/r"), status: 201, hdr: polHeader("location", "%zz"), want: []string{key("/r")}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := c.Invalidations(tt.req, tt.status, tt.header)
+			got := c.Invalidations(tt.req, tt.status, tt.hdr)
 			if !slices.Equal(got, tt.want) {
 				t.Errorf("Invalidations = %v, want %v", got, tt.want)
 			}
@@ -233,7 +236,7 @@ func FuzzPrimaryKey(f *testing.F) {
 		if keep != "" {
 			route.QueryParams = strings.Split(keep, ",")
 		}
-		req := Request{Method: "GET", Scheme: scheme, Authority: authority, Path: path, Tenant: tenant}
+		req := httpcache.Request{Method: "GET", Scheme: scheme, Authority: authority, Path: path, Tenant: tenant}
 		k := PrimaryKey(req, route)
 		if !keyPattern.MatchString(k) || KeyTenant(k) != TenantTag(tenant) {
 			t.Fatalf("bad key %q", k)
@@ -265,7 +268,7 @@ func FuzzPrimaryKey(f *testing.F) {
 		if len(parts) > 0 {
 			canon += "?" + strings.Join(parts, "&")
 		}
-		again := Request{Method: "HEAD", Scheme: strings.ToLower(scheme), Authority: canonicalAuthority(strings.ToLower(scheme), authority), Path: canon, Tenant: tenant}
+		again := httpcache.Request{Method: "HEAD", Scheme: strings.ToLower(scheme), Authority: canonicalAuthority(strings.ToLower(scheme), authority), Path: canon, Tenant: tenant}
 		if got := PrimaryKey(again, route); got != k {
 			t.Fatalf("canonical target %q keys %s, original %q keys %s", canon, got, path, k)
 		}
@@ -283,16 +286,16 @@ func FuzzVariantKey(f *testing.F) {
 	primary := PrimaryKey(keyReq("t", "https", "h", "/"), RoutePolicy{})
 	f.Fuzz(func(t *testing.T, name, a, b string) {
 		name = strings.ToLower(name)
-		if !isToken(name) {
+		if !header.IsToken(name) {
 			return
 		}
 		vary := []string{name}
-		joined := VariantKey(primary, vary, []Header{{name, a + ", " + b}})
-		split := VariantKey(primary, vary, []Header{{name, " " + a + " "}, {name, "\t" + b}})
+		joined := VariantKey(primary, vary, header.List{{Name: name, Value: a + ", " + b}})
+		split := VariantKey(primary, vary, header.List{{Name: name, Value: " " + a + " "}, {Name: name, Value: "\t" + b}})
 		if strings.Count(a, `"`)%2 == 0 && !strings.HasSuffix(a, `\`) && joined != split {
 			t.Fatalf("lines %q %q key differently from their join", a, b)
 		}
-		if absent := VariantKey(primary, vary, nil); absent == joined || absent == VariantKey(primary, vary, []Header{{name, a}}) {
+		if absent := VariantKey(primary, vary, nil); absent == joined || absent == VariantKey(primary, vary, header.List{{Name: name, Value: a}}) {
 			t.Fatalf("absent equals present")
 		}
 		if !strings.HasPrefix(joined, primary+":") {

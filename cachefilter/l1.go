@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/maypok86/otter/v2"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 )
 
 // itemOverhead is the L1 bookkeeping of one item, in bytes, weighed on top of what Entry.Size
@@ -66,7 +67,7 @@ type item struct {
 	names   []string // a record's Vary names
 	id      uint64   // a record's id, or the id of the record an entry was stored under
 	variant string   // the variant key of entry, in a record
-	entry   *Entry
+	entry   *httpcache.Entry
 }
 
 // newL1 returns an L1 bounded to maxBytes, or a disabled one if maxBytes is negative. onEvict
@@ -111,7 +112,7 @@ func (l *l1) vary(primary string, now time.Time) *item {
 }
 
 // entry returns the entry of variant under the record rec, if present and not expired at now.
-func (l *l1) entry(rec *item, variant string, now time.Time) *Entry {
+func (l *l1) entry(rec *item, variant string, now time.Time) *httpcache.Entry {
 	if rec.entry != nil && rec.variant == variant {
 		return rec.entry
 	}
@@ -126,14 +127,14 @@ func (l *l1) entry(rec *item, variant string, now time.Time) *Entry {
 }
 
 // itemWeight is the weight of a record holding e (names empty), or of a variant's entry item.
-func itemWeight(primary, variant, path string, e *Entry) uint32 {
-	return weigh(itemOverhead + len(primary) + len(variant) + len(path) + e.Size())
+func itemWeight(primary, variant, path string, e *httpcache.Entry) uint32 {
+	return weigh(itemOverhead + len(primary) + len(variant) + len(path) + entrySize(e))
 }
 
 // fill stores e, the entry of variant, and the record of primary (tenant, path, names, id), both
 // until expires. discard reports, after the items are stored, whether an invalidation covering
 // them was applied since the data was read (or the L1 cleared); then fill removes what it stored.
-func (l *l1) fill(discard func() bool, tenant, primary, path string, names []string, id uint64, variant string, e *Entry, now, expires time.Time) {
+func (l *l1) fill(discard func() bool, tenant, primary, path string, names []string, id uint64, variant string, e *httpcache.Entry, now, expires time.Time) {
 	if l.c == nil {
 		return
 	}
@@ -239,3 +240,20 @@ func namesSize(names []string) int {
 }
 
 func weigh(n int) uint32 { return uint32(min(n, math.MaxUint32)) }
+
+// entrySize is an entry's approximate memory footprint in bytes, used to
+// bound the L1 in bytes rather than entries (and to refuse oversize
+// entries, StoreConfig.MaxEntryBytes).
+func entrySize(e *httpcache.Entry) int {
+	n := 160 + len(e.Body) + len(e.ETag) + len(e.LastModified)
+	for _, h := range e.Header {
+		n += 32 + len(h.Name) + len(h.Value)
+	}
+	for _, v := range e.Vary {
+		n += 16 + len(v)
+	}
+	for _, t := range e.Tags {
+		n += 16 + len(t)
+	}
+	return n
+}

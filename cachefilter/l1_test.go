@@ -51,7 +51,7 @@ func TestL1ByteBound(t *testing.T) {
 					h = map[string]string{"accept-language": fmt.Sprint(i % 4)}
 				}
 				put(t, s, k, path, h, e)
-				total += e.Size()
+				total += cachefilter.EntrySize(e)
 				if i%1000 == 0 {
 					if w, _, _ := s.L1Weight(); w > limit {
 						t.Fatalf("after %d bytes put: %d bytes weighed, above the %d bound", total, w, limit)

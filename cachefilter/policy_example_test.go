@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // The policy half of a cache lookup and store, as the ext_proc stage uses
@@ -13,34 +15,34 @@ import (
 func Example_policy() {
 	cfg := cachefilter.Config{}.WithDefaults()
 	now := time.Date(2026, 3, 1, 12, 0, 0, 0, time.UTC)
-	req := cachefilter.Request{
+	req := httpcache.Request{
 		Method: "GET", Scheme: "https", Authority: "api.example.com",
 		Path: "/api/v1/contacts?page=2", Tenant: "acme",
 	}
 	route := cfg.Route(req.Path)
 
 	// Miss: forward, then store what comes back.
-	fmt.Println(cachefilter.Evaluate(req, nil, now).Action)
-	e, ok, _ := cachefilter.Storable(req, 200, []cachefilter.Header{
+	fmt.Println(httpcache.Evaluate(req, nil, now).Action)
+	e, ok, _ := httpcache.Storable(req, 200, header.List{
 		{Name: "cache-control", Value: "max-age=60, stale-while-revalidate=30"},
 		{Name: "etag", Value: `"v1"`},
-	}, now, route)
+	}, now, route.Policy)
 	e.Body = []byte(`[]`)
 	key := cachefilter.VariantKey(cachefilter.PrimaryKey(req, route), e.Vary, req.Header)
 	fmt.Println(ok, e.Lifetime, cachefilter.KeyTenant(key) == cachefilter.TenantTag("acme"))
 
 	// Ten seconds later: a fresh hit (stored fields, then the added ones).
 	later := now.Add(10 * time.Second)
-	d := cachefilter.Evaluate(req, &e, later)
+	d := httpcache.Evaluate(req, &e, later)
 	cs, _ := d.CacheStatus()
-	for _, h := range cachefilter.ServeHeaders(&e, later, d.Status, cs, cachefilter.XCacheValue(d.XCache(), "L1"))[3:] {
+	for _, h := range httpcache.ServeHeaders(&e, later, d.Status, cs, httpcache.XCacheValue(d.XCache(), "L1"))[3:] {
 		fmt.Printf("%s: %s\n", h.Name, h.Value)
 	}
 
 	// After the lifetime, within stale-while-revalidate: serve stale and
 	// refresh; after that window: validate with the entry's ETag.
-	fmt.Println(cachefilter.Evaluate(req, &e, now.Add(70*time.Second)).Action)
-	fmt.Println(cachefilter.Evaluate(req, &e, now.Add(2*time.Minute)).Action, cachefilter.ConditionalHeaders(&e))
+	fmt.Println(httpcache.Evaluate(req, &e, now.Add(70*time.Second)).Action)
+	fmt.Println(httpcache.Evaluate(req, &e, now.Add(2*time.Minute)).Action, httpcache.ConditionalHeaders(&e))
 
 	// Output:
 	// miss
@@ -58,24 +60,15 @@ func ExampleConfig_Invalidations() {
 	cfg := cachefilter.Config{TagRules: []cachefilter.TagRule{
 		{Prefix: "/api/v1/contacts", Tags: []string{"contacts:{tenant}"}},
 	}}.WithDefaults()
-	req := cachefilter.Request{Method: "POST", Scheme: "https", Authority: "api.example.com", Path: "/api/v1/contacts", Tenant: "acme"}
-	resp := []cachefilter.Header{{Name: "location", Value: "/api/v1/contacts/42"}}
+	req := httpcache.Request{Method: "POST", Scheme: "https", Authority: "api.example.com", Path: "/api/v1/contacts", Tenant: "acme"}
+	resp := header.List{{Name: "location", Value: "/api/v1/contacts/42"}}
 
 	keys := cfg.Invalidations(req, 201, resp)
-	fmt.Println(len(keys), keys[1] == cachefilter.PrimaryKey(cachefilter.Request{
+	fmt.Println(len(keys), keys[1] == cachefilter.PrimaryKey(httpcache.Request{
 		Method: "GET", Scheme: "https", Authority: "api.example.com", Path: "/api/v1/contacts/42", Tenant: "acme",
 	}, cfg.Route("/api/v1/contacts/42")))
 	fmt.Println(cfg.PurgeTags(req, 201))
 	// Output:
 	// 2 true
 	// [contacts:acme]
-}
-
-func ExampleParseCacheControl() {
-	cc := cachefilter.ParseCacheControl(`max-age=60, private="set-cookie"`, `ext="a, no-store", Stale-If-Error=300`)
-	fmt.Println(cc.MaxAge.Seconds, cc.PrivateFields, cc.NoStore, cc.StaleIfError.Duration())
-	fmt.Println(cc)
-	// Output:
-	// 60 [set-cookie] false 5m0s
-	// private="set-cookie", max-age=60, stale-if-error=300
 }

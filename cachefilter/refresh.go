@@ -15,6 +15,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	sluicemetrics "github.com/sluicehq/sluice/internal/metrics"
 )
 
@@ -116,7 +117,7 @@ type Refresher struct {
 
 type refreshJob struct {
 	key string
-	req Request
+	req httpcache.Request
 }
 
 // Results of sluice_cache_refreshes_total.
@@ -184,7 +185,7 @@ func (r *Refresher) Close() {
 // Refresh queues a refresh of the entry with key (its variant key) for req, the request that
 // found it stale. It reports false when one for key is already queued or running, or the queue
 // is full (then the drop is counted): the entry stays stale until a later request refreshes it.
-func (r *Refresher) Refresh(key string, req Request) bool {
+func (r *Refresher) Refresh(key string, req httpcache.Request) bool {
 	r.mu.Lock()
 	if r.inflight[key] {
 		r.mu.Unlock()
@@ -237,7 +238,7 @@ func (r *Refresher) Run(ctx context.Context) error {
 }
 
 // send sends req again through the listener, forcing validation, and reads the answer.
-func (r *Refresher) send(ctx context.Context, req Request) error {
+func (r *Refresher) send(ctx context.Context, req httpcache.Request) error {
 	ctx, cancel := context.WithTimeout(ctx, r.cfg.Timeout)
 	defer cancel()
 	hr, err := http.NewRequestWithContext(ctx, http.MethodGet, r.base.String()+req.Path, nil)
@@ -268,12 +269,12 @@ func (r *Refresher) send(ctx context.Context, req Request) error {
 // fields), not those Envoy adds or replaces (x-forwarded-*, x-request-id, x-envoy-*), not
 // Sluice's own, not the framing, not the client's own caching and conditional fields, which
 // the refresh replaces with Cache-Control: max-age=0, and not the unkeyed fields that keep an
-// answer from being stored (unkeyedFields): the refresh is the clean request the entry answers.
+// answer from being stored (httpcache.UnkeyedField): the refresh is the clean request the entry answers.
 func refreshedField(name string) bool {
 	switch {
 	case name == "" || name[0] == ':',
 		strings.HasPrefix(name, "x-sluice-"), strings.HasPrefix(name, "x-envoy-"), strings.HasPrefix(name, "x-forwarded-"),
-		strings.HasPrefix(name, "if-"), containsString(unkeyedFields, name):
+		strings.HasPrefix(name, "if-"), httpcache.UnkeyedField(name):
 		return false
 	}
 	switch name {

@@ -8,9 +8,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
+	"github.com/sluicehq/sluice/internal/header"
+	"github.com/sluicehq/sluice/internal/metricstest"
 )
 
 // TestRefresher: a refresh is the request that found the entry stale, sent again to the
@@ -30,7 +31,7 @@ func TestRefresher(t *testing.T) {
 		w.Write([]byte("refreshed"))
 	}))
 	defer listener.Close()
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	r, err := cachefilter.NewRefresher(cachefilter.RefreshConfig{ListenerURL: listener.URL, Workers: 1, Queue: 1}, reg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -40,9 +41,9 @@ func TestRefresher(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
 
-	req := cachefilter.Request{
+	req := httpcache.Request{
 		Method: "HEAD", Scheme: "http", Authority: "api.example.com", Path: "/items?page=2", Tenant: "acme",
-		Header: []cachefilter.Header{
+		Header: header.List{
 			{Name: "x-tenant-id", Value: "acme"}, {Name: "accept-language", Value: "fr"},
 			{Name: "authorization", Value: "Bearer t"}, {Name: "if-none-match", Value: `"x"`},
 			{Name: "cache-control", Value: "max-stale"}, {Name: "x-forwarded-for", Value: "192.0.2.1"},
@@ -98,10 +99,10 @@ func TestRefresher(t *testing.T) {
 type refreshes struct {
 	mu   sync.Mutex
 	keys []string
-	reqs []cachefilter.Request
+	reqs []httpcache.Request
 }
 
-func (f *refreshes) Refresh(key string, req cachefilter.Request) bool {
+func (f *refreshes) Refresh(key string, req httpcache.Request) bool {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.keys = append(f.keys, key)

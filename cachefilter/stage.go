@@ -8,13 +8,15 @@ import (
 	"strings"
 	"time"
 
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/extproc"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // Stage is the response cache in the ext_proc pipeline (extproc.WithStages).
 // It must run after the identity stage, whose Exchange.Tenant is part of
 // every key; extproc.New always puts identity first. Per request it follows
-// the steps listed at the top of policy.go:
+// the steps listed in httpcache's package doc:
 //
 //   - request headers: CheckRequest, Lookup, Evaluate. A fresh hit (or a
 //     stale one within stale-while-revalidate while another request
@@ -61,7 +63,7 @@ type StageOptions struct {
 // Refreshing queues background refreshes; *Refresher implements it.
 // Refresh must not block, and reports whether the refresh was queued.
 type Refreshing interface {
-	Refresh(key string, req Request) bool
+	Refresh(key string, req httpcache.Request) bool
 }
 
 var _ Refreshing = (*Refresher)(nil)
@@ -112,21 +114,21 @@ type stateKey struct{}
 
 // state is one request's cache state, kept on the Exchange.
 type state struct {
-	req     Request
+	req     httpcache.Request
 	route   RoutePolicy
 	primary string
 	epoch   uint64 // Store.Epoch of primary before the lookup
-	d       Decision
-	entry   *Entry // entry being validated or refreshed, or nil
+	d       httpcache.Decision
+	entry   *httpcache.Entry // entry being validated or refreshed, or nil
 	layer   Layer
 
-	flight    string // collapse key this request leads; "" when not a leader
-	collapsed bool   // waited for another request's fetch
-	unsafe    bool   // unsafe method: invalidate after a 2xx/3xx
-	lookup    bool   // the request went through the lookup (cache headers apply)
-	validate  bool   // forwarded with the entry's validators
-	store     bool   // Storable may store the response
-	pending   *Entry // entry waiting for its body
+	flight    string           // collapse key this request leads; "" when not a leader
+	collapsed bool             // waited for another request's fetch
+	unsafe    bool             // unsafe method: invalidate after a 2xx/3xx
+	lookup    bool             // the request went through the lookup (cache headers apply)
+	validate  bool             // forwarded with the entry's validators
+	store     bool             // Storable may store the response
+	pending   *httpcache.Entry // entry waiting for its body
 	body      []byte
 }
 
@@ -136,9 +138,9 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 	// The request as the origin will receive it: with the x-sluice-* fields
 	// identity set, so that a Vary on them (x-sluice-user: per-user caching)
 	// selects what the origin saw, never what the client claimed.
-	req := Request{
+	req := httpcache.Request{
 		Method: x.Method, Scheme: x.Scheme, Authority: x.Authority, Path: x.Path,
-		Header: fromExt(x.ForwardedRequestHeaders()), Tenant: x.Tenant, Time: now,
+		Header: x.ForwardedRequestHeaders(), Tenant: x.Tenant, Time: now,
 		HasBody: !x.RequestEndOfStream,
 	}
 	st := &state{req: req, route: s.cfg.Route(req.Path)}
@@ -150,11 +152,11 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 	if !st.route.Enabled {
 		return nil
 	}
-	rp := CheckRequest(req)
+	rp := httpcache.CheckRequest(req)
 	st.lookup = true
 	st.store = rp.Store
 	if !rp.Lookup {
-		st.d = Decision{Action: ActionBypass, Fwd: rp.Fwd, Reason: rp.Reason}
+		st.d = httpcache.Decision{Action: httpcache.ActionBypass, Fwd: rp.Fwd, Reason: rp.Reason}
 		return nil
 	}
 	st.primary = PrimaryKey(req, st.route)
@@ -170,15 +172,15 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 		return nil
 	}
 	st.layer = layer
-	st.d = Evaluate(req, e, now)
+	st.d = httpcache.Evaluate(req, e, now)
 	switch st.d.Action {
-	case ActionHit:
+	case httpcache.ActionHit:
 		s.serve(x, st, e, now)
 		return nil
-	case ActionGatewayTimeout:
-		x.Respond(504, extproc.Headers{{Name: "x-cache", Value: XCacheMiss}, {Name: "cache-control", Value: "no-store"}}, nil)
+	case httpcache.ActionGatewayTimeout:
+		x.Respond(504, header.List{{Name: "x-cache", Value: httpcache.XCacheMiss}, {Name: "cache-control", Value: "no-store"}}, nil)
 		return nil
-	case ActionStale:
+	case httpcache.ActionStale:
 		if s.refresh != nil {
 			// Served stale now; the refresher sends the request again in
 			// the background, forcing validation (refresh.go).
@@ -198,7 +200,7 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 		}
 		s.serve(x, st, e, now)
 		return nil
-	case ActionValidate:
+	case httpcache.ActionValidate:
 		st.entry = e
 	}
 	if !st.store {
@@ -219,7 +221,7 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 // join joins the collapse of st's primary key and reports whether st leads
 // it. Followers of different Vary variants share a flight and check the
 // leader's entry against their own variant (follow).
-func (s *Stage) join(st *state) (bool, func(context.Context) (*Entry, bool)) {
+func (s *Stage) join(st *state) (bool, func(context.Context) (*httpcache.Entry, bool)) {
 	leader, wait := s.store.Collapse(st.primary)
 	if leader {
 		st.flight = st.primary
@@ -229,7 +231,7 @@ func (s *Stage) join(st *state) (bool, func(context.Context) (*Entry, bool)) {
 
 // follow waits for the leader of st's flight and serves its entry when it
 // answers this request; it reports whether it did.
-func (s *Stage) follow(ctx context.Context, x *extproc.Exchange, st *state, wait func(context.Context) (*Entry, bool)) bool {
+func (s *Stage) follow(ctx context.Context, x *extproc.Exchange, st *state, wait func(context.Context) (*httpcache.Entry, bool)) bool {
 	// As long as Envoy lets Sluice take (max_message_timeout, checked by
 	// Config.CheckEnvoy); past it the follower goes upstream itself.
 	limit := shortWait
@@ -254,7 +256,7 @@ func (s *Stage) follow(ctx context.Context, x *extproc.Exchange, st *state, wait
 		}
 	}
 	now := s.now()
-	d := Evaluate(st.req, e, now)
+	d := httpcache.Evaluate(st.req, e, now)
 	if !d.Serves() {
 		return false
 	}
@@ -266,14 +268,14 @@ func (s *Stage) follow(ctx context.Context, x *extproc.Exchange, st *state, wait
 // revalidate forwards the request with e's validators instead of the
 // client's (ConditionalHeaders).
 func (s *Stage) revalidate(x *extproc.Exchange, st *state) {
-	cond := ConditionalHeaders(st.entry)
+	cond := httpcache.ConditionalHeaders(st.entry)
 	if len(cond) == 0 {
 		// Nothing to validate with: an ordinary fetch. The entry stays in st
 		// for a 5xx answer, which its stale-if-error window may replace
 		// (RFC 5861 §4 asks for no validator).
 		return
 	}
-	for _, name := range ConditionalFields {
+	for _, name := range httpcache.ConditionalFields {
 		x.RemoveRequestHeader(name)
 	}
 	for _, h := range cond {
@@ -283,11 +285,11 @@ func (s *Stage) revalidate(x *extproc.Exchange, st *state) {
 }
 
 // serve answers from e with the decision in st.d.
-func (s *Stage) serve(x *extproc.Exchange, st *state, e *Entry, now time.Time) {
+func (s *Stage) serve(x *extproc.Exchange, st *state, e *httpcache.Entry, now time.Time) {
 	cs, _ := st.d.CacheStatus()
 	cs.Collapsed = st.collapsed
 	result := st.d.XCache()
-	s.respond(x, st, e, now, st.d.Status, cs, XCacheValue(result, layerName(st.layer)))
+	s.respond(x, st, e, now, st.d.Status, cs, httpcache.XCacheValue(result, layerName(st.layer)))
 }
 
 // respond answers from e at the request headers: an ImmediateResponse, which
@@ -295,27 +297,30 @@ func (s *Stage) serve(x *extproc.Exchange, st *state, e *Entry, now time.Time) {
 // A HEAD gets the body too: Envoy sends none for HEAD, but an empty local
 // reply would lose Content-Type and Content-Length (Utility::
 // prepareLocalReply), which a HEAD answer must keep.
-func (s *Stage) respond(x *extproc.Exchange, st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) {
+func (s *Stage) respond(x *extproc.Exchange, st *state, e *httpcache.Entry, now time.Time, status int, cs httpcache.CacheStatus, xcache string) {
 	status, h, body := s.answer(st, e, now, status, cs, xcache)
 	x.Respond(status, h, body)
 }
 
 // answer is the status, fields and body an answer from e gets: e's, or a
 // byte range of it for a Range request (ranges.go), or none for a 304.
-func (s *Stage) answer(st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) (int, extproc.Headers, []byte) {
+func (s *Stage) answer(st *state, e *httpcache.Entry, now time.Time, status int, cs httpcache.CacheStatus, xcache string) (int, header.List, []byte) {
 	body := e.Body
 	var contentRange string
 	switch {
 	case status == 304 || status == 204:
 		body = nil
-	case status == e.Status && hasField(st.req.Header, "range"):
-		if ra := answerRange(st.req, e, now); ra.status != 0 {
-			status, body, contentRange = ra.status, ra.body, ra.contentRange
+	case status == e.Status && st.req.Header.Has("range"):
+		if ra := httpcache.AnswerRange(st.req, e, now); ra.Status != 0 {
+			status, body, contentRange = ra.Status, ra.Body, ra.ContentRange
 		}
 	}
-	h := toExt(ServeHeaders(e, now, status, cs, xcache))
+	h := httpcache.ServeHeaders(e, now, status, cs, xcache)
+	// Envoy frames a local reply's body itself.
+	h.Del("content-length")
+	h.Del("transfer-encoding")
 	if contentRange != "" {
-		h = append(h, extproc.Header{Name: "content-range", Value: contentRange})
+		h = append(h, header.Field{Name: "content-range", Value: contentRange})
 	}
 	return status, h, body
 }
@@ -324,13 +329,13 @@ func (s *Stage) answer(st *state, e *Entry, now time.Time, status int, cs CacheS
 // 304, a 5xx, Envoy's own reply to a failed connection) becomes e's, as a
 // mutation that travels the rest of the encoder chain (Exchange.
 // ReplaceResponse). The fields the ratelimit filter added stay.
-func (s *Stage) replace(x *extproc.Exchange, st *state, e *Entry, now time.Time, status int, cs CacheStatus, xcache string) {
+func (s *Stage) replace(x *extproc.Exchange, st *state, e *httpcache.Entry, now time.Time, status int, cs httpcache.CacheStatus, xcache string) {
 	status, h, body := s.answer(st, e, now, status, cs, xcache)
 	switch {
 	case status == 304 || status == 204:
 	case st.req.Method == "HEAD":
 		// No body (Envoy would send none), and the length a GET would get.
-		h = append(h, extproc.Header{Name: "content-length", Value: strconv.Itoa(len(body))})
+		h = append(h, header.Field{Name: "content-length", Value: strconv.Itoa(len(body))})
 		body = nil
 	case body == nil:
 		body = []byte{} // replaces whatever body the upstream response has
@@ -359,10 +364,10 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 		return nil
 	}
 	status := x.ResponseStatus
-	header := fromExt(x.ResponseHeaders)
-	removeNominated(x, header)
+	hdr := x.ResponseHeaders
+	removeNominated(x, hdr)
 	if st.unsafe {
-		s.invalidate(ctx, x, st, status, header)
+		s.invalidate(ctx, x, st, status, hdr)
 		return nil
 	}
 	if !st.lookup {
@@ -374,7 +379,7 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 
 	if st.validate && status == 304 {
 		e, store := st.entry, false
-		if fresh, ok, _ := Freshen(st.req, st.entry, header, now, st.route); fresh != nil {
+		if fresh, ok, _ := httpcache.Freshen(st.req, st.entry, hdr, now, st.route.Policy); fresh != nil {
 			e, store = fresh, ok && s.store.keeps(fresh, now)
 			if store {
 				s.put(ctx, st, fresh)
@@ -389,36 +394,36 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 			s.complete(st, nil)
 		}
 		code := e.Status
-		if NotModified(st.req, e, now) {
+		if httpcache.NotModified(st.req, e, now) {
 			code = 304
 		}
 		cs.Stored, cs.TTL, cs.HasTTL = store, e.Lifetime-e.Age(now), true
-		s.replace(x, st, e, now, code, cs, XCacheRevalidated)
+		s.replace(x, st, e, now, code, cs, httpcache.XCacheRevalidated)
 		return nil
 	}
 	if st.entry != nil && status >= 500 {
-		disconnected := Disconnected(status, header)
-		if disconnected && ServeStaleDisconnected(st.req, st.entry, now) || ServeStaleOnError(st.req, st.entry, now, status) {
+		disconnected := Disconnected(status, hdr)
+		if disconnected && httpcache.ServeStaleDisconnected(st.req, st.entry, now) || httpcache.ServeStaleOnError(st.req, st.entry, now, status) {
 			s.complete(st, nil)
 			// Not a "hit": the request went upstream (RFC 9211 §2.1); fwd and
 			// fwd-status say the stored response stood in for the 5xx, or
 			// detail that no response came.
-			cs = CacheStatus{Fwd: FwdStale, FwdStatus: status, TTL: st.entry.Lifetime - st.entry.Age(now), HasTTL: true}
+			cs = httpcache.CacheStatus{Fwd: httpcache.FwdStale, FwdStatus: status, TTL: st.entry.Lifetime - st.entry.Age(now), HasTTL: true}
 			if disconnected {
 				cs.FwdStatus, cs.Detail = 0, "origin unreachable"
 			}
 			code := st.entry.Status
-			if NotModified(st.req, st.entry, now) {
+			if httpcache.NotModified(st.req, st.entry, now) {
 				code = 304
 			}
-			s.replace(x, st, st.entry, now, code, cs, XCacheValue(XCacheStale, layerName(st.layer)))
+			s.replace(x, st, st.entry, now, code, cs, httpcache.XCacheValue(httpcache.XCacheStale, layerName(st.layer)))
 			return nil
 		}
 	}
 	if st.store {
 		// Only what the store will keep is buffered and reported stored.
-		if e, ok, _ := Storable(st.req, status, header, now, st.route); ok && s.store.keeps(&e, now) {
-			n := contentLength(header)
+		if e, ok, _ := httpcache.Storable(st.req, status, hdr, now, st.route.Policy); ok && s.store.keeps(&e, now) {
+			n := httpcache.ContentLength(hdr)
 			if status == 204 {
 				// RFC 9110 §15.3.5: a 204 ends with its header section.
 				// Envoy sends it with end_of_stream on the headers and no
@@ -449,10 +454,10 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 		s.complete(st, nil)
 	}
 	xcache := st.d.XCache()
-	if st.d.Action == ActionStale || st.d.Action == ActionValidate {
-		xcache = XCacheMiss
+	if st.d.Action == httpcache.ActionStale || st.d.Action == httpcache.ActionValidate {
+		xcache = httpcache.XCacheMiss
 	}
-	x.SetResponseHeader("cache-status", AppendCacheStatus(strings.Join(x.ResponseHeaders.Values("cache-status"), ", "), cs))
+	x.SetResponseHeader("cache-status", httpcache.AppendCacheStatus(strings.Join(x.ResponseHeaders.Values("cache-status"), ", "), cs))
 	x.SetResponseHeader("x-cache", xcache)
 	return nil
 }
@@ -466,13 +471,13 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 // would reach the client on misses and pass-through responses (cached hits
 // never carry them: storedField). Removing Connection here would hide the
 // nominations from Envoy's own handling, so it is left to Envoy.
-func removeNominated(x *extproc.Exchange, header []Header) {
-	for _, name := range connectionFields(header) {
+func removeNominated(x *extproc.Exchange, hdr header.List) {
+	for _, name := range httpcache.ConnectionFields(hdr) {
 		switch name {
 		case "close", "keep-alive", "upgrade", "connection", "transfer-encoding", "proxy-connection":
 			continue // not a field (close) or one Envoy removes
 		}
-		if hasField(header, name) {
+		if hdr.Has(name) {
 			x.RemoveResponseHeader(name)
 		}
 	}
@@ -513,7 +518,7 @@ func (s *Stage) Done(_ context.Context, x *extproc.Exchange) {
 	}
 }
 
-func (s *Stage) put(ctx context.Context, st *state, e *Entry) {
+func (s *Stage) put(ctx context.Context, st *state, e *httpcache.Entry) {
 	variant := VariantKey(st.primary, e.Vary, st.req.Header)
 	if err := s.store.PutSince(ctx, st.epoch, st.primary, variant, st.req.Path, e); err != nil {
 		s.log.Warn("cache put failed", "err", err)
@@ -521,7 +526,7 @@ func (s *Stage) put(ctx context.Context, st *state, e *Entry) {
 }
 
 // complete ends st's flight once, handing e (nil: go upstream) to followers.
-func (s *Stage) complete(st *state, e *Entry) {
+func (s *Stage) complete(st *state, e *httpcache.Entry) {
 	if st.flight == "" {
 		return
 	}
@@ -532,8 +537,8 @@ func (s *Stage) complete(st *state, e *Entry) {
 // invalidate runs RFC 9111 §4.4 and the tag rules after an unsafe request,
 // before the response goes on, so the client's next read sees the change.
 // Failures are logged; the response is never held back by them.
-func (s *Stage) invalidate(ctx context.Context, x *extproc.Exchange, st *state, status int, header []Header) {
-	keys := s.cfg.Invalidations(st.req, status, header)
+func (s *Stage) invalidate(ctx context.Context, x *extproc.Exchange, st *state, status int, hdr header.List) {
+	keys := s.cfg.Invalidations(st.req, status, hdr)
 	tags := s.cfg.PurgeTags(st.req, status)
 	if len(keys) == 0 && len(tags) == 0 {
 		return
@@ -553,31 +558,4 @@ func (s *Stage) invalidate(ctx context.Context, x *extproc.Exchange, st *state, 
 			s.log.Warn("cache tag purge failed", "tenant", st.req.Tenant, "tag", tag, "err", err)
 		}
 	}
-}
-
-// fromExt converts Envoy's header list, pseudo-headers dropped.
-func fromExt(h extproc.Headers) []Header {
-	out := make([]Header, 0, len(h))
-	for _, f := range h {
-		if strings.HasPrefix(f.Name, ":") {
-			continue
-		}
-		out = append(out, Header{f.Name, f.Value})
-	}
-	return out
-}
-
-// toExt converts served headers for an ImmediateResponse. Content-Length
-// and Transfer-Encoding are left to Envoy, which frames the local reply's
-// body itself.
-func toExt(h []Header) extproc.Headers {
-	out := make(extproc.Headers, 0, len(h))
-	for _, f := range h {
-		switch f.Name {
-		case "content-length", "transfer-encoding":
-			continue
-		}
-		out = append(out, extproc.Header{Name: f.Name, Value: f.Value})
-	}
-	return out
 }

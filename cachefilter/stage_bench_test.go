@@ -90,7 +90,7 @@ func BenchmarkHit(b *testing.B) {
 		want string
 	}{{"L1", 0, "HIT-L1"}, {"L2", -1, "HIT-L2"}} {
 		b.Run(layer.name, func(b *testing.B) {
-			store, err := cachefilter.NewStore(cachefilter.StoreConfig{L1MaxBytes: layer.l1, RedisTimeout: time.Second}, rdb, redistest.Prefix(b), nil, nil, nil)
+			store, err := cachefilter.NewStore(cachefilter.StoreConfig{L1MaxBytes: layer.l1, RedisTimeout: time.Second}, cachefilter.StoreOptions{Redis: rdb, KeyPrefix: redistest.Prefix(b)})
 			if err != nil {
 				b.Fatal(err)
 			}

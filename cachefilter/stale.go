@@ -1,6 +1,8 @@
 package cachefilter
 
-import "time"
+import (
+	"github.com/sluicehq/sluice/internal/header"
+)
 
 // Serving stale responses when the origin cannot be reached.
 //
@@ -19,27 +21,10 @@ const EnvoyUpstreamServiceTime = "x-envoy-upstream-service-time"
 
 // Disconnected reports whether a response to a forwarded request is Envoy's own answer to
 // failing to get one from the origin (see above).
-func Disconnected(status int, header []Header) bool {
+func Disconnected(status int, hdr header.List) bool {
 	switch status {
 	case 502, 503, 504:
-		return !hasField(header, EnvoyUpstreamServiceTime)
+		return !hdr.Has(EnvoyUpstreamServiceTime)
 	}
 	return false
-}
-
-// ServeStaleDisconnected reports whether e may stand in, stale, for the response to req when the
-// origin could not be reached: never for must-revalidate, proxy-revalidate or s-maxage entries
-// (§5.2.2.2, §5.2.2.8, §5.2.2.10: "MUST NOT ... even when disconnected" in effect) nor no-cache
-// ones (§5.2.2.4), nor when the client itself asked for validation (request no-cache, max-age,
-// min-fresh): then the error is the honest answer. A fresh e is always allowed.
-func ServeStaleDisconnected(req Request, e *Entry, now time.Time) bool {
-	if e == nil {
-		return false
-	}
-	rp := CheckRequest(req)
-	cc := rp.CacheControl
-	if !rp.Lookup || cc.NoCache || cc.MaxAge.Present || cc.MinFresh.Present {
-		return false
-	}
-	return e.Fresh(now) || !e.MustRevalidate && !e.NoCache
 }

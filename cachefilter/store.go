@@ -19,6 +19,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"github.com/sony/gobreaker/v2"
 
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/internal/redisconn"
 )
 
@@ -182,13 +183,32 @@ type Store struct {
 // hotSample is one sampled hit.
 type hotSample struct{ tenant, primary string }
 
-// NewStore returns a Store. rdb may be nil (an L1-only Store); otherwise it must be a
-// *redis.Client, a failover client or a *redis.ClusterClient with ContextTimeoutEnabled set, so
-// that RedisTimeout bounds its socket reads. keyPrefix starts every Redis key (e.g. "sluice:";
-// no '{' or '}'). Metrics are registered on reg unless it is nil, and unregistered by Close. log
-// may be nil (nothing is logged); now is the clock of entry freshness and expiry (nil:
-// time.Now).
-func NewStore(cfg StoreConfig, rdb redis.UniversalClient, keyPrefix string, reg prometheus.Registerer, log *slog.Logger, now func() time.Time) (*Store, error) {
+// StoreOptions are a Store's dependencies. The zero value is an L1-only
+// Store that logs nothing, registers no metrics and reads time.Now.
+type StoreOptions struct {
+	// Redis is the L2 and the invalidation channel; nil makes an L1-only
+	// Store. It must be a *redis.Client, a failover client or a
+	// *redis.ClusterClient with ContextTimeoutEnabled set, so that
+	// StoreConfig.RedisTimeout bounds its socket reads (a *redis.Ring is
+	// refused: it cannot run multi-key scripts).
+	Redis redis.UniversalClient
+	// KeyPrefix starts every Redis key and the default channel (e.g.
+	// "sluice:"; no '{' or '}'). Empty means no prefix.
+	KeyPrefix string
+	// Registerer gets the Store's metrics, unregistered by Close; nil
+	// registers none.
+	Registerer prometheus.Registerer
+	// Log gets the Store's warnings; nil discards them.
+	Log *slog.Logger
+	// Now is the clock of entry freshness and expiry; nil means time.Now.
+	Now func() time.Time
+}
+
+// NewStore returns a Store configured by cfg with the dependencies in opts
+// (see StoreOptions for their zero values). Run it for as long as it
+// serves, then Close it.
+func NewStore(cfg StoreConfig, opts StoreOptions) (*Store, error) {
+	rdb, keyPrefix, reg, log, now := opts.Redis, opts.KeyPrefix, opts.Registerer, opts.Log, opts.Now
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -292,7 +312,7 @@ func (s *Store) Close() error {
 // none; it must not change them) and returns the request's variant key, which must carry the
 // same tenant tag. On a miss it returns nil and Miss. Lookup fails only for invalid keys
 // (ErrInvalid); Redis failures degrade it to the L1. It may call variantOf twice.
-func (s *Store) Lookup(ctx context.Context, primary string, variantOf func(vary []string) string) (*Entry, Layer, error) {
+func (s *Store) Lookup(ctx context.Context, primary string, variantOf func(vary []string) string) (*httpcache.Entry, Layer, error) {
 	tenant, pr, err := splitKey(primary)
 	if err != nil {
 		return nil, Miss, err
@@ -301,7 +321,7 @@ func (s *Store) Lookup(ctx context.Context, primary string, variantOf func(vary 
 	trusted := s.l1Trusted()
 	var rec *item
 	if trusted {
-		var e *Entry
+		var e *httpcache.Entry
 		if e, rec, err = s.fromL1(tenant, primary, variantOf, now); e != nil || err != nil {
 			return s.answer(tenant, primary, e, L1, err)
 		}
@@ -326,7 +346,7 @@ func (s *Store) Lookup(ctx context.Context, primary string, variantOf func(vary 
 }
 
 // answer counts a Lookup's result and samples hits for the hot-key counter.
-func (s *Store) answer(tenant, primary string, e *Entry, layer Layer, err error) (*Entry, Layer, error) {
+func (s *Store) answer(tenant, primary string, e *httpcache.Entry, layer Layer, err error) (*httpcache.Entry, Layer, error) {
 	if err != nil {
 		return nil, Miss, err
 	}
@@ -344,7 +364,7 @@ func (s *Store) answer(tenant, primary string, e *Entry, layer Layer, err error)
 
 // fromL1 returns the entry the L1 holds for the request, if any, and the primary's vary record,
 // if the L1 holds it.
-func (s *Store) fromL1(tenant, primary string, variantOf func([]string) string, now time.Time) (*Entry, *item, error) {
+func (s *Store) fromL1(tenant, primary string, variantOf func([]string) string, now time.Time) (*httpcache.Entry, *item, error) {
 	rec := s.l1.vary(primary, now)
 	if rec == nil {
 		return nil, nil, nil
@@ -358,7 +378,7 @@ func (s *Store) fromL1(tenant, primary string, variantOf func([]string) string, 
 
 // fromL2 reads the entry for the request from Redis and, if trusted, copies it into the L1. rec
 // is the primary's vary record in the L1, if any: its names are the guess.
-func (s *Store) fromL2(ctx context.Context, tenant, pr, primary string, rec *item, variantOf func([]string) string, now time.Time, trusted bool) (*Entry, error) {
+func (s *Store) fromL2(ctx context.Context, tenant, pr, primary string, rec *item, variantOf func([]string) string, now time.Time, trusted bool) (*httpcache.Entry, error) {
 	var guess []string
 	if rec != nil {
 		guess = rec.names
@@ -424,7 +444,7 @@ func (s *Store) fromL2(ctx context.Context, tenant, pr, primary string, rec *ite
 // query if any). e.Vary must be the names variantOf was (or will be) given for variant; e must
 // not change afterwards. Entries whose expiry has passed, or larger than MaxEntryBytes, are not
 // stored. Put fails only for invalid arguments (ErrInvalid); Redis failures degrade it to the L1.
-func (s *Store) Put(ctx context.Context, primary, variant, path string, e *Entry) error {
+func (s *Store) Put(ctx context.Context, primary, variant, path string, e *httpcache.Entry) error {
 	return s.put(ctx, false, 0, primary, variant, path, e)
 }
 
@@ -440,7 +460,7 @@ func (s *Store) Epoch(primary string) uint64 { return s.races.mark() }
 // a read that started before a write and finished after the write's invalidation would store
 // the old version again, to be served until it expires. Invalidations of other keys, tags,
 // paths or tenants do not stop the put.
-func (s *Store) PutSince(ctx context.Context, since uint64, primary, variant, path string, e *Entry) error {
+func (s *Store) PutSince(ctx context.Context, since uint64, primary, variant, path string, e *httpcache.Entry) error {
 	return s.put(ctx, true, since, primary, variant, path, e)
 }
 
@@ -459,7 +479,7 @@ func (s *Store) discardFill(m fillMark, tenant, primary, path string, tags []str
 	}
 }
 
-func (s *Store) put(ctx context.Context, check bool, since uint64, primary, variant, path string, e *Entry) error {
+func (s *Store) put(ctx context.Context, check bool, since uint64, primary, variant, path string, e *httpcache.Entry) error {
 	tenant, pr, err := splitKey(primary)
 	if err != nil {
 		return err
@@ -470,7 +490,7 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 	if err := checkEntry(path, e); err != nil {
 		return err
 	}
-	if e.Size() > s.cfg.MaxEntryBytes {
+	if entrySize(e) > s.cfg.MaxEntryBytes {
 		return nil
 	}
 	now := s.now()
@@ -521,14 +541,14 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 
 // keeps reports whether Put would keep e at now: a response whose freshness, stale windows and
 // StaleRetention are already over (max-age=0 with StaleRetention 0, say) is not stored.
-func (s *Store) keeps(e *Entry, now time.Time) bool {
+func (s *Store) keeps(e *httpcache.Entry, now time.Time) bool {
 	return s.expires(e, now).Sub(now) >= time.Millisecond
 }
 
 // expires returns when e stops being kept: at the end of its freshness plus its stale windows
 // plus StaleRetention (unless it must be revalidated and has no validator: then nothing could use it), at most MaxTTL
 // after its ResponseTime (now if that is unset). It depends on e alone, so both layers and every replica agree.
-func (s *Store) expires(e *Entry, now time.Time) time.Time {
+func (s *Store) expires(e *httpcache.Entry, now time.Time) time.Time {
 	window := max(e.StaleWhileRevalidate, e.StaleIfError, 0)
 	if e.MustRevalidate {
 		window = 0 // never served stale without validation (RFC 9111 §5.2.2.2)
@@ -695,7 +715,7 @@ func checkTenant(tenant string) error {
 }
 
 // checkEntry checks what Put indexes and what the codec bounds.
-func checkEntry(path string, e *Entry) error {
+func checkEntry(path string, e *httpcache.Entry) error {
 	switch {
 	case e == nil:
 		return fmt.Errorf("%w: nil entry", ErrInvalid)

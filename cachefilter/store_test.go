@@ -15,6 +15,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
+	"github.com/sluicehq/sluice/internal/header"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -69,10 +72,10 @@ func variants(primary string, h map[string]string) func([]string) string {
 }
 
 // newEntry returns a 200 response fresh for lifetime from now.
-func newEntry(now time.Time, body string, lifetime time.Duration) *cachefilter.Entry {
-	return &cachefilter.Entry{
+func newEntry(now time.Time, body string, lifetime time.Duration) *httpcache.Entry {
+	return &httpcache.Entry{
 		Status:       200,
-		Header:       []cachefilter.Header{{Name: "content-type", Value: "application/json"}},
+		Header:       header.List{{Name: "content-type", Value: "application/json"}},
 		Body:         []byte(body),
 		RequestTime:  now,
 		ResponseTime: now,
@@ -93,7 +96,7 @@ func testConfig() cachefilter.StoreConfig {
 // newStore returns a Store closed when the test ends.
 func newStore(t testing.TB, cfg cachefilter.StoreConfig, rdb redis.UniversalClient, prefix string, clk *clock, reg prometheus.Registerer) *cachefilter.Store {
 	t.Helper()
-	s, err := cachefilter.NewStore(cfg, rdb, prefix, reg, nil, clk.Now)
+	s, err := cachefilter.NewStore(cfg, cachefilter.StoreOptions{Redis: rdb, KeyPrefix: prefix, Registerer: reg, Now: clk.Now})
 	if err != nil {
 		t.Fatalf("NewStore: %v", err)
 	}
@@ -129,7 +132,7 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 }
 
 // lookup calls s.Lookup and fails the test on error.
-func lookup(t testing.TB, s *cachefilter.Store, primary string, h map[string]string) (*cachefilter.Entry, cachefilter.Layer) {
+func lookup(t testing.TB, s *cachefilter.Store, primary string, h map[string]string) (*httpcache.Entry, cachefilter.Layer) {
 	t.Helper()
 	e, layer, err := s.Lookup(context.Background(), primary, variants(primary, h))
 	if err != nil {
@@ -139,14 +142,14 @@ func lookup(t testing.TB, s *cachefilter.Store, primary string, h map[string]str
 }
 
 // put calls s.Put for the variant of h and fails the test on error.
-func put(t testing.TB, s *cachefilter.Store, primary, path string, h map[string]string, e *cachefilter.Entry) {
+func put(t testing.TB, s *cachefilter.Store, primary, path string, h map[string]string, e *httpcache.Entry) {
 	t.Helper()
 	if err := s.Put(context.Background(), primary, variants(primary, h)(e.Vary), path, e); err != nil {
 		t.Fatalf("Put(%s): %v", primary, err)
 	}
 }
 
-func body(e *cachefilter.Entry) string {
+func body(e *httpcache.Entry) string {
 	if e == nil {
 		return "<nil>"
 	}
@@ -158,7 +161,7 @@ func body(e *cachefilter.Entry) string {
 func TestLookupPut(t *testing.T) {
 	type step struct {
 		replica int               // 0 writes, 1 only reads
-		header  map[string]string // request header
+		hdr     map[string]string // request header
 		want    string            // body; "" for a miss
 		layer   cachefilter.Layer
 	}
@@ -185,15 +188,15 @@ func TestLookupPut(t *testing.T) {
 				{"accept-encoding": "br", "accept-language": "en"},
 			},
 			steps: []step{
-				{replica: 0, header: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L1},
-				{replica: 0, header: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L1},
-				{replica: 0, header: map[string]string{"accept-encoding": "br", "accept-language": "de"}, layer: cachefilter.Miss},
-				{replica: 1, header: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L2},
-				{replica: 1, header: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L1},
+				{replica: 0, hdr: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L1},
+				{replica: 0, hdr: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L1},
+				{replica: 0, hdr: map[string]string{"accept-encoding": "br", "accept-language": "de"}, layer: cachefilter.Miss},
+				{replica: 1, hdr: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L2},
+				{replica: 1, hdr: map[string]string{"accept-encoding": "br", "accept-language": "en"}, want: "br,en", layer: cachefilter.L1},
 				// The record is in replica 1's L1 now: one round trip with the right guess.
-				{replica: 1, header: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L2},
-				{replica: 1, header: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L1},
-				{replica: 1, header: map[string]string{"accept-encoding": "zstd", "accept-language": "en"}, layer: cachefilter.Miss},
+				{replica: 1, hdr: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L2},
+				{replica: 1, hdr: map[string]string{"accept-encoding": "gzip", "accept-language": "en"}, want: "gzip,en", layer: cachefilter.L1},
+				{replica: 1, hdr: map[string]string{"accept-encoding": "zstd", "accept-language": "en"}, layer: cachefilter.Miss},
 			},
 		},
 		{
@@ -222,9 +225,9 @@ func TestLookupPut(t *testing.T) {
 				put(t, replicas[0], primary, "/"+tt.name, h, e)
 			}
 			for i, st := range tt.steps {
-				e, layer := lookup(t, replicas[st.replica], primary, st.header)
+				e, layer := lookup(t, replicas[st.replica], primary, st.hdr)
 				if layer != st.layer || (layer != cachefilter.Miss && body(e) != st.want) || (layer == cachefilter.Miss && e != nil) {
-					t.Errorf("step %d (replica %d, %v): got %q from %v, want %q from %v", i, st.replica, st.header, body(e), layer, st.want, st.layer)
+					t.Errorf("step %d (replica %d, %v): got %q from %v, want %q from %v", i, st.replica, st.hdr, body(e), layer, st.want, st.layer)
 				}
 			}
 		})
@@ -508,7 +511,7 @@ func TestPurgeWaitsForRegisteredReplicas(t *testing.T) {
 			cfg := testConfig()
 			cfg.PurgeTimeout = 800 * time.Millisecond
 			cfg.SubscriptionLease = 200 * time.Millisecond
-			reg := prometheus.NewRegistry()
+			reg := metricstest.NewRegistry()
 			s := newStore(t, cfg, rdb, prefix, clk, reg)
 			run(t, s)
 			ctx := context.Background()
@@ -670,7 +673,7 @@ func TestInvalidArguments(t *testing.T) {
 		}},
 		{"put variant of another tenant", func() error { return s.Put(context.Background(), k, primaryKey(tenantB, "/x"), "/x", ok) }},
 		{"put nil entry", func() error { return s.Put(context.Background(), k, k, "/x", nil) }},
-		{"put status 0", func() error { return s.Put(context.Background(), k, k, "/x", &cachefilter.Entry{}) }},
+		{"put status 0", func() error { return s.Put(context.Background(), k, k, "/x", &httpcache.Entry{}) }},
 		{"put NUL in path", func() error { return s.Put(context.Background(), k, k, "/x\x00", ok) }},
 		{"put comma in a Vary name", func() error {
 			e := *ok
@@ -712,29 +715,10 @@ func TestL1Only(t *testing.T) {
 	}
 }
 
-// gauge returns the value of the counter or gauge name of g whose labels include labels.
-func gauge(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+// gauge returns the value of the counter or gauge name{labels} registered on reg.
+func gauge(t testing.TB, reg *metricstest.Registry, name string, labels prometheus.Labels) float64 {
 	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			for _, lp := range m.GetLabel() {
-				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
-					continue metrics
-				}
-			}
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s%v", name, labels)
-	return 0
+	return reg.Value(t, name, labels)
 }
 
 // TestTenantCap checks max_keys_per_tenant: Put evicts the tenant's soonest-expiring keys
@@ -781,7 +765,7 @@ func TestPutSinceRacedInvalidation(t *testing.T) {
 	rdb := redistest.Client(t)
 	prefix := redistest.Prefix(t)
 	clk := newClock()
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	s := newStore(t, testConfig(), rdb, prefix, clk, reg)
 	other := newStore(t, testConfig(), rdb, prefix, clk, nil)
 	run(t, s)

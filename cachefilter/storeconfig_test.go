@@ -73,7 +73,7 @@ collapse_max_keys: -1
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("Validate = %v, want an error about %s", err, tt.wantErr)
 				}
-				if _, err := cachefilter.NewStore(c, nil, "", nil, nil, nil); err == nil {
+				if _, err := cachefilter.NewStore(c, cachefilter.StoreOptions{}); err == nil {
 					t.Error("NewStore accepted an invalid config")
 				}
 				return

@@ -17,6 +17,8 @@ import (
 	commonrl "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -113,6 +115,11 @@ func startApp(t *testing.T, redisURL string, mutate func(*config.Config)) *runni
 		cancel()
 		t.Fatal(err)
 	}
+	if err := a.Listen(ctx); err != nil {
+		a.Close()
+		cancel()
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	conn, err := grpc.NewClient(a.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -171,11 +178,23 @@ func (r *runningApp) decide(t *testing.T) {
 	}
 }
 
-func (r *runningApp) gather(t *testing.T, into exported) {
+// scrape reads the app's /metrics as Prometheus does (the text format) and
+// adds what it exports to into.
+func (r *runningApp) scrape(t *testing.T, into exported) {
 	t.Helper()
-	mfs, err := r.app.Registry.Gather()
+	resp, err := http.Get("http://" + r.app.AdminAddr().String() + "/metrics")
 	if err != nil {
-		t.Fatalf("Gather: %v", err)
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	byName, err := parser.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape: parse the text format: %v", err)
+	}
+	mfs := make([]*dto.MetricFamily, 0, len(byName))
+	for _, mf := range byName {
+		mfs = append(mfs, mf)
 	}
 	into.add(mfs)
 }
@@ -210,12 +229,12 @@ func sluiceMetrics(t *testing.T) exported {
 	ok.request(t, "GET", "/api/v1/contacts", "initech", 200)
 	ok.request(t, "GET", "/api/v1/contacts/1", "acme", 503)
 	ok.decide(t)
-	ok.gather(t, e)
+	ok.scrape(t, e)
 
 	down := startApp(t, "redis://"+closedPort(t)+"/0", slow)
 	down.request(t, "GET", "/api/v1/contacts", "globex", 200)
 	down.decide(t)
-	down.gather(t, e)
+	down.scrape(t, e)
 
 	// The admin endpoint serves the same registry: spot-check the wiring.
 	resp, err := http.Get("http://" + ok.app.AdminAddr().String() + "/metrics")

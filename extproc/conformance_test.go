@@ -34,6 +34,7 @@ import (
 
 	"github.com/sluicehq/sluice/extproc"
 	xt "github.com/sluicehq/sluice/extproc/extproctest"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // envoySide is one ext_proc stream as Envoy's filter drives it. Unlike
@@ -797,7 +798,7 @@ func TestConformanceImmediateResponse(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			respond := func(x *extproc.Exchange) {
 				x.WantResponseBody(extproc.BodyBuffered)
-				x.Respond(tt.status, extproc.Headers{
+				x.Respond(tt.status, header.List{
 					{Name: "Content-Type", Value: "text/plain"}, {Name: "vary", Value: "accept"}, {Name: "vary", Value: "accept-encoding"},
 				}, []byte("slow down"))
 			}

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"github.com/sluicehq/sluice/internal/header"
 	"google.golang.org/protobuf/types/known/structpb"
 )
 
@@ -53,39 +54,8 @@ const Anonymous = "anonymous"
 // OtherRoute is Exchange.Route for paths no configured route matches.
 const OtherRoute = "other"
 
-// Header is one header field: a lower-case name (Envoy lower-cases every
-// key it sends, HttpHeaders.headers) and its value.
-type Header struct {
-	Name, Value string
-}
-
-// Headers is a header list in the order Envoy sent it, pseudo-headers
-// (":method", ":path", ":status", …) included. A name may repeat.
-type Headers []Header
-
-// Get returns the first value of name (lower-case), or "".
-func (h Headers) Get(name string) string {
-	for _, f := range h {
-		if f.Name == name {
-			return f.Value
-		}
-	}
-	return ""
-}
-
-// Values returns every value of name in order, or nil.
-func (h Headers) Values(name string) []string {
-	var vs []string
-	for _, f := range h {
-		if f.Name == name {
-			vs = append(vs, f.Value)
-		}
-	}
-	return vs
-}
-
 // single returns the value of name and whether it occurs exactly once.
-func (h Headers) single(name string) (string, bool) {
+func single(h header.List, name string) (string, bool) {
 	v, n := "", 0
 	for _, f := range h {
 		if f.Name == name {
@@ -146,7 +116,7 @@ type Exchange struct {
 	// RequestHeaders are the request headers as Envoy sent them, before any
 	// mutation: values a stage strips (x-sluice-*) stay readable here for
 	// stages that authenticate their own markers.
-	RequestHeaders Headers
+	RequestHeaders header.List
 	// RequestEndOfStream is HttpHeaders.end_of_stream of the request headers:
 	// the request has no body (no body message will follow).
 	RequestEndOfStream bool
@@ -162,7 +132,7 @@ type Exchange struct {
 	// immediate response; 0 until known.
 	ResponseStatus int
 	// ResponseHeaders are the response headers as Envoy sent them.
-	ResponseHeaders Headers
+	ResponseHeaders header.List
 	// ResponseEndOfStream is HttpHeaders.end_of_stream of the response
 	// headers: the response has no body (a 304, a 204, an answer to HEAD).
 	ResponseEndOfStream bool
@@ -199,7 +169,7 @@ type keyValue struct{ key, value any }
 
 // pendingReply collects the actions for the reply to the current message.
 type pendingReply struct {
-	set         []Header
+	set         header.List
 	remove      []string
 	clearRoute  bool
 	wantReqBody *BodyMode
@@ -210,7 +180,7 @@ type pendingReply struct {
 
 type immediate struct {
 	status  int
-	headers Headers
+	headers header.List
 	body    []byte
 }
 
@@ -245,12 +215,12 @@ func (x *Exchange) Get(key any) any {
 // and sets, so x-sluice-tenant, x-sluice-user and the rest as identity set
 // them. What a stage must key on to see the request the origin sees.
 // Pseudo-headers are kept. Outside PhaseRequestHeaders it is RequestHeaders.
-func (x *Exchange) ForwardedRequestHeaders() Headers {
+func (x *Exchange) ForwardedRequestHeaders() header.List {
 	r := &x.reply
 	if x.phase != PhaseRequestHeaders || len(r.set) == 0 && len(r.remove) == 0 {
 		return x.RequestHeaders
 	}
-	out := make(Headers, 0, len(x.RequestHeaders)+len(r.set))
+	out := make(header.List, 0, len(x.RequestHeaders)+len(r.set))
 	for _, h := range x.RequestHeaders {
 		if !containsName(r.remove, h.Name) && !r.setsName(h.Name) {
 			out = append(out, h)
@@ -312,7 +282,7 @@ func (x *Exchange) setHeader(request bool, name, value string) {
 			return
 		}
 	}
-	r.set = append(r.set, Header{name, value})
+	r.set = append(r.set, header.Field{Name: name, Value: value})
 }
 
 func (x *Exchange) removeHeader(request bool, name string) {
@@ -362,7 +332,7 @@ func (x *Exchange) ClearRouteCache() { x.reply.clearRoute = true }
 // raw_value; names Envoy refuses to mutate are ignored. Not available in
 // DoneHook.Done, and ignored in observability_mode, where Envoy ignores
 // every reply.
-func (x *Exchange) Respond(status int, headers Headers, body []byte) {
+func (x *Exchange) Respond(status int, headers header.List, body []byte) {
 	if x.phase == PhaseDone || x.phase == 0 {
 		x.drop("respond: wrong phase " + x.phase.String())
 		return
@@ -381,7 +351,7 @@ type Replacement struct {
 	// Status is the new ":status" (200-999; Envoy refuses lower ones).
 	Status int
 	// Headers are the replacement's fields; repeated names are sent in order.
-	Headers Headers
+	Headers header.List
 	// Body replaces the upstream body. nil with a bodiless upstream response
 	// (Exchange.ResponseEndOfStream) sends no body_mutation, so that a
 	// Content-Length in Headers stays (an answer to HEAD).

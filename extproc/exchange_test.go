@@ -5,6 +5,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 func TestExchangeMutations(t *testing.T) {
@@ -12,7 +14,7 @@ func TestExchangeMutations(t *testing.T) {
 		name       string
 		phase      Phase
 		do         func(x *Exchange)
-		wantSet    []Header
+		wantSet    header.List
 		wantRemove []string
 		wantDrops  int
 	}{
@@ -23,7 +25,7 @@ func TestExchangeMutations(t *testing.T) {
 				x.SetRequestHeader("X-A", "1")
 				x.SetRequestHeader("x-a", "2")
 			},
-			wantSet: []Header{{"x-a", "2"}},
+			wantSet: header.List{{Name: "x-a", Value: "2"}},
 		},
 		{
 			name:  "remove after set cancels the set",
@@ -42,7 +44,7 @@ func TestExchangeMutations(t *testing.T) {
 				x.RemoveRequestHeader("x-a")
 				x.SetRequestHeader("x-a", "1")
 			},
-			wantSet: []Header{{"x-a", "1"}},
+			wantSet: header.List{{Name: "x-a", Value: "1"}},
 		},
 		{
 			name:      "response header in a request phase is dropped",
@@ -67,7 +69,7 @@ func TestExchangeMutations(t *testing.T) {
 				x.SetResponseHeader("x-ok", "bad\r\nvalue")
 				x.SetResponseHeader("x-ok", "good")
 			},
-			wantSet:   []Header{{"x-ok", "good"}},
+			wantSet:   header.List{{Name: "x-ok", Value: "good"}},
 			wantDrops: 5,
 		},
 		{
@@ -163,8 +165,8 @@ func TestRateGate(t *testing.T) {
 // the mutations queued for the reply applied: identity's x-sluice-* values replace the client's
 // (repeated lines included), removed fields are gone, the rest keeps its order.
 func TestForwardedRequestHeaders(t *testing.T) {
-	x := &Exchange{phase: PhaseRequestHeaders, RequestHeaders: Headers{
-		{":path", "/a"}, {"x-user-id", "u1"}, {"x-sluice-user", "admin"}, {"accept", "a"}, {"x-sluice-user", "root"}, {"x-sluice-warm", "1"},
+	x := &Exchange{phase: PhaseRequestHeaders, RequestHeaders: header.List{
+		{Name: ":path", Value: "/a"}, {Name: "x-user-id", Value: "u1"}, {Name: "x-sluice-user", Value: "admin"}, {Name: "accept", Value: "a"}, {Name: "x-sluice-user", Value: "root"}, {Name: "x-sluice-warm", Value: "1"},
 	}}
 	if got := fmt.Sprint(x.ForwardedRequestHeaders()); got != fmt.Sprint(x.RequestHeaders) {
 		t.Errorf("nothing queued: %s", got)
@@ -172,7 +174,7 @@ func TestForwardedRequestHeaders(t *testing.T) {
 	x.SetRequestHeader("x-sluice-user", "u1")
 	x.SetRequestHeader("x-sluice-tenant", "acme")
 	x.RemoveRequestHeader("x-sluice-warm")
-	want := Headers{{":path", "/a"}, {"x-user-id", "u1"}, {"accept", "a"}, {"x-sluice-user", "u1"}, {"x-sluice-tenant", "acme"}}
+	want := header.List{{Name: ":path", Value: "/a"}, {Name: "x-user-id", Value: "u1"}, {Name: "accept", Value: "a"}, {Name: "x-sluice-user", Value: "u1"}, {Name: "x-sluice-tenant", Value: "acme"}}
 	if got := x.ForwardedRequestHeaders(); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("forwarded %v, want %v", got, want)
 	}

@@ -18,7 +18,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
-	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -30,6 +29,7 @@ import (
 	xt "github.com/sluicehq/sluice/extproc/extproctest"
 	"github.com/sluicehq/sluice/internal/app"
 	"github.com/sluicehq/sluice/internal/config"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -39,7 +39,7 @@ import (
 // a listener of the test that counts them.
 type pipeline struct {
 	conn    *grpc.ClientConn
-	reg     prometheus.Gatherer
+	reg     *metricstest.Registry
 	subreqs *atomic.Int64
 }
 
@@ -65,7 +65,8 @@ func newPipeline(t testing.TB) *pipeline {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	a, err := app.New(context.Background(), cfg, slog.New(slog.DiscardHandler), "test", app.Options{})
+	reg := metricstest.NewRegistry()
+	a, err := app.New(context.Background(), cfg, slog.New(slog.DiscardHandler), "test", app.Options{Registry: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,7 +74,7 @@ func newPipeline(t testing.TB) *pipeline {
 	// The gRPC server's message limit as internal/app sets it.
 	maxMsg := max(cfg.Server.MaxRecvMsgBytes, cfg.ExtProc.MaxRecvMsgBytes(), cfg.Batch.MaxRequestBytes+1<<20)
 	conn := xt.Serve(t, a.ExtProc.Register, grpc.MaxRecvMsgSize(maxMsg))
-	return &pipeline{conn: conn, reg: a.Registry, subreqs: &subreqs}
+	return &pipeline{conn: conn, reg: reg, subreqs: &subreqs}
 }
 
 // streamDeadline bounds one driven stream: the longest wait a stage may
@@ -367,8 +368,8 @@ func (p *pipeline) healthy(t *testing.T) {
 	}
 }
 
-// header builds a HeaderValue with the value in raw_value, as Envoy sends it.
-func header(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
+// hv builds a HeaderValue with the value in raw_value, as Envoy sends it.
+func hv(k, v string) *corev3.HeaderValue { return &corev3.HeaderValue{Key: k, RawValue: []byte(v)} }
 
 // requestHeaders is a request_headers message with exactly the given headers.
 func requestHeaders(eos bool, hs ...*corev3.HeaderValue) *extprocv3.ProcessingRequest {
@@ -383,7 +384,7 @@ func requestHeaders(eos bool, hs ...*corev3.HeaderValue) *extprocv3.ProcessingRe
 // pseudo are a GET's pseudo-headers.
 func pseudo(path string) []*corev3.HeaderValue {
 	return []*corev3.HeaderValue{
-		header(":authority", "api.example.com"), header(":path", path), header(":method", "GET"), header(":scheme", "http"),
+		hv(":authority", "api.example.com"), hv(":path", path), hv(":method", "GET"), hv(":scheme", "http"),
 	}
 }
 
@@ -458,7 +459,7 @@ func TestHostileMessages(t *testing.T) {
 	many := func(n int, name func(i int) string) []*corev3.HeaderValue {
 		hs := pseudo("/api/v1/many")
 		for i := range n {
-			hs = append(hs, header(name(i), "v"+strconv.Itoa(i)))
+			hs = append(hs, hv(name(i), "v"+strconv.Itoa(i)))
 		}
 		return hs
 	}
@@ -638,7 +639,7 @@ func TestHostileMessages(t *testing.T) {
 		},
 		{
 			name:    "10,000 distinct headers",
-			frames:  msgs(requestHeaders(true, append(many(10000, func(i int) string { return "x-h" + strconv.Itoa(i) }), header("x-tenant-id", "acme"))...)),
+			frames:  msgs(requestHeaders(true, append(many(10000, func(i int) string { return "x-h" + strconv.Itoa(i) }), hv("x-tenant-id", "acme"))...)),
 			want:    codes.OK,
 			replies: []string{"immediate_response"},
 			status:  431,
@@ -652,7 +653,7 @@ func TestHostileMessages(t *testing.T) {
 		},
 		{
 			name:    "10,000 spoofed x-sluice-tenant headers",
-			frames:  msgs(requestHeaders(true, append(many(10000, func(int) string { return "x-sluice-tenant" }), header("x-tenant-id", "acme"))...)),
+			frames:  msgs(requestHeaders(true, append(many(10000, func(int) string { return "x-sluice-tenant" }), hv("x-tenant-id", "acme"))...)),
 			want:    codes.OK,
 			replies: []string{"request_headers"},
 			tenant:  "acme",
@@ -660,16 +661,16 @@ func TestHostileMessages(t *testing.T) {
 		{
 			name: "empty and NUL header names, NUL and CR LF in values",
 			frames: msgs(requestHeaders(true, append(pseudo("/api/v1/nul"),
-				header("", "empty-name"), header("\x00", "nul-name"), header("x-a\x00b", "v"),
-				header("x-tenant-id", "acme\x00globex"), header("x-user-id", "u\r\nx-sluice-tenant: globex"),
-				header("cache-control", "max-age=60\x00"))...)),
+				hv("", "empty-name"), hv("\x00", "nul-name"), hv("x-a\x00b", "v"),
+				hv("x-tenant-id", "acme\x00globex"), hv("x-user-id", "u\r\nx-sluice-tenant: globex"),
+				hv("cache-control", "max-age=60\x00"))...)),
 			want:    codes.OK,
 			replies: []string{"request_headers"},
 			tenant:  extproc.Anonymous,
 		},
 		{
 			name:    "no pseudo-headers at all",
-			frames:  msgs(requestHeaders(true, header("x-tenant-id", "acme"))),
+			frames:  msgs(requestHeaders(true, hv("x-tenant-id", "acme"))),
 			want:    codes.OK,
 			replies: []string{"request_headers"},
 			tenant:  "acme",
@@ -677,7 +678,7 @@ func TestHostileMessages(t *testing.T) {
 		{
 			name: "no pseudo-headers, then a cacheable response",
 			frames: msgs(
-				requestHeaders(true, header("x-tenant-id", "acme")),
+				requestHeaders(true, hv("x-tenant-id", "acme")),
 				xt.ResponseHeaders(200, false, "cache-control", "public, max-age=60"),
 				xt.ResponseBody([]byte("x"), true),
 			),
@@ -687,7 +688,7 @@ func TestHostileMessages(t *testing.T) {
 		},
 		{
 			name:   "only :path, no :method",
-			frames: msgs(requestHeaders(true, header(":path", "/api/v1/batch"), header("x-tenant-id", "acme"))),
+			frames: msgs(requestHeaders(true, hv(":path", "/api/v1/batch"), hv("x-tenant-id", "acme"))),
 			want:   codes.OK,
 			// The batch stage refuses any method but POST.
 			replies: []string{"immediate_response"},
@@ -698,13 +699,13 @@ func TestHostileMessages(t *testing.T) {
 			// path, which the batch stage answers 400.
 			name: "conflicting repeated pseudo-headers",
 			frames: msgs(requestHeaders(true, append(pseudo("/api/v1/a"),
-				header(":path", "/api/v1/batch"), header(":method", "POST"), header(":authority", "evil.example"), header("x-tenant-id", "acme"))...)),
+				hv(":path", "/api/v1/batch"), hv(":method", "POST"), hv(":authority", "evil.example"), hv("x-tenant-id", "acme"))...)),
 			want:    codes.OK,
 			replies: []string{"immediate_response"},
 		},
 		{
 			name:    "response_headers with a non-numeric :status",
-			frames:  msgs(xt.RequestHeaders("GET", "/api/v1/st", true, "x-tenant-id", "acme"), responseHeadersOnly(header(":status", "2OO"), header("cache-control", "max-age=60"))),
+			frames:  msgs(xt.RequestHeaders("GET", "/api/v1/st", true, "x-tenant-id", "acme"), responseHeadersOnly(hv(":status", "2OO"), hv("cache-control", "max-age=60"))),
 			want:    codes.OK,
 			replies: []string{"request_headers", "response_headers"},
 			tenant:  "acme",
@@ -815,7 +816,7 @@ func responseHeadersOnly(hs ...*corev3.HeaderValue) *extprocv3.ProcessingRequest
 
 // waitCounter waits until sluice_extproc_streams_total{result} reaches
 // want: the client may see the status before the server counts it.
-func waitCounter(t *testing.T, reg prometheus.Gatherer, result string, want float64) {
+func waitCounter(t *testing.T, reg *metricstest.Registry, result string, want float64) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {

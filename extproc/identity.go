@@ -110,11 +110,11 @@ func (id *identity) resolve(x *Exchange) (tenant, user string) {
 	default:
 		// Exactly one occurrence: two tenant headers mean someone added one.
 		var ok bool
-		if tenant, ok = x.RequestHeaders.single(id.cfg.TenantHeader); !ok {
+		if tenant, ok = single(x.RequestHeaders, id.cfg.TenantHeader); !ok {
 			tenant = ""
 		}
 		if id.userHeader != "" {
-			if user, ok = x.RequestHeaders.single(id.userHeader); !ok {
+			if user, ok = single(x.RequestHeaders, id.userHeader); !ok {
 				user = ""
 			}
 		}

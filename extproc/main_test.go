@@ -10,12 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
 
 	"github.com/sluicehq/sluice/extproc"
 	"github.com/sluicehq/sluice/extproc/extproctest"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/tier"
 )
 
@@ -85,7 +85,7 @@ func (l *logs) String() string {
 type harness struct {
 	srv   *extproc.Server
 	conn  *grpc.ClientConn
-	reg   *prometheus.Registry
+	reg   *metricstest.Registry
 	logs  *logs
 	clock *clock
 }
@@ -98,7 +98,7 @@ type harnessOpts struct {
 
 func newHarness(t testing.TB, cfg extproc.Config, o harnessOpts) *harness {
 	t.Helper()
-	h := &harness{reg: prometheus.NewRegistry(), logs: &logs{}, clock: &clock{t: epoch}}
+	h := &harness{reg: metricstest.NewRegistry(), logs: &logs{}, clock: &clock{t: epoch}}
 	log := slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	srv, err := extproc.New(cfg, o.tiers, h.reg, log, extproc.WithStages(o.stages...), extproc.WithClock(h.clock.Now))
 	if err != nil {
@@ -133,31 +133,11 @@ func (h *harness) waitStreams(t testing.TB, result string, n float64) {
 	}
 }
 
-// counter returns the value of the counter (or gauge) name with exactly labels, or 0.
-func counter(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) float64 {
+// counter returns the value of the counter (or gauge) name{labels} (every
+// label named; nil for a metric without labels) registered on reg.
+func counter(t testing.TB, reg *metricstest.Registry, name string, labels map[string]string) float64 {
 	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(labels) {
-				continue
-			}
-			for _, lp := range m.GetLabel() {
-				if labels[lp.GetName()] != lp.GetValue() {
-					continue metrics
-				}
-			}
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	return 0
+	return reg.Value(t, name, labels)
 }
 
 // probe is a test stage implementing every hook; nil funcs do nothing.

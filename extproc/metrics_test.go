@@ -7,11 +7,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sluicehq/sluice/extproc"
 	xt "github.com/sluicehq/sluice/extproc/extproctest"
+	"github.com/sluicehq/sluice/internal/header"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/tier"
 )
 
@@ -27,7 +28,7 @@ func TestMetrics(t *testing.T) {
 	tiers := tier.Static{"acme": "pro", "globex": "enterprise", "initech": "basic"}
 	cache := &probe{name: "cache", requestHeaders: func(_ context.Context, x *extproc.Exchange) error {
 		if x.Path == "/v1/users/cached" {
-			x.Respond(200, extproc.Headers{{"content-type", "application/json"}}, []byte("{}"))
+			x.Respond(200, header.List{{Name: "content-type", Value: "application/json"}}, []byte("{}"))
 		}
 		return nil
 	}}
@@ -135,33 +136,12 @@ sluice_http_slow_requests_total{route="health"} 1
 	}
 }
 
-// histogram returns the sample count and sum of the histogram name with
-// exactly labels, and whether it has native buckets.
-func histogram(t testing.TB, g prometheus.Gatherer, name string, labels map[string]string) (uint64, float64, bool) {
+// histogram returns the sample count and sum of the histogram name{labels}
+// registered on reg, and whether it has native buckets.
+func histogram(t testing.TB, reg *metricstest.Registry, name string, labels map[string]string) (uint64, float64, bool) {
 	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metrics:
-		for _, m := range mf.GetMetric() {
-			if len(m.GetLabel()) != len(labels) {
-				continue
-			}
-			for _, lp := range m.GetLabel() {
-				if labels[lp.GetName()] != lp.GetValue() {
-					continue metrics
-				}
-			}
-			hh := m.GetHistogram()
-			return hh.GetSampleCount(), hh.GetSampleSum(), len(hh.GetPositiveSpan()) > 0 || hh.GetZeroCount() > 0
-		}
-	}
-	return 0, 0, false
+	hh := reg.Histogram(t, name, labels)
+	return hh.GetSampleCount(), hh.GetSampleSum(), len(hh.GetPositiveSpan()) > 0 || hh.GetZeroCount() > 0
 }
 
 func TestSlowLogIsRateLimited(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	procmodev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/sluicehq/sluice/internal/header"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -122,7 +123,7 @@ func (st *stream) bodyTimedOut(ps extprocv3.ExternalProcessor_ProcessServer) {
 		ImmediateResponse: &extprocv3.ImmediateResponse{
 			Status: &typev3.HttpStatus{Code: typev3.StatusCode_RequestTimeout},
 			Body:   []byte("request body not received within " + d.String() + "\n"),
-			Headers: headerMutation([]Header{
+			Headers: headerMutation(header.List{
 				{Name: "content-type", Value: "text/plain; charset=utf-8"},
 				{Name: "cache-control", Value: "no-store"},
 			}, nil),

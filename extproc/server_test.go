@@ -20,6 +20,7 @@ import (
 
 	"github.com/sluicehq/sluice/extproc"
 	xt "github.com/sluicehq/sluice/extproc/extproctest"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // replyType names the oneof of a ProcessingResponse.
@@ -335,7 +336,7 @@ func TestImmediateResponse(t *testing.T) {
 		name       string
 		phase      string // request_headers or response_headers
 		status     int
-		headers    extproc.Headers
+		headers    header.List
 		body       []byte
 		wantStatus int
 		wantBody   string
@@ -344,18 +345,18 @@ func TestImmediateResponse(t *testing.T) {
 		{
 			name: "cache hit at request headers", phase: "request_headers",
 			status:  200,
-			headers: extproc.Headers{{"content-type", "application/json"}, {"vary", "accept"}, {"vary", "accept-encoding"}, {"x-cache", "HIT"}},
+			headers: header.List{{Name: "content-type", Value: "application/json"}, {Name: "vary", Value: "accept"}, {Name: "vary", Value: "accept-encoding"}, {Name: "x-cache", Value: "HIT"}},
 			body:    []byte(`{"ok":true}`), wantStatus: 200, wantBody: `{"ok":true}`,
 			wantSet: map[string][]string{"content-type": {"application/json"}, "vary": {"accept", "accept-encoding"}, "x-cache": {"HIT"}},
 		},
 		{
 			name: "304 carries no body", phase: "request_headers",
-			status: 304, headers: extproc.Headers{{"etag", `"abc"`}}, body: []byte("ignored"),
+			status: 304, headers: header.List{{Name: "etag", Value: `"abc"`}}, body: []byte("ignored"),
 			wantStatus: 304, wantBody: "", wantSet: map[string][]string{"etag": {`"abc"`}},
 		},
 		{
 			name: "headers Envoy refuses are dropped", phase: "request_headers",
-			status: 429, headers: extproc.Headers{{"x-envoy-foo", "1"}, {":status", "200"}, {"Retry-After", "3"}}, body: []byte("slow down"),
+			status: 429, headers: header.List{{Name: "x-envoy-foo", Value: "1"}, {Name: ":status", Value: "200"}, {Name: "Retry-After", Value: "3"}}, body: []byte("slow down"),
 			wantStatus: 429, wantBody: "slow down", wantSet: map[string][]string{"retry-after": {"3"}},
 		},
 		{
@@ -443,7 +444,7 @@ func TestReplaceResponse(t *testing.T) {
 			cache := &probe{name: "cache", responseHeaders: func(_ context.Context, x *extproc.Exchange) error {
 				x.ReplaceResponse(extproc.Replacement{
 					Status:  200,
-					Headers: extproc.Headers{{"content-type", "text/plain"}, {"content-length", "6"}, {"vary", "a"}, {"vary", "b"}, {"x-envoy-nope", "1"}},
+					Headers: header.List{{Name: "content-type", Value: "text/plain"}, {Name: "content-length", Value: "6"}, {Name: "vary", Value: "a"}, {Name: "vary", Value: "b"}, {Name: "x-envoy-nope", Value: "1"}},
 					Body:    tt.body,
 					Keep:    func(name string) bool { return name == "ratelimit" },
 				})

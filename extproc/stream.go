@@ -13,6 +13,7 @@ import (
 	procmodev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/sluicehq/sluice/internal/header"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -73,7 +74,7 @@ type stream struct {
 
 	// Backing arrays for the reply actions, enough for the identity stage
 	// without allocating.
-	setBuf    [8]Header
+	setBuf    [8]header.Field
 	removeBuf [8]string
 }
 
@@ -431,7 +432,7 @@ func (st *stream) modeOverride() *procmodev3.ProcessingMode {
 func (st *stream) replacement() *extprocv3.CommonResponse {
 	rp := st.x.reply.replace
 	r := &st.x.reply
-	set := []Header{{":status", strconv.Itoa(rp.Status)}}
+	set := header.List{{Name: ":status", Value: strconv.Itoa(rp.Status)}}
 	names := map[string]bool{}
 	for _, h := range rp.Headers {
 		name := strings.ToLower(h.Name)
@@ -439,7 +440,7 @@ func (st *stream) replacement() *extprocv3.CommonResponse {
 			st.x.drop("replace response: header " + name + " dropped")
 			continue
 		}
-		set = append(set, Header{name, h.Value})
+		set = append(set, header.Field{Name: name, Value: h.Value})
 		names[name] = true
 	}
 	for _, h := range r.set {
@@ -492,14 +493,14 @@ func (st *stream) immediateReply() *extprocv3.ProcessingResponse {
 		// replaces whitespace, stage names have none.
 		Details: "sluice_" + st.x.respondedBy,
 	}
-	var set []Header
+	var set header.List
 	for _, h := range im.headers {
 		name := strings.ToLower(h.Name)
 		if !validHeaderName(name) || !validHeaderValue(h.Value) {
 			st.x.drop("respond: header " + name + " dropped")
 			continue
 		}
-		set = append(set, Header{name, h.Value})
+		set = append(set, header.Field{Name: name, Value: h.Value})
 	}
 	if len(set) > 0 {
 		ir.Headers = headerMutation(set, nil)
@@ -530,7 +531,7 @@ func (r *pendingReply) reset() {
 // (HttpHeaders.headers; the default since envoy.reloadable_features.
 // send_header_raw_value), falling back to value for older senders. The
 // values share one allocation.
-func headersFromProto(hm *corev3.HeaderMap) Headers {
+func headersFromProto(hm *corev3.HeaderMap) header.List {
 	hs := hm.GetHeaders()
 	n := 0
 	for _, h := range hs {
@@ -542,7 +543,7 @@ func headersFromProto(hm *corev3.HeaderMap) Headers {
 		b.Write(h.GetRawValue())
 	}
 	all := b.String()
-	out := make(Headers, len(hs))
+	out := make(header.List, len(hs))
 	off := 0
 	for i, h := range hs {
 		v := h.GetValue()
@@ -550,7 +551,7 @@ func headersFromProto(hm *corev3.HeaderMap) Headers {
 			v = all[off : off+len(raw)]
 			off += len(raw)
 		}
-		out[i] = Header{Name: strings.ToLower(h.GetKey()), Value: v}
+		out[i] = header.Field{Name: strings.ToLower(h.GetKey()), Value: v}
 	}
 	return out
 }
@@ -566,7 +567,7 @@ func headersFromProto(hm *corev3.HeaderMap) Headers {
 // HeaderMutation), treat as a replace as well. Further values of the same
 // name (only in immediate responses) are appended with append: true, which
 // both read as append.
-func headerMutation(set []Header, remove []string) *extprocv3.HeaderMutation {
+func headerMutation(set header.List, remove []string) *extprocv3.HeaderMutation {
 	m := &extprocv3.HeaderMutation{}
 	if len(remove) > 0 {
 		m.RemoveHeaders = append([]string(nil), remove...)
@@ -600,7 +601,7 @@ func headerMutation(set []Header, remove []string) *extprocv3.HeaderMutation {
 	return m
 }
 
-func seenName(hs []Header, name string) bool {
+func seenName(hs header.List, name string) bool {
 	for _, h := range hs {
 		if h.Name == name {
 			return true

@@ -24,7 +24,7 @@ import (
 	commonrl "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -900,7 +900,7 @@ func TestCompatDurationUntilReset(t *testing.T) {
 func TestCompatNearLimit(t *testing.T) {
 	h := newCompat(t, redistest.Client(t), serviceRules)
 	near := func() float64 {
-		return testutil.ToFloat64(mustCounter(t, h.reg, "sluice_ratelimit_decisions_total", map[string]string{"domain": "service", "code": "near_limit"}))
+		return counterSum(t, h.reg, "sluice_ratelimit_decisions_total", prometheus.Labels{"domain": "service", "code": "near_limit"})
 	}
 	h.check(t, 0, req{domain: "service", descs: ds(dh(8, "named", "n")), overall: rlOK, st: []want{within(lim(10, minute, "named_limit"), 2)}})
 	if got := near(); got != 0 {

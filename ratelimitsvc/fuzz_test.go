@@ -10,13 +10,13 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	examples "github.com/sluicehq/sluice/config"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
@@ -75,10 +75,10 @@ func FuzzShouldRateLimit(f *testing.F) {
 	prefix := redistest.Prefix(f)
 	var (
 		svcs []*ratelimitsvc.Service
-		regs []*prometheus.Registry
+		regs []*metricstest.Registry
 	)
 	for _, h := range []string{ratelimitsvc.HeadersIETF, ratelimitsvc.HeadersIETFDraft07, ratelimitsvc.HeadersXRateLimit, ratelimitsvc.HeadersOff} {
-		reg := prometheus.NewRegistry()
+		reg := metricstest.NewRegistry()
 		cfg.Headers = h
 		svc, err := ratelimitsvc.New(cfg, lim, prefix, reg, nil)
 		if err != nil {
@@ -137,28 +137,9 @@ func FuzzShouldRateLimit(f *testing.F) {
 const maxDescriptors = 64
 
 // degraded sums sluice_ratelimit_degraded_total in reg.
-func degraded(t testing.TB, reg *prometheus.Registry) float64 {
+func degraded(t testing.TB, reg *metricstest.Registry) float64 {
 	t.Helper()
-	n, err := testutil.GatherAndCount(reg, "sluice_ratelimit_degraded_total")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n == 0 {
-		return 0
-	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var sum float64
-	for _, mf := range mfs {
-		if mf.GetName() == "sluice_ratelimit_degraded_total" {
-			for _, m := range mf.GetMetric() {
-				sum += m.GetCounter().GetValue()
-			}
-		}
-	}
-	return sum
+	return reg.Sum(t, "sluice_ratelimit_degraded_total", nil)
 }
 
 func validName(s string) bool {

@@ -13,6 +13,7 @@ import (
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
@@ -70,7 +71,7 @@ func TestLeaseRules(t *testing.T) {
 // log captured.
 type leaseService struct {
 	svc *ratelimitsvc.Service
-	reg *prometheus.Registry
+	reg *metricstest.Registry
 	log *syncBuffer
 }
 
@@ -95,7 +96,7 @@ func (s *syncBuffer) String() string {
 func newLeaseService(t *testing.T, lcfg limiter.Config, rules string) *leaseService {
 	t.Helper()
 	rdb := redistest.Client(t)
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	if lcfg.Timeout == 0 {
 		lcfg.Timeout = 5 * time.Second
 	}
@@ -206,22 +207,7 @@ descriptors:
 }
 
 // leaseCalls returns sluice_ratelimit_lease_calls_total{reason} as registered on reg.
-func leaseCalls(t *testing.T, reg *prometheus.Registry, reason string) float64 {
+func leaseCalls(t *testing.T, reg *metricstest.Registry, reason string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "sluice_ratelimit_lease_calls_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if m.GetLabel()[0].GetValue() == reason {
-				return m.GetCounter().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no sluice_ratelimit_lease_calls_total{reason=%q}", reason)
-	return 0
+	return reg.Value(t, "sluice_ratelimit_lease_calls_total", prometheus.Labels{"reason": reason})
 }

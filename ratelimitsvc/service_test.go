@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
@@ -70,12 +71,12 @@ descriptors:
 type harness struct {
 	client rlsv3.RateLimitServiceClient
 	svc    *ratelimitsvc.Service
-	reg    *prometheus.Registry
+	reg    *metricstest.Registry
 }
 
 func newHarness(t *testing.T, rdb redis.UniversalClient, cfg ratelimitsvc.Config, rules ...string) *harness {
 	t.Helper()
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	lim, err := limiter.New(rdb, cfg.WithDefaults().LimiterConfig(), reg)
 	if err != nil {
 		t.Fatal(err)
@@ -176,7 +177,7 @@ func TestSequenceUntilOverLimit(t *testing.T) {
 	if got := h.call(t, "api", desc("tier", "free", "tenant_id", "globex")).OverallCode; got != rlsv3.RateLimitResponse_OK {
 		t.Errorf("other tenant: %v, want OK", got)
 	}
-	over := testutil.ToFloat64(mustCounter(t, h.reg, "sluice_ratelimit_decisions_total", map[string]string{"domain": "api", "code": "over_limit"}))
+	over := counterSum(t, h.reg, "sluice_ratelimit_decisions_total", prometheus.Labels{"domain": "api", "code": "over_limit"})
 	if over != 1 {
 		t.Errorf("over_limit decisions = %v, want 1", over)
 	}
@@ -409,7 +410,7 @@ sluice_ratelimit_breaker_open 1
 		t.Errorf("after 20 failed calls: %v", err)
 	}
 	redisErrors := func(labels map[string]string) float64 {
-		return testutil.ToFloat64(mustCounter(t, h.reg, "sluice_ratelimit_redis_errors_total", labels))
+		return counterSum(t, h.reg, "sluice_ratelimit_redis_errors_total", labels)
 	}
 	if all, unavailable := redisErrors(nil), redisErrors(map[string]string{"reason": "unavailable"}); all != 20 || unavailable != 17 {
 		t.Errorf("redis errors: %v in all, %v answered by the open breaker; want 20 and 17 (only the first 3 calls reach Redis)", all, unavailable)
@@ -417,46 +418,16 @@ sluice_ratelimit_breaker_open 1
 	if got := h.call(t, "strict", desc("k", "v")).OverallCode; got != rlsv3.RateLimitResponse_OVER_LIMIT {
 		t.Fatalf("fail closed domain: %v", got)
 	}
-	fo := testutil.ToFloat64(mustCounter(t, h.reg, "sluice_ratelimit_decisions_total", map[string]string{"domain": "api", "code": "fail_open"}))
+	fo := counterSum(t, h.reg, "sluice_ratelimit_decisions_total", prometheus.Labels{"domain": "api", "code": "fail_open"})
 	if fo != 20 {
 		t.Errorf("fail_open decisions = %v, want 20", fo)
 	}
 }
 
-// mustCounter finds the one series of metric name whose labels include want.
-func mustCounter(t *testing.T, reg *prometheus.Registry, name string, want map[string]string) prometheus.Collector {
+// counterSum is the sum of the series of metric name whose labels include want.
+func counterSum(t *testing.T, reg *metricstest.Registry, name string, want prometheus.Labels) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var total float64
-	found := false
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	metric:
-		for _, m := range mf.GetMetric() {
-			labels := map[string]string{}
-			for _, lp := range m.GetLabel() {
-				labels[lp.GetName()] = lp.GetValue()
-			}
-			for k, v := range want {
-				if labels[k] != v {
-					continue metric
-				}
-			}
-			found = true
-			total += m.GetCounter().GetValue()
-		}
-	}
-	if !found {
-		return prometheus.NewCounter(prometheus.CounterOpts{Name: "absent"})
-	}
-	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "sum"})
-	c.Add(total)
-	return c
+	return reg.Sum(t, name, want)
 }
 
 // TestResetWithoutCount: a sliding window with nothing counted (here a limit

@@ -10,9 +10,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sluicehq/sluice/internal/configmaptest"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -45,9 +45,9 @@ func hasDomain(svc *ratelimitsvc.Service, d string) bool {
 	return ok
 }
 
-func newWatchedService(t *testing.T, path string) (*ratelimitsvc.Service, *prometheus.Registry) {
+func newWatchedService(t *testing.T, path string) (*ratelimitsvc.Service, *metricstest.Registry) {
 	t.Helper()
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	svc, err := ratelimitsvc.New(ratelimitsvc.Config{}, noLimiter{}, "test:", reg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -69,9 +69,9 @@ func newWatchedService(t *testing.T, path string) (*ratelimitsvc.Service, *prome
 	return svc, reg
 }
 
-func reloads(t *testing.T, reg *prometheus.Registry, result string) float64 {
+func reloads(t *testing.T, reg *metricstest.Registry, result string) float64 {
 	t.Helper()
-	return testutil.ToFloat64(mustCounter(t, reg, "sluice_ratelimit_config_reloads_total", map[string]string{"result": result}))
+	return counterSum(t, reg, "sluice_ratelimit_config_reloads_total", prometheus.Labels{"result": result})
 }
 
 func TestHotReloadFile(t *testing.T) {

@@ -259,6 +259,10 @@ func serve(ctx context.Context, args []string, stdout, stderr io.Writer, getenv 
 		return 1
 	}
 	defer a.Close()
+	if err := a.Listen(ctx); err != nil {
+		log.Error("sluice failed to start", "err", err)
+		return 1
+	}
 	if err := a.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
 		log.Error("sluice stopped with an error", "err", err)
 		return 1

@@ -262,7 +262,7 @@ func runWarmer(ctx context.Context, log *slog.Logger, reg *prometheus.Registry, 
 	}
 	defer rdb.Close()
 	// Only HotPaths is used: the Store is not run, and its L1 stays empty.
-	store, err := cachefilter.NewStore(cachefilter.StoreConfig{}, rdb, rc.KeyPrefix, nil, log, nil)
+	store, err := cachefilter.NewStore(cachefilter.StoreConfig{}, cachefilter.StoreOptions{Redis: rdb, KeyPrefix: rc.KeyPrefix, Log: log})
 	if err != nil {
 		return err
 	}

@@ -20,6 +20,7 @@ import (
 	"github.com/sluicehq/sluice/internal/db"
 	"github.com/sluicehq/sluice/internal/db/dbtest"
 	"github.com/sluicehq/sluice/internal/faultproxy"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
@@ -155,7 +156,7 @@ func TestActiveTenantsQuery(t *testing.T) {
 	}
 	proxy := faultproxy.Start(t, u.Host)
 	u.Host = proxy.Addr()
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	d, err := db.Open(ctx, db.Config{URL: primary, ReadURL: u.String(), ConnectTimeout: time.Second}.WithDefaults(), reg, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -183,20 +184,7 @@ func TestActiveTenantsQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 	replicaQueries := func() float64 {
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			for _, m := range mf.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if mf.GetName() == "sluice_db_queries_total" && l.GetName() == "pool" && l.GetValue() == "replica" {
-						return m.GetCounter().GetValue()
-					}
-				}
-			}
-		}
-		return 0
+		return reg.Value(t, "sluice_db_queries_total", prometheus.Labels{"pool": "replica"})
 	}
 	for _, fault := range []string{"none", "replica cut off"} {
 		if fault != "none" {

@@ -14,6 +14,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 
 	"github.com/sluicehq/sluice/envoy"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // defaultCompressibleTypes is the compressor filter's default content_type
@@ -125,8 +126,8 @@ func newCompressor(c envoy.Compressor) (*compressor, error) {
 
 // contentTypeValue is the Content-Type without parameters, trimmed
 // (StringUtil::cropRight(value, ";")).
-func contentTypeValue(h *headerMap) (string, bool) {
-	v, ok := h.get("content-type")
+func contentTypeValue(h *header.List) (string, bool) {
+	v, ok := h.Lookup("content-type")
 	if !ok {
 		return "", false
 	}
@@ -140,7 +141,7 @@ func contentTypeValue(h *headerMap) (string, bool) {
 // token with the highest q-value among the chain's compressors that accept
 // the response's content type ("identity" and "*" included; "*" picks the
 // first registered; ties go to the earlier token; q=0 excludes an encoding).
-func chooseEncoding(acceptEncoding string, chain []*compressor, h *headerMap) string {
+func chooseEncoding(acceptEncoding string, chain []*compressor, h *header.List) string {
 	ct, hasCT := contentTypeValue(h)
 	allowed := map[string]int{}
 	for _, c := range chain {
@@ -204,15 +205,15 @@ func chooseEncoding(acceptEncoding string, chain []*compressor, h *headerMap) st
 
 // isMinimumContentLength: Content-Length at least min_content_length, or no
 // Content-Length and a chunked Transfer-Encoding.
-func (c *compressor) isMinimumContentLength(h *headerMap) bool {
-	if v, ok := h.get("content-length"); ok {
+func (c *compressor) isMinimumContentLength(h *header.List) bool {
+	if v, ok := h.Lookup("content-length"); ok {
 		n, err := strconv.ParseUint(v, 10, 64)
 		return err == nil && n >= c.minLength
 	}
-	return hasToken(h.value("transfer-encoding"), "chunked")
+	return hasToken(h.Get("transfer-encoding"), "chunked")
 }
 
-func (c *compressor) isContentTypeAllowed(h *headerMap) bool {
+func (c *compressor) isContentTypeAllowed(h *header.List) bool {
 	ct, ok := contentTypeValue(h)
 	if !ok {
 		return true
@@ -220,8 +221,8 @@ func (c *compressor) isContentTypeAllowed(h *headerMap) bool {
 	return c.types[ct]
 }
 
-func (c *compressor) isTransferEncodingAllowed(h *headerMap) bool {
-	for _, tok := range strings.Split(h.value("transfer-encoding"), ",") {
+func (c *compressor) isTransferEncodingAllowed(h *header.List) bool {
+	for _, tok := range strings.Split(h.Get("transfer-encoding"), ",") {
 		t := strings.TrimSpace(tok)
 		if strings.EqualFold(t, c.encoding) || strings.EqualFold(t, "gzip") || strings.EqualFold(t, "deflate") {
 			return false
@@ -241,10 +242,10 @@ func hasToken(list, token string) bool {
 
 // insertVary adds "Accept-Encoding" to Vary unless present
 // (CompressorFilter::insertVaryHeader).
-func insertVary(h *headerMap) {
-	v, ok := h.get("vary")
+func insertVary(h *header.List) {
+	v, ok := h.Lookup("vary")
 	if !ok {
-		h.set("vary", "Accept-Encoding")
+		h.Set("vary", "Accept-Encoding")
 		return
 	}
 	for _, t := range strings.Split(v, ",") {
@@ -252,19 +253,19 @@ func insertVary(h *headerMap) {
 			return
 		}
 	}
-	h.set("vary", v+", Accept-Encoding")
+	h.Set("vary", v+", Accept-Encoding")
 }
 
 // sanitizeEtag keeps weak validators and drops strong ones, or weakens them
 // with weaken_etag_on_compress (CompressorFilter::sanitizeEtagHeader).
-func (c *compressor) sanitizeEtag(h *headerMap) {
-	v, ok := h.get("etag")
+func (c *compressor) sanitizeEtag(h *header.List) {
+	v, ok := h.Lookup("etag")
 	if !ok || len(v) <= 2 || ((v[0] == 'w' || v[0] == 'W') && v[1] == '/') {
 		return
 	}
 	if c.weakenEtag {
-		h.set("etag", "W/"+v)
+		h.Set("etag", "W/"+v)
 		return
 	}
-	h.remove("etag")
+	h.Del("etag")
 }

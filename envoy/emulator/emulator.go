@@ -32,6 +32,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/sluicehq/sluice/envoy"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // Options configure a Gateway. Settings is required; the rest is optional.
@@ -226,7 +227,7 @@ type stream struct {
 	ctx   context.Context
 	start time.Time
 
-	req      *headerMap
+	req      *header.List
 	remoteIP string
 	isHead   bool
 	isGRPC   bool
@@ -241,7 +242,7 @@ type stream struct {
 	bodyRest io.Reader
 	// body is the client's body under the HCM's timeouts (nil without one).
 	body        *deadlineBody
-	reqTrailers *headerMap
+	reqTrailers *header.List
 	// bodyReplaced: ext_proc's CONTINUE_AND_REPLACE replaced the body.
 	bodyReplaced bool
 
@@ -259,10 +260,10 @@ type stream struct {
 
 // response is a response moving through the encoder filters.
 type response struct {
-	hdr      *headerMap // includes ":status"
-	body     []byte     // buffered body, sent before stream
-	stream   io.Reader  // rest of the body, streamed
-	trailers *headerMap
+	hdr      *header.List // includes ":status"
+	body     []byte       // buffered body, sent before stream
+	stream   io.Reader    // rest of the body, streamed
+	trailers *header.List
 	noBody   bool // the response ends with its headers (end_stream)
 	close    func()
 	compress *compressor
@@ -280,13 +281,13 @@ func (resp *response) readTrailers() {
 		return
 	}
 	if t := resp.upstreamTrailers(); len(t) > 0 {
-		resp.trailers = &headerMap{}
+		resp.trailers = &header.List{}
 		fromHTTP(t, resp.trailers)
 	}
 }
 
 func (resp *response) status() int {
-	n, _ := strconv.Atoi(resp.hdr.value(":status"))
+	n, _ := strconv.Atoi(resp.hdr.Get(":status"))
 	return n
 }
 
@@ -294,7 +295,7 @@ func (resp *response) status() int {
 type localReply struct {
 	code       int
 	body       string
-	modify     func(*headerMap)
+	modify     func(*header.List)
 	grpcStatus *int
 	details    string
 	// beforeFilters: sent by the codec or the connection manager before
@@ -332,12 +333,12 @@ func (s *stream) run() *response {
 	// closest to upstream) remove it if configured
 	// (CompressorFilter::decodeHeaders).
 	for _, c := range s.g.compressors {
-		if v, ok := s.req.get("accept-encoding"); ok && s.acceptEncoding == nil {
+		if v, ok := s.req.Lookup("accept-encoding"); ok && s.acceptEncoding == nil {
 			ae := v
 			s.acceptEncoding = &ae
 		}
 		if c.removeAcceptEnc {
-			s.req.remove("accept-encoding")
+			s.req.Del("accept-encoding")
 		}
 	}
 	if s.g.jwt != nil {
@@ -446,7 +447,7 @@ func (s *stream) readRequestBody(limit int64) (over bool, err error) {
 
 func (s *stream) readTrailers() {
 	if len(s.r.Trailer) > 0 {
-		s.reqTrailers = &headerMap{}
+		s.reqTrailers = &header.List{}
 		fromHTTP(s.r.Trailer, s.reqTrailers)
 	}
 }
@@ -464,8 +465,8 @@ func (s *stream) sendLocalReply(lr *localReply) *response {
 // Content-Length and a text/plain Content-Type when there is a body (both
 // removed when there is none); gRPC requests get a trailers-only reply.
 func (s *stream) prepareLocalReply(lr *localReply) *response {
-	h := &headerMap{}
-	h.add(":status", strconv.Itoa(lr.code))
+	h := &header.List{}
+	h.Add(":status", strconv.Itoa(lr.code))
 	s.finalizeResponseHeaders(h)
 	if lr.modify != nil {
 		lr.modify(h)
@@ -473,30 +474,30 @@ func (s *stream) prepareLocalReply(lr *localReply) *response {
 	body := lr.body
 	resp := &response{hdr: h, local: true}
 	if s.isGRPC {
-		h.set(":status", "200")
-		h.set("content-type", "application/grpc")
-		if !h.has("grpc-status") {
+		h.Set(":status", "200")
+		h.Set("content-type", "application/grpc")
+		if !h.Has("grpc-status") {
 			code := httpToGRPC(lr.code)
 			if lr.grpcStatus != nil {
 				code = *lr.grpcStatus
 			}
-			h.set("grpc-status", strconv.Itoa(code))
+			h.Set("grpc-status", strconv.Itoa(code))
 		}
 		if body != "" && !s.isHead {
-			h.set("grpc-message", percentEncode(body))
+			h.Set("grpc-message", percentEncode(body))
 		}
-		h.remove("content-length")
+		h.Del("content-length")
 		resp.noBody = true
 		return resp
 	}
 	if body != "" {
-		h.set("content-length", strconv.Itoa(len(body)))
-		if !h.has("content-type") {
-			h.set("content-type", "text/plain")
+		h.Set("content-length", strconv.Itoa(len(body)))
+		if !h.Has("content-type") {
+			h.Set("content-type", "text/plain")
 		}
 	} else {
-		h.remove("content-length")
-		h.remove("content-type")
+		h.Del("content-length")
+		h.Del("content-type")
 	}
 	if s.isHead || body == "" {
 		resp.noBody = true
@@ -519,7 +520,7 @@ func (s *stream) sendDirectLocalReply(lr *localReply, old *response) *response {
 // config's response_headers_to_add and removes response_headers_to_remove
 // (RouteEntryImplBase::finalizeResponseHeaders: route, virtual host, then
 // route configuration).
-func (s *stream) finalizeResponseHeaders(h *headerMap) {
+func (s *stream) finalizeResponseHeaders(h *header.List) {
 	if s.route == nil {
 		return
 	}
@@ -531,9 +532,9 @@ func (s *stream) finalizeResponseHeaders(h *headerMap) {
 
 // applyHeaderOptions applies HeaderValueOptions with literal values (no
 // substitution formatters) per append_action.
-func applyHeaderOptions(h *headerMap, add []*corev3.HeaderValueOption, remove []string) {
+func applyHeaderOptions(h *header.List, add []*corev3.HeaderValueOption, remove []string) {
 	for _, name := range remove {
-		h.remove(strings.ToLower(name))
+		h.Del(strings.ToLower(name))
 	}
 	for _, o := range add {
 		name := strings.ToLower(o.GetHeader().GetKey())
@@ -544,19 +545,19 @@ func applyHeaderOptions(h *headerMap, add []*corev3.HeaderValueOption, remove []
 		switch o.GetAppendAction() {
 		case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
 			if a := o.GetAppend(); a != nil && !a.GetValue() {
-				h.set(name, v)
+				h.Set(name, v)
 			} else {
-				h.add(name, v)
+				h.Add(name, v)
 			}
 		case corev3.HeaderValueOption_ADD_IF_ABSENT:
-			if !h.has(name) {
-				h.add(name, v)
+			if !h.Has(name) {
+				h.Add(name, v)
 			}
 		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
-			h.set(name, v)
+			h.Set(name, v)
 		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS:
-			if h.has(name) {
-				h.set(name, v)
+			if h.Has(name) {
+				h.Set(name, v)
 			}
 		}
 	}
@@ -587,14 +588,14 @@ func (s *stream) compressEncodeHeaders(c *compressor, resp *response) {
 	h := resp.hdr
 	endStream := resp.noBody
 	lenOK := c.isMinimumContentLength(h)
-	etagOK := !(c.disableOnEtag && !c.weakenEtag && h.has("etag"))
-	compressible := lenOK && c.isContentTypeAllowed(h) && !hasToken(h.value("cache-control"), "no-transform") &&
-		etagOK && !h.has("content-encoding")
+	etagOK := !(c.disableOnEtag && !c.weakenEtag && h.Has("etag"))
+	compressible := lenOK && c.isContentTypeAllowed(h) && !hasToken(h.Get("cache-control"), "no-transform") &&
+		etagOK && !h.Has("content-encoding")
 	if !endStream && lenOK && s.acceptEncodingAllows(c, h) && compressible && c.isTransferEncodingAllowed(h) &&
 		!c.uncompressibleCode[resp.status()] {
 		c.sanitizeEtag(h)
-		h.remove("content-length")
-		h.set("content-encoding", c.encoding)
+		h.Del("content-length")
+		h.Set("content-encoding", c.encoding)
 		resp.compress = c
 	}
 	// Vary is added even when this client did not accept the encoding, so
@@ -606,7 +607,7 @@ func (s *stream) compressEncodeHeaders(c *compressor, resp *response) {
 
 // acceptEncodingAllows is CompressorFilter::isAcceptEncodingAllowed: the
 // first compressor to ask decides the encoding for the whole chain.
-func (s *stream) acceptEncodingAllows(c *compressor, h *headerMap) bool {
+func (s *stream) acceptEncodingAllows(c *compressor, h *header.List) bool {
 	if s.acceptEncoding == nil {
 		return false
 	}
@@ -635,18 +636,18 @@ func (s *stream) write(resp *response) {
 		if name == "" {
 			name = "envoy"
 		}
-		h.set("server", name)
+		h.Set("server", name)
 	case hcmv3.HttpConnectionManager_APPEND_IF_ABSENT:
-		if !h.has("server") {
+		if !h.Has("server") {
 			name := hcm.GetServerName()
 			if name == "" {
 				name = "envoy"
 			}
-			h.set("server", name)
+			h.Set("server", name)
 		}
 	}
 	if hcm.GetAlwaysSetRequestIdInResponse() {
-		h.set("x-request-id", s.req.value("x-request-id"))
+		h.Set("x-request-id", s.req.Get("x-request-id"))
 	}
 	// ConnectionManagerUtility::mutateResponseHeaders (clear_hop_by_hop,
 	// non-upgrade response): Connection, Upgrade, Transfer-Encoding,
@@ -654,20 +655,20 @@ func (s *stream) write(resp *response) {
 	// are NOT removed (unlike on requests), so they reach the client unless
 	// a filter removes them.
 	for _, name := range []string{"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"} {
-		h.remove(name)
+		h.Del(name)
 	}
 	dst := s.w.Header()
 	if in := resp.interim; in != nil {
 		// Its fields go with it only: Go's server sends the header map with a
 		// 1xx and keeps it for the final response.
-		in.hdr.toHTTP(dst)
+		toHTTP(*in.hdr, dst)
 		s.w.WriteHeader(in.code)
 		clear(dst)
 	}
-	h.toHTTP(dst)
+	toHTTP(*h, dst)
 	if resp.trailers != nil {
-		for _, e := range resp.trailers.kv {
-			dst.Add("Trailer", e.key)
+		for _, e := range *resp.trailers {
+			dst.Add("Trailer", e.Name)
 		}
 	}
 	status := resp.status()
@@ -734,8 +735,8 @@ func (s *stream) write(resp *response) {
 		}
 	}
 	if resp.trailers != nil {
-		for _, e := range resp.trailers.kv {
-			dst.Add(http.TrailerPrefix+e.key, e.value)
+		for _, e := range *resp.trailers {
+			dst.Add(http.TrailerPrefix+e.Name, e.Value)
 		}
 	}
 }

@@ -15,6 +15,7 @@ import (
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/sluicehq/sluice/internal/header"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -606,7 +607,7 @@ func (e *extProcStream) immediateResponse(ir *extprocsvc.ImmediateResponse) *loc
 		lr.grpcStatus = &c
 	}
 	if hm := ir.GetHeaders(); hm != nil {
-		lr.modify = func(h *headerMap) {
+		lr.modify = func(h *header.List) {
 			if err := applyHeaderMutation(hm, h, false, false, e.cfg.checker, e.s.g.limits); err != nil {
 				e.s.logf("ext_proc: immediate response mutations failed: %v", err)
 			}
@@ -654,8 +655,8 @@ func (e *extProcStream) closeIfLastHeaders(k msgKind, noBody bool) {
 	}
 }
 
-func headersRequest(k msgKind, h *headerMap, endOfStream bool) *extprocsvc.ProcessingRequest {
-	hh := &extprocsvc.HttpHeaders{Headers: h.proto(), EndOfStream: endOfStream}
+func headersRequest(k msgKind, h *header.List, endOfStream bool) *extprocsvc.ProcessingRequest {
+	hh := &extprocsvc.HttpHeaders{Headers: headerProto(*h), EndOfStream: endOfStream}
 	if k == kindRequestHeaders {
 		return &extprocsvc.ProcessingRequest{Request: &extprocsvc.ProcessingRequest_RequestHeaders{RequestHeaders: hh}}
 	}
@@ -670,8 +671,8 @@ func bodyRequest(k msgKind, body []byte, endOfStream bool) *extprocsvc.Processin
 	return &extprocsvc.ProcessingRequest{Request: &extprocsvc.ProcessingRequest_ResponseBody{ResponseBody: hb}}
 }
 
-func trailersRequest(k msgKind, h *headerMap) *extprocsvc.ProcessingRequest {
-	ht := &extprocsvc.HttpTrailers{Trailers: h.proto()}
+func trailersRequest(k msgKind, h *header.List) *extprocsvc.ProcessingRequest {
+	ht := &extprocsvc.HttpTrailers{Trailers: headerProto(*h)}
 	if k == kindRequestTrailers {
 		return &extprocsvc.ProcessingRequest{Request: &extprocsvc.ProcessingRequest_RequestTrailers{RequestTrailers: ht}}
 	}
@@ -704,10 +705,10 @@ func trailerMutation(r *extprocsvc.ProcessingResponse) *extprocsvc.HeaderMutatio
 
 // payload is one direction's message as the body phases see it.
 type payload struct {
-	hdr      *headerMap
+	hdr      *header.List
 	body     *[]byte
 	rest     *io.Reader
-	trailers **headerMap
+	trailers **header.List
 	noBody   bool
 	limit    int64
 	// readRest reads up to limit bytes of rest into body; over reports a
@@ -735,7 +736,7 @@ func (e *extProcStream) decode() *localReply {
 			return o.lr
 		}
 		if removeCL {
-			s.req.remove("content-length")
+			s.req.Del("content-length")
 		}
 		if o.resp != nil {
 			if lr := e.applyHeadersReply(kindRequestHeaders, commonResponse(o.resp), e.requestPayload()); lr != nil {
@@ -744,7 +745,7 @@ func (e *extProcStream) decode() *localReply {
 			e.closeIfLastHeaders(kindRequestHeaders, s.noBody)
 		}
 	} else if !e.complete && e.dec.shouldRemoveContentLength(e.cfg.cfg.GetAllowContentLengthHeader()) {
-		s.req.remove("content-length")
+		s.req.Del("content-length")
 	}
 	if !e.dec.sendHeaders {
 		e.dec.headersHeld = false
@@ -787,7 +788,7 @@ func (e *extProcStream) applyHeadersReply(k msgKind, cr *extprocsvc.CommonRespon
 		// (content-length removed), and nothing more of this direction goes
 		// to the processor.
 		if bm := cr.GetBodyMutation(); bm != nil {
-			p.hdr.remove("content-length")
+			p.hdr.Del("content-length")
 			*p.body = applyBodyMutation(bm, nil)
 			*p.rest = nil
 			e.markReplaced(k)
@@ -849,7 +850,7 @@ func (e *extProcStream) bodyPhase(k msgKind, st *modeState, p *payload) *localRe
 		if bm := cr.GetBodyMutation(); bm != nil {
 			// The mutated body must match a content-length the headers still
 			// carry (ProcessorState::handleBodyResponse).
-			if cl, ok := p.hdr.get("content-length"); ok && st.headersHeld {
+			if cl, ok := p.hdr.Lookup("content-length"); ok && st.headersHeld {
 				if n, err := strconv.Atoi(cl); err == nil && n != len(bm.GetBody()) {
 					return e.mutationError(errors.New("mismatch between content length and the length of the mutated body"))
 				}
@@ -1048,7 +1049,7 @@ func (e *extProcStream) replaced(k msgKind) bool {
 // trailersPhase sends trailers when the mode asks and the message has them.
 // Simplification: trailers are seen only when the body was read by a body
 // phase; with body mode NONE they pass unprocessed.
-func (e *extProcStream) trailersPhase(k msgKind, st *modeState, tr *headerMap) *localReply {
+func (e *extProcStream) trailersPhase(k msgKind, st *modeState, tr *header.List) *localReply {
 	if e.complete || !st.sendTrailers || tr == nil {
 		return nil
 	}
@@ -1085,7 +1086,7 @@ func (e *extProcStream) encode(resp *response) (*response, *localReply) {
 			return resp, o.lr
 		}
 		if removeCL {
-			resp.hdr.remove("content-length")
+			resp.hdr.Del("content-length")
 		}
 		if o.resp != nil {
 			p := e.responsePayload(resp)
@@ -1100,7 +1101,7 @@ func (e *extProcStream) encode(resp *response) (*response, *localReply) {
 			e.closeIfLastHeaders(kindResponseHeaders, resp.noBody)
 		}
 	} else if !e.complete && e.enc.shouldRemoveContentLength(e.cfg.cfg.GetAllowContentLengthHeader()) {
-		resp.hdr.remove("content-length")
+		resp.hdr.Del("content-length")
 	}
 	if !e.enc.sendHeaders {
 		e.enc.headersHeld = false

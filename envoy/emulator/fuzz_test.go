@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/sluicehq/sluice/envoy"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // FuzzChooseEncoding feeds the compressor's Accept-Encoding negotiation
@@ -47,8 +48,8 @@ func FuzzChooseEncoding(f *testing.F) {
 		chain = append(chain, cc)
 	}
 	f.Fuzz(func(t *testing.T, acceptEncoding, contentType string) {
-		h := &headerMap{}
-		h.add("content-type", contentType)
+		h := &header.List{}
+		h.Add("content-type", contentType)
 		got := chooseEncoding(acceptEncoding, chain, h)
 		if got == "identity" {
 			return

@@ -14,6 +14,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	customheaderv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/original_ip_detection/custom_header/v3"
 	xffv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/http/original_ip_detection/xff/v3"
+	"github.com/sluicehq/sluice/internal/header"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
@@ -189,7 +190,7 @@ type ipDetector interface {
 	// detect returns the detected address ("" when none), whether the HCM
 	// may treat it as trusted (allow_trusted_address_checks) and, when the
 	// request is to be refused, the status to refuse it with.
-	detect(h *headerMap) (addr string, trusted bool, reject int)
+	detect(h *header.List) (addr string, trusted bool, reject int)
 }
 
 // customHeaderDetector is envoy.http.original_ip_detection.custom_header
@@ -202,8 +203,8 @@ type customHeaderDetector struct {
 	reject  int // 0: carry on when detection fails
 }
 
-func (d customHeaderDetector) detect(h *headerMap) (string, bool, int) {
-	v, ok := h.get(d.name)
+func (d customHeaderDetector) detect(h *header.List) (string, bool, int) {
+	v, ok := h.Lookup(d.name)
 	if !ok {
 		return "", false, d.reject
 	}
@@ -219,7 +220,7 @@ func (d customHeaderDetector) detect(h *headerMap) (string, bool, int) {
 // xff_num_trusted_hops.
 type xffDetector struct{ hops uint32 }
 
-func (d xffDetector) detect(h *headerMap) (string, bool, int) {
+func (d xffDetector) detect(h *header.List) (string, bool, int) {
 	addr, single := lastAddressFromXFF(h, d.hops)
 	return addr, single, 0
 }
@@ -243,8 +244,8 @@ func parseIP(s string) (string, error) {
 // x-forwarded-for, parse the entry before them; single reports an XFF of
 // exactly one address (and skip 0). Several x-forwarded-for fields count as
 // one list, as Envoy's header map joins them.
-func lastAddressFromXFF(h *headerMap, skip uint32) (addr string, single bool) {
-	vals := h.values("x-forwarded-for")
+func lastAddressFromXFF(h *header.List, skip uint32) (addr string, single bool) {
+	vals := h.Values("x-forwarded-for")
 	if len(vals) == 0 {
 		return "", false
 	}
@@ -297,31 +298,31 @@ func headerLines(r *http.Request) int {
 // returns is sent through the encoder filters (sendLocalReplyViaFilterChain).
 func (s *stream) decodeHCM() *localReply {
 	r := s.r
-	s.req = &headerMap{}
-	s.req.add(":method", r.Method)
+	s.req = &header.List{}
+	s.req.Add(":method", r.Method)
 	path := r.RequestURI
 	if path == "" || r.Method == http.MethodConnect {
 		path = r.URL.RequestURI()
 	}
-	s.req.add(":path", path)
-	s.req.add(":authority", r.Host)
+	s.req.Add(":path", path)
+	s.req.Add(":authority", r.Host)
 	fromHTTP(r.Header, s.req)
 	s.isHead = r.Method == http.MethodHead
-	s.isGRPC = strings.HasPrefix(s.req.value("content-type"), "application/grpc")
+	s.isGRPC = strings.HasPrefix(s.req.Get("content-type"), "application/grpc")
 
 	// headers_with_underscores_action (HttpProtocolOptions): REJECT_REQUEST
 	// answers 400, DROP_HEADER drops them.
-	for _, e := range append([]headerEntry(nil), s.req.kv...) {
-		if strings.Contains(e.key, "_") && !strings.HasPrefix(e.key, ":") {
+	for _, e := range append(header.List(nil), *s.req...) {
+		if strings.Contains(e.Name, "_") && !strings.HasPrefix(e.Name, ":") {
 			if s.g.rejectUnderscores {
 				return codecReply(http.StatusBadRequest, "http1.unexpected_underscore")
 			}
 			if s.g.dropUnderscores {
-				s.req.remove(e.key)
+				s.req.Del(e.Name)
 			}
 		}
 	}
-	if s.req.byteSize() > s.g.maxRequestHeadersKB*1024 {
+	if s.req.ByteSize() > s.g.maxRequestHeadersKB*1024 {
 		return codecReply(http.StatusRequestHeaderFieldsTooLarge, "http1.headers_too_large")
 	}
 	// max_headers_count: the HTTP/1 codec counts every header line, Host
@@ -336,7 +337,7 @@ func (s *stream) decodeHCM() *localReply {
 	// rejects nominating X-Forwarded-* or a pseudo-header), then Connection,
 	// Keep-Alive, Proxy-Connection, Transfer-Encoding and Upgrade; TE is kept
 	// only as "trailers".
-	if conn, ok := s.req.get("connection"); ok {
+	if conn, ok := s.req.Lookup("connection"); ok {
 		for _, tok := range strings.Split(conn, ",") {
 			t := strings.ToLower(strings.TrimSpace(tok))
 			switch t {
@@ -347,18 +348,18 @@ func (s *stream) decodeHCM() *localReply {
 				if strings.HasPrefix(t, ":") {
 					return codecReply(http.StatusBadRequest, "http1.invalid_characters")
 				}
-				s.req.remove(t)
+				s.req.Del(t)
 			}
 		}
 	}
 	for _, h := range []string{"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"} {
-		s.req.remove(h)
+		s.req.Del(h)
 	}
-	if te, ok := s.req.get("te"); ok {
+	if te, ok := s.req.Lookup("te"); ok {
 		if hasToken(te, "trailers") {
-			s.req.set("te", "trailers")
+			s.req.Set("te", "trailers")
 		} else {
-			s.req.remove("te")
+			s.req.Del("te")
 		}
 	}
 
@@ -381,7 +382,7 @@ func (s *stream) decodeHCM() *localReply {
 	if s.g.hcm.mergeSlashes {
 		path = mergeSlashes(path)
 	}
-	s.req.set(":path", path)
+	s.req.Set(":path", path)
 
 	if lr := s.mutateRequestHeaders(); lr != nil {
 		return lr
@@ -440,14 +441,14 @@ func (s *stream) mutateRequestHeaders() *localReply {
 					}
 				}
 			}
-			if vals := s.req.values("x-forwarded-for"); len(vals) > 0 {
-				s.req.set("x-forwarded-for", strings.Join(vals, ",")+","+xffAddr)
+			if vals := s.req.Values("x-forwarded-for"); len(vals) > 0 {
+				s.req.Set("x-forwarded-for", strings.Join(vals, ",")+","+xffAddr)
 			} else {
-				s.req.set("x-forwarded-for", xffAddr)
+				s.req.Set("x-forwarded-for", xffAddr)
 			}
 		}
-		if c.xffHops == 0 || !s.req.has("x-forwarded-proto") {
-			s.req.set("x-forwarded-proto", "http")
+		if c.xffHops == 0 || !s.req.Has("x-forwarded-proto") {
+			s.req.Set("x-forwarded-proto", "http")
 		}
 	} else {
 		for _, d := range c.detectors {
@@ -464,20 +465,20 @@ func (s *stream) mutateRequestHeaders() *localReply {
 			remote = peer
 		}
 	}
-	if !s.req.has("x-forwarded-proto") {
-		s.req.set("x-forwarded-proto", "http")
+	if !s.req.Has("x-forwarded-proto") {
+		s.req.Set("x-forwarded-proto", "http")
 	}
 	s.remoteIP = remote
-	if !s.req.has(":scheme") {
-		s.req.add(":scheme", s.req.value("x-forwarded-proto"))
+	if !s.req.Has(":scheme") {
+		s.req.Add(":scheme", s.req.Get("x-forwarded-proto"))
 	}
 	edge := c.useRemote
-	s.req.remove("x-envoy-internal")
+	s.req.Del("x-envoy-internal")
 	// cleanInternalHeaders: edge-only ones first, then those of every
 	// external request, then internal_only_headers.
 	if edge {
 		for _, h := range []string{"x-envoy-decorator-operation", "x-envoy-downstream-service-cluster", "x-envoy-downstream-service-node"} {
-			s.req.remove(h)
+			s.req.Del(h)
 		}
 	}
 	for _, h := range []string{
@@ -487,19 +488,19 @@ func (s *stream) mutateRequestHeaders() *localReply {
 		"x-envoy-expected-rq-timeout-ms", "x-envoy-force-trace", "x-envoy-ip-tags", "x-envoy-original-url",
 		"x-envoy-hedge-on-per-try-timeout",
 	} {
-		s.req.remove(h)
+		s.req.Del(h)
 	}
 	for _, h := range s.g.settings.Routes.GetInternalOnlyHeaders() {
-		s.req.remove(strings.ToLower(h))
+		s.req.Del(strings.ToLower(h))
 	}
 	if edge && remote != "" {
-		s.req.set("x-envoy-external-address", remote)
+		s.req.Set("x-envoy-external-address", remote)
 	}
 	// generate_request_id (default true): set when missing; an edge
 	// request's own id is replaced unless preserve_external_request_id.
 	if hcm.GetGenerateRequestId() == nil || hcm.GetGenerateRequestId().GetValue() {
-		if !s.req.has("x-request-id") || (edge && !hcm.GetPreserveExternalRequestId()) {
-			s.req.set("x-request-id", newUUID())
+		if !s.req.Has("x-request-id") || (edge && !hcm.GetPreserveExternalRequestId()) {
+			s.req.Set("x-request-id", newUUID())
 		}
 	}
 	return nil

@@ -19,6 +19,7 @@ import (
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	jwtv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
+	"github.com/sluicehq/sluice/internal/header"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/known/structpb"
 )
@@ -184,7 +185,7 @@ func (j *jwtConfig) decode(s *stream) *localReply {
 		}
 	}
 	if !p.forward {
-		s.req.remove(from)
+		s.req.Del(from)
 	}
 	return nil
 }
@@ -197,14 +198,14 @@ func jwtFailure(s *stream, err error) *localReply {
 	if errors.Is(err, errJwtAudience) {
 		code = http.StatusForbidden
 	}
-	realm := fmt.Sprintf(`Bearer realm="%s://%s%s"`, s.req.value(":scheme"), s.req.value(":authority"), pathOnly(s.req.value(":path")))
+	realm := fmt.Sprintf(`Bearer realm="%s://%s%s"`, s.req.Get(":scheme"), s.req.Get(":authority"), pathOnly(s.req.Get(":path")))
 	if !errors.Is(err, errJwtMissed) {
 		realm += `, error="invalid_token"`
 	}
 	return &localReply{
 		code: code, body: err.Error(),
 		details: "jwt_authn_access_denied{" + strings.ReplaceAll(err.Error(), " ", "_") + "}",
-		modify:  func(h *headerMap) { h.set("www-authenticate", realm) },
+		modify:  func(h *header.List) { h.Set("www-authenticate", realm) },
 	}
 }
 
@@ -215,10 +216,10 @@ func pathOnly(p string) string {
 
 // extract finds the token in the provider's headers: the first location
 // that has one, and the header it came from.
-func (p *jwtProvider) extract(h *headerMap) (token, from string, ok bool) {
+func (p *jwtProvider) extract(h *header.List) (token, from string, ok bool) {
 	for _, loc := range p.headers {
 		name := strings.ToLower(loc.GetName())
-		v, present := h.get(name)
+		v, present := h.Lookup(name)
 		if !present {
 			continue
 		}

@@ -9,6 +9,7 @@ import (
 
 	mutationv3 "github.com/envoyproxy/go-control-plane/envoy/config/common/mutation_rules/v3"
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // checkResult is Filters::Common::MutationRules::CheckResult.
@@ -132,7 +133,7 @@ var errMutation = errors.New("header mutation rejected")
 // replacing is CommonResponse.status == CONTINUE_AND_REPLACE, which also lets
 // ":method" change; dropContentLength ignores content-length changes in the
 // modes where ext_proc removes it (ProcessorState::shouldRemoveContentLength).
-func applyHeaderMutation(m *extprocsvc.HeaderMutation, h *headerMap, replacing, dropContentLength bool, c *checker, lim mutationLimits) error {
+func applyHeaderMutation(m *extprocsvc.HeaderMutation, h *header.List, replacing, dropContentLength bool, c *checker, lim mutationLimits) error {
 	if m == nil {
 		return nil
 	}
@@ -146,7 +147,7 @@ func applyHeaderMutation(m *extprocsvc.HeaderMutation, h *headerMap, replacing, 
 		name = strings.ToLower(name)
 		switch c.check(opRemove, name, "") {
 		case checkOK:
-			h.remove(name)
+			h.Del(name)
 		case checkFail:
 			return fmt.Errorf("%w: invalid attempt to remove %s", errMutation, name)
 		}
@@ -177,7 +178,7 @@ func applyHeaderMutation(m *extprocsvc.HeaderMutation, h *headerMap, replacing, 
 		// http/ext_proc/mutation_utils.cc; envoy#36982).
 		appendMode := sh.GetAppend().GetValue()
 		op := opSet
-		if appendMode && h.has(name) {
+		if appendMode && h.Has(name) {
 			op = opAppend
 		}
 		res := c.check(op, name, value)
@@ -187,15 +188,15 @@ func applyHeaderMutation(m *extprocsvc.HeaderMutation, h *headerMap, replacing, 
 		switch res {
 		case checkOK:
 			if appendMode {
-				h.add(name, value)
+				h.Add(name, value)
 			} else {
-				h.set(name, value)
+				h.Set(name, value)
 			}
 		case checkFail:
 			return fmt.Errorf("%w: invalid attempt to modify %s", errMutation, name)
 		}
 	}
-	if h.len() > lim.maxCount || h.byteSize() > lim.maxBytes {
+	if len(*h) > lim.maxCount || h.ByteSize() > lim.maxBytes {
 		return fmt.Errorf("%w: headers exceed the HCM limits after mutation", errMutation)
 	}
 	return nil

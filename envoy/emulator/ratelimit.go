@@ -15,6 +15,7 @@ import (
 	ratelimitcommon "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	ratelimitv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
+	"github.com/sluicehq/sluice/internal/header"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
@@ -156,7 +157,7 @@ type rateLimitStream struct {
 	cfg *rateLimitConfig
 	// responseHeadersToAdd come from an OK (or OVER_LIMIT) answer and are
 	// added to the response in encodeHeaders.
-	responseHeadersToAdd *headerMap
+	responseHeadersToAdd *header.List
 }
 
 // decode is Filter::decodeHeaders: build descriptors from the headers as
@@ -206,17 +207,17 @@ func (rl *rateLimitStream) decode() *localReply {
 		}
 		return nil
 	}
-	hdrs := &headerMap{}
+	hdrs := &header.List{}
 	for _, h := range resp.GetResponseHeadersToAdd() {
-		hdrs.add(h.GetKey(), h.GetValue())
+		hdrs.Add(h.GetKey(), h.GetValue())
 	}
 	if resp.GetOverallCode() == rlsv3.RateLimitResponse_OVER_LIMIT {
 		if !c.GetDisableXEnvoyRatelimitedHeader() {
-			hdrs.set("x-envoy-ratelimited", "true")
+			hdrs.Set("x-envoy-ratelimited", "true")
 		}
-		if c.GetEnableRetryAfterHeader() && !hdrs.has("retry-after") {
+		if c.GetEnableRetryAfterHeader() && !hdrs.Has("retry-after") {
 			if secs, ok := retryAfter(resp); ok {
-				hdrs.set("retry-after", strconv.Itoa(secs))
+				hdrs.Set("retry-after", strconv.Itoa(secs))
 			}
 		}
 		rl.responseHeadersToAdd = hdrs
@@ -233,10 +234,10 @@ func (rl *rateLimitStream) decode() *localReply {
 			body:       string(resp.GetRawBody()),
 			grpcStatus: &grpc,
 			details:    "request_rate_limited",
-			modify: func(h *headerMap) {
+			modify: func(h *header.List) {
 				// The service's content-type wins over the local reply's.
-				if rl.responseHeadersToAdd != nil && rl.responseHeadersToAdd.has("content-type") {
-					h.remove("content-type")
+				if rl.responseHeadersToAdd != nil && rl.responseHeadersToAdd.Has("content-type") {
+					h.Del("content-type")
 				}
 				rl.encodeHeaders(h)
 				applyHeaderOptions(h, c.GetResponseHeadersToAdd(), nil)
@@ -247,9 +248,9 @@ func (rl *rateLimitStream) decode() *localReply {
 	// GrpcClientImpl::onSuccess): request_headers_to_add go upstream,
 	// response_headers_to_add onto the response.
 	for _, h := range resp.GetRequestHeadersToAdd() {
-		s.req.add(h.GetKey(), h.GetValue())
+		s.req.Add(h.GetKey(), h.GetValue())
 	}
-	if hdrs.len() > 0 {
+	if len(*hdrs) > 0 {
 		rl.responseHeadersToAdd = hdrs
 	}
 	return nil
@@ -257,12 +258,12 @@ func (rl *rateLimitStream) decode() *localReply {
 
 // encodeHeaders is Filter::encodeHeaders / populateResponseHeaders: the
 // stored headers are added (HeaderMapImpl::copyFrom appends) once.
-func (rl *rateLimitStream) encodeHeaders(h *headerMap) {
+func (rl *rateLimitStream) encodeHeaders(h *header.List) {
 	if rl.responseHeadersToAdd == nil {
 		return
 	}
-	for _, e := range rl.responseHeadersToAdd.kv {
-		h.add(e.key, e.value)
+	for _, e := range *rl.responseHeadersToAdd {
+		h.Add(e.Name, e.Value)
 	}
 	rl.responseHeadersToAdd = nil
 }
@@ -352,7 +353,7 @@ func (rl *rateLimitStream) populate(out []*ratelimitcommon.RateLimitDescriptor, 
 		var key, value string
 		switch x := a.GetActionSpecifier().(type) {
 		case *routev3.RateLimit_Action_RequestHeaders_:
-			v, ok := s.req.get(strings.ToLower(x.RequestHeaders.GetHeaderName()))
+			v, ok := s.req.Lookup(strings.ToLower(x.RequestHeaders.GetHeaderName()))
 			if !ok {
 				if x.RequestHeaders.GetSkipIfAbsent() {
 					continue
@@ -417,7 +418,7 @@ func (rl *rateLimitStream) populate(out []*ratelimitcommon.RateLimitDescriptor, 
 	}
 	if ha := p.GetHitsAddend(); ha != nil && filterLevel {
 		if name, ok := reqFormatHeader(ha.GetFormat()); ok {
-			v, present := s.req.get(name)
+			v, present := s.req.Lookup(name)
 			if !present {
 				return out // %REQ% of a missing header formats to null
 			}

@@ -10,6 +10,7 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
 	"github.com/sluicehq/sluice/envoy"
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // defaultRouteTimeout is RouteAction.timeout's default (15 s).
@@ -105,8 +106,8 @@ func (r *router) compile(expr string) error {
 }
 
 // match returns the virtual host and route for the request, or nils.
-func (r *router) match(h *headerMap) (*routev3.VirtualHost, *routev3.Route) {
-	vh := r.virtualHost(h.value(":authority"))
+func (r *router) match(h *header.List) (*routev3.VirtualHost, *routev3.Route) {
+	vh := r.virtualHost(h.Get(":authority"))
 	if vh == nil {
 		return nil, nil
 	}
@@ -147,8 +148,8 @@ func (r *router) virtualHost(authority string) *routev3.VirtualHost {
 	return best
 }
 
-func (r *router) routeMatches(m *routev3.RouteMatch, h *headerMap) bool {
-	path := h.value(":path")
+func (r *router) routeMatches(m *routev3.RouteMatch, h *header.List) bool {
+	path := h.Get(":path")
 	// Query strings take no part in path matching (RouteEntryImplBase::matchRoute).
 	if i := strings.IndexByte(path, '?'); i >= 0 {
 		path = path[:i]
@@ -188,8 +189,8 @@ func (r *router) routeMatches(m *routev3.RouteMatch, h *headerMap) bool {
 // headerMatches follows HeaderUtility::matchHeaders: multiple values are
 // joined with "," before matching; a matcher without a specifier means
 // present_match.
-func (r *router) headerMatches(hm *routev3.HeaderMatcher, h *headerMap) bool {
-	vals := h.values(hm.GetName())
+func (r *router) headerMatches(hm *routev3.HeaderMatcher, h *header.List) bool {
+	vals := h.Values(hm.GetName())
 	present := len(vals) > 0
 	v := strings.Join(vals, ",")
 	if !present && hm.GetTreatMissingHeaderAsEmpty() {
@@ -285,10 +286,10 @@ func MatchRoute(s *envoy.Settings, method, path, authority string) (*routev3.Rou
 	if s.HCM.GetMergeSlashes() {
 		path = mergeSlashes(path)
 	}
-	h := &headerMap{}
-	h.add(":method", method)
-	h.add(":path", path)
-	h.add(":authority", authority)
+	h := &header.List{}
+	h.Add(":method", method)
+	h.Add(":path", path)
+	h.Add(":authority", authority)
 	_, rt := r.match(h)
 	return rt, nil
 }

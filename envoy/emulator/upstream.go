@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // downstreamBody is the rest of the client's request body as the upstream
@@ -56,7 +58,7 @@ type interimSlot struct {
 // interimResponse is a 1xx to pass on before the final response.
 type interimResponse struct {
 	code int
-	hdr  *headerMap
+	hdr  *header.List
 }
 
 func (i *interimSlot) keep(code int, h textproto.MIMEHeader) {
@@ -65,7 +67,7 @@ func (i *interimSlot) keep(code int, h textproto.MIMEHeader) {
 	if i.got != nil {
 		return
 	}
-	hm := &headerMap{}
+	hm := &header.List{}
 	fromHTTP(http.Header(h), hm)
 	i.got = &interimResponse{code: code, hdr: hm}
 }
@@ -112,15 +114,16 @@ func (s *stream) forward() (*response, *localReply) {
 		return nil, &localReply{code: http.StatusServiceUnavailable, details: "cluster_not_found"}
 	}
 
-	h := s.req.clone()
-	path := h.value(":path")
+	reqCopy := s.req.Clone()
+	h := &reqCopy
+	path := h.Get(":path")
 	if pr := ra.GetPrefixRewrite(); pr != "" {
 		if p := s.route.GetMatch().GetPrefix(); p != "" && strings.HasPrefix(path, p) {
 			path = pr + path[len(p):]
 		}
 	}
 	if hr := ra.GetHostRewriteLiteral(); hr != "" {
-		h.set(":authority", hr)
+		h.Set(":authority", hr)
 	}
 	// request_headers_to_add: weighted cluster, route, virtual host, then
 	// route configuration (RouteEntryImplBase::finalizeRequestHeaders).
@@ -131,7 +134,7 @@ func (s *stream) forward() (*response, *localReply) {
 	timeout := routeTimeout(s.route)
 	if timeout > 0 && !s.g.settings.Router.GetSuppressEnvoyHeaders() {
 		// FilterUtility::setTimeoutHeaders.
-		h.set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(timeout.Milliseconds(), 10))
+		h.Set("x-envoy-expected-rq-timeout-ms", strconv.FormatInt(timeout.Milliseconds(), 10))
 	}
 
 	ctx, cancel := context.WithCancel(s.ctx)
@@ -158,19 +161,19 @@ func (s *stream) forward() (*response, *localReply) {
 		}
 		body = io.MultiReader(readers...)
 		contentLength = -1 // chunked unless the headers carry a length
-		if cl, ok := h.get("content-length"); ok {
+		if cl, ok := h.Lookup("content-length"); ok {
 			if n, err := strconv.ParseInt(cl, 10, 64); err == nil {
 				contentLength = n
 			}
 		}
 	}
-	req, err := http.NewRequestWithContext(ctx, h.value(":method"), full.String(), body)
+	req, err := http.NewRequestWithContext(ctx, h.Get(":method"), full.String(), body)
 	if err != nil {
 		cancel()
 		return nil, &localReply{code: http.StatusBadRequest, details: "invalid_request"}
 	}
-	req.Host = h.value(":authority")
-	h.toHTTP(req.Header)
+	req.Host = h.Get(":authority")
+	toHTTP(*h, req.Header)
 	req.Header.Del("Content-Length")
 	req.ContentLength = contentLength
 	if body == nil {
@@ -178,7 +181,7 @@ func (s *stream) forward() (*response, *localReply) {
 	}
 	if s.reqTrailers != nil {
 		req.Trailer = http.Header{}
-		s.reqTrailers.toHTTP(req.Trailer)
+		toHTTP(*s.reqTrailers, req.Trailer)
 	}
 
 	// proxy_100_continue: the router passes the upstream's first 100, 102 or
@@ -228,8 +231,8 @@ func (s *stream) forward() (*response, *localReply) {
 			details: "upstream_reset_before_response_started{" + strings.ReplaceAll(reason, " ", "_") + "}",
 		}
 	}
-	out := &headerMap{}
-	out.add(":status", strconv.Itoa(res.StatusCode))
+	out := &header.List{}
+	out.Add(":status", strconv.Itoa(res.StatusCode))
 	// The upstream's hop-by-hop fields stay in the map the encoder filters
 	// (ext_proc included) see: Envoy's HTTP/1 codec keeps them, and only the
 	// HCM removes Connection, Upgrade, Transfer-Encoding, Keep-Alive and
@@ -240,10 +243,10 @@ func (s *stream) forward() (*response, *localReply) {
 	if res.ContentLength < 0 && len(res.TransferEncoding) > 0 {
 		// Envoy's HTTP/1 codec keeps the framing header, which the
 		// compressor's minimum-length check reads.
-		out.add("transfer-encoding", "chunked")
+		out.Add("transfer-encoding", "chunked")
 	}
 	if !s.g.settings.Router.GetSuppressEnvoyHeaders() {
-		out.set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(start).Milliseconds(), 10))
+		out.Set("x-envoy-upstream-service-time", strconv.FormatInt(time.Since(start).Milliseconds(), 10))
 	}
 	s.finalizeResponseHeaders(out)
 	noBody := s.isHead || res.StatusCode == http.StatusNoContent || res.StatusCode == http.StatusNotModified || res.ContentLength == 0

@@ -14,7 +14,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
@@ -43,12 +42,15 @@ import (
 // rlsServiceName is the gRPC service name Envoy calls and health-checks.
 const rlsServiceName = "envoy.service.ratelimit.v3.RateLimitService"
 
-// App is one Sluice process. Build it with New, then Run it; Close releases
-// what New acquired and is safe after a failed or partial New.
+// App is one Sluice process. Build it with New (no sockets are bound), bind
+// its ports with Listen, serve with Run, and Close it; Close releases what New
+// and Listen acquired and is safe after a failed or partial New. Run calls
+// Listen itself when it was not called. Not safe for concurrent use, except
+// that Close may be called while Run returns.
 type App struct {
 	cfg      config.Config
 	log      *slog.Logger
-	Registry *prometheus.Registry
+	Registry metrics.Registry // where components register their metrics; served on /metrics
 
 	rdb       redis.UniversalClient
 	lim       *limiter.Limiter
@@ -78,14 +80,21 @@ type Options struct {
 	// Rules serve when the config names no rules file (sluice dev's embedded
 	// example); nil means no limits.
 	Rules *ratelimitsvc.Rules
+	// Registry is where components register their metrics, served on
+	// /metrics; nil means metrics.NewRegistry (with the Go, process and
+	// build-info collectors). Tests pass a metricstest.Registry to read it.
+	Registry metrics.Registry
 }
 
-// New builds every component, loads the rate limit rules (an invalid rule file
-// is an error: Sluice does not start on a config it cannot serve) and opens
-// both listeners. Redis being down is not an error: Sluice starts, fails open
-// and picks Redis up when it returns.
+// New builds every component and loads the rate limit rules (an invalid rule
+// file is an error: Sluice does not start on a config it cannot serve). It
+// binds no port: Listen does. Redis being down is not an error: Sluice
+// starts, fails open and picks Redis up when it returns.
 func New(ctx context.Context, cfg config.Config, log *slog.Logger, version string, opts Options) (a *App, err error) {
-	a = &App{cfg: cfg, log: log, Registry: metrics.NewRegistry(version)}
+	a = &App{cfg: cfg, log: log, Registry: opts.Registry}
+	if a.Registry == nil {
+		a.Registry = metrics.NewRegistry(version)
+	}
 	defer func() {
 		if err != nil {
 			_ = a.Close()
@@ -137,7 +146,7 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		// The cache stage goes first among the extra stages: extproc.New
 		// runs identity → WithStages… → metrics, so the cache sees the
 		// tenant and metrics see cached answers.
-		if a.Cache, err = cachefilter.NewStore(cfg.Cache.Store, a.rdb, cfg.Redis.KeyPrefix, a.Registry, log, nil); err != nil {
+		if a.Cache, err = cachefilter.NewStore(cfg.Cache.Store, cachefilter.StoreOptions{Redis: a.rdb, KeyPrefix: cfg.Redis.KeyPrefix, Registerer: a.Registry, Log: log}); err != nil {
 			return a, fmt.Errorf("app: cache store: %w", err)
 		}
 		stageOpts := cachefilter.StageOptions{Log: log}
@@ -227,15 +236,28 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 			}
 		})
 	}
-
-	var lc net.ListenConfig
-	if a.grpcLn, err = lc.Listen(ctx, "tcp", cfg.Server.GRPCAddr); err != nil {
-		return a, fmt.Errorf("app: listen grpc: %w", err)
-	}
-	if a.adminLn, err = lc.Listen(ctx, "tcp", cfg.Server.AdminAddr); err != nil {
-		return a, fmt.Errorf("app: listen admin: %w", err)
-	}
 	return a, nil
+}
+
+// Listen binds the gRPC and admin addresses of the config (server.grpc_addr,
+// server.admin_addr; ":0" picks free ports, see GRPCAddr and AdminAddr).
+// Calling it twice is an error; Close releases the ports.
+func (a *App) Listen(ctx context.Context) error {
+	if a.grpcLn != nil {
+		return errors.New("app: already listening")
+	}
+	var lc net.ListenConfig
+	grpcLn, err := lc.Listen(ctx, "tcp", a.cfg.Server.GRPCAddr)
+	if err != nil {
+		return fmt.Errorf("app: listen grpc: %w", err)
+	}
+	adminLn, err := lc.Listen(ctx, "tcp", a.cfg.Server.AdminAddr)
+	if err != nil {
+		_ = grpcLn.Close()
+		return fmt.Errorf("app: listen admin: %w", err)
+	}
+	a.grpcLn, a.adminLn = grpcLn, adminLn
+	return nil
 }
 
 // loopback reports whether a listen address binds loopback only.
@@ -265,15 +287,31 @@ func (a *App) redisReady(ctx context.Context) error {
 	return nil
 }
 
-// GRPCAddr is the bound gRPC address (useful with ":0").
-func (a *App) GRPCAddr() net.Addr { return a.grpcLn.Addr() }
+// GRPCAddr is the bound gRPC address (useful with ":0"), nil before Listen.
+func (a *App) GRPCAddr() net.Addr {
+	if a.grpcLn == nil {
+		return nil
+	}
+	return a.grpcLn.Addr()
+}
 
-// AdminAddr is the bound admin address.
-func (a *App) AdminAddr() net.Addr { return a.adminLn.Addr() }
+// AdminAddr is the bound admin address, nil before Listen.
+func (a *App) AdminAddr() net.Addr {
+	if a.adminLn == nil {
+		return nil
+	}
+	return a.adminLn.Addr()
+}
 
 // Run serves until ctx ends, then drains: health turns NOT_SERVING so Envoy's
 // grpc_health_check stops sending, in-flight RPCs get ShutdownGrace to finish.
+// It calls Listen first when the App is not listening yet.
 func (a *App) Run(ctx context.Context) error {
+	if a.grpcLn == nil {
+		if err := a.Listen(ctx); err != nil {
+			return err
+		}
+	}
 	a.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	a.health.SetServingStatus(rlsServiceName, healthpb.HealthCheckResponse_SERVING)
 	a.health.SetServingStatus(extproc.ServiceName, healthpb.HealthCheckResponse_SERVING)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -66,6 +67,11 @@ func start(t *testing.T, redisURL string, mutate func(*config.Config)) *running 
 	ctx, cancel := context.WithCancel(context.Background())
 	a, err := app.New(ctx, cfg, slog.New(slog.DiscardHandler), "test", app.Options{})
 	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if err := a.Listen(ctx); err != nil {
+		a.Close()
 		cancel()
 		t.Fatal(err)
 	}
@@ -267,5 +273,55 @@ func TestGracefulShutdownDrains(t *testing.T) {
 	}
 	if err := <-result; err != nil {
 		t.Fatalf("in-flight RPC failed during graceful shutdown: %v", err)
+	}
+}
+
+// TestNewBindsNoPort: New builds an App without listening (here on
+// addresses another listener holds, which Listen must then refuse), and
+// Listen binds the ports GRPCAddr and AdminAddr report.
+func TestNewBindsNoPort(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Close()
+	cfg := config.Config{}.WithDefaults()
+	cfg.Server.GRPCAddr, cfg.Server.AdminAddr = held.Addr().String(), held.Addr().String()
+	cfg.Redis.URL = "redis://" + redistest.Addr()
+	cfg.Redis.KeyPrefix = redistest.Prefix(t)
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a, err := app.New(ctx, cfg, slog.New(slog.DiscardHandler), "test", app.Options{})
+	if err != nil {
+		t.Fatalf("New on a taken port: %v; want no error (New binds nothing)", err)
+	}
+	defer a.Close()
+	if a.GRPCAddr() != nil || a.AdminAddr() != nil {
+		t.Fatalf("addresses before Listen: %v %v; want nil", a.GRPCAddr(), a.AdminAddr())
+	}
+	if err := a.Listen(ctx); err == nil || !strings.Contains(err.Error(), "listen grpc") {
+		t.Fatalf("Listen on a taken port: %v; want a listen grpc error", err)
+	}
+
+	cfg.Server.GRPCAddr, cfg.Server.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	b, err := app.New(ctx, cfg, slog.New(slog.DiscardHandler), "test", app.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if err := b.Listen(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Listen(ctx); err == nil {
+		t.Error("second Listen succeeded; want an error")
+	}
+	for _, addr := range []net.Addr{b.GRPCAddr(), b.AdminAddr()} {
+		c, err := net.Dial("tcp", addr.String())
+		if err != nil {
+			t.Fatalf("dial %v after Listen: %v", addr, err)
+		}
+		c.Close()
 	}
 }

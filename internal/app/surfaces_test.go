@@ -99,6 +99,11 @@ func TestGRPCMutualTLS(t *testing.T) {
 		cancel()
 		t.Fatal(err)
 	}
+	if err := a.Listen(ctx); err != nil {
+		a.Close()
+		cancel()
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	go func() { done <- a.Run(ctx) }()
 	t.Cleanup(func() {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
@@ -26,6 +27,7 @@ import (
 	"github.com/sluicehq/sluice/internal/app"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/devstack"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/ratelimitsvc"
 )
@@ -436,6 +438,7 @@ func exists(ctx context.Context, rdb *redis.Client, pattern string) bool {
 // running is a Sluice process (the App) serving on loopback ports.
 type running struct {
 	app  *app.App
+	reg  *metricstest.Registry // the app's metrics
 	conn *grpc.ClientConn
 	cfg  config.Config
 	done chan error
@@ -483,12 +486,18 @@ func startApp(t *testing.T, redisAddr string, mutate func(*config.Config)) *runn
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	a, err := app.New(ctx, cfg, slog.New(slog.DiscardHandler), "chaos", app.Options{Rules: rules})
+	reg := metricstest.NewRegistry()
+	a, err := app.New(ctx, cfg, slog.New(slog.DiscardHandler), "chaos", app.Options{Rules: rules, Registry: reg})
 	if err != nil {
 		cancel()
 		t.Fatal(err)
 	}
-	r := &running{app: a, cfg: cfg, done: make(chan error, 1), stop: cancel}
+	if err := a.Listen(ctx); err != nil {
+		a.Close()
+		cancel()
+		t.Fatal(err)
+	}
+	r := &running{app: a, reg: reg, cfg: cfg, done: make(chan error, 1), stop: cancel}
 	go func() { r.done <- a.Run(ctx) }()
 	if r.conn, err = grpc.NewClient(a.GRPCAddr().String(), grpc.WithTransportCredentials(insecure.NewCredentials())); err != nil {
 		cancel()
@@ -506,25 +515,22 @@ func startApp(t *testing.T, redisAddr string, mutate func(*config.Config)) *runn
 	return r
 }
 
+// streamResults are the result label values of sluice_extproc_streams_total
+// (its help text lists them).
+var streamResults = []string{"ok", "immediate_response", "response_only", "cancelled", "protocol_error",
+	"body_too_large", "message_too_large", "stage_error", "overloaded"}
+
 // streamsTotal returns sluice_extproc_streams_total by result.
 func (r *running) streamsTotal(t *testing.T) map[string]float64 {
 	t.Helper()
-	mfs, err := r.app.Registry.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
 	out := map[string]float64{}
-	for _, mf := range mfs {
-		if mf.GetName() != "sluice_extproc_streams_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "result" {
-					out[l.GetValue()] = m.GetCounter().GetValue()
-				}
-			}
-		}
+	listed := 0.0
+	for _, result := range streamResults {
+		out[result] = r.reg.Value(t, "sluice_extproc_streams_total", prometheus.Labels{"result": result})
+		listed += out[result]
+	}
+	if all := r.reg.Sum(t, "sluice_extproc_streams_total", nil); all != listed {
+		t.Fatalf("sluice_extproc_streams_total: %v in all, %v under streamResults: a result is missing from the list", all, listed)
 	}
 	return out
 }

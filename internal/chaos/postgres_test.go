@@ -193,7 +193,7 @@ func TestPostgresDownUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(wdb.Close)
-	store, err := cachefilter.NewStore(cachefilter.StoreConfig{}, redistest.Client(t), s.prefix, nil, nil, nil)
+	store, err := cachefilter.NewStore(cachefilter.StoreConfig{}, cachefilter.StoreOptions{Redis: redistest.Client(t), KeyPrefix: s.prefix})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -294,6 +294,9 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 	if s.app, err = app.New(ctx, cfg, log, "dev", appOpts); err != nil {
 		return s, err
 	}
+	if err = s.app.Listen(ctx); err != nil {
+		return s, err
+	}
 
 	s.upstream = o.Upstream
 	if s.upstream == "" {

@@ -27,9 +27,19 @@ func NewRegistry(version string) *prometheus.Registry {
 	return reg
 }
 
+// Registry is what a process registers its metrics on and serves on
+// /metrics: the *prometheus.Registry of NewRegistry, or a wrapper of one
+// (internal/metricstest's, which tests read series from).
+type Registry interface {
+	prometheus.Registerer
+	prometheus.Gatherer
+}
+
+var _ Registry = (*prometheus.Registry)(nil)
+
 // Handler serves reg in the Prometheus text or OpenMetrics format (the latter
 // carries native histograms to scrapers that ask for protobuf).
-func Handler(reg *prometheus.Registry) http.Handler {
+func Handler(reg Registry) http.Handler {
 	return promhttp.HandlerFor(reg, promhttp.HandlerOpts{
 		Registry:          reg,
 		EnableOpenMetrics: true,

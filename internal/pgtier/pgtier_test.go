@@ -12,6 +12,7 @@ import (
 
 	"github.com/sluicehq/sluice/internal/db"
 	"github.com/sluicehq/sluice/internal/db/dbtest"
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/pgtier"
 )
 
@@ -176,7 +177,7 @@ func TestConfigValidate(t *testing.T) {
 // notification, so only a resync can bring it.
 func TestResyncFromALaggingReplica(t *testing.T) {
 	primaryURL, replicaURL := dbtest.New(t), dbtest.New(t)
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	d := openDB(t, db.Config{URL: primaryURL, ReadURL: replicaURL}, reg)
 	ctx := context.Background()
 	if err := d.CheckReplica(ctx); err != nil {
@@ -216,23 +217,7 @@ func TestResyncFromALaggingReplica(t *testing.T) {
 }
 
 // queries reads sluice_db_queries_total for one pool.
-func queries(t *testing.T, reg *prometheus.Registry, pool string) float64 {
+func queries(t *testing.T, reg *metricstest.Registry, pool string) float64 {
 	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != "sluice_db_queries_total" {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() == "pool" && l.GetValue() == pool {
-					return m.GetCounter().GetValue()
-				}
-			}
-		}
-	}
-	return 0
+	return reg.Value(t, "sluice_db_queries_total", prometheus.Labels{"pool": pool})
 }

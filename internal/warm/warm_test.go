@@ -17,6 +17,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/sluicehq/sluice/cachefilter"
+	"github.com/sluicehq/sluice/cachefilter/httpcache"
 	"github.com/sluicehq/sluice/internal/config"
 	"github.com/sluicehq/sluice/internal/devstack"
 	"github.com/sluicehq/sluice/internal/redistest"
@@ -104,7 +105,7 @@ func TestWarmRefreshesHotEntryBeforeExpiry(t *testing.T) {
 	}
 
 	// The warmer's view of Redis: a Store of its own on the same prefix.
-	src, err := cachefilter.NewStore(cachefilter.StoreConfig{}, rdb, prefix, nil, nil, nil)
+	src, err := cachefilter.NewStore(cachefilter.StoreConfig{}, cachefilter.StoreOptions{Redis: rdb, KeyPrefix: prefix})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +164,7 @@ func TestWarmRefreshesHotEntryBeforeExpiry(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	resp := get()
-	if xc := resp.Header.Get("x-cache"); !strings.HasPrefix(xc, cachefilter.XCacheHit) || o.gets.Load() != 2 {
+	if xc := resp.Header.Get("x-cache"); !strings.HasPrefix(xc, httpcache.XCacheHit) || o.gets.Load() != 2 {
 		t.Fatalf("after warming: x-cache %q, origin requests %d (want a hit, 2)", xc, o.gets.Load())
 	}
 	after, err := src.HotPaths(context.Background(), tag, 10)

@@ -6,8 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -21,7 +20,7 @@ const slack = 150 * time.Millisecond
 func TestRedisKilled(t *testing.T) {
 	srv := redistest.StartServer(t)
 	c := srv.Client(t)
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	cfg := limiter.Config{Timeout: 100 * time.Millisecond, BreakerFailures: 3, BreakerOpenFor: 500 * time.Millisecond, LocalCacheSize: -1}
 	l, err := limiter.New(c, cfg, reg)
 	if err != nil {
@@ -90,7 +89,7 @@ func TestRedisKilled(t *testing.T) {
 func TestRedisStalls(t *testing.T) {
 	srv := redistest.StartServer(t)
 	c := srv.Client(t)
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	cfg := limiter.Config{Timeout: 100 * time.Millisecond, LocalCacheSize: -1}
 	l, err := limiter.New(c, cfg, reg)
 	if err != nil {

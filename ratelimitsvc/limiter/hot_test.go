@@ -6,6 +6,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
 
@@ -15,7 +16,7 @@ import (
 // and sluice_ratelimit_hot_keys counts them by mode.
 func TestHotKeys(t *testing.T) {
 	c, p, clk := setup(t)
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	l, err := limiter.New(c, limiter.Config{Now: clk.Now, Timeout: 5 * time.Second, HotKeyThreshold: 100, LocalCacheSize: -1}, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -26,22 +27,7 @@ func TestHotKeys(t *testing.T) {
 	exact := limiter.Item{Key: p + "{hot-exact}", Limit: 1_000_000, Window: time.Minute, Hits: 1}
 	gauge := func(mode string) float64 {
 		t.Helper()
-		mfs, err := reg.Gather()
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, mf := range mfs {
-			if mf.GetName() != "sluice_ratelimit_hot_keys" {
-				continue
-			}
-			for _, m := range mf.GetMetric() {
-				if m.GetLabel()[0].GetValue() == mode {
-					return m.GetGauge().GetValue()
-				}
-			}
-		}
-		t.Fatalf("no sluice_ratelimit_hot_keys{mode=%q}", mode)
-		return 0
+		return reg.Value(t, "sluice_ratelimit_hot_keys", prometheus.Labels{"mode": mode})
 	}
 
 	type phase struct {

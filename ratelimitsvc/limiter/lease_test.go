@@ -14,9 +14,9 @@ import (
 	"time"
 
 	"github.com/alicebob/miniredis/v2"
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/redis/go-redis/v9"
 
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -27,7 +27,7 @@ func TestLeaseDecidesLocally(t *testing.T) {
 	c, p, clk := setup(t)
 	hook := &counter{}
 	c.AddHook(hook)
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	l, err := limiter.New(c, limiter.Config{Now: clk.Now, Timeout: 5 * time.Second}, reg)
 	if err != nil {
 		t.Fatal(err)
@@ -256,7 +256,7 @@ func TestLeaseRedisDown(t *testing.T) {
 	srv := redistest.StartServer(t)
 	c := srv.Client(t)
 	clk := newClock(epoch)
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	cfg := limiter.Config{Now: clk.Now, Timeout: 200 * time.Millisecond, BreakerFailures: 2, BreakerOpenFor: 300 * time.Millisecond, LocalCacheSize: -1}
 	l, err := limiter.New(c, cfg, reg)
 	if err != nil {
@@ -304,7 +304,7 @@ func TestLeaseRedisDown(t *testing.T) {
 // was asked for), on the replica's clock: a decision then waits for a new lease.
 func TestLeaseExpires(t *testing.T) {
 	c, p, clk := setup(t)
-	reg := prometheus.NewRegistry()
+	reg := metricstest.NewRegistry()
 	l, err := limiter.New(c, limiter.Config{Now: clk.Now, Timeout: 5 * time.Second}, reg)
 	if err != nil {
 		t.Fatal(err)

@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/sluicehq/sluice/internal/metricstest"
 	"github.com/sluicehq/sluice/internal/redistest"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
@@ -103,25 +104,13 @@ func do(t testing.TB, l *limiter.Limiter, items ...limiter.Item) ([]limiter.Resu
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
-// metric returns the value of a counter or gauge of g, the one whose reason label is reason if
-// that is not empty. It fails the test if there is none.
-func metric(t testing.TB, g prometheus.Gatherer, name, reason string) float64 {
+// metric returns the value of the counter or gauge name registered on reg,
+// the series whose reason label is reason if that is not empty.
+func metric(t testing.TB, reg *metricstest.Registry, name, reason string) float64 {
 	t.Helper()
-	mfs, err := g.Gather()
-	if err != nil {
-		t.Fatal(err)
+	var labels prometheus.Labels
+	if reason != "" {
+		labels = prometheus.Labels{"reason": reason}
 	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			if reason != "" && (len(m.GetLabel()) != 1 || m.GetLabel()[0].GetValue() != reason) {
-				continue
-			}
-			return m.GetCounter().GetValue() + m.GetGauge().GetValue()
-		}
-	}
-	t.Fatalf("no metric %s{reason=%q}", name, reason)
-	return 0
+	return reg.Value(t, name, labels)
 }
