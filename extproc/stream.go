@@ -208,7 +208,7 @@ func (st *stream) requestHeaders(h *extprocv3.HttpHeaders, md *corev3.Metadata) 
 	}
 	if x.reply.immediate == nil && !st.observability && st.overHeaderLimits() {
 		x.respondedBy = "header_limits"
-		x.Respond(http.StatusRequestHeaderFieldsTooLarge, Headers{{Name: "content-type", Value: "text/plain"}},
+		x.Respond(http.StatusRequestHeaderFieldsTooLarge, header.List{{Name: "content-type", Value: "text/plain"}},
 			[]byte("request header fields too large\n"))
 	}
 	return st.headersReply(true), nil
