@@ -42,7 +42,9 @@ extproc:
 YAML
 "$BIN/sluice" serve --config "$BIN/sluice.yaml" --grpc-addr 127.0.0.1:18210 --admin-addr 127.0.0.1:18211 \
   --redis-url redis://127.0.0.1:18213/0 &
+SLUICE=$!
 "$BIN/extprocload" -serve-continue 127.0.0.1:18212 &
+CONT=$!
 for i in $(seq 1 100); do
   curl -fs http://127.0.0.1:18211/readyz >/dev/null 2>&1 && break
   sleep 0.1
@@ -51,7 +53,7 @@ curl -fs http://127.0.0.1:18211/readyz >/dev/null || { echo "sluice did not beco
 
 for shape in uncacheable hit zipf; do
   "$BIN/extprocload" -shape "$shape" -sluice 127.0.0.1:18210 -continue 127.0.0.1:18212 \
-    -redis 127.0.0.1:18213 -d "$DUR" -rounds "$ROUNDS" -c "$CONC"
+    -redis 127.0.0.1:18213 -sluice-pid "$SLUICE" -continue-pid "$CONT" -d "$DUR" -rounds "$ROUNDS" -c "$CONC"
 done
 
 echo

@@ -58,6 +58,8 @@ func main() {
 		dur           = flag.Duration("d", 3*time.Second, "length of each round")
 		rounds        = flag.Int("rounds", 3, "rounds per server, alternating")
 		keys          = flag.Int("keys", 2000, "URLs of the zipf shape")
+		sluicePid     = flag.Int("sluice-pid", 0, "PID of the Sluice process, for its CPU time per stream")
+		basePid       = flag.Int("continue-pid", 0, "PID of the CONTINUE server, for its CPU time per stream")
 	)
 	flag.Parse()
 	if *serveContinue != "" {
@@ -67,7 +69,7 @@ func main() {
 		}
 		return
 	}
-	if err := run(*sluiceAddr, *baseAddr, *redisAddr, *shape, *conc, *conns, *dur, *rounds, *keys); err != nil {
+	if err := run(*sluiceAddr, *baseAddr, *redisAddr, *shape, *conc, *conns, *dur, *rounds, *keys, *sluicePid, *basePid); err != nil {
 		fmt.Fprintln(os.Stderr, "extprocload:", err)
 		os.Exit(1)
 	}
@@ -147,7 +149,16 @@ type result struct {
 	p50, p99 time.Duration
 	hits     int // GETs answered with an ImmediateResponse
 	gets     int
-	redisCmd int64 // commands Redis processed during the round, -1 unknown
+	redisCmd int64         // commands Redis processed during the round, -1 unknown
+	cpu      time.Duration // CPU time of the server process during the round, -1 unknown
+}
+
+// cpuPerStream is the server's CPU time per stream, 0 if unknown.
+func (r result) cpuPerStream() time.Duration {
+	if r.cpu < 0 || r.streams == 0 {
+		return 0
+	}
+	return r.cpu / time.Duration(r.streams)
 }
 
 func (r result) rate() float64 { return float64(r.streams) / r.elapsed.Seconds() }
@@ -277,8 +288,9 @@ func stream(ctx context.Context, c extprocv3.ExternalProcessorClient, req, res *
 }
 
 // round runs conc workers against t for d.
-func round(t *target, w *workload, conc int, d time.Duration, redisAddr string) result {
+func round(t *target, w *workload, conc int, d time.Duration, redisAddr string, pid int) result {
 	before := redisCommands(redisAddr)
+	cpu0 := cpuTime(pid)
 	ctx := context.Background()
 	var mu sync.Mutex
 	var lat []time.Duration
@@ -325,11 +337,39 @@ func round(t *target, w *workload, conc int, d time.Duration, redisAddr string) 
 		res.p50 = lat[len(lat)/2]
 		res.p99 = lat[len(lat)*99/100]
 	}
+	res.cpu = -1
+	if cpu1 := cpuTime(pid); cpu0 >= 0 && cpu1 >= 0 {
+		res.cpu = cpu1 - cpu0
+	}
 	res.redisCmd = -1
 	if after := redisCommands(redisAddr); before >= 0 && after >= 0 {
 		res.redisCmd = after - before - 1 // the second INFO
 	}
 	return res
+}
+
+// cpuTime returns the user and system CPU time of process pid so far
+// (/proc/PID/stat fields 14 and 15, in clock ticks of 10ms), -1 if unknown.
+func cpuTime(pid int) time.Duration {
+	if pid <= 0 {
+		return -1
+	}
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return -1
+	}
+	// The command name may hold spaces: fields count from after its ')'.
+	i := strings.LastIndexByte(string(b), ')')
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return -1
+	}
+	u, err1 := strconv.ParseInt(f[11], 10, 64)
+	s, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return -1
+	}
+	return time.Duration(u+s) * 10 * time.Millisecond
 }
 
 // redisCommands reads total_commands_processed from INFO stats, -1 if it
@@ -363,7 +403,7 @@ func redisCommands(addr string) int64 {
 	}
 }
 
-func run(sluiceAddr, baseAddr, redisAddr, shape string, conc, conns int, d time.Duration, rounds, keys int) error {
+func run(sluiceAddr, baseAddr, redisAddr, shape string, conc, conns int, d time.Duration, rounds, keys, sluicePid, basePid int) error {
 	switch shape {
 	case "uncacheable", "hit", "zipf":
 	default:
@@ -381,20 +421,23 @@ func run(sluiceAddr, baseAddr, redisAddr, shape string, conc, conns int, d time.
 	defer closeSluice()
 	w := &workload{shape: shape, keys: keys}
 	// Warm both, and for the hit shape store the entry.
-	round(base, w, conc, d/4, "")
-	round(sl, w, conc, d/4, "")
+	round(base, w, conc, d/4, "", 0)
+	round(sl, w, conc, d/4, "", 0)
 
 	var ratios, p99s []float64
 	var bs, ss []result
 	for i := range rounds {
-		b := round(base, w, conc, d, "")
-		s := round(sl, w, conc, d, redisAddr)
+		b := round(base, w, conc, d, "", basePid)
+		s := round(sl, w, conc, d, redisAddr, sluicePid)
 		bs, ss = append(bs, b), append(ss, s)
 		ratio := s.rate() / b.rate()
 		p99 := float64(s.p99) / float64(b.p99)
 		ratios, p99s = append(ratios, ratio), append(p99s, p99)
 		line := fmt.Sprintf("%s round %d: continue %.0f streams/s p99 %v | sluice %.0f streams/s p99 %v | ratio %.2fx, p99 %.2fx",
 			shape, i+1, b.rate(), b.p99.Round(10*time.Microsecond), s.rate(), s.p99.Round(10*time.Microsecond), ratio, p99)
+		if b.cpuPerStream() > 0 && s.cpuPerStream() > 0 {
+			line += fmt.Sprintf(" | CPU/stream continue %v sluice %v", b.cpuPerStream().Round(100*time.Nanosecond), s.cpuPerStream().Round(100*time.Nanosecond))
+		}
 		if s.gets > 0 {
 			line += fmt.Sprintf(" | hit ratio %.3f", float64(s.hits)/float64(s.gets))
 		}
