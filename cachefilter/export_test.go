@@ -33,3 +33,7 @@ func (s *Store) Flights() int { return s.collapse.size() }
 
 // ReplicaName returns this Store's registry name prefix.
 func (s *Store) ReplicaName() string { return s.replica }
+
+// Announced reports whether a lookup of primary would ask Redis: the presence filter is not
+// authoritative, or it has heard of the key (presence.go).
+func (s *Store) Announced(primary string) bool { return !s.absentFromL2(primary, s.now()) }

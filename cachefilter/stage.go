@@ -124,6 +124,7 @@ type state struct {
 	collapsed bool   // waited for another request's fetch
 	unsafe    bool   // unsafe method: invalidate after a 2xx/3xx
 	lookup    bool   // the request went through the lookup (cache headers apply)
+	pass      bool   // hit-for-pass: no lookup, no collapse (pass.go)
 	validate  bool   // forwarded with the entry's validators
 	store     bool   // Storable may store the response
 	pending   *Entry // entry waiting for its body
@@ -161,6 +162,15 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 	// Before anything goes upstream: a response fetched across an invalidation that
 	// covers it is not stored (see Store.PutSince).
 	st.epoch = s.store.Epoch(st.primary)
+	if st.pass = s.store.Passing(st.primary, req.Header, now); st.pass {
+		// Hit-for-pass (pass.go): lately not storable. Straight upstream, without the lookup
+		// or the collapse; the response is still evaluated, and stored if it now may be.
+		st.d = s.passDecision(req, now)
+		if st.d.Action == ActionGatewayTimeout {
+			x.Respond(504, extproc.Headers{{Name: "x-cache", Value: XCacheMiss}, {Name: "cache-control", Value: "no-store"}}, nil)
+		}
+		return nil
+	}
 	e, layer, err := s.store.Lookup(ctx, st.primary, func(vary []string) string {
 		return VariantKey(st.primary, vary, req.Header)
 	})
@@ -417,7 +427,10 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 	}
 	if st.store {
 		// Only what the store will keep is buffered and reported stored.
-		if e, ok, _ := Storable(st.req, status, header, now, st.route); ok && s.store.keeps(&e, now) {
+		e, ok, _ := Storable(st.req, status, header, now, st.route)
+		if !ok || !s.store.keeps(&e, now) {
+			s.markPass(st, status, header, now)
+		} else {
 			n := contentLength(header)
 			if status == 204 {
 				// RFC 9110 §15.3.5: a 204 ends with its header section.
@@ -442,6 +455,8 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 				// rest passes through; such a body is then not stored.
 				x.WantResponseBody(extproc.BodyBufferedPartial)
 				st.pending = &e
+			default:
+				s.markPass(st, status, header, now) // larger than the route's max_object_bytes
 			}
 		}
 	}
