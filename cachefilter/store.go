@@ -156,8 +156,8 @@ type Store struct {
 	metrics   *metrics
 	breaker   *gobreaker.CircuitBreaker[struct{}]
 	collapse  *collapser
-	passes    *passSet  // hit-for-pass marks (pass.go); nil: none
-	presence  *presence // keys that may be in the L2 (presence.go); nil: every miss asks Redis
+	passes    *passSet       // hit-for-pass marks (pass.go); nil: none
+	presence  *presence      // keys that may be in the L2 (presence.go); nil: every miss asks Redis
 	hot       chan hotSample // sampled hits for Run's hot-key worker; nil: no counting
 	sweeps    chan sweep     // purged tenant generations for Run to delete
 
