@@ -25,7 +25,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-go build -o "$BIN/sluice" ./cmd/sluice
+# As the image builds it (Dockerfile): vtprotobuf marshalers for Envoy's messages.
+go build -tags vtprotobuf -o "$BIN/sluice" ./cmd/sluice
 go build -o "$BIN/extprocload" ./bench/extprocload
 
 redis-server --port 18213 --bind 127.0.0.1 --save '' --appendonly no --daemonize no --loglevel warning >"$BIN/redis.log" 2>&1 &

@@ -73,24 +73,20 @@ func (p *passSet) passing(primary string, reqHeader []Header, now time.Time) boo
 	return len(m.vary) == 0 || slices.Contains(m.variants, VariantKey(primary, m.vary, reqHeader))
 }
 
-// mark remembers primary (with vary, and the variant reqHeader selects) until until.
-func (p *passSet) mark(primary, path string, vary []string, reqHeader []Header, until time.Time) {
-	variant := ""
-	if len(vary) > 0 {
-		variant = VariantKey(primary, vary, reqHeader)
-	}
-	p.add(primary, path, vary, variant, until)
-}
-
-// add is mark with the variant key computed: the form marks travel in between replicas.
-func (p *passSet) add(primary, path string, vary []string, variant string, until time.Time) {
+// add is mark with the variant key computed: the form marks travel in between replicas. It
+// reports whether the mark is news worth telling the other replicas: new, or renewed after
+// more than half its time had passed (a key answered not storable again and again is then
+// announced twice per PassTTL, not at every response).
+func (p *passSet) add(primary, path string, vary []string, variant string, until time.Time) (news bool) {
 	if p == nil {
-		return
+		return false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	m := p.marks[primary]
+	news = m == nil || until.Sub(m.until) > p.ttl/2 || (variant != "" && !slices.Contains(m.variants, variant))
 	if m == nil || !slices.Equal(m.vary, vary) {
+		news = true
 		if m == nil && len(p.marks) >= p.max {
 			p.evictLocked(until.Add(-p.ttl))
 		}
@@ -104,6 +100,7 @@ func (p *passSet) add(primary, path string, vary []string, variant string, until
 		}
 		m.variants = append(m.variants, variant)
 	}
+	return news
 }
 
 // evictLocked makes room for one mark: the expired ones go, else an arbitrary one (map order).
@@ -184,8 +181,9 @@ func (s *Store) MarkPass(primary, path string, vary []string, reqHeader []Header
 		variant = VariantKey(primary, vary, reqHeader)
 	}
 	until := now.Add(s.cfg.PassTTL)
-	s.passes.add(primary, path, vary, variant, until)
-	s.announce(announcement{kind: announcePass, primary: primary, path: path, vary: vary, variant: variant, until: until})
+	if s.passes.add(primary, path, vary, variant, until) {
+		s.announce(announcement{kind: announcePass, primary: primary, path: path, vary: vary, variant: variant, until: until})
+	}
 }
 
 // dropPasses clears the hit-for-pass marks an invalidation covers: a write may have made the

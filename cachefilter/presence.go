@@ -300,7 +300,7 @@ func (s *Store) receivedAnnouncements(payload string) {
 			s.presence.add(a.primary, a.until)
 		case announcePass:
 			if s.passes != nil && time.Until(a.until) <= s.cfg.PassTTL+time.Minute {
-				s.passes.add(a.primary, a.path, a.vary, a.variant, a.until)
+				_ = s.passes.add(a.primary, a.path, a.vary, a.variant, a.until)
 			}
 		}
 	}

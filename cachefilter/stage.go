@@ -133,6 +133,14 @@ type state struct {
 
 // RequestHeaders implements extproc.RequestHeadersHook.
 func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
+	if !unsafeMethod(x.Method) {
+		if route := s.cfg.Route(x.Path); !route.Enabled || routeOff(ctx) {
+			// Nothing to look up or store (bypass.go); the state is kept for the
+			// response's Connection-nominated fields (removeNominated).
+			x.Set(stateKey{}, &state{route: route})
+			return nil
+		}
+	}
 	now := s.now()
 	// The request as the origin will receive it: with the x-sluice-* fields
 	// identity set, so that a Vary on them (x-sluice-user: per-user caching)
