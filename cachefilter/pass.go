@@ -32,8 +32,9 @@ const maxPassVariants = 8
 type passMark struct {
 	until    time.Time
 	path     string
-	vary     []string // the response's Vary names: the variants are keyed by them
-	variants []string // variant keys marked; empty when vary is
+	vary     []string  // the response's Vary names: the variants are keyed by them
+	variants []string  // variant keys marked; empty when vary is
+	told     time.Time // until of the mark last announced to the other replicas; zero: never
 }
 
 // passSet holds the marks of one replica. Safe for concurrent use; a nil *passSet holds none.
@@ -73,20 +74,22 @@ func (p *passSet) passing(primary string, reqHeader []Header, now time.Time) boo
 	return len(m.vary) == 0 || slices.Contains(m.variants, VariantKey(primary, m.vary, reqHeader))
 }
 
-// add is mark with the variant key computed: the form marks travel in between replicas. It
-// reports whether the mark is news worth telling the other replicas: new, or renewed after
-// more than half its time had passed (a key answered not storable again and again is then
-// announced twice per PassTTL, not at every response).
-func (p *passSet) add(primary, path string, vary []string, variant string, until time.Time) (news bool) {
+// add marks primary (the variant key computed: the form marks travel in between replicas)
+// until until. It reports whether to tell the other replicas: only for a key marked again (a
+// URL requested once, as most uncacheable URLs with ids in them are, is not worth a message to
+// every replica), and then again once half of PassTTL has passed since the last time.
+func (p *passSet) add(primary, path string, vary []string, variant string, until time.Time) (tell bool) {
 	if p == nil {
 		return false
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	m := p.marks[primary]
-	news = m == nil || until.Sub(m.until) > p.ttl/2 || (variant != "" && !slices.Contains(m.variants, variant))
+	if m != nil && slices.Equal(m.vary, vary) && until.Sub(m.told) > p.ttl/2 {
+		tell = true
+		m.told = until
+	}
 	if m == nil || !slices.Equal(m.vary, vary) {
-		news = true
 		if m == nil && len(p.marks) >= p.max {
 			p.evictLocked(until.Add(-p.ttl))
 		}
@@ -100,7 +103,7 @@ func (p *passSet) add(primary, path string, vary []string, variant string, until
 		}
 		m.variants = append(m.variants, variant)
 	}
-	return news
+	return tell
 }
 
 // evictLocked makes room for one mark: the expired ones go, else an arbitrary one (map order).

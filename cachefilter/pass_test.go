@@ -209,3 +209,23 @@ func TestHitForPassBounded(t *testing.T) {
 		})
 	}
 }
+
+// TestHitForPassShared checks that a key marked again on one replica reaches the others'
+// marks through the presence channel, with its variant.
+func TestHitForPassShared(t *testing.T) {
+	rdb, prefix, clk := redistest.Client(t), redistest.Prefix(t), newClock()
+	a := newStore(t, testConfig(), rdb, prefix, clk, nil)
+	b := newStore(t, testConfig(), rdb, prefix, clk, nil)
+	run(t, a)
+	run(t, b)
+	k := primaryKey(tenantA, "/shared")
+	u1 := []cachefilter.Header{{Name: "x-sluice-user", Value: "u1"}}
+	u2 := []cachefilter.Header{{Name: "x-sluice-user", Value: "u2"}}
+	for range 2 { // a key marked once is not announced; again, it is
+		a.MarkPass(k, "/shared", []string{"x-sluice-user"}, u1, clk.Now())
+	}
+	waitFor(t, 5*time.Second, "B to hold A's mark", func() bool { return b.Passing(k, u1, clk.Now()) })
+	if b.Passing(k, u2, clk.Now()) {
+		t.Error("B marks another variant of the key")
+	}
+}

@@ -280,10 +280,20 @@ func (s *Store) publishAnnouncements(ctx context.Context) {
 	}
 }
 
+// ownAnnouncement reports whether payload is a presence message from replica, reading only its
+// head.
+func ownAnnouncement(payload, replica string) bool {
+	r := reader{b: []byte(payload[:min(len(payload), 1+binary.MaxVarintLen64+len(replica))])}
+	return r.byte() == announceVersion && r.string() == replica && r.err == nil
+}
+
 // receivedAnnouncements applies another replica's presence message.
 func (s *Store) receivedAnnouncements(payload string) {
 	if len(payload) > maxAnnounceBytes*4 {
 		return
+	}
+	if ownAnnouncement(payload, s.replica) {
+		return // applied before publishing; not decoded, every one of them comes back
 	}
 	origin, as, err := decodeAnnouncements(payload)
 	if err != nil {
