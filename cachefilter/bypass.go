@@ -27,13 +27,10 @@ const (
 )
 
 // routeOff reports whether Envoy's route turned the cache off for the stream of ctx.
+// ValueFromIncomingContext, not FromIncomingContext: that one copies the whole metadata map
+// on every call (measured: the largest allocation of the stage on a miss).
 func routeOff(ctx context.Context) bool {
-	md, ok := metadata.FromIncomingContext(ctx)
-	if !ok {
-		return false
-	}
-	// md's keys are lower-case (gRPC's); read the map directly: no copy.
-	for _, v := range md[RouteMetadataKey] {
+	for _, v := range metadata.ValueFromIncomingContext(ctx, RouteMetadataKey) {
 		if v == RouteMetadataOff {
 			return true
 		}
