@@ -10,7 +10,9 @@
 #
 #   bash bench/extproc.sh [round length, default 3s] [rounds, default 3] [streams at once, default 32]
 #
-# Then the in-process allocation count of a pass-through request (go test -benchmem).
+# SLUICE_BIN=path runs that sluice binary instead of building this checkout's (to measure
+# another revision with the same harness). Then the in-process allocation count of a
+# pass-through request (go test -benchmem).
 # Uses ports 18210-18213 on loopback only; needs redis-server.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +28,7 @@ cleanup() {
 trap cleanup EXIT
 
 # As the image builds it (Dockerfile): vtprotobuf marshalers for Envoy's messages.
-go build -tags vtprotobuf -o "$BIN/sluice" ./cmd/sluice
+if [ -n "${SLUICE_BIN:-}" ]; then cp "$SLUICE_BIN" "$BIN/sluice"; else go build -tags vtprotobuf -o "$BIN/sluice" ./cmd/sluice; fi
 go build -o "$BIN/extprocload" ./bench/extprocload
 
 redis-server --port 18213 --bind 127.0.0.1 --save '' --appendonly no --daemonize no --loglevel warning >"$BIN/redis.log" 2>&1 &
