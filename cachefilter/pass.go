@@ -214,8 +214,9 @@ func (s *Stage) passDecision(req Request, now time.Time) Decision {
 
 // markPass marks st's key hit-for-pass after a response to it that is not storable. Errors
 // (5xx) are not marked: they pass by themselves, and the next response may well be storable.
+// Nor are 206 and 304, which answer this request's Range or conditionals, not the resource.
 func (s *Stage) markPass(st *state, status int, header []Header, now time.Time) {
-	if status >= 500 || st.primary == "" {
+	if status >= 500 || status == 206 || status == 304 || st.primary == "" {
 		return
 	}
 	vary, _, ok := parseVary(header)

@@ -157,14 +157,24 @@ func TestHitForPass(t *testing.T) {
 				return acme, false
 			},
 		},
+		{
+			name:   "a 304 to the client's own conditional is not marked",
+			header: []string{"status", "304"}, // see the origin below
+			then: func(*testing.T, *passEnv, *origin, *atomic.Bool) ([]string, bool) {
+				return acme, false
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			env := newPassEnv(t, testConfig())
 			var cacheable atomic.Bool
 			o := switchable(&cacheable, tt.header...)
-			if tt.header == nil {
+			switch {
+			case tt.header == nil:
 				o = fixed(503, "content-type", "text/plain")
+			case tt.header[0] == "status":
+				o = fixed(304, "etag", `"v1"`)
 			}
 			if r := env.do(t, o, "GET", "/p", acme...); !r.upstream {
 				t.Fatal("first request not forwarded")
