@@ -229,7 +229,7 @@ func (s *Store) purge(ctx context.Context, inv *invalidation, inRedis func(conte
 // (raceLog).
 func (s *Store) apply(inv *invalidation) {
 	s.races.add(inv)
-	s.dropPasses(inv)
+	s.dropHints(inv)
 	switch inv.kind {
 	case kindKeys:
 		s.l1.dropKeys(inv.args)

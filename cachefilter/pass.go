@@ -189,12 +189,14 @@ func (s *Store) MarkPass(primary, path string, vary []string, reqHeader []Header
 	}
 }
 
-// dropPasses clears the hit-for-pass marks an invalidation covers: a write may have made the
-// resource storable. Marks carry no tags, so a tag purge clears the whole tenant's.
-func (s *Store) dropPasses(inv *invalidation) {
+// dropHints ends what an invalidation makes wrong of the hints that skip work: the hit-for-pass
+// marks it covers (a write may have made the resource storable; marks carry no tags, so a tag
+// purge clears the whole tenant's) and, for exact keys, their presence slots (presence.go).
+func (s *Store) dropHints(inv *invalidation) {
 	switch inv.kind {
 	case kindKeys:
 		s.passes.drop(inv.args...)
+		s.presence.forget(inv.args) // deleted from Redis before inv was applied (presence.go)
 	case kindPrefix:
 		s.passes.dropTenant(inv.tenant, inv.args[0])
 	default:

@@ -31,13 +31,16 @@ import (
 //     lost (every lost message is on a lost connection: Redis drops a subscriber rather than
 //     skip its messages, client-output-buffer-limit pubsub), and only while the replica holds
 //     its lease (the subscription is proven to deliver, see Store);
-//   - slots only grow until their time passes: invalidations and purges leave them set.
+//   - slots only grow until their time passes, except those of the exact keys an invalidation
+//     deletes (Invalidate, an unsafe method's §4.4 invalidation), which the invalidation clears
+//     on every replica as it applies it; tag, prefix and tenant purges leave slots set.
 //
-// So the filter can be wrong in one direction only by design ("maybe present" for a key that is
-// gone: a Redis lookup that misses, as before), and in the other ("absent" for a key that is
-// there) only when an announcement is lost without the connection (a Redis Cluster node failing
-// between a write and the cluster bus carrying its PUBLISH, or a full announcement queue): the
-// request then goes upstream and its response is stored again, which announces it. An "absent"
+// So the filter can be wrong in one direction by design ("maybe present" for a key that is gone:
+// a Redis lookup that misses, as before), and in the other ("absent" for a key that is there)
+// only when an announcement is lost without the connection (a Redis Cluster node failing between
+// a write and the cluster bus carrying its PUBLISH, or a full announcement queue), or when an
+// invalidation clears a slot that a later put, or another key, also uses: the request then goes
+// upstream and its response is stored again, which announces it. An "absent"
 // never serves anything, so it costs a fetch, never a wrong answer; restarts, failovers and
 // FLUSHALL are a lost connection (a full rescan) or keys that vanish (lookups that miss).
 
@@ -100,6 +103,19 @@ func (p *presence) add(primary string, until time.Time) {
 		if old >= v || sl.CompareAndSwap(old, v) {
 			return
 		}
+	}
+}
+
+// forget clears the slots of primaries, which an invalidation has just deleted from Redis, so
+// that the next lookup of each does not ask Redis for what is gone. A key of the same slot, or
+// one put again between the deletion and this call, is then "absent" while it is there: a miss,
+// whose response is stored again (and announced), never a wrong answer.
+func (p *presence) forget(primaries []string) {
+	if p == nil {
+		return
+	}
+	for _, k := range primaries {
+		p.slot(k).Store(0)
 	}
 }
 

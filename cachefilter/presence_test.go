@@ -66,11 +66,27 @@ func TestPresenceSkipsRedisForAbsentKeys(t *testing.T) {
 
 	k := primaryKey(tenantA, "/present")
 	put(t, a, k, "/present", nil, newEntry(clk.Now(), "v", time.Hour))
-	for name, s := range map[string]*cachefilter.Store{"the writer": a, "another replica": b} {
+	replicas := map[string]*cachefilter.Store{"the writer": a, "another replica": b}
+	for name, s := range replicas {
 		learned(t, s, k)
 		if e, layer := lookup(t, s, k, nil); layer != cachefilter.L2 || body(e) != "v" {
 			t.Errorf("%s: %q from %v, want v from l2", name, body(e), layer)
 		}
+	}
+
+	// An invalidation of the key clears its slot on every replica once applied (Invalidate
+	// returns when each acknowledged it): the next lookups ask Redis nothing.
+	if err := a.Invalidate(context.Background(), k); err != nil {
+		t.Fatal(err)
+	}
+	before = readCalls(t, rdb)
+	for name, s := range replicas {
+		if e, layer := lookup(t, s, k, nil); layer != cachefilter.Miss || e != nil {
+			t.Errorf("%s after the invalidation: %q from %v, want a miss", name, body(e), layer)
+		}
+	}
+	if got := readCalls(t, rdb) - before; got != 0 {
+		t.Errorf("lookups of an invalidated key ran %d Redis reads, want 0", got)
 	}
 }
 
