@@ -133,13 +133,12 @@ type state struct {
 
 // RequestHeaders implements extproc.RequestHeadersHook.
 func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
-	if !unsafeMethod(x.Method) {
-		if route := s.cfg.Route(x.Path); !route.Enabled || routeOff(ctx) {
-			// Nothing to look up or store (bypass.go); the state is kept for the
-			// response's Connection-nominated fields (removeNominated).
-			x.Set(stateKey{}, &state{route: route})
-			return nil
-		}
+	route := s.cfg.Route(x.Path)
+	if !unsafeMethod(x.Method) && (!route.Enabled || routeOff(ctx)) {
+		// Nothing to look up or store (bypass.go); the state is kept for the
+		// response's Connection-nominated fields (removeNominated).
+		x.Set(stateKey{}, &state{route: route})
+		return nil
 	}
 	now := s.now()
 	// The request as the origin will receive it: with the x-sluice-* fields
@@ -150,7 +149,7 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 		Header: fromExt(x.ForwardedRequestHeaders()), Tenant: x.Tenant, Time: now,
 		HasBody: !x.RequestEndOfStream,
 	}
-	st := &state{req: req, route: s.cfg.Route(req.Path)}
+	st := &state{req: req, route: route}
 	x.Set(stateKey{}, st)
 	if unsafeMethod(req.Method) {
 		st.unsafe = true
