@@ -30,6 +30,7 @@ func TestCluster(t *testing.T) {
 			e.Vary = []string{"accept"}
 			k := primaryKey(tenant, path)
 			put(t, a, k, path, map[string]string{"accept": "json"}, e)
+			learned(t, b, k)
 			if got, layer := lookup(t, b, k, map[string]string{"accept": "json"}); layer != cachefilter.L2 || body(got) != tenant+path {
 				t.Fatalf("%s%s on B: %q from %v", tenant, path, body(got), layer)
 			}

@@ -40,3 +40,10 @@ func (s *Store) ReplicaName() string { return s.replica }
 
 // EntrySize is entrySize for the external tests.
 func EntrySize(e *httpcache.Entry) int { return entrySize(e) }
+
+// Announced reports whether a lookup of primary would ask Redis: the presence filter is not
+// authoritative, or it has heard of the key (presence.go).
+func (s *Store) Announced(primary string) bool { return !s.absentFromL2(primary, s.now()) }
+
+// PassMarks returns the number of hit-for-pass marks held (pass.go).
+func (s *Store) PassMarks() int { return s.passes.len() }

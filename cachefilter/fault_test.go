@@ -166,6 +166,7 @@ func TestSubscriptionLost(t *testing.T) {
 		e.Tags = []string{fmt.Sprint(round)}
 		put(t, a, k, "/lost", nil, e)
 		waitFor(t, 10*time.Second, "B to trust its L1", b.Trusted)
+		learned(t, b, k)
 		lookup(t, b, k, nil)
 		if _, layer := lookup(t, b, k, nil); layer != cachefilter.L1 {
 			t.Fatalf("round %d: B serves from %v before the kill", round, layer)

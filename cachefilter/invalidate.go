@@ -229,6 +229,7 @@ func (s *Store) purge(ctx context.Context, inv *invalidation, inRedis func(conte
 // (raceLog).
 func (s *Store) apply(inv *invalidation) {
 	s.races.add(inv)
+	s.dropHints(inv)
 	switch inv.kind {
 	case kindKeys:
 		s.l1.dropKeys(inv.args)
@@ -365,7 +366,7 @@ func (s *Store) Run(ctx context.Context) error {
 	}
 	defer s.running.Store(false)
 	// A failed first subscription is retried by Receive, as is every lost one.
-	ps := s.rdb.Subscribe(ctx, s.channel, s.ackChannel)
+	ps := s.rdb.Subscribe(ctx, s.subscriptions()...)
 	stop := context.AfterFunc(ctx, func() { _ = ps.Close() })
 	defer stop()
 	var wg sync.WaitGroup
@@ -373,6 +374,8 @@ func (s *Store) Run(ctx context.Context) error {
 	wg.Go(func() { s.countHot(ctx) })
 	wg.Go(func() { s.sweepOld(ctx) })
 	wg.Go(func() { s.retryPending(ctx) })
+	wg.Go(func() { s.publishAnnouncements(ctx) })
+	wg.Go(func() { s.scanPresence(ctx) })
 	s.receive(ctx, ps)
 	wg.Wait()
 	_ = ps.Close()
@@ -385,6 +388,7 @@ func (s *Store) receive(ctx context.Context, ps *redis.PubSub) {
 	for {
 		msg, err := ps.ReceiveTimeout(ctx, s.cfg.SubscriptionLease)
 		if ctx.Err() != nil {
+			s.presence.lost()
 			s.distrust()
 			return
 		}
@@ -392,6 +396,7 @@ func (s *Store) receive(ctx context.Context, ps *redis.PubSub) {
 			if redisconn.IsTimeout(err) {
 				continue // idle: the heartbeat decides whether the connection is alive
 			}
+			s.presence.lost()
 			s.distrust()
 			s.metrics.redisErrors.WithLabelValues(opSubscribe).Inc()
 			s.logRedis(opSubscribe, err)
@@ -411,12 +416,17 @@ func (s *Store) receive(ctx context.Context, ps *redis.PubSub) {
 			if m.Kind == "subscribe" && m.Channel == s.channel {
 				s.subscribed()
 			}
+			if m.Kind == "subscribe" && m.Channel == s.presenceChannel() {
+				s.presence.confirmed()
+			}
 		case *redis.Message:
 			switch m.Channel {
 			case s.channel:
 				s.received(ctx, m.Payload)
 			case s.ackChannel:
 				s.acknowledged(m.Payload)
+			case s.presenceChannel():
+				s.receivedAnnouncements(m.Payload)
 			}
 		case *redis.Pong:
 			select {

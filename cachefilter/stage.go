@@ -126,6 +126,7 @@ type state struct {
 	collapsed bool             // waited for another request's fetch
 	unsafe    bool             // unsafe method: invalidate after a 2xx/3xx
 	lookup    bool             // the request went through the lookup (cache headers apply)
+	pass      bool             // hit-for-pass: no lookup, no collapse (pass.go)
 	validate  bool             // forwarded with the entry's validators
 	store     bool             // Storable may store the response
 	pending   *httpcache.Entry // entry waiting for its body
@@ -134,6 +135,13 @@ type state struct {
 
 // RequestHeaders implements extproc.RequestHeadersHook.
 func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
+	route := s.cfg.Route(x.Path)
+	if !unsafeMethod(x.Method) && (!route.Enabled || routeOff(ctx)) {
+		// Nothing to look up or store (bypass.go); the state is kept for the
+		// response's Connection-nominated fields (removeNominated).
+		x.Set(stateKey{}, &state{route: route})
+		return nil
+	}
 	now := s.now()
 	// The request as the origin will receive it: with the x-sluice-* fields
 	// identity set, so that a Vary on them (x-sluice-user: per-user caching)
@@ -143,7 +151,7 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 		Header: x.ForwardedRequestHeaders(), Tenant: x.Tenant, Time: now,
 		HasBody: !x.RequestEndOfStream,
 	}
-	st := &state{req: req, route: s.cfg.Route(req.Path)}
+	st := &state{req: req, route: route}
 	x.Set(stateKey{}, st)
 	if unsafeMethod(req.Method) {
 		st.unsafe = true
@@ -163,6 +171,15 @@ func (s *Stage) RequestHeaders(ctx context.Context, x *extproc.Exchange) error {
 	// Before anything goes upstream: a response fetched across an invalidation that
 	// covers it is not stored (see Store.PutSince).
 	st.epoch = s.store.Epoch(st.primary)
+	if st.pass = s.store.Passing(st.primary, req.Header, now); st.pass {
+		// Hit-for-pass (pass.go): lately not storable. Straight upstream, without the lookup
+		// or the collapse; the response is still evaluated, and stored if it now may be.
+		st.d = s.passDecision(req, now)
+		if st.d.Action == httpcache.ActionGatewayTimeout {
+			x.Respond(504, header.List{{Name: "x-cache", Value: httpcache.XCacheMiss}, {Name: "cache-control", Value: "no-store"}}, nil)
+		}
+		return nil
+	}
 	e, layer, err := s.store.Lookup(ctx, st.primary, func(vary []string) string {
 		return VariantKey(st.primary, vary, req.Header)
 	})
@@ -422,7 +439,10 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 	}
 	if st.store {
 		// Only what the store will keep is buffered and reported stored.
-		if e, ok, _ := httpcache.Storable(st.req, status, hdr, now, st.route.Policy); ok && s.store.keeps(&e, now) {
+		e, ok, _ := httpcache.Storable(st.req, status, hdr, now, st.route.Policy)
+		if !ok || !s.store.keeps(&e, now) {
+			s.markPass(st, status, hdr, now)
+		} else {
 			n := httpcache.ContentLength(hdr)
 			if status == 204 {
 				// RFC 9110 §15.3.5: a 204 ends with its header section.
@@ -447,6 +467,8 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 				// rest passes through; such a body is then not stored.
 				x.WantResponseBody(extproc.BodyBufferedPartial)
 				st.pending = &e
+			default:
+				s.markPass(st, status, hdr, now) // larger than the route's max_object_bytes
 			}
 		}
 	}

@@ -157,6 +157,8 @@ type Store struct {
 	metrics   *metrics
 	breaker   *gobreaker.CircuitBreaker[struct{}]
 	collapse  *collapser
+	passes    *passSet       // hit-for-pass marks (pass.go); nil: none
+	presence  *presence      // keys that may be in the L2 (presence.go); nil: every miss asks Redis
 	hot       chan hotSample // sampled hits for Run's hot-key worker; nil: no counting
 	sweeps    chan sweep     // purged tenant generations for Run to delete
 
@@ -254,6 +256,10 @@ func NewStore(cfg StoreConfig, opts StoreOptions) (*Store, error) {
 			s.l2 = s.redisKeys
 		}
 	}
+	s.passes = newPassSet(cfg.PassTTL, cfg.PassMaxKeys)
+	if s.l2 != nil {
+		s.presence = newPresence(cfg.PresenceSlots)
+	}
 	if rdb != nil && cfg.HotSampleRate > 0 && cfg.l2() {
 		s.hot = make(chan hotSample, 1024)
 	}
@@ -326,7 +332,7 @@ func (s *Store) Lookup(ctx context.Context, primary string, variantOf func(vary 
 			return s.answer(tenant, primary, e, L1, err)
 		}
 	}
-	if s.l2 != nil {
+	if s.l2 != nil && !s.absentFromL2(primary, now) {
 		e, err := s.fromL2(ctx, tenant, pr, primary, rec, variantOf, now, trusted)
 		switch {
 		case err == nil && e != nil:
@@ -504,8 +510,11 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 		s.metrics.racedPuts.Inc()
 		return nil
 	}
+	s.passes.drop(primary) // storable after all (pass.go)
 	var id uint64
 	if s.l2 != nil {
+		// Before the write: a lookup here after it must not skip Redis (presence.go).
+		s.presence.add(primary, expires)
 		a := putArgs{
 			tenant: tenant, pr: pr, vr: variant[len(tenant)+1:], names: joinNames(e.Vary),
 			newID: randomID(), path: path, tags: e.Tags, data: appendEntry(nil, e),
@@ -525,6 +534,9 @@ func (s *Store) put(ctx context.Context, check bool, since uint64, primary, vari
 			})
 			s.metrics.racedPuts.Inc()
 			return nil
+		}
+		if id != 0 {
+			s.announce(announcement{kind: announcePresent, primary: primary, until: expires})
 		}
 	}
 	if id == 0 {

@@ -131,6 +131,13 @@ func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 	}
 }
 
+// learned waits until s has heard of another replica's put of primary: a Store learns of keys
+// put elsewhere through the presence channel (presence.go), not at once.
+func learned(t testing.TB, s *cachefilter.Store, primary string) {
+	t.Helper()
+	waitFor(t, 5*time.Second, "the announcement of "+primary, func() bool { return s.Announced(primary) })
+}
+
 // lookup calls s.Lookup and fails the test on error.
 func lookup(t testing.TB, s *cachefilter.Store, primary string, h map[string]string) (*httpcache.Entry, cachefilter.Layer) {
 	t.Helper()
@@ -225,6 +232,9 @@ func TestLookupPut(t *testing.T) {
 				put(t, replicas[0], primary, "/"+tt.name, h, e)
 			}
 			for i, st := range tt.steps {
+				if len(tt.puts) > 0 {
+					learned(t, replicas[st.replica], primary)
+				}
 				e, layer := lookup(t, replicas[st.replica], primary, st.hdr)
 				if layer != st.layer || (layer != cachefilter.Miss && body(e) != st.want) || (layer == cachefilter.Miss && e != nil) {
 					t.Errorf("step %d (replica %d, %v): got %q from %v, want %q from %v", i, st.replica, st.hdr, body(e), layer, st.want, st.layer)
@@ -390,6 +400,7 @@ func TestPurgeReachesEveryReplica(t *testing.T) {
 				e := newEntry(clk.Now(), d.name, time.Hour)
 				e.Tags = []string{d.tag}
 				put(t, a, primaryKey(d.tenant, d.path), d.path, nil, e)
+				learned(t, b, primaryKey(d.tenant, d.path))
 				lookup(t, b, primaryKey(d.tenant, d.path), nil) // L2 hit: fills B's L1
 				if k := primaryKey(d.tenant, d.path); !b.InL1(k, k) {
 					t.Fatalf("%s: not in B's L1 after an L2 hit", d.name)
@@ -816,6 +827,9 @@ func TestPutSinceRacedInvalidation(t *testing.T) {
 			e.Tags = []string{"contacts"}
 			must(s.PutSince(ctx, since, target, target, path, e))
 			for name, st := range map[string]*cachefilter.Store{"this replica": s, "other replica": other} {
+				if tt.wantStored {
+					learned(t, st, target)
+				}
 				_, layer := lookup(t, st, target, nil)
 				if stored := layer != cachefilter.Miss; stored != tt.wantStored {
 					t.Errorf("%s: lookup from %v, want stored=%v", name, layer, tt.wantStored)

@@ -23,6 +23,8 @@ const (
 	DefaultHotHalfLife      = 10 * time.Minute
 	DefaultCollapseTimeout  = 10 * time.Second
 	DefaultCollapseMaxKeys  = 10_000
+	DefaultPassTTL          = 10 * time.Second
+	DefaultPassMaxKeys      = 100_000
 )
 
 // minLease is the shortest SubscriptionLease: heartbeats run every quarter lease and must fit a
@@ -99,6 +101,16 @@ type StoreConfig struct {
 	// CollapseMaxKeys bounds the misses being collapsed at once; beyond it every caller is a
 	// leader. Default 10000; negative disables collapsing.
 	CollapseMaxKeys int `yaml:"collapse_max_keys"`
+	// PassTTL is how long a key whose response was not storable is marked hit-for-pass: its
+	// requests skip the lookup and the collapse, and the first storable response clears the
+	// mark (pass.go). Default 10s; negative disables the marks.
+	PassTTL time.Duration `yaml:"pass_ttl"`
+	// PassMaxKeys bounds the keys marked hit-for-pass per replica. Default 100000.
+	PassMaxKeys int `yaml:"pass_max_keys"`
+	// PresenceSlots sizes the presence filter that answers lookups of keys absent from Redis
+	// without a round trip (presence.go): 4 bytes a slot. Default 1048576 (4 MiB); negative
+	// disables the filter (every L1 miss asks Redis).
+	PresenceSlots int `yaml:"presence_slots"`
 }
 
 // WithDefaults returns c with every zero field set to its default. Channel stays empty: NewStore
@@ -155,6 +167,15 @@ func (c StoreConfig) WithDefaults() StoreConfig {
 	if c.CollapseMaxKeys == 0 {
 		c.CollapseMaxKeys = DefaultCollapseMaxKeys
 	}
+	if c.PassTTL == 0 {
+		c.PassTTL = DefaultPassTTL
+	}
+	if c.PassMaxKeys == 0 {
+		c.PassMaxKeys = DefaultPassMaxKeys
+	}
+	if c.PresenceSlots == 0 {
+		c.PresenceSlots = DefaultPresenceSlots
+	}
 	return c
 }
 
@@ -184,6 +205,12 @@ func (c StoreConfig) Validate() error {
 	}
 	if c.MaxKeysPerTenant < 0 {
 		errs = append(errs, fmt.Errorf("max_keys_per_tenant %d is negative", c.MaxKeysPerTenant))
+	}
+	if c.PassMaxKeys < 0 {
+		errs = append(errs, fmt.Errorf("pass_max_keys %d is negative", c.PassMaxKeys))
+	}
+	if c.PresenceSlots > 1<<28 {
+		errs = append(errs, fmt.Errorf("presence_slots %d above %d", c.PresenceSlots, 1<<28))
 	}
 	if c.HotMaxKeys < 0 {
 		errs = append(errs, fmt.Errorf("hot_max_keys %d is negative", c.HotMaxKeys))

@@ -24,7 +24,8 @@ func TestStoreConfig(t *testing.T) {
 			check: func(c cachefilter.StoreConfig) bool {
 				return c.L1MaxBytes == 64<<20 && c.RedisTimeout == 20*time.Millisecond && *c.L2Enabled &&
 					*c.ServeL1WhenRedisDown && c.BreakerFailures == 5 && c.BreakerOpenFor == time.Second &&
-					c.SubscriptionLease == time.Second && c.PurgeTimeout == 3*time.Second && c.MaxTTL == 24*time.Hour
+					c.SubscriptionLease == time.Second && c.PurgeTimeout == 3*time.Second && c.MaxTTL == 24*time.Hour &&
+					c.PassTTL == 10*time.Second && c.PassMaxKeys == 100_000 && c.PresenceSlots == 1<<20
 			},
 		},
 		{
@@ -48,16 +49,22 @@ hot_max_keys: 50
 hot_half_life: 1m
 collapse_timeout: 1s
 collapse_max_keys: -1
+pass_ttl: -1s
+pass_max_keys: 7
+presence_slots: -1
 `,
 			check: func(c cachefilter.StoreConfig) bool {
 				return c.L1MaxBytes == 1<<20 && c.RedisTimeout == 5*time.Millisecond && !*c.L2Enabled &&
 					c.StaleRetention == time.Hour && c.Channel == "inv" && !*c.ServeL1WhenRedisDown &&
-					c.HotSampleRate == -1 && c.CollapseMaxKeys == -1 && c.SubscriptionLease == 500*time.Millisecond
+					c.HotSampleRate == -1 && c.CollapseMaxKeys == -1 && c.SubscriptionLease == 500*time.Millisecond &&
+					c.PassTTL == -time.Second && c.PassMaxKeys == 7 && c.PresenceSlots == -1
 			},
 		},
 		{name: "negative timeout", yaml: "redis_timeout: -1s", wantErr: "redis_timeout"},
 		{name: "lease too short", yaml: "subscription_lease: 10ms", wantErr: "subscription_lease"},
 		{name: "huge entries", yaml: "max_entry_bytes: 1073741824", wantErr: "max_entry_bytes"},
+		{name: "negative pass_max_keys", yaml: "pass_max_keys: -1", wantErr: "pass_max_keys"},
+		{name: "huge presence filter", yaml: "presence_slots: 1000000000", wantErr: "presence_slots"},
 		{name: "two errors", yaml: "purge_timeout: -1s\nmax_ttl: -1s", wantErr: "max_ttl"},
 	}
 	for _, tt := range tests {

@@ -85,7 +85,7 @@ func FuzzStorable(f *testing.F) {
 			return
 		}
 		cc, _ := responseDirectives(hdr, route.Targets) // Cache-Control, or CDN-Cache-Control
-		_, varyStar, _ := parseVary(hdr)
+		_, varyStar, _ := ParseVary(hdr)
 		switch {
 		case cc.Private:
 			t.Fatal("stored a private response")

@@ -260,7 +260,7 @@ func assess(req Request, status int, hdr header.List, now time.Time, route Polic
 	if v, ok := hdr.Lookup("last-modified"); ok {
 		e.LastModified = strings.Trim(v, " \t")
 	}
-	vary, varyStar, varyOK := parseVary(hdr)
+	vary, varyStar, varyOK := ParseVary(hdr)
 	e.Vary = vary
 
 	// The stored header section.
@@ -368,9 +368,9 @@ func ContentLength(hdr header.List) int64 {
 	return n
 }
 
-// parseVary returns the lower-case, sorted, de-duplicated Vary members,
+// ParseVary returns the lower-case, sorted, de-duplicated Vary members,
 // whether "*" is among them, and whether all members are field names.
-func parseVary(hdr header.List) (names []string, star, ok bool) {
+func ParseVary(hdr header.List) (names []string, star, ok bool) {
 	ok = true
 	for _, v := range hdr.Values("vary") {
 		for _, m := range header.SplitList(v) {

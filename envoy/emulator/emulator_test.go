@@ -11,6 +11,7 @@ import (
 	"net/textproto"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ import (
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"github.com/klauspost/compress/zstd"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -928,4 +930,49 @@ func TestStreamedAndDisabledPerRoute(t *testing.T) {
 			t.Errorf("upstream got %d bytes, content-length %q", len(got), hdr.Get("Content-Length"))
 		}
 	})
+}
+
+// TestGrpcInitialMetadataPerRoute checks ExtProcPerRoute's grpc_initial_metadata: merged by key
+// from the virtual host to the route (the route's value wins), sent as request headers of the
+// gRPC stream.
+func TestGrpcInitialMetadataPerRoute(t *testing.T) {
+	per := func(kv ...string) *anypb.Any {
+		o := &extprocv3.ExtProcOverrides{}
+		for i := 0; i < len(kv); i += 2 {
+			o.GrpcInitialMetadata = append(o.GrpcInitialMetadata, &corev3.HeaderValue{Key: kv[i], Value: kv[i+1]})
+		}
+		a, err := anypb.New(&extprocv3.ExtProcPerRoute{Override: &extprocv3.ExtProcPerRoute_Overrides{Overrides: o}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	var mu sync.Mutex
+	var seen metadata.MD
+	h := newHarness(t, harnessOpts{
+		settings: func(s *envoy.Settings) {
+			s.Routes = proto.Clone(s.Routes).(*routev3.RouteConfiguration)
+			vh := s.Routes.GetVirtualHosts()[0]
+			vh.TypedPerFilterConfig = map[string]*anypb.Any{s.ExtProcName: per("x-sluice-cache", "on", "x-vhost", "1")}
+			vh.GetRoutes()[1].TypedPerFilterConfig = map[string]*anypb.Any{s.ExtProcName: per("x-sluice-cache", "off")}
+		},
+		extProc: func(ctx context.Context, req *extprocsvc.ProcessingRequest) ([]*extprocsvc.ProcessingResponse, error) {
+			md, _ := metadata.FromIncomingContext(ctx)
+			mu.Lock()
+			seen = md
+			mu.Unlock()
+			return passThrough(nil, req)
+		},
+	})
+	if resp, _ := h.do("GET", "/", nil, nil); resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := seen.Get("x-sluice-cache"); !slices.Equal(got, []string{"off"}) {
+		t.Errorf("x-sluice-cache %v, want [off] (the route's)", got)
+	}
+	if got := seen.Get("x-vhost"); !slices.Equal(got, []string{"1"}) {
+		t.Errorf("x-vhost %v, want [1] (the virtual host's)", got)
+	}
 }

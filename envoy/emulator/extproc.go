@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -17,6 +18,7 @@ import (
 	extprocsvc "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"github.com/sluicehq/sluice/internal/header"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -104,8 +106,8 @@ func checkExtProcPerRoute(rc *routev3.RouteConfiguration, name string) error {
 		}
 		o := per.GetOverrides()
 		if o.GetGrpcService() != nil || o.GetAsyncMode() || len(o.GetRequestAttributes()) > 0 || len(o.GetResponseAttributes()) > 0 ||
-			o.GetMetadataOptions() != nil || len(o.GetGrpcInitialMetadata()) > 0 || o.GetProcessingRequestModifier() != nil {
-			return fmt.Errorf("%s: ExtProcPerRoute overrides other than processing_mode and failure_mode_allow are not emulated", where)
+			o.GetMetadataOptions() != nil || o.GetProcessingRequestModifier() != nil {
+			return fmt.Errorf("%s: ExtProcPerRoute overrides other than processing_mode, failure_mode_allow and grpc_initial_metadata are not emulated", where)
 		}
 		if o.GetProcessingMode() != nil {
 			if err := checkMode(o.GetProcessingMode()); err != nil {
@@ -214,6 +216,9 @@ type extProcStream struct {
 	cfg      *extProcConfig
 	dec, enc modeState
 	failOpen bool
+	// initialMetadata is the merged grpc_initial_metadata of the route's
+	// ExtProcPerRoute, sent as the gRPC stream's request headers.
+	initialMetadata []*corev3.HeaderValue
 	// complete is processing_complete_: nothing more goes to the processor.
 	complete bool
 	merged   bool
@@ -289,6 +294,16 @@ func (e *extProcStream) mergePerRouteConfig() {
 			b := v.GetValue()
 			failOpen = &b
 		}
+		// mergeGrpcInitialMetadata: the less specific level's entries, each
+		// replaced by a more specific one of the same key, or appended.
+		for _, h := range per.GetOverrides().GetGrpcInitialMetadata() {
+			i := slices.IndexFunc(e.initialMetadata, func(m *corev3.HeaderValue) bool { return m.GetKey() == h.GetKey() })
+			if i >= 0 {
+				e.initialMetadata[i] = h
+			} else {
+				e.initialMetadata = append(e.initialMetadata, h)
+			}
+		}
 	}
 	if !found {
 		return
@@ -323,6 +338,15 @@ func (e *extProcStream) open() (outcome, bool) {
 		return e.onGRPCError(status.Error(codes.Unavailable, "no healthy upstream")), false
 	}
 	ctx, cancel := context.WithCancel(e.s.ctx)
+	for _, h := range e.initialMetadata {
+		// Envoy adds them to the grpc_service's initial_metadata
+		// (mergeHeaderValuesField): request headers of the stream.
+		v := h.GetValue()
+		if raw := h.GetRawValue(); len(raw) > 0 {
+			v = string(raw)
+		}
+		ctx = metadata.AppendToOutgoingContext(ctx, h.GetKey(), v)
+	}
 	// Opening may wait for a connection; bound it by message_timeout as
 	// Envoy's timer bounds the first message.
 	type opened struct {
