@@ -53,6 +53,14 @@ const embeddedRedisTimeout = 100 * time.Millisecond
 // above the rate limiter's own Redis budget, so Sluice answers first.
 const devRateLimitTimeout = 250 * time.Millisecond
 
+// devMessageTimeout is the least ext_proc message_timeout the emulated
+// gateway gets, for the same reason: with everything in one process, 100
+// concurrent requests under the race detector kept Sluice's answers past
+// envoy.yaml's 200 ms, the filter failed open (failure_mode_allow) and the
+// requests reached the origin without identity or cache. It stays below
+// max_message_timeout, which bounds the cache's collapse wait.
+const devMessageTimeout = time.Second
+
 // DemoTiers is the static tier map `sluice dev` uses when the config names no
 // tiers: a few demo tenants in each tier.
 var DemoTiers = map[string]string{
@@ -347,6 +355,12 @@ func Start(ctx context.Context, o Options, log *slog.Logger) (s *Stack, err erro
 			if d := l.RateLimit.GetTimeout(); d != nil && d.AsDuration() > 0 && d.AsDuration() < devRateLimitTimeout {
 				l.RateLimit = proto.CloneOf(l.RateLimit)
 				l.RateLimit.Timeout = durationpb.New(devRateLimitTimeout)
+			}
+		}
+		if l != nil && l.ExtProc != nil {
+			if d := l.ExtProc.GetMessageTimeout(); d != nil && d.AsDuration() > 0 && d.AsDuration() < devMessageTimeout {
+				l.ExtProc = proto.CloneOf(l.ExtProc)
+				l.ExtProc.MessageTimeout = durationpb.New(devMessageTimeout)
 			}
 		}
 	}
