@@ -17,33 +17,6 @@ import (
 	"github.com/sluicehq/sluice/internal/redistest"
 )
 
-// continueAll answers every headers message with CONTINUE: the floor of a request that goes
-// upstream (request and response headers).
-type continueAll struct {
-	extprocv3.UnimplementedExternalProcessorServer
-}
-
-func (continueAll) Process(s extprocv3.ExternalProcessor_ProcessServer) error {
-	for {
-		req, err := s.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		resp := &extprocv3.ProcessingResponse{}
-		if req.GetRequestHeaders() != nil {
-			resp.Response = &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}
-		} else {
-			resp.Response = &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}
-		}
-		if err := s.Send(resp); err != nil {
-			return err
-		}
-	}
-}
-
 var noStore = extproctest.ResponseHeaders(200, false, "content-type", "application/json", "content-length", "512",
 	"cache-control", "no-store", "date", "Sun, 06 Dec 2026 09:00:00 GMT")
 
@@ -82,7 +55,7 @@ func passThroughStream(b *testing.B, c extprocv3.ExternalProcessorClient, path s
 //	go test -run '^$' -bench MissPath -benchmem ./cachefilter/
 func BenchmarkMissPath(b *testing.B) {
 	baseConn := extproctest.Serve(b, func(g grpc.ServiceRegistrar) {
-		extprocv3.RegisterExternalProcessorServer(g, continueAll{})
+		extprocv3.RegisterExternalProcessorServer(g, extproctest.Continue{})
 	})
 	base := extprocv3.NewExternalProcessorClient(baseConn)
 	rdb := redistest.Client(b)

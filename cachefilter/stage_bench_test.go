@@ -2,8 +2,6 @@ package cachefilter_test
 
 import (
 	"context"
-	"errors"
-	"io"
 	"strconv"
 	"testing"
 	"time"
@@ -16,32 +14,6 @@ import (
 	"github.com/sluicehq/sluice/extproc/extproctest"
 	"github.com/sluicehq/sluice/internal/redistest"
 )
-
-// continueOnly is the baseline: the least an ext_proc server can do for a
-// request, one CONTINUE to its request headers.
-type continueOnly struct {
-	extprocv3.UnimplementedExternalProcessorServer
-}
-
-func (continueOnly) Process(s extprocv3.ExternalProcessor_ProcessServer) error {
-	for {
-		req, err := s.Recv()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return nil
-			}
-			return err
-		}
-		if req.GetRequestHeaders() == nil {
-			continue
-		}
-		if err := s.Send(&extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_RequestHeaders{
-			RequestHeaders: &extprocv3.HeadersResponse{},
-		}}); err != nil {
-			return err
-		}
-	}
-}
 
 var benchBody = []byte(`{"id":42,"name":"Ada Lovelace","email":"ada@example.com","tags":["math","engines"],"notes":"first programmer"}`)
 
@@ -80,7 +52,7 @@ func one(b *testing.B, c extprocv3.ExternalProcessorClient) *extprocv3.Processin
 // L1: <= 1.5x.
 func BenchmarkHit(b *testing.B) {
 	baseConn := extproctest.Serve(b, func(g grpc.ServiceRegistrar) {
-		extprocv3.RegisterExternalProcessorServer(g, continueOnly{})
+		extprocv3.RegisterExternalProcessorServer(g, extproctest.Continue{})
 	})
 	base := extprocv3.NewExternalProcessorClient(baseConn)
 	rdb := redistest.Client(b)

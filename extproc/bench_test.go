@@ -36,41 +36,11 @@ import (
 // allocs/op (client and server together, as both run here); the
 // difference is Sluice's.
 
-// continueServer is the baseline: it answers each headers message with an
-// empty HeadersResponse (CONTINUE) until Envoy half-closes.
-type continueServer struct {
-	extprocv3.UnimplementedExternalProcessorServer
-}
-
-func (continueServer) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
-	for {
-		req, err := ps.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		resp := &extprocv3.ProcessingResponse{}
-		switch req.GetRequest().(type) {
-		case *extprocv3.ProcessingRequest_RequestHeaders:
-			resp.Response = &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}
-		case *extprocv3.ProcessingRequest_ResponseHeaders:
-			resp.Response = &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}
-		default:
-			return errors.New("baseline: unexpected message")
-		}
-		if err := ps.Send(resp); err != nil {
-			return err
-		}
-	}
-}
-
 // benchClients returns connections to the baseline and to Sluice.
 func benchClients(b *testing.B) (baseline, sluice *grpc.ClientConn) {
 	b.Helper()
 	baseline = xt.Serve(b, func(g grpc.ServiceRegistrar) {
-		extprocv3.RegisterExternalProcessorServer(g, continueServer{})
+		extprocv3.RegisterExternalProcessorServer(g, xt.Continue{})
 	})
 	cfg := extproc.Config{Metrics: extproc.MetricsConfig{Routes: []extproc.Route{
 		{Name: "users", Prefix: "/v1/users"},

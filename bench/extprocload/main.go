@@ -44,6 +44,8 @@ import (
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/sluicehq/sluice/extproc/extproctest"
 )
 
 func main() {
@@ -75,45 +77,13 @@ func main() {
 	}
 }
 
-// continueServer answers every message with its matching CONTINUE reply,
-// until the half-close.
-type continueServer struct {
-	extprocv3.UnimplementedExternalProcessorServer
-}
-
-func (continueServer) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
-	for {
-		req, err := ps.Recv()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		resp := &extprocv3.ProcessingResponse{}
-		switch req.GetRequest().(type) {
-		case *extprocv3.ProcessingRequest_RequestHeaders:
-			resp.Response = &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}
-		case *extprocv3.ProcessingRequest_ResponseHeaders:
-			resp.Response = &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}
-		case *extprocv3.ProcessingRequest_ResponseBody:
-			resp.Response = &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}
-		default:
-			return errors.New("continue server: unexpected message")
-		}
-		if err := ps.Send(resp); err != nil {
-			return err
-		}
-	}
-}
-
 func runContinue(addr string) error {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
 	}
 	g := grpc.NewServer()
-	extprocv3.RegisterExternalProcessorServer(g, continueServer{})
+	extprocv3.RegisterExternalProcessorServer(g, extproctest.Continue{})
 	return g.Serve(lis)
 }
 

@@ -282,3 +282,43 @@ func CheckRawValueOnly(m *extprocv3.HeaderMutation) error {
 	}
 	return nil
 }
+
+// Continue is the least an ext_proc server can do, the baseline benchmarks
+// compare Sluice with: it answers every message with its matching empty
+// reply (CONTINUE, no mutation) until Envoy half-closes the stream.
+type Continue struct {
+	extprocv3.UnimplementedExternalProcessorServer
+}
+
+// Process implements extprocv3.ExternalProcessorServer.
+func (Continue) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
+	for {
+		req, err := ps.Recv()
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		resp := &extprocv3.ProcessingResponse{}
+		switch req.GetRequest().(type) {
+		case *extprocv3.ProcessingRequest_RequestHeaders:
+			resp.Response = &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: &extprocv3.HeadersResponse{}}
+		case *extprocv3.ProcessingRequest_ResponseHeaders:
+			resp.Response = &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: &extprocv3.HeadersResponse{}}
+		case *extprocv3.ProcessingRequest_RequestBody:
+			resp.Response = &extprocv3.ProcessingResponse_RequestBody{RequestBody: &extprocv3.BodyResponse{}}
+		case *extprocv3.ProcessingRequest_ResponseBody:
+			resp.Response = &extprocv3.ProcessingResponse_ResponseBody{ResponseBody: &extprocv3.BodyResponse{}}
+		case *extprocv3.ProcessingRequest_RequestTrailers:
+			resp.Response = &extprocv3.ProcessingResponse_RequestTrailers{RequestTrailers: &extprocv3.TrailersResponse{}}
+		case *extprocv3.ProcessingRequest_ResponseTrailers:
+			resp.Response = &extprocv3.ProcessingResponse_ResponseTrailers{ResponseTrailers: &extprocv3.TrailersResponse{}}
+		default:
+			return errors.New("extproctest.Continue: a message of no known kind")
+		}
+		if err := ps.Send(resp); err != nil {
+			return err
+		}
+	}
+}
