@@ -2,7 +2,6 @@ package ratelimitsvc
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -285,11 +284,11 @@ func (l *loader) parseFile(f File) *Domain {
 		p.problem(0, "file is empty: want a mapping with domain and descriptors")
 		return nil
 	}
-	if !hasUTF16BOM(f.Data) && !utf8.Valid(f.Data) {
-		p.problem(invalidUTF8Line(f.Data), "file is not valid UTF-8")
+	if line := yamlerr.InvalidUTF8Line(f.Data); line > 0 {
+		p.problem(line, "file is not valid UTF-8")
 		return nil
 	}
-	doc, err := decodeOne(f.Data)
+	doc, err := yamlerr.Document(f.Data)
 	if err != nil {
 		line, msg := yamlerr.Syntax(f.Data, err)
 		p.problem(line, "invalid YAML: "+yamlerr.Hint(msg))
@@ -305,79 +304,6 @@ func (l *loader) parseFile(f File) *Domain {
 		return nil
 	}
 	return d
-}
-
-func hasUTF16BOM(b []byte) bool {
-	return bytes.HasPrefix(b, []byte{0xFF, 0xFE}) || bytes.HasPrefix(b, []byte{0xFE, 0xFF})
-}
-
-func invalidUTF8Line(b []byte) int {
-	line := 1
-	for len(b) > 0 {
-		r, size := utf8.DecodeRune(b)
-		if r == utf8.RuneError && size <= 1 {
-			return line
-		}
-		if r == '\n' {
-			line++
-		}
-		b = b[size:]
-	}
-	return line
-}
-
-// emptyDoc reports whether n is a document with no content (or a null).
-func emptyDoc(n *yaml.Node) bool {
-	if n.Kind == yaml.DocumentNode {
-		if len(n.Content) == 0 {
-			return true
-		}
-		n = n.Content[0]
-	}
-	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
-}
-
-var errMultiDoc = errors.New("yaml: more than one YAML document in the file; envoyproxy/ratelimit reads one per file")
-
-// decodeOne parses the single YAML document of data into a node tree; nil
-// when the file has no document. A panic of the YAML parser on hostile input
-// becomes an error.
-func decodeOne(data []byte) (doc *yaml.Node, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			doc, err = nil, fmt.Errorf("yaml: parser failed: %v", r)
-		}
-	}()
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var n yaml.Node
-	if err := dec.Decode(&n); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	// Trailing empty documents (a file ending in "---", as templating tools
-	// write them) are harmless; a second document with content is an error.
-	for {
-		var extra yaml.Node
-		err := dec.Decode(&extra)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		if !emptyDoc(&extra) {
-			return nil, errMultiDoc
-		}
-	}
-	if n.Kind == yaml.DocumentNode {
-		if len(n.Content) == 0 {
-			return nil, nil
-		}
-		return n.Content[0], nil
-	}
-	return &n, nil
 }
 
 // parser walks the node tree of one file.

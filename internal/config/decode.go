@@ -1,11 +1,8 @@
 package config
 
 import (
-	"bytes"
 	"encoding"
-	"errors"
 	"fmt"
-	"io"
 	"reflect"
 	"slices"
 	"strconv"
@@ -106,11 +103,11 @@ func sortProblems(ps []Problem) {
 // index and the problems found, sorted by line.
 func parse(name string, data []byte, c *Config) (*source, []Problem) {
 	d := &decoder{src: &source{file: name, lines: map[string]int{}}}
-	if !utf8.Valid(data) && !hasUTF16BOM(data) {
-		d.add(invalidUTF8Line(data), "the file is not valid UTF-8")
+	if line := yamlerr.InvalidUTF8Line(data); line > 0 {
+		d.add(line, "the file is not valid UTF-8")
 		return d.src, d.problems
 	}
-	doc, err := decodeDocument(data)
+	doc, err := yamlerr.Document(data)
 	if err != nil {
 		line, msg := yamlerr.Syntax(data, err)
 		d.add(line, "invalid YAML: %s", yamlerr.Hint(msg))
@@ -124,69 +121,8 @@ func parse(name string, data []byte, c *Config) (*source, []Problem) {
 	return d.src, d.problems
 }
 
-var errSecondDocument = errors.New("yaml: the file holds more than one YAML document; a Sluice config is one")
-
-// decodeDocument parses the single document of data; nil when there is
-// none. A second document with content is an error (it would be ignored);
-// trailing empty ones, as templating tools write them, are not. A panic of
-// the parser on hostile input becomes an error.
-func decodeDocument(data []byte) (doc *yaml.Node, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			doc, err = nil, fmt.Errorf("yaml: parser failed: %v", r)
-		}
-	}()
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	var n yaml.Node
-	if err := dec.Decode(&n); err != nil {
-		if errors.Is(err, io.EOF) {
-			return nil, nil
-		}
-		return nil, err
-	}
-	for {
-		var extra yaml.Node
-		err := dec.Decode(&extra)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil {
-			return nil, err
-		}
-		if len(extra.Content) > 0 && !isNull(extra.Content[0]) {
-			return nil, errSecondDocument
-		}
-	}
-	if n.Kind == yaml.DocumentNode {
-		if len(n.Content) == 0 {
-			return nil, nil
-		}
-		return n.Content[0], nil
-	}
-	return &n, nil
-}
-
 func isNull(n *yaml.Node) bool {
 	return n.Kind == yaml.ScalarNode && n.Tag == "!!null"
-}
-
-func hasUTF16BOM(b []byte) bool {
-	return bytes.HasPrefix(b, []byte{0xFF, 0xFE}) || bytes.HasPrefix(b, []byte{0xFE, 0xFF})
-}
-
-func invalidUTF8Line(b []byte) int {
-	line := 1
-	for len(b) > 0 {
-		r, size := utf8.DecodeRune(b)
-		if r == utf8.RuneError && size <= 1 {
-			return line
-		}
-		if r == '\n' {
-			line++
-		}
-		b = b[size:]
-	}
-	return line
 }
 
 var (

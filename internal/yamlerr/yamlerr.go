@@ -1,4 +1,6 @@
-// Package yamlerr places a YAML syntax error on the line that holds it.
+// Package yamlerr reads one untrusted YAML document the way Sluice's config
+// and rule loaders need it (Document, InvalidUTF8Line) and places a YAML
+// syntax error on the line that holds it (Syntax).
 //
 // go.yaml.in/yaml/v3 reports a syntax error with the line of the context the
 // parser was in, often the start of an enclosing mapping, rather than the line
