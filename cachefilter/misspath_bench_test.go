@@ -63,16 +63,9 @@ func BenchmarkMissPath(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- store.Run(ctx) }()
-	b.Cleanup(func() { cancel(); <-done; store.Close() })
-	for deadline := time.Now().Add(20 * time.Second); !store.PresenceReady(); {
-		if time.Now().After(deadline) {
-			b.Fatal("presence filter never ready")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	b.Cleanup(func() { store.Close() })
+	runUntrusted(b, store)
+	waitFor(b, 20*time.Second, "the presence filter", store.PresenceReady)
 	stage, err := cachefilter.NewStage(cachefilter.Config{}, store, cachefilter.StageOptions{})
 	if err != nil {
 		b.Fatal(err)

@@ -66,15 +66,10 @@ func BenchmarkHit(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			done := make(chan error, 1)
-			go func() { done <- store.Run(ctx) }()
-			b.Cleanup(func() { cancel(); <-done; store.Close() })
-			for deadline := time.Now().Add(10 * time.Second); !store.Trusted() && layer.l1 >= 0; {
-				if time.Now().After(deadline) {
-					b.Fatal("store never trusted its L1")
-				}
-				time.Sleep(10 * time.Millisecond)
+			b.Cleanup(func() { store.Close() })
+			runUntrusted(b, store)
+			if layer.l1 >= 0 {
+				waitFor(b, 10*time.Second, "the store to trust its L1", store.Trusted)
 			}
 			stage, err := cachefilter.NewStage(cachefilter.Config{}, store, cachefilter.StageOptions{})
 			if err != nil {

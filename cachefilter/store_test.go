@@ -107,6 +107,13 @@ func newStore(t testing.TB, cfg cachefilter.StoreConfig, rdb redis.UniversalClie
 // run runs s.Run until the test ends and waits until s trusts its L1.
 func run(t testing.TB, s *cachefilter.Store) {
 	t.Helper()
+	runUntrusted(t, s)
+	waitFor(t, 10*time.Second, "the store to trust its L1", s.Trusted)
+}
+
+// runUntrusted runs s.Run until the test ends, waiting for nothing.
+func runUntrusted(t testing.TB, s *cachefilter.Store) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- s.Run(ctx) }()
@@ -116,7 +123,6 @@ func run(t testing.TB, s *cachefilter.Store) {
 			t.Errorf("Run: %v", err)
 		}
 	})
-	waitFor(t, 10*time.Second, "the store to trust its L1", s.Trusted)
 }
 
 // waitFor polls cond every 5ms until it holds, failing the test after timeout.
