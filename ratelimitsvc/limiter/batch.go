@@ -305,8 +305,7 @@ func (l *Limiter) sendClusterBatch(batch []*request) {
 	deadline := batch[0].deadline
 	type group struct {
 		reqs []*request
-		cmd  *redis.IntSliceCmd
-		args []any
+		scriptCmd
 	}
 	var (
 		groups []*group
@@ -336,36 +335,13 @@ func (l *Limiter) sendClusterBatch(batch []*request) {
 	}
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
+	cmds := make([]*scriptCmd, len(groups))
+	for i, g := range groups {
+		cmds[i] = &g.scriptCmd
+	}
 	_, err := l.breaker.Execute(func() (struct{}, error) {
-		send := func(todo []*group) {
-			start := time.Now()
-			_, _ = l.cluster.Pipelined(ctx, func(p redis.Pipeliner) error {
-				for _, g := range todo {
-					g.cmd = redis.NewIntSliceCmd(ctx, g.args...)
-					_ = p.Process(ctx, g.cmd)
-				}
-				return nil
-			})
-			l.metrics.duration.Observe(time.Since(start).Seconds())
-		}
-		send(groups)
-		var retry []*group
-		for _, g := range groups {
-			if isNoScript(g.cmd.Err()) {
-				g.args[0], g.args[1] = "eval", limitScriptSource
-				retry = append(retry, g)
-			}
-		}
-		if len(retry) > 0 {
-			send(retry)
-		}
 		// The breaker judges Redis by the first failure; each group answers its own requests.
-		for _, g := range groups {
-			if err := g.cmd.Err(); err != nil {
-				return struct{}{}, err
-			}
-		}
-		return struct{}{}, nil
+		return struct{}{}, l.pipelineScripts(ctx, cmds)
 	})
 	for _, g := range groups {
 		var (

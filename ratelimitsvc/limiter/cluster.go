@@ -32,8 +32,7 @@ func Slot(tag string) uint16 {
 type scriptCall struct {
 	idx    []int // indexes into calls and results
 	nowArg string
-	args   []any // "evalsha", sha, then EVALSHA's arguments
-	cmd    *redis.IntSliceCmd
+	scriptCmd
 }
 
 // evalCluster splits calls by hash slot and runs one script call per slot, all in one pipeline
@@ -146,30 +145,48 @@ func (l *Limiter) runPipeline(ctx context.Context, calls []call, scs []*scriptCa
 		sc.args = append([]any{"evalsha", limitScript.Hash(), len(keys)}, keys...)
 		sc.args = append(sc.args, sc.nowArg, appendRequest(nil, calls, sc.idx), l.id)
 	}
-	send := func(todo []*scriptCall) {
+	cmds := make([]*scriptCmd, len(scs))
+	for i, sc := range scs {
+		cmds[i] = &sc.scriptCmd
+	}
+	return l.pipelineScripts(ctx, cmds)
+}
+
+// scriptCmd is one call of the limit script in a pipeline: its arguments and, once sent, its
+// command.
+type scriptCmd struct {
+	args []any // "evalsha", sha, then EVALSHA's arguments
+	cmd  *redis.IntSliceCmd
+}
+
+// pipelineScripts sends every script call in one pipeline (go-redis sends each cluster node
+// its share concurrently), sends again with EVAL those whose node did not know the script,
+// and returns the first error of any call; each call's own result stays in its cmd.
+func (l *Limiter) pipelineScripts(ctx context.Context, cmds []*scriptCmd) error {
+	send := func(todo []*scriptCmd) {
 		start := time.Now()
 		_, _ = l.cluster.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for _, sc := range todo {
-				sc.cmd = redis.NewIntSliceCmd(ctx, sc.args...)
-				_ = p.Process(ctx, sc.cmd)
+			for _, c := range todo {
+				c.cmd = redis.NewIntSliceCmd(ctx, c.args...)
+				_ = p.Process(ctx, c.cmd)
 			}
 			return nil
 		})
 		l.metrics.duration.Observe(time.Since(start).Seconds())
 	}
-	send(scs)
-	var retry []*scriptCall
-	for _, sc := range scs {
-		if isNoScript(sc.cmd.Err()) {
-			sc.args[0], sc.args[1] = "eval", limitScriptSource
-			retry = append(retry, sc)
+	send(cmds)
+	var retry []*scriptCmd
+	for _, c := range cmds {
+		if isNoScript(c.cmd.Err()) {
+			c.args[0], c.args[1] = "eval", limitScriptSource
+			retry = append(retry, c)
 		}
 	}
 	if len(retry) > 0 {
 		send(retry)
 	}
-	for _, sc := range scs {
-		if err := sc.cmd.Err(); err != nil {
+	for _, c := range cmds {
+		if err := c.cmd.Err(); err != nil {
 			return err
 		}
 	}
