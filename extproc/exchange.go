@@ -1,13 +1,15 @@
 package extproc
 
 import (
+	"iter"
 	"strconv"
 	"strings"
 	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"github.com/sluicehq/sluice/internal/header"
 	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // Headers Sluice owns: stripped from client requests by the identity stage
@@ -221,12 +223,28 @@ func (x *Exchange) ForwardedRequestHeaders() header.List {
 		return x.RequestHeaders
 	}
 	out := make(header.List, 0, len(x.RequestHeaders)+len(r.set))
-	for _, h := range x.RequestHeaders {
-		if !containsName(r.remove, h.Name) && !r.setsName(h.Name) {
-			out = append(out, h)
+	for h := range r.forwarded(x.RequestHeaders) {
+		out = append(out, h)
+	}
+	return out
+}
+
+// forwarded yields the fields of request headers hdr as Envoy forwards them
+// once r applies: those r neither removes nor sets, then r's sets. Building
+// no list, it is what counting them needs.
+func (r *pendingReply) forwarded(hdr header.List) iter.Seq[header.Field] {
+	return func(yield func(header.Field) bool) {
+		for _, h := range hdr {
+			if !containsName(r.remove, h.Name) && !r.setsName(h.Name) && !yield(h) {
+				return
+			}
+		}
+		for _, h := range r.set {
+			if !yield(h) {
+				return
+			}
 		}
 	}
-	return append(out, r.set...)
 }
 
 func containsName(names []string, name string) bool {

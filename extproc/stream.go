@@ -13,9 +13,10 @@ import (
 	procmodev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/ext_proc/v3"
 	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
-	"github.com/sluicehq/sluice/internal/header"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/sluicehq/sluice/internal/header"
 )
 
 // modeState is the processing mode in force on one stream, as Envoy's
@@ -225,15 +226,12 @@ func (st *stream) overHeaderLimits() bool {
 	if len(r.set) == 0 && len(r.remove) == 0 {
 		return false
 	}
-	fwd := st.x.ForwardedRequestHeaders()
-	if len(fwd) > st.s.cfg.MaxRequestHeaders {
-		return true
+	count, size := 0, 0
+	for h := range r.forwarded(st.x.RequestHeaders) {
+		count++
+		size += len(h.Name) + len(h.Value)
 	}
-	n := 0
-	for _, h := range fwd {
-		n += len(h.Name) + len(h.Value)
-	}
-	return n > st.s.cfg.MaxRequestHeadersKB*1024
+	return count > st.s.cfg.MaxRequestHeaders || size > st.s.cfg.MaxRequestHeadersKB*1024
 }
 
 func (st *stream) responseHeaders(h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, error) {
