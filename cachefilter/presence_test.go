@@ -48,8 +48,13 @@ func TestPresenceSkipsRedisForAbsentKeys(t *testing.T) {
 	srv := redistest.StartServer(t)
 	rdb := srv.Client(t)
 	clk := newClock()
-	a := newStore(t, presenceConfig(), srv.Client(t), "sluice:", clk, nil)
-	b := newStore(t, presenceConfig(), srv.Client(t), "sluice:", clk, nil)
+	// The filter is believed only while the replica holds its lease, which real time renews:
+	// a lease long enough that a loaded CI machine cannot let it lapse between the checks
+	// (with 1 s, a stalled heartbeat sent one lookup to Redis, as it should).
+	cfg := presenceConfig()
+	cfg.SubscriptionLease = 20 * time.Second
+	a := newStore(t, cfg, srv.Client(t), "sluice:", clk, nil)
+	b := newStore(t, cfg, srv.Client(t), "sluice:", clk, nil)
 	run(t, a)
 	run(t, b)
 	waitFor(t, 10*time.Second, "the presence filters", func() bool { return a.PresenceReady() && b.PresenceReady() })
