@@ -357,7 +357,26 @@ func (s *Stage) replace(x *extproc.Exchange, st *state, e *httpcache.Entry, now 
 	case body == nil:
 		body = []byte{} // replaces whatever body the upstream response has
 	}
-	x.ReplaceResponse(extproc.Replacement{Status: status, Headers: h, Body: body, Keep: rateLimitField})
+	x.ReplaceResponse(extproc.Replacement{Status: status, Headers: h, Body: body, Keep: rateLimitField, Optional: informational})
+}
+
+// servable reports whether e, answered from the cache with the fields
+// Sluice adds (age, cache-status, x-cache) and the framing Envoy gives a
+// local reply, stays within Envoy's response header limits. Past them an
+// ImmediateResponse loses every field (MutationUtils::
+// responseHeaderSizeCheck refuses the whole set) and a replacement is a 500,
+// so such a response is passed, never stored.
+func servable(x *extproc.Exchange, e *httpcache.Entry) bool {
+	const addedFields, addedBytes = 5, 256
+	fields, bytes := x.ResponseHeaderLimits()
+	return (fields == 0 || len(e.Header)+addedFields <= fields) && (bytes == 0 || e.Header.ByteSize()+addedBytes <= bytes)
+}
+
+// informational reports the fields of an answer that only inform the client
+// (RFC 9211 Cache-Status, x-cache), which give way when an answer would not
+// fit Envoy's response header limits.
+func informational(name string) bool {
+	return name == "cache-status" || name == "x-cache"
 }
 
 // rateLimitField reports the response fields of Envoy's ratelimit filter
@@ -440,7 +459,7 @@ func (s *Stage) ResponseHeaders(ctx context.Context, x *extproc.Exchange) error 
 	if st.store {
 		// Only what the store will keep is buffered and reported stored.
 		e, ok, _ := httpcache.Storable(st.req, status, hdr, now, st.route.Policy)
-		if !ok || !s.store.keeps(&e, now) {
+		if !ok || !s.store.keeps(&e, now) || !servable(x, &e) {
 			s.markPass(st, status, hdr, now)
 		} else {
 			n := httpcache.ContentLength(hdr)

@@ -67,6 +67,16 @@ type Config struct {
 	// itself instead. Defaults 100 and 60.
 	MaxRequestHeaders   int `yaml:"max_request_headers"`
 	MaxRequestHeadersKB int `yaml:"max_request_headers_kb"`
+	// MaxResponseHeaders and MaxResponseHeadersKB mirror the upstream
+	// cluster's limits on a response's header map (common_http_protocol_
+	// options.max_headers_count and max_response_headers_kb; Envoy's
+	// defaults: 100 and 60), which Envoy checks a response header mutation
+	// against in the same way. When the fields a stage adds to a response
+	// (cache-status, x-cache) would push an origin's response past either,
+	// Sluice leaves them out rather than have Envoy turn the origin's
+	// answer into a 500. Defaults 100 and 60.
+	MaxResponseHeaders   int `yaml:"max_response_headers"`
+	MaxResponseHeadersKB int `yaml:"max_response_headers_kb"`
 	// ProcessingMode mirrors the ext_proc filter's processing_mode in
 	// envoy.yaml. Sluice needs it because a mode_override replaces every field
 	// (ProcessingResponse.mode_override: body modes always apply, unset means
@@ -173,16 +183,18 @@ type ProcessingModeConfig struct {
 
 // Defaults.
 const (
-	DefaultMaxBodyBytes        = 1 << 20
-	DefaultMaxStreams          = 50000
-	DefaultRequestBodyTimeout  = 10 * time.Second
-	DefaultMaxRequestHeaders   = 100
-	DefaultMaxRequestHeadersKB = 60
-	DefaultTenantHeader        = "x-tenant-id"
-	DefaultUserHeader          = "x-user-id"
-	DefaultJWTNamespace        = "envoy.filters.http.jwt_authn"
-	DefaultTier                = "free"
-	DefaultMaxValueLength      = 128
+	DefaultMaxBodyBytes         = 1 << 20
+	DefaultMaxStreams           = 50000
+	DefaultRequestBodyTimeout   = 10 * time.Second
+	DefaultMaxRequestHeaders    = 100
+	DefaultMaxRequestHeadersKB  = 60
+	DefaultMaxResponseHeaders   = 100
+	DefaultMaxResponseHeadersKB = 60
+	DefaultTenantHeader         = "x-tenant-id"
+	DefaultUserHeader           = "x-user-id"
+	DefaultJWTNamespace         = "envoy.filters.http.jwt_authn"
+	DefaultTier                 = "free"
+	DefaultMaxValueLength       = 128
 )
 
 // WithDefaults returns c with every unset field given its documented default.
@@ -201,6 +213,12 @@ func (c Config) WithDefaults() Config {
 	}
 	if c.MaxRequestHeadersKB == 0 {
 		c.MaxRequestHeadersKB = DefaultMaxRequestHeadersKB
+	}
+	if c.MaxResponseHeaders == 0 {
+		c.MaxResponseHeaders = DefaultMaxResponseHeaders
+	}
+	if c.MaxResponseHeadersKB == 0 {
+		c.MaxResponseHeadersKB = DefaultMaxResponseHeadersKB
 	}
 	id := &c.Identity
 	if id.Source == "" {
@@ -258,6 +276,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxRequestHeaders < 1 || c.MaxRequestHeadersKB < 1 {
 		errs = append(errs, errors.New("extproc: max_request_headers and max_request_headers_kb must be positive"))
+	}
+	if c.MaxResponseHeaders < 1 || c.MaxResponseHeadersKB < 1 {
+		errs = append(errs, errors.New("extproc: max_response_headers and max_response_headers_kb must be positive"))
 	}
 	if c.RequestBodyTimeout < time.Millisecond {
 		errs = append(errs, fmt.Errorf("extproc: request_body_timeout %v must be at least 1ms", c.RequestBodyTimeout))

@@ -112,6 +112,8 @@ const (
 // concurrent use (hooks of one stream never run concurrently) and must not
 // be kept after DoneHook.Done returns.
 type Exchange struct {
+	resLimitFields, resLimitBytes int // ResponseHeaderLimits
+
 	// Method, Path (":path" as sent, query included), Authority and Scheme
 	// are the request's pseudo-headers.
 	Method, Path, Authority, Scheme string
@@ -184,6 +186,14 @@ type immediate struct {
 	status  int
 	headers header.List
 	body    []byte
+}
+
+// ResponseHeaderLimits are the limits of Envoy's response header map
+// (Config.MaxResponseHeaders in fields, MaxResponseHeadersKB in bytes),
+// which Envoy checks every response header mutation and immediate response
+// against; 0 (no limit) in an Exchange no Server made.
+func (x *Exchange) ResponseHeaderLimits() (fields, bytes int) {
+	return x.resLimitFields, x.resLimitBytes
 }
 
 // Phase is the message the current hook runs for.
@@ -378,6 +388,22 @@ type Replacement struct {
 	// does not name them (fields another filter added, such as the
 	// ratelimit filter's RateLimit headers); nil keeps none.
 	Keep func(name string) bool
+	// Optional reports which of Headers (by lower-case name) only inform
+	// (cache-status, say): they are left out, as are the fields Keep would
+	// leave, when the replacement would otherwise exceed Envoy's response
+	// header limits (Config.MaxResponseHeaders). nil: none.
+	Optional func(name string) bool
+}
+
+// has reports whether the replacement names name (a lower-case name), as
+// replacement sends its fields: lower-cased.
+func (rp *Replacement) has(name string) bool {
+	for _, h := range rp.Headers {
+		if strings.EqualFold(h.Name, name) {
+			return true
+		}
+	}
+	return false
 }
 
 // ReplaceResponse replaces the response whose headers are being processed

@@ -83,6 +83,7 @@ func (s *Server) newStream(ctx context.Context) *stream {
 	st := &stream{s: s, ctx: ctx, mode: s.mode}
 	st.overrideIgnored = fullDuplex(s.mode.reqBody) || fullDuplex(s.mode.resBody)
 	st.x.Route = OtherRoute
+	st.x.resLimitFields, st.x.resLimitBytes = s.cfg.MaxResponseHeaders, s.cfg.MaxResponseHeadersKB*1024
 	st.x.reqBodyMode, st.x.resBodyMode = BodyMode(s.mode.reqBody), BodyMode(s.mode.resBody)
 	st.x.reply.set, st.x.reply.remove = st.setBuf[:0], st.removeBuf[:0]
 	return st
@@ -262,7 +263,103 @@ func (st *stream) responseHeaders(h *extprocv3.HttpHeaders) (*extprocv3.Processi
 			break
 		}
 	}
+	if x.reply.immediate == nil && !st.observability {
+		st.fitResponseLimits()
+	}
 	return st.headersReply(false), nil
+}
+
+// fitResponseLimits leaves out of the reply the response fields that only
+// inform (names the response does not carry yet that stages set, such as
+// cache-status and x-cache; in a replacement, the fields its Optional names
+// and the upstream fields its Keep would leave) when, with them, the
+// response header map would exceed the upstream limits: Envoy checks a
+// mutation's result against the map's own maxHeadersCount and maxHeadersKb,
+// set from the cluster's max_headers_count and max_response_headers_kb, and
+// answers 500 for a response the origin sent correctly (MutationUtils::
+// headerMutationResultCheck). Replaced and removed fields stay: they add no
+// line, and a replacement's own fields are the response.
+func (st *stream) fitResponseLimits() {
+	r := &st.x.reply
+	if len(r.set) == 0 && r.replace == nil {
+		return
+	}
+	if st.withinResponseLimits() {
+		return
+	}
+	present := st.x.ResponseHeaders.Has
+	if rp := r.replace; rp != nil {
+		present = rp.has
+		if rp.Optional != nil {
+			h := make(header.List, 0, len(rp.Headers))
+			for _, f := range rp.Headers {
+				if rp.Optional(strings.ToLower(f.Name)) {
+					st.x.drop("replace response: " + f.Name + " over the response header limits")
+				} else {
+					h = append(h, f)
+				}
+			}
+			rp.Headers = h
+		}
+		if rp.Keep != nil {
+			rp.Keep = nil
+			st.x.drop("replace response: upstream fields over the response header limits")
+		}
+	}
+	kept := r.set[:0]
+	for _, h := range r.set {
+		if present(h.Name) {
+			kept = append(kept, h)
+		} else {
+			st.x.drop("set " + h.Name + ": over the response header limits")
+		}
+	}
+	clear(r.set[len(kept):])
+	r.set = kept
+}
+
+// withinResponseLimits reports whether the response header map, once Envoy
+// applied the reply, keeps within the upstream limits, counting fields and
+// bytes as HeaderMap::size and byteSize do.
+func (st *stream) withinResponseLimits() bool {
+	count, size := st.responseResult()
+	return count <= st.s.cfg.MaxResponseHeaders && size <= st.s.cfg.MaxResponseHeadersKB*1024
+}
+
+// responseResult counts the fields and bytes of the response header map
+// once Envoy applied the reply.
+func (st *stream) responseResult() (count, size int) {
+	r := &st.x.reply
+	rp := r.replace
+	if rp == nil {
+		for h := range r.forwarded(st.x.ResponseHeaders) {
+			count++
+			size += len(h.Name) + len(h.Value)
+		}
+		return count, size
+	}
+	// What replacement sends: ":status", the replacement's fields, the
+	// stages' other sets, and the upstream fields Keep leaves.
+	count, size = 1, len(":status")+len(strconv.Itoa(rp.Status))
+	for _, h := range rp.Headers {
+		count++
+		size += len(h.Name) + len(h.Value)
+	}
+	for _, h := range r.set {
+		if !rp.has(h.Name) {
+			count++
+			size += len(h.Name) + len(h.Value)
+		}
+	}
+	if rp.Keep != nil {
+		for _, h := range st.x.ResponseHeaders {
+			if rp.Keep(h.Name) && !rp.has(h.Name) && !r.setsName(h.Name) && !containsName(r.remove, h.Name) {
+				count++
+				size += len(h.Name) + len(h.Value)
+			}
+		}
+	}
+	return count, size
 }
 
 func (st *stream) body(p Phase, b *extprocv3.HttpBody) (*extprocv3.ProcessingResponse, error) {

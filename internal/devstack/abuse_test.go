@@ -650,3 +650,41 @@ func TestHostileFloodKeepsLimits(t *testing.T) {
 		t.Errorf("%d of %d flood requests passed (%v); the limit is 60 a minute", passed, n, byKind)
 	}
 }
+
+// TestOriginWithManyResponseHeaders: an origin answers with close to Envoy's
+// header count limit (max_headers_count, 100, which the response header map
+// carries too: MutationUtils::headerMutationResultCheck). Sluice's own
+// additions (cache-status, x-cache) must never push the map past it, which
+// Envoy answers with a 500 for a response the origin sent correctly.
+func TestOriginWithManyResponseHeaders(t *testing.T) {
+	for _, n := range []int{90, 96, 97, 98, 99, 100} {
+		t.Run(strconv.Itoa(n), func(t *testing.T) {
+			origin := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				// Go's server adds Date, Content-Length and Content-Type: n lines in all.
+				w.Header().Set("Cache-Control", r.URL.Query().Get("cc"))
+				w.Header().Set("ETag", `"e"`)
+				for j := 0; j < n-5; j++ {
+					w.Header().Set(fmt.Sprintf("x-o%d", j), "v")
+				}
+				if r.Header.Get("If-None-Match") == `"e"` {
+					w.WriteHeader(http.StatusNotModified)
+					return
+				}
+				fmt.Fprint(w, "body")
+			}))
+			t.Cleanup(origin.Close)
+			s := start(t, origin.URL, true, demoPolicy)
+			c := s.from(t, "127.0.0.80")
+			// no-store passes, max-age=60's second request is a hit and
+			// no-cache's is a revalidation the origin answers 304.
+			for _, cc := range []string{"no-store", "max-age=60", "no-cache"} {
+				for round := range 2 {
+					resp, body := c.do(t, "GET", s.URL()+"/api/v1/many-response-headers?cc="+cc, "", "x-tenant-id", "acme")
+					if resp.StatusCode != 200 || body != "body" || resp.Header.Get(fmt.Sprintf("x-o%d", n-6)) != "v" {
+						t.Errorf("%s, request %d: %d %q (x-o%d %q); want the origin's 200", cc, round+1, resp.StatusCode, body, n-6, resp.Header.Get(fmt.Sprintf("x-o%d", n-6)))
+					}
+				}
+			}
+		})
+	}
+}
