@@ -182,17 +182,11 @@ local function slotOf(h, t) return fmt("%016d%013d", h, t) end
 --            while unknown (its sub-window left or was emptied), 0 when nothing is counted
 --   reg[c]   its registry of leases, once a lease call read it (registry()); regDirty[c] when
 --            changed (both tables made by the first lease item)
---
--- The arrays indexed by counter or item number start with 16 slots (sized): a table that grows
--- from empty is reallocated at 1, 2, 4, 8 and 16 entries, and a call fills some twenty such tables.
--- Their placeholder false is always overwritten before it is read; tables whose nil means
--- something (raw, oldest) or whose length is taken (name) start empty.
-local function sized() return {false, false, false, false, false, false, false, false, false, false, false, false, false, false, false, false} end
-local ids, name, win, subs, cur, used, state, pending, old = {}, {}, sized(), sized(), sized(), sized(), sized(), sized(), sized()
-local raw, sum, cnt, tim, dirty, nd, dl, oldest, ot, reg, regDirty = {}, sized(), {}, {}, {}, sized(), {}, {}, sized(), nil, nil
+local ids, name, win, subs, cur, used, state, pending, old = {}, {}, {}, {}, {}, {}, {}, {}, {}
+local raw, sum, cnt, tim, dirty, nd, dl, oldest, ot, reg, regDirty = {}, {}, {}, {}, {}, {}, {}, {}, {}, nil, nil
 local S = 128 -- more than the slots of any counter (MaxSubWindows + 1)
 -- per item; ilease (made by the first lease item) holds a lease item's fields
-local ic, ihits, ilimit, iflags, iover, ilease = sized(), sized(), sized(), sized(), sized(), nil
+local ic, ihits, ilimit, iflags, iover, ilease = {}, {}, {}, {}, {}, nil
 local anyRefund = false
 
 local blob, pos, reqs, x, kx = ARGV[2], 1, {}, 0, 0
