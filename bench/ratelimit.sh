@@ -26,7 +26,8 @@
 #                      rules file (its format), fixed windows as always
 #   RLS_BASELINE_BIN   a sluice binary to compare with, on the same rules
 #
-# Then the raw rate of the limiter's Lua call alone (bench/rlsscript).
+# Then the raw rate of the limiter's Lua call alone (bench/rlsscript), one item per call and ten
+# (Redis CPU per item: what the script costs Redis per decision once calls are coalesced).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-5s}
@@ -197,3 +198,5 @@ done
 echo
 echo "== the same script call alone (one request, one sliding-window item), $CONC clients"
 "$BIN/rlsscript" -bench -addr "127.0.0.1:$RPORT" -c "$CONC" -n 200000 -r 1000 -prefix "script:"
+echo "== and coalesced: ten such requests per call, as the limiter batches them under load"
+"$BIN/rlsscript" -bench -addr "127.0.0.1:$RPORT" -c 8 -n 20000 -r 1000 -batch 10 -prefix "script:"

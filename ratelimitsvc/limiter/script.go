@@ -173,14 +173,18 @@ local function slotOf(h, t) return fmt("%016d%013d", h, t) end
 -- and for a sliding window, its ring of n+1 slots (sub-window j lives in slot j % (n+1)):
 --   raw[c]   the value read (nil if absent)
 --   sum[c]   the sum of the counts of all slots
---   cnt[c], tim[c]  slot -> count and last-hit ms, decoded from raw[c] when first needed
---   dirty[c] slot -> true for the slots that differ from Redis
+--   cnt[S*c+i], tim[S*c+i]  slot i's count and last-hit ms, decoded from raw[c] when first
+--            needed: one table for all counters, so that a counter costs no tables of its own
+--   dirty[S*c+i]  true for the slots that differ from Redis; nd[c] counts them, and dl[c] (made
+--            when first needed: a new sub-window, a refund) lists those other than the newest
+--            sub-window's, which a charge dirties in the usual case
 --   oldest[c], ot[c]  the oldest sub-window with a count, and its last hit; oldest[c] is nil
 --            while unknown (its sub-window left or was emptied), 0 when nothing is counted
 --   reg[c]   its registry of leases, once a lease call read it (registry()); regDirty[c] when
 --            changed (both tables made by the first lease item)
 local ids, name, win, subs, cur, used, state, pending, old = {}, {}, {}, {}, {}, {}, {}, {}, {}
-local raw, sum, cnt, tim, dirty, oldest, ot, reg, regDirty = {}, {}, {}, {}, {}, {}, {}, nil, nil
+local raw, sum, cnt, tim, dirty, nd, dl, oldest, ot, reg, regDirty = {}, {}, {}, {}, {}, {}, {}, {}, {}, nil, nil
+local S = 128 -- more than the slots of any counter (MaxSubWindows + 1)
 -- per item; ilease (made by the first lease item) holds a lease item's fields
 local ic, ihits, ilimit, iflags, iover, ilease = {}, {}, {}, {}, {}, nil
 local anyRefund = false
@@ -240,25 +244,42 @@ if x == 0 then return {now} end
 
 -- count returns the count of slot i of sliding counter c, decoding it first if needed.
 local function count(c, i)
-  local h = cnt[c][i]
+  local x = S * c + i
+  local h = cnt[x]
   if h == nil then
     local r, p = raw[c], HEAD + SLOT * i + 1
     if r == nil then
       h = 0
-      tim[c][i] = 0
+      tim[x] = 0
     else
       h = tonumber(sub(r, p, p + 15)) or 0
-      tim[c][i] = tonumber(sub(r, p + 16, p + 28)) or 0
+      tim[x] = tonumber(sub(r, p + 16, p + 28)) or 0
     end
-    cnt[c][i] = h
+    cnt[x] = h
   end
   return h
+end
+
+-- mark records that slot i of sliding counter c differs from Redis.
+local function mark(c, i)
+  local x = S * c + i
+  if dirty[x] then return end
+  dirty[x], nd[c] = true, nd[c] + 1
+  if i ~= cur[c] % (subs[c] + 1) then
+    local l = dl[c]
+    if l == nil then
+      l = {}
+      dl[c] = l
+    end
+    l[#l + 1] = i
+  end
 end
 
 -- clear empties slot i of sliding counter c, in this call's view.
 local function clear(c, i)
   sum[c] = sum[c] - count(c, i)
-  cnt[c][i], tim[c][i], dirty[c][i] = 0, 0, true
+  cnt[S * c + i], tim[S * c + i] = 0, 0
+  mark(c, i)
 end
 
 -- findOldest finds the oldest counted sub-window of sliding counter c.
@@ -269,7 +290,7 @@ local function findOldest(c)
   for j = k - n, k do
     local i = j % (n + 1)
     if count(c, i) > 0 then
-      oldest[c], ot[c] = j, tim[c][i]
+      oldest[c], ot[c] = j, tim[S * c + i]
       return
     end
   end
@@ -289,7 +310,7 @@ for c = 1, #name do
     state[c] = -1 -- another format
   end
   if n > 0 and state[c] ~= -1 then
-    cnt[c], tim[c], dirty[c] = {}, {}, {}
+    nd[c] = 0
     local m, k, w = n + 1, cur[c], win[c]
     if state[c] == -2 then
       sum[c], oldest[c], ot[c] = 0, 0, 0
@@ -301,7 +322,7 @@ for c = 1, #name do
       else
         raw[c], old[c], sum[c], oldest[c], ot[c] = r, newest, s, o, t
         local zn = newest % m
-        cnt[c][zn], tim[c][zn] = hc, ht -- the newest sub-window is in the head, not its slot
+        cnt[S * c + zn], tim[S * c + zn] = hc, ht -- the newest sub-window is in the head, not its slot
         if k < newest - n or k - newest > n then
           -- the clock went back more than a window, or the counter was idle for a window:
           -- nothing counted
@@ -314,15 +335,22 @@ for c = 1, #name do
         elseif k > newest then
           -- the head's sub-window goes to its slot; sub-windows newest+1..k start empty: their
           -- slots held sub-windows that left
-          dirty[c][zn] = true
+          mark(c, zn)
           for j = newest + 1, k do clear(c, j % m) end
           if oldest[c] < k - n then oldest[c] = nil end
         end
-        -- the sub-window straddling the window's start counts until its last hit leaves
-        local a = (k + 1) % m
-        if count(c, a) > 0 and tim[c][a] <= now - w then
+        -- the sub-window straddling the window's start counts until its last hit leaves; the
+        -- head says when that is if it is the oldest counted, and that nothing is counted in it
+        -- if a later one is (0 with a sum is sub-window 0, not "none": decoded, as unknown)
+        local a, o = (k + 1) % m, oldest[c]
+        if o == nil or (o == 0 and sum[c] > 0) then
+          if count(c, a) > 0 and tim[S * c + a] <= now - w then
+            clear(c, a)
+            if oldest[c] == k - n then oldest[c] = nil end
+          end
+        elseif o == k - n and ot[c] <= now - w then
           clear(c, a)
-          if oldest[c] == k - n then oldest[c] = nil end
+          oldest[c] = nil
         end
         if sum[c] <= 0 then oldest[c] = 0 end
       end
@@ -348,7 +376,8 @@ local function charge(c, hits)
     local k = cur[c]
     local z = k % (n + 1)
     if sum[c] <= 0 then oldest[c], ot[c] = k, now elseif oldest[c] == k then ot[c] = now end
-    cnt[c][z], tim[c][z], dirty[c][z] = count(c, z) + hits, now, true
+    cnt[S * c + z], tim[S * c + z] = count(c, z) + hits, now
+    mark(c, z)
     sum[c] = sum[c] + hits
   end
   changed(c)
@@ -374,7 +403,8 @@ refund = function(c, hits)
     local h = count(c, i)
     if h > 0 then
       local d = min(h, hits)
-      cnt[c][i], dirty[c][i] = h - d, true
+      cnt[S * c + i] = h - d
+      mark(c, i)
       hits, sum[c], used[c] = hits - d, sum[c] - d, used[c] - d
       if h == d and oldest[c] == j then oldest[c] = nil end
       changed(c)
@@ -406,7 +436,8 @@ refundAt = function(c, hits, at)
   local h = count(c, i)
   local d = min(h, hits)
   if d <= 0 then return end
-  cnt[c][i], dirty[c][i] = h - d, true
+  cnt[S * c + i] = h - d
+  mark(c, i)
   sum[c], used[c] = sum[c] - d, used[c] - d
   if h == d and oldest[c] == j then oldest[c] = nil end
   if sum[c] <= 0 then oldest[c] = 0 end
@@ -553,7 +584,7 @@ for c = 1, #name do
     elseif st == 2 then
       call("SET", name[c], fmt("%d", used[c]), "PX", cur[c])
     end
-  elseif st > 0 or (st == 0 and next(dirty[c]) ~= nil) then
+  elseif st > 0 or (st == 0 and nd[c] > 0) then
     -- a changed counter, or one whose view moved on: written back, so that the next call
     -- starts from here
     if oldest[c] == nil then findOldest(c) end
@@ -570,14 +601,14 @@ for c = 1, #name do
       tail = table.concat(t)
     end
     local m, zc = n + 1, cur[c] % (n + 1)
-    local head = headOf(cur[c], sum[c], oldest[c], ot[c], count(c, zc), tim[c][zc])
+    local head = headOf(cur[c], sum[c], oldest[c], ot[c], count(c, zc), tim[S * c + zc])
     if raw[c] == nil or rd then
       -- a new value: created, or with a registry of another length (SET, keeping the TTL
       -- unless it must grow); every slot as read or as changed
-      local parts, r, d = {head}, raw[c], dirty[c]
+      local parts, r, b = {head}, raw[c], S * c
       for i = 0, n do
-        if i == zc or r == nil or d[i] then
-          parts[i + 2] = slotOf(i ~= zc and count(c, i) or 0, i ~= zc and tim[c][i] or 0)
+        if i == zc or r == nil or dirty[b + i] then
+          parts[i + 2] = slotOf(i ~= zc and count(c, i) or 0, i ~= zc and tim[b + i] or 0)
         else
           parts[i + 2] = sub(r, HEAD + SLOT * i + 1, HEAD + SLOT * (i + 1))
         end
@@ -593,8 +624,12 @@ for c = 1, #name do
       -- SETRANGE of the head, and of each other slot changed (a new sub-window, a refund):
       -- it keeps the TTL and the registry after the ring
       call("SETRANGE", name[c], 0, head)
-      for i in pairs(dirty[c]) do
-        if i ~= zc then call("SETRANGE", name[c], HEAD + SLOT * i, slotOf(cnt[c][i], tim[c][i])) end
+      local l = dl[c]
+      if l then
+        for j = 1, #l do
+          local i = l[j]
+          call("SETRANGE", name[c], HEAD + SLOT * i, slotOf(cnt[S * c + i], tim[S * c + i]))
+        end
       end
       if st == 2 then call("PEXPIRE", name[c], ttl) end
     end
