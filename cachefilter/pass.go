@@ -31,13 +31,15 @@ import (
 // maxPassVariants bounds the variants one primary's mark remembers.
 const maxPassVariants = 8
 
-// passMark is one primary key's mark.
+// passMark is one primary key's mark. Held by value in the set's map, with times as Unix
+// nanoseconds: a replica serving uncacheable traffic keeps up to PassMaxKeys of them, and
+// each pointer in them is work for every garbage collection.
 type passMark struct {
-	until    time.Time
+	until    int64 // Unix ns
+	told     int64 // until of the mark last announced to the other replicas, Unix ns; 0: never
 	path     string
-	vary     []string  // the response's Vary names: the variants are keyed by them
-	variants []string  // variant keys marked; empty when vary is
-	told     time.Time // until of the mark last announced to the other replicas; zero: never
+	vary     []string // the response's Vary names: the variants are keyed by them
+	variants []string // variant keys marked; empty when vary is
 }
 
 // passSet holds the marks of one replica. Safe for concurrent use; a nil *passSet holds none.
@@ -46,14 +48,14 @@ type passSet struct {
 	max int
 
 	mu    sync.Mutex // guards marks
-	marks map[string]*passMark
+	marks map[string]passMark
 }
 
 func newPassSet(ttl time.Duration, max int) *passSet {
 	if ttl <= 0 || max <= 0 {
 		return nil
 	}
-	return &passSet{ttl: ttl, max: max, marks: map[string]*passMark{}}
+	return &passSet{ttl: ttl, max: max, marks: map[string]passMark{}}
 }
 
 // passing reports whether the request with primary key primary and header reqHeader is marked.
@@ -62,12 +64,12 @@ func (p *passSet) passing(primary string, reqHeader header.List, now time.Time) 
 		return false
 	}
 	p.mu.Lock()
-	m := p.marks[primary]
-	if m == nil {
+	m, ok := p.marks[primary]
+	if !ok {
 		p.mu.Unlock()
 		return false
 	}
-	if !now.Before(m.until) {
+	if now.UnixNano() >= m.until {
 		delete(p.marks, primary)
 		p.mu.Unlock()
 		return false
@@ -85,38 +87,42 @@ func (p *passSet) add(primary, path string, vary []string, variant string, until
 	if p == nil {
 		return false
 	}
+	u := until.UnixNano()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	m := p.marks[primary]
-	if m != nil && slices.Equal(m.vary, vary) && until.Sub(m.told) > p.ttl/2 {
+	m, ok := p.marks[primary]
+	if ok && slices.Equal(m.vary, vary) && time.Duration(u-m.told) > p.ttl/2 {
 		tell = true
-		m.told = until
+		m.told = u
 	}
-	if m == nil || !slices.Equal(m.vary, vary) {
-		if m == nil && len(p.marks) >= p.max {
-			p.evictLocked(until.Add(-p.ttl))
+	if !ok || !slices.Equal(m.vary, vary) {
+		if !ok && len(p.marks) >= p.max {
+			p.evictLocked(until.Add(-p.ttl).UnixNano())
 		}
-		m = &passMark{path: path, vary: slices.Clone(vary)}
-		p.marks[primary] = m
+		// The path is cloned: it is a substring of the request's header block, which the
+		// mark would otherwise keep alive for PassTTL.
+		m = passMark{path: strings.Clone(path), vary: slices.Clone(vary)}
 	}
-	m.until = until
+	m.until = u
 	if variant != "" && !slices.Contains(m.variants, variant) {
 		if len(m.variants) == maxPassVariants {
 			m.variants = slices.Delete(m.variants, 0, 1)
 		}
 		m.variants = append(m.variants, variant)
 	}
+	p.marks[primary] = m
 	return tell
 }
 
-// evictLocked makes room for one mark: the expired ones go, else an arbitrary one (map order).
-func (p *passSet) evictLocked(now time.Time) {
+// evictLocked makes room for one mark: the expired ones among a few go, else an arbitrary one
+// (map order). now is in Unix ns.
+func (p *passSet) evictLocked(now int64) {
 	n := 0
 	for k, m := range p.marks {
-		if !now.Before(m.until) {
+		if now >= m.until {
 			delete(p.marks, k)
 		}
-		if n++; n == 64 {
+		if n++; n == 8 {
 			break
 		}
 	}
