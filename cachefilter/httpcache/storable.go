@@ -187,7 +187,7 @@ func Freshen(req Request, e *Entry, hdr header.List, now time.Time, route Policy
 		ok, reason = false, ReasonDisabled
 	case CheckRequest(req).CacheControl.NoStore:
 		ok, reason = false, ReasonRequestNoStore
-	case hasAnyField(req.Header, unkeyedFields) || hasAnyField(req.Header, methodOverrideFields):
+	case hasAnyField(req.Header, unkeyedSet) || hasAnyField(req.Header, methodOverrideSet):
 		ok, reason = false, ReasonUnkeyedField
 	}
 	return &ne, ok, reason
