@@ -69,7 +69,7 @@ func decodeCases() []struct {
 		{"empty headers", &extprocv3.ProcessingRequest{
 			Request: &extprocv3.ProcessingRequest_ResponseHeaders{ResponseHeaders: &extprocv3.HttpHeaders{Headers: &corev3.HeaderMap{}, EndOfStream: true}}}, true},
 		{"request body", &extprocv3.ProcessingRequest{
-			Request: &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: []byte(`{"a":1}`), EndOfStream: true}},
+			Request:         &extprocv3.ProcessingRequest_RequestBody{RequestBody: &extprocv3.HttpBody{Body: []byte(`{"a":1}`), EndOfStream: true}},
 			MetadataContext: &corev3.Metadata{}}, true},
 		{"response body, every flag", &extprocv3.ProcessingRequest{
 			Request: &extprocv3.ProcessingRequest_ResponseBody{ResponseBody: &extprocv3.HttpBody{Body: []byte("x"),
