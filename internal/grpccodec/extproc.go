@@ -57,7 +57,7 @@ type scan struct {
 	rawBytes    int
 
 	body                                     span // HttpBody.body
-	bodyEOSWithoutMessage, bodyGRPCCompressd bool
+	bodyEOSWithoutMessage, bodyGRPCCompressed bool
 	bodyDrainComplete                        bool
 
 	hasMetadata   bool
@@ -105,7 +105,7 @@ func decodeProcessingRequest(b []byte, m *extprocv3.ProcessingRequest) bool {
 		}
 		hb.EndOfStream = sc.endOfStream
 		hb.EndOfStreamWithoutMessage = sc.bodyEOSWithoutMessage
-		hb.GrpcMessageCompressed = sc.bodyGRPCCompressd
+		hb.GrpcMessageCompressed = sc.bodyGRPCCompressed
 		hb.DrainComplete = sc.bodyDrainComplete
 		if sc.oneof == fieldRequestBody {
 			d.reqBody.RequestBody = hb
@@ -379,7 +379,7 @@ func (sc *scan) httpBody(b []byte, start, end int) bool {
 		case 3:
 			sc.bodyEOSWithoutMessage = v != 0
 		case 4:
-			sc.bodyGRPCCompressd = v != 0
+			sc.bodyGRPCCompressed = v != 0
 		case 5:
 			sc.bodyDrainComplete = v != 0
 		}
