@@ -56,9 +56,9 @@ type scan struct {
 	valueBytes  int
 	rawBytes    int
 
-	body                                     span // HttpBody.body
+	body                                      span // HttpBody.body
 	bodyEOSWithoutMessage, bodyGRPCCompressed bool
-	bodyDrainComplete                        bool
+	bodyDrainComplete                         bool
 
 	hasMetadata   bool
 	observability bool
