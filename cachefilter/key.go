@@ -53,8 +53,21 @@ const keyVersion = "sluice-cache-key/1"
 // can collide (2^-64 per pair); keys cannot, as the full hash covers the
 // tenant.
 func TenantTag(tenant string) string {
-	sum := sha256.Sum256([]byte("sluice-tenant\x00" + tenant))
-	return hex.EncodeToString(sum[:8])
+	var tag [tenantTagLen]byte
+	appendTenantTag(tag[:0], tenant)
+	return string(tag[:])
+}
+
+// tenantTagLen is the length of a tenant tag: 8 bytes of SHA-256 in hex.
+const tenantTagLen = 16
+
+// appendTenantTag appends TenantTag(tenant) to b. It allocates nothing for tenants of up to
+// 100 bytes or so.
+func appendTenantTag(b []byte, tenant string) []byte {
+	var stack [128]byte
+	in := append(append(stack[:0], "sluice-tenant\x00"...), tenant...)
+	sum := sha256.Sum256(in)
+	return hex.AppendEncode(b, sum[:tenantTagLen/2])
 }
 
 // KeyTenant returns the tenant tag of a primary or variant key (the part
@@ -86,20 +99,28 @@ func PrimaryKey(req httpcache.Request, route RoutePolicy) string {
 	}
 	scheme := strings.ToLower(req.Scheme)
 
-	h := sha256.New()
-	writeKeyField(h, keyVersion)
-	writeKeyField(h, req.Tenant)
-	writeKeyField(h, "GET")
-	writeKeyField(h, scheme)
-	writeKeyField(h, canonicalAuthority(scheme, req.Authority))
-	writeKeyField(h, normalizePercent(path))
+	// The fields go through one stack buffer (a heap one only for long URIs) into one SHA-256
+	// call: a lookup on the hit path allocates only the key itself.
+	var stack [512]byte
+	b := stack[:0]
+	b = appendKeyField(b, keyVersion)
+	b = appendKeyField(b, req.Tenant)
+	b = appendKeyField(b, "GET")
+	b = appendKeyField(b, scheme)
+	b = appendKeyField(b, canonicalAuthority(scheme, req.Authority))
+	b = appendKeyField(b, normalizePercent(path))
 	params := canonicalQuery(query, route.QueryParams)
-	writeKeyCount(h, len(params))
+	b = appendKeyCount(b, len(params))
 	for _, p := range params {
-		writeKeyField(h, p.name)
-		writeKeyField(h, p.value) // value keeps its "=", so "a" and "a=" differ
+		b = appendKeyField(b, p.name)
+		b = appendKeyField(b, p.value) // value keeps its "=", so "a" and "a=" differ
 	}
-	return TenantTag(req.Tenant) + ":" + hex.EncodeToString(h.Sum(nil))
+	sum := sha256.Sum256(b)
+	var key [tenantTagLen + 1 + 2*sha256.Size]byte
+	k := appendTenantTag(key[:0], req.Tenant)
+	k = append(k, ':')
+	k = hex.AppendEncode(k, sum[:])
+	return string(k)
 }
 
 // VariantKey returns the key of the variant of primary that a request with
@@ -303,6 +324,15 @@ func writeKeyCount(h hash.Hash, n int) {
 	var b [8]byte
 	binary.BigEndian.PutUint64(b[:], uint64(n))
 	h.Write(b[:])
+}
+
+// appendKeyField appends s, prefixed with its length, to b: the encoding writeKeyField hashes.
+func appendKeyField(b []byte, s string) []byte {
+	return append(appendKeyCount(b, len(s)), s...)
+}
+
+func appendKeyCount(b []byte, n int) []byte {
+	return binary.BigEndian.AppendUint64(b, uint64(n))
 }
 
 // Invalidations returns the primary keys to invalidate after the response

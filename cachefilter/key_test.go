@@ -114,6 +114,34 @@ func TestKeyTenant(t *testing.T) {
 	}
 }
 
+// TestPrimaryKeyStable pins keys computed by an earlier implementation: entries already in
+// Redis stay reachable after an upgrade, and a faster encoding must hash the same bytes.
+func TestPrimaryKeyStable(t *testing.T) {
+	long := keyReq(strings.Repeat("\x00", 300), "https", "a", "/"+strings.Repeat("\x00", 600))
+	for _, c := range []struct {
+		name string
+		req  httpcache.Request
+		tag  string
+		key  string
+	}{
+		{"query", keyReq("acme", "https", "api.example.com", "/api/v1/items/42?b=2&a=1"),
+			"ccc0c99fbcf9ffce", "ccc0c99fbcf9ffce:edd19e01ef0b366b8132dee3770a983adb78179ddcb6444b3c59bc3a247b1415"},
+		{"head, default port, escapes", httpcache.Request{Method: "HEAD", Scheme: "HTTP", Authority: "Example.com:80", Path: "/%7euser/a%2fb", Tenant: "initech"},
+			"3fac677891ae6526", "3fac677891ae6526:f265990a1229ab3d6e3db50f3f978028ff336a9d6b43243002d12e0fc31cc335"},
+		{"longer than the stack buffers", long,
+			"f17a50ea235c812d", "f17a50ea235c812d:69870ed9f4997128cdfb38088a87ed28c105241bf4247a9e3c64f5bf56d722d6"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if got := TenantTag(c.req.Tenant); got != c.tag {
+				t.Errorf("TenantTag = %q, want %q", got, c.tag)
+			}
+			if got := PrimaryKey(c.req, RoutePolicy{}); got != c.key {
+				t.Errorf("PrimaryKey = %q, want %q", got, c.key)
+			}
+		})
+	}
+}
+
 func TestVariantKey(t *testing.T) {
 	primary := PrimaryKey(keyReq("acme", "https", "h", "/p"), RoutePolicy{})
 	vk := func(vary []string, kv ...string) string { return VariantKey(primary, vary, polHeader(kv...)) }

@@ -1,6 +1,7 @@
 package cachefilter
 
 import (
+	"hash/maphash"
 	"slices"
 	"strings"
 	"sync"
@@ -26,34 +27,58 @@ import (
 //
 // Marks are shared with the other replicas through the presence channel (presence.go), best
 // effort: one lost costs a lookup. Invalidations clear them (Store.apply), as does a Put of the
-// key.
+// key; marks of responses without Vary keep no path, so a prefix purge clears all of its
+// tenant's (a lookup each, the price of keeping them free of pointers: plainMark).
 
 // maxPassVariants bounds the variants one primary's mark remembers.
 const maxPassVariants = 8
 
-// passMark is one primary key's mark.
+// passMark is the mark of a response that named Vary fields, by primary key: the variants it
+// covers, and the path a prefix purge matches.
 type passMark struct {
-	until    time.Time
+	until    int64 // Unix ns
+	told     int64 // until of the mark last announced to the other replicas, Unix ns; 0: never
 	path     string
-	vary     []string  // the response's Vary names: the variants are keyed by them
-	variants []string  // variant keys marked; empty when vary is
-	told     time.Time // until of the mark last announced to the other replicas; zero: never
+	vary     []string // the response's Vary names: the variants are keyed by them
+	variants []string // variant keys marked
 }
+
+// plainMark is the mark of a response without Vary, the common case: a replica serving
+// uncacheable traffic holds up to PassMaxKeys of them, so they hold no pointer (neither does
+// their key, passKey) and the garbage collector never traces them. Times in Unix ns.
+type plainMark struct{ until, told int64 }
+
+// passKey names a plain mark: 128 bits of hash of the primary key, 64 of its tenant tag. Two
+// keys sharing one can only make a request skip a lookup, or lose a mark: what a mark can cost
+// anyway, never a wrong answer.
+type passKey struct{ tenant, k1, k2 uint64 }
 
 // passSet holds the marks of one replica. Safe for concurrent use; a nil *passSet holds none.
 type passSet struct {
-	ttl time.Duration
-	max int
+	ttl          time.Duration
+	max          int
+	seed1, seed2 maphash.Seed
 
-	mu    sync.Mutex // guards marks
-	marks map[string]*passMark
+	mu     sync.Mutex // guards plain and varied; a primary key is in at most one of them
+	plain  map[passKey]plainMark
+	varied map[string]passMark
 }
 
 func newPassSet(ttl time.Duration, max int) *passSet {
 	if ttl <= 0 || max <= 0 {
 		return nil
 	}
-	return &passSet{ttl: ttl, max: max, marks: map[string]*passMark{}}
+	return &passSet{ttl: ttl, max: max, seed1: maphash.MakeSeed(), seed2: maphash.MakeSeed(),
+		plain: map[passKey]plainMark{}, varied: map[string]passMark{}}
+}
+
+func (p *passSet) key(primary string) passKey {
+	tenant, _, _ := strings.Cut(primary, ":")
+	return p.tenantKey(tenant, primary)
+}
+
+func (p *passSet) tenantKey(tenant, primary string) passKey {
+	return passKey{maphash.String(p.seed1, tenant), maphash.String(p.seed1, primary), maphash.String(p.seed2, primary)}
 }
 
 // passing reports whether the request with primary key primary and header reqHeader is marked.
@@ -61,20 +86,26 @@ func (p *passSet) passing(primary string, reqHeader header.List, now time.Time) 
 	if p == nil {
 		return false
 	}
+	k, t := p.key(primary), now.UnixNano()
 	p.mu.Lock()
-	m := p.marks[primary]
-	if m == nil {
-		p.mu.Unlock()
+	defer p.mu.Unlock()
+	if m, ok := p.plain[k]; ok {
+		if t >= m.until {
+			delete(p.plain, k)
+			return false
+		}
+		return true
+	}
+	m, ok := p.varied[primary]
+	if !ok {
 		return false
 	}
-	if !now.Before(m.until) {
-		delete(p.marks, primary)
-		p.mu.Unlock()
+	if t >= m.until {
+		delete(p.varied, primary)
 		return false
 	}
 	// Under the lock, variant keys included: add changes variants in place.
-	defer p.mu.Unlock()
-	return len(m.vary) == 0 || slices.Contains(m.variants, VariantKey(primary, m.vary, reqHeader))
+	return slices.Contains(m.variants, VariantKey(primary, m.vary, reqHeader))
 }
 
 // add marks primary (the variant key computed: the form marks travel in between replicas)
@@ -85,46 +116,77 @@ func (p *passSet) add(primary, path string, vary []string, variant string, until
 	if p == nil {
 		return false
 	}
+	k, u := p.key(primary), until.UnixNano()
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	m := p.marks[primary]
-	if m != nil && slices.Equal(m.vary, vary) && until.Sub(m.told) > p.ttl/2 {
-		tell = true
-		m.told = until
-	}
-	if m == nil || !slices.Equal(m.vary, vary) {
-		if m == nil && len(p.marks) >= p.max {
-			p.evictLocked(until.Add(-p.ttl))
+	if len(vary) == 0 {
+		delete(p.varied, primary)
+		m, ok := p.plain[k]
+		if ok && time.Duration(u-m.told) > p.ttl/2 {
+			tell = true
+			m.told = u
 		}
-		m = &passMark{path: path, vary: slices.Clone(vary)}
-		p.marks[primary] = m
+		if !ok && len(p.plain)+len(p.varied) >= p.max {
+			p.evictLocked(until.Add(-p.ttl).UnixNano())
+		}
+		m.until = u
+		p.plain[k] = m
+		return tell
 	}
-	m.until = until
+	delete(p.plain, k)
+	m, ok := p.varied[primary]
+	if ok && slices.Equal(m.vary, vary) && time.Duration(u-m.told) > p.ttl/2 {
+		tell = true
+		m.told = u
+	}
+	if !ok || !slices.Equal(m.vary, vary) {
+		if !ok && len(p.plain)+len(p.varied) >= p.max {
+			p.evictLocked(until.Add(-p.ttl).UnixNano())
+		}
+		// The path is cloned: it is a substring of the request's header block, which the
+		// mark would otherwise keep alive for PassTTL.
+		m = passMark{path: strings.Clone(path), vary: slices.Clone(vary)}
+	}
+	m.until = u
 	if variant != "" && !slices.Contains(m.variants, variant) {
 		if len(m.variants) == maxPassVariants {
 			m.variants = slices.Delete(m.variants, 0, 1)
 		}
 		m.variants = append(m.variants, variant)
 	}
+	p.varied[primary] = m
 	return tell
 }
 
-// evictLocked makes room for one mark: the expired ones go, else an arbitrary one (map order).
-func (p *passSet) evictLocked(now time.Time) {
+// evictLocked makes room for one mark: the expired ones among a few go, else an arbitrary one
+// (map order). now is in Unix ns.
+func (p *passSet) evictLocked(now int64) {
 	n := 0
-	for k, m := range p.marks {
-		if !now.Before(m.until) {
-			delete(p.marks, k)
+	for k, m := range p.plain {
+		if now >= m.until {
+			delete(p.plain, k)
 		}
-		if n++; n == 64 {
+		if n++; n == 8 {
 			break
 		}
 	}
-	if len(p.marks) < p.max {
+	for k, m := range p.varied {
+		if now >= m.until {
+			delete(p.varied, k)
+		}
+		if n++; n == 16 {
+			break
+		}
+	}
+	if len(p.plain)+len(p.varied) < p.max {
 		return
 	}
-	for k := range p.marks {
-		delete(p.marks, k)
+	for k := range p.plain {
+		delete(p.plain, k)
+		return
+	}
+	for k := range p.varied {
+		delete(p.varied, k)
 		return
 	}
 }
@@ -136,20 +198,29 @@ func (p *passSet) drop(primaries ...string) {
 	}
 	p.mu.Lock()
 	for _, k := range primaries {
-		delete(p.marks, k)
+		delete(p.plain, p.key(k))
+		delete(p.varied, k)
 	}
 	p.mu.Unlock()
 }
 
-// dropTenant forgets the marks of tenant whose path starts with prefix ("" for all).
+// dropTenant forgets the marks of tenant whose path starts with prefix ("" for all). Plain
+// marks keep no path: a prefix drops all of the tenant's, which costs each of its marked keys
+// one lookup.
 func (p *passSet) dropTenant(tenant, prefix string) {
 	if p == nil {
 		return
 	}
+	t := p.tenantKey(tenant, "").tenant
 	p.mu.Lock()
-	for k, m := range p.marks {
+	for k := range p.plain {
+		if k.tenant == t {
+			delete(p.plain, k)
+		}
+	}
+	for k, m := range p.varied {
 		if strings.HasPrefix(k, tenant+":") && strings.HasPrefix(m.path, prefix) {
-			delete(p.marks, k)
+			delete(p.varied, k)
 		}
 	}
 	p.mu.Unlock()
@@ -162,7 +233,7 @@ func (p *passSet) len() int {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return len(p.marks)
+	return len(p.plain) + len(p.varied)
 }
 
 // Passing reports whether requests for primary (with reqHeader, for a mark keyed by variant) are
@@ -194,7 +265,8 @@ func (s *Store) MarkPass(primary, path string, vary []string, reqHeader header.L
 
 // dropHints ends what an invalidation makes wrong of the hints that skip work: the hit-for-pass
 // marks it covers (a write may have made the resource storable; marks carry no tags, so a tag
-// purge clears the whole tenant's) and, for exact keys, their presence slots (presence.go).
+// purge clears the whole tenant's, and a prefix purge all its marks without Vary) and, for
+// exact keys, their presence slots (presence.go).
 func (s *Store) dropHints(inv *invalidation) {
 	switch inv.kind {
 	case kindKeys:

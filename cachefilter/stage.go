@@ -386,9 +386,15 @@ func rateLimitField(name string) bool {
 	return strings.HasPrefix(name, "ratelimit") || strings.HasPrefix(name, "x-ratelimit-")
 }
 
+// layerName is the layer as x-cache names it ("HIT-L1"), "" for Miss.
 func layerName(l Layer) string {
-	if l == Miss {
+	switch l {
+	case Miss:
 		return ""
+	case L1:
+		return "L1"
+	case L2:
+		return "L2"
 	}
 	return strings.ToUpper(l.String())
 }

@@ -458,5 +458,12 @@ func validHeaderName(s string) bool {
 // CR or LF (Envoy's HeaderUtility::headerValueIsValid; an invalid value
 // makes Envoy reject the whole mutation and answer 500).
 func validHeaderValue(s string) bool {
-	return !strings.ContainsAny(s, "\x00\r\n")
+	for i := 0; i < len(s); i++ {
+		// A byte loop: strings.ContainsAny builds its byte set on every call, and every
+		// field of a cached answer passes through here.
+		if c := s[i]; c == 0 || c == '\r' || c == '\n' {
+			return false
+		}
+	}
+	return true
 }

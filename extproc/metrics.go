@@ -43,7 +43,18 @@ type serverMetrics struct {
 	// streams counts ended streams by result: ok, immediate_response,
 	// response_only, cancelled, protocol_error, body_too_large,
 	// message_too_large, stage_error.
-	streams *prometheus.CounterVec
+	streams  *prometheus.CounterVec
+	children sync.Map // result → prometheus.Counter of streams, looked up once
+}
+
+// ended counts a stream that ended with result (one of the few listed on streams).
+func (sm *serverMetrics) ended(result string) {
+	if c, ok := sm.children.Load(result); ok {
+		c.(prometheus.Counter).Inc()
+		return
+	}
+	c, _ := sm.children.LoadOrStore(result, sm.streams.WithLabelValues(result))
+	c.(prometheus.Counter).Inc()
 }
 
 // Buckets for the classic histograms: from 1 ms to 30 s.
@@ -102,6 +113,7 @@ func newMetrics(reg prometheus.Registerer, active func() float64) (*serverMetric
 // immediate response) and identity.
 type metricsStage struct {
 	m       *httpMetrics
+	series  sync.Map // seriesKey → *requestSeries: the vectors' children, looked up once
 	log     *slog.Logger
 	now     func() time.Time
 	slow    time.Duration // <= 0 disables
@@ -127,17 +139,56 @@ func newMetricsStage(cfg MetricsConfig, m *httpMetrics, log *slog.Logger, now fu
 
 func (*metricsStage) Name() string { return "metrics" }
 
+// seriesKey is the labels of one request's series.
+type seriesKey struct{ route, method, class, tier string }
+
+// requestSeries are the children of the request vectors for one seriesKey. Every label is
+// bounded, so there are as many of them as series.
+type requestSeries struct {
+	requests prometheus.Counter
+	duration prometheus.Observer
+	// upstream is created with the first request that saw a response, so that
+	// a route answered only from the cache shows no empty upstream series.
+	upstream atomic.Pointer[prometheus.Observer]
+}
+
+// seriesFor returns the children for k: one map lookup instead of three WithLabelValues
+// (each hashing and checking its label values) per request.
+func (ms *metricsStage) seriesFor(k seriesKey) *requestSeries {
+	if v, ok := ms.series.Load(k); ok {
+		return v.(*requestSeries)
+	}
+	rs := &requestSeries{
+		requests: ms.m.requests.WithLabelValues(k.route, k.method, k.class, k.tier),
+		duration: ms.m.duration.WithLabelValues(k.route, k.method, k.class, k.tier),
+	}
+	v, _ := ms.series.LoadOrStore(k, rs)
+	return v.(*requestSeries)
+}
+
+// upstreamFor returns the upstream child of rs, whose labels are k's route and tier.
+func (ms *metricsStage) upstreamFor(rs *requestSeries, k seriesKey) prometheus.Observer {
+	if o := rs.upstream.Load(); o != nil {
+		return *o
+	}
+	o := ms.m.upstream.WithLabelValues(k.route, k.tier)
+	rs.upstream.Store(&o)
+	return o
+}
+
 func (ms *metricsStage) Done(ctx context.Context, x *Exchange) {
 	method := methodLabel(x.Method)
 	class := statusClass(x.ResponseStatus)
 	t := ms.tiers.label(x.Tier)
 	d := x.End.Sub(x.Start)
-	ms.m.requests.WithLabelValues(x.Route, method, class, t).Inc()
-	ms.m.duration.WithLabelValues(x.Route, method, class, t).Observe(d.Seconds())
+	k := seriesKey{x.Route, method, class, t}
+	rs := ms.seriesFor(k)
+	rs.requests.Inc()
+	rs.duration.Observe(d.Seconds())
 	var up time.Duration
 	if !x.ResponseStart.IsZero() {
 		up = x.ResponseStart.Sub(x.Start)
-		ms.m.upstream.WithLabelValues(x.Route, t).Observe(up.Seconds())
+		ms.upstreamFor(rs, k).Observe(up.Seconds())
 	}
 	if ms.slow > 0 && d > ms.slow {
 		ms.m.slow.WithLabelValues(x.Route).Inc()

@@ -39,7 +39,7 @@ func (s *Server) Register(g grpc.ServiceRegistrar) {
 func (s *Server) Process(ps extprocv3.ExternalProcessor_ProcessServer) error {
 	if s.active.Add(1) > int64(s.cfg.MaxStreams) {
 		s.active.Add(-1)
-		s.metrics.streams.WithLabelValues("overloaded").Inc()
+		s.metrics.ended("overloaded")
 		// Envoy treats a stream error like any other processor failure: failure_mode_allow
 		// decides whether the request goes on without Sluice (Filter::onGrpcError).
 		return status.Errorf(codes.ResourceExhausted, "extproc: %d streams open, the max_streams limit", s.cfg.MaxStreams)
@@ -231,7 +231,7 @@ func (s *Server) finish(st *stream, err error) error {
 		// response details and logs outside Sluice's control.
 		ret = status.Error(codes.Internal, "extproc: stage "+st.failedStage+" failed")
 	}
-	s.metrics.streams.WithLabelValues(result).Inc()
+	s.metrics.ended(result)
 
 	if len(st.x.dropped) > 0 {
 		// A stage asked for something Envoy would refuse: a bug worth a line

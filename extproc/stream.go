@@ -77,6 +77,7 @@ type stream struct {
 	// without allocating.
 	setBuf    [8]header.Field
 	removeBuf [8]string
+	valuesBuf [2]keyValue // Exchange.Set: the cache stage keeps its state there
 }
 
 func (s *Server) newStream(ctx context.Context) *stream {
@@ -86,6 +87,7 @@ func (s *Server) newStream(ctx context.Context) *stream {
 	st.x.resLimitFields, st.x.resLimitBytes = s.cfg.MaxResponseHeaders, s.cfg.MaxResponseHeadersKB*1024
 	st.x.reqBodyMode, st.x.resBodyMode = BodyMode(s.mode.reqBody), BodyMode(s.mode.resBody)
 	st.x.reply.set, st.x.reply.remove = st.setBuf[:0], st.removeBuf[:0]
+	st.x.values = st.valuesBuf[:0]
 	return st
 }
 
@@ -464,38 +466,60 @@ func (st *stream) after(name string, err error) (stop bool, _ error) {
 	return false, nil
 }
 
+// headersMsg holds the messages of a reply to headers, allocated together (one allocation
+// where five separate ones were: a stream sends two such replies).
+type headersMsg struct {
+	resp   extprocv3.ProcessingResponse
+	req    extprocv3.ProcessingResponse_RequestHeaders
+	res    extprocv3.ProcessingResponse_ResponseHeaders
+	hr     extprocv3.HeadersResponse
+	common extprocv3.CommonResponse
+	mut    extprocv3.HeaderMutation
+}
+
 // headersReply builds the reply to request or response headers.
 func (st *stream) headersReply(request bool) *extprocv3.ProcessingResponse {
 	if st.x.reply.immediate != nil {
 		return st.immediateReply()
 	}
-	hr := &extprocv3.HeadersResponse{Response: st.common(request)}
+	m := &headersMsg{}
+	m.hr.Response = st.fillCommon(request, &m.common, &m.mut)
 	if !request && st.x.reply.replace != nil && !st.observability {
-		hr.Response = st.replacement()
+		m.hr.Response = st.replacement()
 	}
-	resp := &extprocv3.ProcessingResponse{ModeOverride: st.modeOverride()}
+	m.resp.ModeOverride = st.modeOverride()
 	if request {
-		resp.Response = &extprocv3.ProcessingResponse_RequestHeaders{RequestHeaders: hr}
+		m.req.RequestHeaders = &m.hr
+		m.resp.Response = &m.req
 	} else {
-		resp.Response = &extprocv3.ProcessingResponse_ResponseHeaders{ResponseHeaders: hr}
+		m.res.ResponseHeaders = &m.hr
+		m.resp.Response = &m.res
 	}
-	return resp
+	return &m.resp
 }
 
 // common turns the queued header actions into a CommonResponse, or nil for
 // a plain CONTINUE.
 func (st *stream) common(request bool) *extprocv3.CommonResponse {
+	if r := &st.x.reply; len(r.set) == 0 && len(r.remove) == 0 {
+		return nil
+	}
+	return st.fillCommon(request, &extprocv3.CommonResponse{}, &extprocv3.HeaderMutation{})
+}
+
+// fillCommon is common writing into c and m, which it returns (c) or leaves unused (nil).
+func (st *stream) fillCommon(request bool, c *extprocv3.CommonResponse, m *extprocv3.HeaderMutation) *extprocv3.CommonResponse {
 	r := &st.x.reply
 	if len(r.set) == 0 && len(r.remove) == 0 {
 		// CommonResponse.clear_route_cache is honoured only with a header
 		// mutation in the same response (DESIGN.md): nothing to send.
 		return nil
 	}
-	return &extprocv3.CommonResponse{
-		HeaderMutation: headerMutation(r.set, r.remove),
-		// CommonResponse.clear_route_cache has no effect on responses.
-		ClearRouteCache: request && r.clearRoute,
-	}
+	fillHeaderMutation(m, r.set, r.remove)
+	c.HeaderMutation = m
+	// CommonResponse.clear_route_cache has no effect on responses.
+	c.ClearRouteCache = request && r.clearRoute
+	return c
 }
 
 // modeOverride returns the mode_override for a header reply when a stage
@@ -573,6 +597,15 @@ func (st *stream) replacement() *extprocv3.CommonResponse {
 	return cr
 }
 
+// immediateMsg holds the messages of an ImmediateResponse, allocated together.
+type immediateMsg struct {
+	resp   extprocv3.ProcessingResponse
+	wrap   extprocv3.ProcessingResponse_ImmediateResponse
+	ir     extprocv3.ImmediateResponse
+	status typev3.HttpStatus
+	mut    extprocv3.HeaderMutation
+}
+
 // immediateReply builds the ImmediateResponse a stage asked for and marks
 // the stream finished: Envoy sends the local reply, ignores later messages
 // and closes the stream, so the server returns.
@@ -581,26 +614,54 @@ func (st *stream) immediateReply() *extprocv3.ProcessingResponse {
 	st.finished, st.complete = true, true
 	st.x.ResponseStatus = im.status
 	st.x.End = st.s.now()
-	ir := &extprocv3.ImmediateResponse{
-		Status: &typev3.HttpStatus{Code: typev3.StatusCode(im.status)},
-		Body:   im.body,
-		// Shown by %RESPONSE_CODE_DETAILS% in Envoy's access log; Envoy
-		// replaces whitespace, stage names have none.
-		Details: "sluice_" + st.x.respondedBy,
-	}
-	var set header.List
-	for _, h := range im.headers {
-		name := strings.ToLower(h.Name)
-		if !validHeaderName(name) || !validHeaderValue(h.Value) {
-			st.x.drop("respond: header " + name + " dropped")
-			continue
+	m := &immediateMsg{}
+	m.status.Code = typev3.StatusCode(im.status)
+	m.ir.Status = &m.status
+	m.ir.Body = im.body
+	// Shown by %RESPONSE_CODE_DETAILS% in Envoy's access log; Envoy
+	// replaces whitespace, stage names have none.
+	m.ir.Details = "sluice_" + st.x.respondedBy
+	// A cache hit's fields are lower-case and valid already: sent as they
+	// are, without a filtered copy.
+	set := im.headers
+	if !sendable(set) {
+		set = make(header.List, 0, len(im.headers))
+		for _, h := range im.headers {
+			name := strings.ToLower(h.Name)
+			if !validHeaderName(name) || !validHeaderValue(h.Value) {
+				st.x.drop("respond: header " + name + " dropped")
+				continue
+			}
+			set = append(set, header.Field{Name: name, Value: h.Value})
 		}
-		set = append(set, header.Field{Name: name, Value: h.Value})
 	}
 	if len(set) > 0 {
-		ir.Headers = headerMutation(set, nil)
+		fillHeaderMutation(&m.mut, set, nil)
+		m.ir.Headers = &m.mut
 	}
-	return &extprocv3.ProcessingResponse{Response: &extprocv3.ProcessingResponse_ImmediateResponse{ImmediateResponse: ir}}
+	m.wrap.ImmediateResponse = &m.ir
+	m.resp.Response = &m.wrap
+	return &m.resp
+}
+
+// sendable reports whether every field of hs has a lower-case name and
+// both name and value pass validHeaderName and validHeaderValue.
+func sendable(hs header.List) bool {
+	for _, h := range hs {
+		if !validHeaderName(h.Name) || !validHeaderValue(h.Value) || hasUpper(h.Name) {
+			return false
+		}
+	}
+	return true
+}
+
+func hasUpper(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if 'A' <= s[i] && s[i] <= 'Z' {
+			return true
+		}
+	}
+	return false
 }
 
 // done runs the DoneHooks once the stream is over.
@@ -664,16 +725,27 @@ func headersFromProto(hm *corev3.HeaderMap) header.List {
 // both read as append.
 func headerMutation(set header.List, remove []string) *extprocv3.HeaderMutation {
 	m := &extprocv3.HeaderMutation{}
+	fillHeaderMutation(m, set, remove)
+	return m
+}
+
+// setHeader is one header to set: the option and the value it points to, allocated together.
+type setHeader struct {
+	opt corev3.HeaderValueOption
+	val corev3.HeaderValue
+}
+
+// fillHeaderMutation is headerMutation writing into m.
+func fillHeaderMutation(m *extprocv3.HeaderMutation, set header.List, remove []string) {
 	if len(remove) > 0 {
 		m.RemoveHeaders = append([]string(nil), remove...)
 	}
 	if len(set) == 0 {
-		return m
+		return
 	}
-	// One allocation each for the options, the values and the bytes: the
-	// messages are never copied, only pointed to.
-	opts := make([]corev3.HeaderValueOption, len(set))
-	vals := make([]corev3.HeaderValue, len(set))
+	// One allocation each for the options with their values, the pointers to
+	// them and the bytes: the messages are never copied, only pointed to.
+	hs := make([]setHeader, len(set))
 	n := 0
 	for _, h := range set {
 		n += len(h.Value)
@@ -683,17 +755,17 @@ func headerMutation(set header.List, remove []string) *extprocv3.HeaderMutation 
 	for i, h := range set {
 		start := len(buf)
 		buf = append(buf, h.Value...)
-		vals[i].Key = h.Name
-		vals[i].RawValue = buf[start:len(buf):len(buf)]
-		opts[i].Header = &vals[i]
+		o := &hs[i]
+		o.val.Key = h.Name
+		o.val.RawValue = buf[start:len(buf):len(buf)]
+		o.opt.Header = &o.val
 		if seenName(set[:i], h.Name) {
-			opts[i].Append = wrapperspb.Bool(true)
+			o.opt.Append = wrapperspb.Bool(true)
 		} else {
-			opts[i].AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
+			o.opt.AppendAction = corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD
 		}
-		m.SetHeaders[i] = &opts[i]
+		m.SetHeaders[i] = &o.opt
 	}
-	return m
 }
 
 func seenName(hs header.List, name string) bool {

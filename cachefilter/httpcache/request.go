@@ -72,11 +72,11 @@ func CheckRequest(req Request) RequestPolicy {
 		p.Reason, p.Fwd = ReasonRequestBody, FwdBypass
 		return p
 	}
-	if hasAnyField(req.Header, methodOverrideFields) {
+	if hasAnyField(req.Header, methodOverrideSet) {
 		p.Reason, p.Fwd = ReasonUnkeyedField, FwdBypass
 		return p
 	}
-	p.Store = req.Method == "GET" && !p.CacheControl.NoStore && !hasAnyField(req.Header, unkeyedFields)
+	p.Store = req.Method == "GET" && !p.CacheControl.NoStore && !hasAnyField(req.Header, unkeyedSet)
 	switch {
 	case p.Store || req.Method != "GET":
 	case p.CacheControl.NoStore:
@@ -118,9 +118,23 @@ func UnkeyedField(name string) bool { return slices.Contains(unkeyedFields, name
 
 var methodOverrideFields = []string{"x-http-method-override", "x-http-method", "x-method-override"}
 
-func hasAnyField(h header.List, names []string) bool {
+// The lists as sets: every request's fields are checked against both.
+var (
+	unkeyedSet        = nameSet(unkeyedFields)
+	methodOverrideSet = nameSet(methodOverrideFields)
+)
+
+func nameSet(names []string) map[string]bool {
+	m := make(map[string]bool, len(names))
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
+}
+
+func hasAnyField(h header.List, names map[string]bool) bool {
 	for _, f := range h {
-		if containsString(names, f.Name) {
+		if names[f.Name] {
 			return true
 		}
 	}

@@ -56,56 +56,51 @@ type CacheStatus struct {
 // `sluice; fwd=stale; fwd-status=304; stored; ttl=60`,
 // `sluice; fwd=uri-miss; stored`.
 func (cs CacheStatus) String() string {
-	var b strings.Builder
-	b.WriteString(CacheStatusName)
+	// One allocation, the string: it is built on every miss and hit.
+	var buf [128]byte
+	b := append(buf[:0], CacheStatusName...)
 	if cs.Hit {
-		b.WriteString("; hit")
+		b = append(b, "; hit"...)
 	}
 	if cs.Fwd != "" && header.IsToken(cs.Fwd) {
-		b.WriteString("; fwd=")
-		b.WriteString(cs.Fwd)
+		b = append(append(b, "; fwd="...), cs.Fwd...)
 	}
 	if cs.FwdStatus > 0 {
-		b.WriteString("; fwd-status=")
-		b.WriteString(strconv.Itoa(cs.FwdStatus))
+		b = strconv.AppendInt(append(b, "; fwd-status="...), int64(cs.FwdStatus), 10)
 	}
 	if cs.Stored {
-		b.WriteString("; stored")
+		b = append(b, "; stored"...)
 	}
 	if cs.Collapsed {
-		b.WriteString("; collapsed")
+		b = append(b, "; collapsed"...)
 	}
 	if cs.HasTTL {
 		secs := math.Floor(cs.TTL.Seconds())
 		secs = max(min(secs, MaxDeltaSeconds), -MaxDeltaSeconds)
-		b.WriteString("; ttl=")
-		b.WriteString(strconv.FormatInt(int64(secs), 10))
+		b = strconv.AppendInt(append(b, "; ttl="...), int64(secs), 10)
 	}
 	if cs.Key != "" {
-		b.WriteString("; key=")
-		writeSFString(&b, cs.Key)
+		b = appendSFString(append(b, "; key="...), cs.Key)
 	}
 	if cs.Detail != "" {
-		b.WriteString("; detail=")
-		writeSFString(&b, cs.Detail)
+		b = appendSFString(append(b, "; detail="...), cs.Detail)
 	}
-	return b.String()
+	return string(b)
 }
 
-// writeSFString writes an RFC 8941 sf-string.
-func writeSFString(b *strings.Builder, s string) {
-	b.WriteByte('"')
+// appendSFString appends s as an RFC 8941 sf-string.
+func appendSFString(b []byte, s string) []byte {
+	b = append(b, '"')
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		switch {
 		case c == '"' || c == '\\':
-			b.WriteByte('\\')
-			b.WriteByte(c)
+			b = append(b, '\\', c)
 		case c >= 0x20 && c < 0x7f:
-			b.WriteByte(c)
+			b = append(b, c)
 		}
 	}
-	b.WriteByte('"')
+	return append(b, '"')
 }
 
 // AppendCacheStatus appends member to an upstream Cache-Status value (the

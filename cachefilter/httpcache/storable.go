@@ -114,7 +114,13 @@ func Storable(req Request, status int, hdr header.List, now time.Time, route Pol
 	if !rp.Store {
 		return Entry{}, false, rp.Reason
 	}
-	return assess(req, status, hdr, now, route)
+	cc, targeted := responseDirectives(hdr, route.Targets)
+	if reason := refusedEarly(status, cc); reason != "" {
+		// Most responses that are not stored say so in their status or directives (no-store,
+		// private): no entry to build for them.
+		return Entry{}, false, reason
+	}
+	return assessDirectives(req, status, hdr, now, route, cc, targeted)
 }
 
 // Freshen applies a 304 (Not Modified) response's header to the stored
@@ -181,7 +187,7 @@ func Freshen(req Request, e *Entry, hdr header.List, now time.Time, route Policy
 		ok, reason = false, ReasonDisabled
 	case CheckRequest(req).CacheControl.NoStore:
 		ok, reason = false, ReasonRequestNoStore
-	case hasAnyField(req.Header, unkeyedFields) || hasAnyField(req.Header, methodOverrideFields):
+	case hasAnyField(req.Header, unkeyedSet) || hasAnyField(req.Header, methodOverrideSet):
 		ok, reason = false, ReasonUnkeyedField
 	}
 	return &ne, ok, reason
@@ -236,6 +242,32 @@ const (
 func assess(req Request, status int, hdr header.List, now time.Time, route Policy) (Entry, bool, string) {
 	// Cache-Control, or the targeted field that replaces it and Expires (targeted.go).
 	cc, targeted := responseDirectives(hdr, route.Targets)
+	return assessDirectives(req, status, hdr, now, route, cc, targeted)
+}
+
+// refusedEarly returns the reason a response is not stored when its status and directives
+// alone decide it, the first rules of assessDirectives in their order, or "".
+func refusedEarly(status int, cc CacheControl) string {
+	understood := understoodStatus(status)
+	switch {
+	case status < 200 || status > 999 || status == 304:
+		return ReasonStatus
+	case status == 206:
+		return ReasonPartial
+	case cc.Overflow:
+		return ReasonCacheControl
+	case cc.MustUnderstand && !understood:
+		return ReasonStatus
+	case cc.NoStore && !(cc.MustUnderstand && understood):
+		return ReasonNoStore
+	case cc.Private:
+		return ReasonPrivate
+	}
+	return ""
+}
+
+// assessDirectives is assess with the response's directives (responseDirectives) parsed.
+func assessDirectives(req Request, status int, hdr header.List, now time.Time, route Policy, cc CacheControl, targeted bool) (Entry, bool, string) {
 	reqTime := req.Time
 	if reqTime.IsZero() || reqTime.After(now) {
 		reqTime = now
@@ -322,20 +354,9 @@ func assess(req Request, status int, hdr header.List, now time.Time, route Polic
 	}
 	validator := e.ETag != "" || e.LastModified != ""
 
-	understood := understoodStatus(status)
-	switch {
-	case status < 200 || status > 999 || status == 304:
-		return e, false, ReasonStatus
-	case status == 206:
-		return e, false, ReasonPartial
-	case cc.Overflow:
-		return e, false, ReasonCacheControl
-	case cc.MustUnderstand && !understood:
-		return e, false, ReasonStatus
-	case cc.NoStore && !(cc.MustUnderstand && understood):
-		return e, false, ReasonNoStore
-	case cc.Private:
-		return e, false, ReasonPrivate
+	switch reason := refusedEarly(status, cc); {
+	case reason != "":
+		return e, false, reason
 	case req.Header.Has("authorization") && !cc.Public && !cc.SMaxAge.Present && !cc.MustRevalidate:
 		return e, false, ReasonAuthorization
 	case setCookie && !route.StoreSetCookie:

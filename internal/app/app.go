@@ -185,8 +185,13 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		grpc.MaxRecvMsgSize(max(cfg.Server.MaxRecvMsgBytes, cfg.ExtProc.MaxRecvMsgBytes(), int(cfg.Batch.MaxRequestBytes)+1<<20)),
 		// A pool of stream workers instead of a goroutine per RPC: measured
 		// 7-10 µs less CPU per ShouldRateLimit (no per-call stack growth);
-		// RPCs beyond the pool still get their own goroutine.
-		grpc.NumStreamWorkers(uint32(4 * runtime.GOMAXPROCS(0))),
+		// RPCs beyond the pool still get their own goroutine. An ext_proc
+		// stream holds its worker for the whole HTTP request, upstream time
+		// included, so the pool is sized for concurrent streams rather than
+		// cores: with 4 per core, 32 streams at once ran mostly on fresh
+		// goroutines and stack growth took 4.9% of the CPU of cache hits
+		// (1.1% with 32 per core).
+		grpc.NumStreamWorkers(uint32(32 * runtime.GOMAXPROCS(0))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
 		// Envoy's messages marshaled by go-control-plane's vtprotobuf code when built with
 		// -tags vtprotobuf (measured 1.4µs less per RateLimitResponse); gRPC's codec otherwise.

@@ -1,23 +1,26 @@
 // Package grpccodec is the gRPC codec of Sluice's server: messages that carry vtprotobuf
-// marshalers are marshaled by them, everything else, and every unmarshal, by gRPC's default
-// protobuf codec.
+// marshalers are marshaled by them, and the ext_proc requests Envoy sends for every HTTP request
+// are decoded by a decoder of their own (extproc.go); everything else goes through gRPC's
+// default protobuf codec.
 //
 // go-control-plane generates vtprotobuf marshalers for Envoy's messages (RateLimitResponse,
 // ProcessingResponse, ...) in *_vtproto.pb.go files behind the vtprotobuf build tag: built with
 // `-tags vtprotobuf` (the Dockerfile and the benchmarks do), they marshal without reflection.
 // gRPC's own codec calls proto.Marshal and never uses them, hence this codec, installed with
 // grpc.ForceServerCodecV2. Built without the tag it behaves exactly as gRPC's codec.
-// go-control-plane generates no vtprotobuf unmarshalers, so requests are unmarshaled by
-// protobuf as before.
+// go-control-plane generates no vtprotobuf unmarshalers, so requests other than ext_proc's are
+// unmarshaled by protobuf as before.
 package grpccodec
 
 import (
 	"fmt"
 
+	extprocv3 "github.com/envoyproxy/go-control-plane/envoy/service/ext_proc/v3"
 	"google.golang.org/grpc/encoding"
 	// The default protobuf codec, registered by its init; Codec falls back to it.
 	_ "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/protobuf/proto"
 )
 
 // vtMarshaler is what vtprotobuf generates for a message: its size and a marshal into a buffer
@@ -67,8 +70,20 @@ func (c Codec) Marshal(v any) (mem.BufferSlice, error) {
 	return mem.BufferSlice{mem.NewBuffer(buf, pool)}, nil
 }
 
-// Unmarshal is gRPC's protobuf codec's.
-func (c Codec) Unmarshal(data mem.BufferSlice, v any) error { return c.fallback.Unmarshal(data, v) }
+// Unmarshal decodes ext_proc's ProcessingRequest with decodeProcessingRequest where it can, and
+// everything else (and what that decoder leaves) as gRPC's protobuf codec does.
+func (c Codec) Unmarshal(data mem.BufferSlice, v any) error {
+	m, ok := v.(*extprocv3.ProcessingRequest)
+	if !ok {
+		return c.fallback.Unmarshal(data, v)
+	}
+	buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+	defer buf.Free()
+	if decodeProcessingRequest(buf.ReadOnlyData(), m) {
+		return nil
+	}
+	return proto.Unmarshal(buf.ReadOnlyData(), m)
+}
 
 // VT reports whether this build marshals v with vtprotobuf (built with -tags vtprotobuf and v
 // has the generated marshaler).
