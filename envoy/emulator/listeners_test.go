@@ -6,6 +6,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/sluicehq/sluice/envoy"
 )
@@ -79,6 +82,10 @@ func TestInternalListenerWithoutExtProc(t *testing.T) {
 	h := newHarness(t, harnessOpts{noExtProc: true, settings: func(s *envoy.Settings) {
 		*s = *internal
 		remoteAddressOnly(s)
+		// The listener's own 20 ms would make a loaded machine a test of
+		// failing open (CI saw "rate limited as []"); newHarness's
+		// generous timeout, which the copy above replaced.
+		s.RateLimit.Timeout = durationpb.New(5 * time.Second)
 	}})
 	resp, _ := h.doFrom("127.0.0.8", "GET", "/api/v1/x", map[string]string{
 		"X-Sluice-Batch": "1", "X-Sluice-Warm": "1", "X-Sluice-Client-Address": "198.51.100.7",
