@@ -231,7 +231,8 @@ func (s *Server) finish(st *stream, err error) error {
 		// response details and logs outside Sluice's control.
 		ret = status.Error(codes.Internal, "extproc: stage "+st.failedStage+" failed")
 	}
-	s.metrics.ended(result)
+	// Counted once logged, so that a counted stream's line is already written.
+	defer s.metrics.ended(result)
 
 	if len(st.x.dropped) > 0 {
 		// A stage asked for something Envoy would refuse: a bug worth a line

@@ -856,3 +856,61 @@ func TestRequestBodyTimeout(t *testing.T) {
 		t.Fatalf("body reply %v, %v", r, err)
 	}
 }
+
+// TestResponseHeaderLimits: a stage's added response fields are left out
+// when, with them, Envoy's response header map would exceed
+// max_response_headers (Envoy refuses the mutation and answers 500); fields
+// it replaces or removes stay, and nothing is logged for it.
+func TestResponseHeaderLimits(t *testing.T) {
+	tests := []struct {
+		name     string
+		upstream int // response fields besides :status
+		want     map[string][]string
+		wantRm   []string
+	}{
+		{name: "room left", upstream: 10,
+			want: map[string][]string{"cache-status": {"s"}, "x-cache": {"MISS"}, "x-f0": {"replaced"}}, wantRm: []string{"x-f1"}},
+		// With :status, 99 fields; one removed and two added: 100, the limit.
+		{name: "exactly at the limit", upstream: 98,
+			want: map[string][]string{"cache-status": {"s"}, "x-cache": {"MISS"}, "x-f0": {"replaced"}}, wantRm: []string{"x-f1"}},
+		// 100 fields; one removed and two added would be 101.
+		{name: "one over", upstream: 99,
+			want: map[string][]string{"x-f0": {"replaced"}}, wantRm: []string{"x-f1"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cache := &probe{name: "cache", responseHeaders: func(_ context.Context, x *extproc.Exchange) error {
+				x.SetResponseHeader("cache-status", "s")
+				x.SetResponseHeader("x-cache", "MISS")
+				x.SetResponseHeader("x-f0", "replaced")
+				x.RemoveResponseHeader("x-f1")
+				return nil
+			}}
+			h := newHarness(t, extproc.Config{}, harnessOpts{stages: []extproc.Stage{cache}})
+			s := h.open(t)
+			if _, err := s.Do(xt.RequestHeaders("GET", "/r", true)); err != nil {
+				t.Fatal(err)
+			}
+			var kv []string
+			for i := range tt.upstream {
+				kv = append(kv, fmt.Sprintf("x-f%d", i), "v")
+			}
+			r, err := s.Do(xt.ResponseHeaders(200, true, kv...))
+			if err != nil {
+				t.Fatal(err)
+			}
+			m := r.GetResponseHeaders().GetResponse().GetHeaderMutation()
+			if got := xt.SetHeaders(m); fmt.Sprint(got) != fmt.Sprint(tt.want) {
+				t.Errorf("set %v, want %v", got, tt.want)
+			}
+			if got := m.GetRemoveHeaders(); fmt.Sprint(got) != fmt.Sprint(tt.wantRm) {
+				t.Errorf("removed %v, want %v", got, tt.wantRm)
+			}
+			s.Cancel()
+			h.waitStreams(t, "ok", 1)
+			if lines := h.logs.lines(t, "ext_proc stream ended"); len(lines) != 0 {
+				t.Errorf("logged %v", lines)
+			}
+		})
+	}
+}

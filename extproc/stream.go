@@ -280,7 +280,9 @@ func (st *stream) responseHeaders(h *extprocv3.HttpHeaders) (*extprocv3.Processi
 // set from the cluster's max_headers_count and max_response_headers_kb, and
 // answers 500 for a response the origin sent correctly (MutationUtils::
 // headerMutationResultCheck). Replaced and removed fields stay: they add no
-// line, and a replacement's own fields are the response.
+// line, and a replacement's own fields are the response. Nothing is logged:
+// such an origin would otherwise log a line per response, and the answer is
+// the origin's, complete.
 func (st *stream) fitResponseLimits() {
 	r := &st.x.reply
 	if len(r.set) == 0 && r.replace == nil {
@@ -295,25 +297,18 @@ func (st *stream) fitResponseLimits() {
 		if rp.Optional != nil {
 			h := make(header.List, 0, len(rp.Headers))
 			for _, f := range rp.Headers {
-				if rp.Optional(strings.ToLower(f.Name)) {
-					st.x.drop("replace response: " + f.Name + " over the response header limits")
-				} else {
+				if !rp.Optional(strings.ToLower(f.Name)) {
 					h = append(h, f)
 				}
 			}
 			rp.Headers = h
 		}
-		if rp.Keep != nil {
-			rp.Keep = nil
-			st.x.drop("replace response: upstream fields over the response header limits")
-		}
+		rp.Keep = nil
 	}
 	kept := r.set[:0]
 	for _, h := range r.set {
 		if present(h.Name) {
 			kept = append(kept, h)
-		} else {
-			st.x.drop("set " + h.Name + ": over the response header limits")
 		}
 	}
 	clear(r.set[len(kept):])
