@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
 	"net/http"
 	"slices"
 	"strconv"
@@ -229,12 +230,18 @@ func (st *stream) overHeaderLimits() bool {
 	if len(r.set) == 0 && len(r.remove) == 0 {
 		return false
 	}
-	count, size := 0, 0
-	for h := range r.forwarded(st.x.RequestHeaders) {
+	count, size := measure(r.forwarded(st.x.RequestHeaders))
+	return count > st.s.cfg.MaxRequestHeaders || size > st.s.cfg.MaxRequestHeadersKB*1024
+}
+
+// measure counts fields and their bytes as Envoy's HeaderMap::size and
+// byteSize do for its header limits.
+func measure(fields iter.Seq[header.Field]) (count, size int) {
+	for h := range fields {
 		count++
 		size += len(h.Name) + len(h.Value)
 	}
-	return count > st.s.cfg.MaxRequestHeaders || size > st.s.cfg.MaxRequestHeadersKB*1024
+	return count, size
 }
 
 func (st *stream) responseHeaders(h *extprocv3.HttpHeaders) (*extprocv3.ProcessingResponse, error) {
@@ -329,11 +336,7 @@ func (st *stream) responseResult() (count, size int) {
 	r := &st.x.reply
 	rp := r.replace
 	if rp == nil {
-		for h := range r.forwarded(st.x.ResponseHeaders) {
-			count++
-			size += len(h.Name) + len(h.Value)
-		}
-		return count, size
+		return measure(r.forwarded(st.x.ResponseHeaders))
 	}
 	// What replacement sends: ":status", the replacement's fields, the
 	// stages' other sets, and the upstream fields Keep leaves.

@@ -19,23 +19,7 @@ import (
 // distinct cacheable URLs grew the heap by 120 MB, and a client could grow it
 // without bound). The stack now advances the TTLs with the wall clock.
 func TestEmbeddedRedisExpires(t *testing.T) {
-	cfg := config.Config{}.WithDefaults()
-	cfg.Server.GRPCAddr, cfg.Server.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Server.ShutdownGrace = time.Second
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := Start(ctx, Options{Listen: "127.0.0.1:0", Sluice: cfg}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	s := runEmbedded(t, Options{})
 	if err := s.mini.Set("redteam:short", "v"); err != nil {
 		t.Fatal(err)
 	}
@@ -63,23 +47,7 @@ func TestEmbeddedRedisExpires(t *testing.T) {
 // failed for everyone and, in one process, so did the dials to the embedded
 // Redis, failing rate-limit decisions open.
 func TestGatewayConnectionLimit(t *testing.T) {
-	cfg := config.Config{}.WithDefaults()
-	cfg.Server.GRPCAddr, cfg.Server.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
-	cfg.Server.ShutdownGrace = time.Second
-	ctx, cancel := context.WithCancel(context.Background())
-	s, err := Start(ctx, Options{Listen: "127.0.0.1:0", Sluice: cfg, MaxConnections: 3}, slog.New(slog.DiscardHandler))
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	done := make(chan error, 1)
-	go func() { done <- s.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	})
+	s := runEmbedded(t, Options{MaxConnections: 3})
 	addr := s.gwLn.Addr().String()
 	get := func(c net.Conn) error {
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
@@ -156,4 +124,30 @@ func TestMaxConnections(t *testing.T) {
 			}
 		})
 	}
+}
+
+// runEmbedded starts a stack with o (its listener, a default Sluice config
+// on loopback ports and the embedded Redis set here) and runs it until the
+// test ends.
+func runEmbedded(t *testing.T, o Options) *Stack {
+	t.Helper()
+	cfg := config.Config{}.WithDefaults()
+	cfg.Server.GRPCAddr, cfg.Server.AdminAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Server.ShutdownGrace = time.Second
+	o.Listen, o.Sluice = "127.0.0.1:0", cfg
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := Start(ctx, o, slog.New(slog.DiscardHandler))
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	return s
 }
