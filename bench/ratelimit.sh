@@ -10,9 +10,10 @@
 #   baseline     another Sluice binary, if RLS_BASELINE_BIN names one (say, an older commit)
 # all measured in this run, in rounds that alternate the order of the servers (the machine is
 # shared: figures of one round are comparable, rounds show the spread), with the ratios of each
-# round and their range over the rounds. Each run prints the CPU time per call of the server,
-# Redis and the load generator; lease runs print the Redis commands per decision (INFO
-# commandstats: script calls, and every command including those the scripts run).
+# round and their range over the rounds. Each run prints the CPU time and the read/write system
+# calls per call of the server, Redis and the load generator; lease runs print the Redis commands
+# per decision (INFO commandstats: script calls, and every command including those the scripts
+# run).
 #
 #   bash bench/ratelimit.sh [duration, default 5s] [concurrency, default 32] [rounds, default 3]
 #

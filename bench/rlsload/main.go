@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
@@ -43,10 +44,11 @@ func main() {
 		tenants  = flag.Int("tenants", 1000, "distinct tenant values (spreads keys like real traffic); 1 for one hot key")
 		warm     = flag.Duration("warmup", time.Second, "warm-up time, not measured")
 		rpcLimit = flag.Duration("timeout", time.Second, "per-call timeout")
-		pids     = flag.String("pids", "", "name=pid,... of processes whose CPU time per call to report (Linux /proc), e.g. server=123,redis=456")
+		pids     = flag.String("pids", "", "name=pid,... of processes whose CPU time and read/write system calls per call to report (Linux /proc), e.g. server=123,redis=456")
 		rate     = flag.Float64("rate", 0, "calls per second in all, sent open-loop by the -c callers (0: closed loop, as fast as answered)")
 		window   = flag.Duration("window", 0, "report the most calls admitted within any span of this length (accuracy runs)")
 		limit    = flag.Int("limit", 0, "with -window: the limit per window, to print the busiest window as a ratio of it")
+		cpuProf  = flag.String("cpuprofile", "", "write the load generator's own CPU profile of the measured time to this file")
 	)
 	flag.Parse()
 	if *descs < 1 || *descs > 8 || *conc < 1 || *conns < 1 || *tenants < 1 || *rate < 0 {
@@ -152,9 +154,23 @@ func main() {
 		log.Fatal(err)
 	}
 	time.Sleep(time.Until(measure))
-	cpu0, self0 := cpuTimes(watched), selfCPU()
+	self := proc{"loadgen", os.Getpid()}
+	cpu0, self0, io0 := cpuTimes(watched), selfCPU(), ioCalls(append(watched, self))
+	if *cpuProf != "" {
+		f, err := os.Create(*cpuProf)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer f.Close()
+	}
 	time.Sleep(time.Until(stop))
-	cpu1, self1 := cpuTimes(watched), selfCPU()
+	if *cpuProf != "" {
+		pprof.StopCPUProfile()
+	}
+	cpu1, self1, io1 := cpuTimes(watched), selfCPU(), ioCalls(append(watched, self))
 	wg.Wait()
 	if len(lat) == 0 {
 		fmt.Fprintln(os.Stderr, "rlsload: no calls completed")
@@ -176,6 +192,13 @@ func main() {
 		v := perCall(self1 - self0)
 		total += v
 		fmt.Printf("%s loadgen=%.1f total=%.1f\n", line, v, total)
+		// Read and write system calls per call: on loopback each write also delivers the data
+		// and wakes the reader, so they are much of the CPU per call a server adds.
+		line = fmt.Sprintf("%-28s syscalls_per_call (read/write):", "")
+		for i, p := range append(watched, self) {
+			line += fmt.Sprintf(" %s=%.2f/%.2f", p.name, float64(io1[i][0]-io0[i][0])/float64(len(lat)), float64(io1[i][1]-io0[i][1])/float64(len(lat)))
+		}
+		fmt.Println(line)
 	}
 	if *window > 0 {
 		hi, lo := busiest(admitted, *window)
@@ -274,6 +297,30 @@ func cpuTimes(ps []proc) []time.Duration {
 		u, _ := strconv.ParseInt(f[11], 10, 64)
 		s, _ := strconv.ParseInt(f[12], 10, 64)
 		out[i] = time.Duration(u+s) * 10 * time.Millisecond
+	}
+	return out
+}
+
+// ioCalls returns the read and write system calls of each process so far (syscr and syscw of
+// /proc/PID/io: reads and writes of any file, sockets included). A process that cannot be
+// read counts as 0.
+func ioCalls(ps []proc) [][2]int64 {
+	out := make([][2]int64, len(ps))
+	for i, p := range ps {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", p.pid))
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(b), "\n") {
+			k, v, _ := strings.Cut(l, ": ")
+			n, _ := strconv.ParseInt(v, 10, 64)
+			switch k {
+			case "syscr":
+				out[i][0] = n
+			case "syscw":
+				out[i][1] = n
+			}
+		}
 	}
 	return out
 }
