@@ -173,32 +173,43 @@ local function slotOf(h, t) return fmt("%016d%013d", h, t) end
 -- and for a sliding window, its ring of n+1 slots (sub-window j lives in slot j % (n+1)):
 --   raw[c]   the value read (nil if absent)
 --   sum[c]   the sum of the counts of all slots
---   cnt[S*c+i], tim[S*c+i]  slot i's count and last-hit ms, decoded from raw[c] when first
---            needed: one table for all counters, so that a counter costs no tables of its own
---   dirty[S*c+i]  true for the slots that differ from Redis; nd[c] counts them, and dl[c] (made
---            when first needed: a new sub-window, a refund) lists those other than the newest
---            sub-window's, which a charge dirties in the usual case
+--   hc[c], ht[c]  the count and last-hit ms of sub-window cur[c] (the head's when it is the
+--            newest stored): the usual charge touches these arrays alone
+--   cnt[S*c+i], tim[S*c+i]  the count and last-hit ms of every other slot i, decoded from
+--            raw[c] when first needed: one table for all counters, so that a counter costs no
+--            tables of its own (count() and setCount() pick hc or cnt by slot)
+--   dirty[S*c+i]  true for those other slots that differ from Redis, which dl[c] (made when
+--            first needed: a new sub-window, a refund) lists; nd[c] > 0 when any slot differs
 --   oldest[c], ot[c]  the oldest sub-window with a count, and its last hit; oldest[c] is nil
 --            while unknown (its sub-window left or was emptied), 0 when nothing is counted
 --   reg[c]   its registry of leases, once a lease call read it (registry()); regDirty[c] when
 --            changed (both tables made by the first lease item)
--- Tables indexed by item or counter number are made with room for the batch's items (up to 256:
--- unpack's results live on the Lua stack), filled with the KEYS strings as placeholders, so that
--- filling them does not grow them one power of two at a time; a placeholder is never read:
--- every entry is written before it is read, and the counters in use are the first nc.
-local P = #KEYS < 256 and #KEYS or 256
-local function sized() return {unpack(KEYS, 1, P)} end
-local ids, name, win, subs, cur, used, state, pending, old = {}, sized(), sized(), sized(), sized(), sized(), sized(), sized(), sized()
-local raw, sum, cnt, tim, dirty, nd, dl, oldest, ot, reg, regDirty = {}, sized(), {}, {}, {}, sized(), {}, {}, {}, nil, nil
-local hc, ht = sized(), sized()
+local ids, name, win, subs, cur, used, state, pending, old = {}, {}, {}, {}, {}, {}, {}, {}, {}
+local raw, sum, cnt, tim, dirty, nd, dl, oldest, ot, reg, regDirty = {}, {}, {}, {}, {}, {}, {}, {}, {}, nil, nil
+local hc, ht = {}, {}
 local S = 128 -- more than the slots of any counter (MaxSubWindows + 1)
 -- per item; ilease (made by the first lease item) holds a lease item's fields
-local ic, ihits, ilimit, iflags, iover, ilease = sized(), sized(), sized(), sized(), sized(), nil
+local ic, ihits, ilimit, iflags, iover, ilease = {}, {}, {}, {}, {}, nil
+local reqs = {}
+if #KEYS > 2 then
+  -- The arrays indexed by item, request or counter number are made with room for the batch's
+  -- items (up to 256: unpack's results live on the Lua stack), filled with the KEYS strings as
+  -- placeholders, so that filling them does not grow and rehash them one power of two at a
+  -- time. No placeholder is read: every entry is written before it is read (a bug would do
+  -- arithmetic on a string and fail loudly), and the counters in use are the first nc. Tables with nil entries that mean something (raw,
+  -- oldest, ot, dl) and hashes keep growing as they go. A small batch skips this: unpack costs
+  -- more than it saves there.
+  local P = min(#KEYS, 256)
+  local function sized() return {unpack(KEYS, 1, P)} end
+  name, win, subs, cur, used, state, pending, old = sized(), sized(), sized(), sized(), sized(), sized(), sized(), sized()
+  sum, nd, hc, ht = sized(), sized(), sized(), sized()
+  ic, ihits, ilimit, iflags, iover, reqs = sized(), sized(), sized(), sized(), sized(), sized()
+end
 local nc = 0 -- counters
 local anyRefund = false
 local nr = 0 -- requests
 
-local blob, pos, reqs, x, kx = ARGV[2], 1, sized(), 0, 0
+local blob, pos, x, kx = ARGV[2], 1, 0, 0
 while pos <= #blob do
   local m = u4(blob, pos)
   pos = pos + 4
@@ -396,8 +407,11 @@ local function charge(c, hits)
     if sum[c] <= 0 then oldest[c], ot[c] = k, now elseif oldest[c] == k then ot[c] = now end
     hc[c], ht[c], nd[c] = hc[c] + hits, now, nd[c] + 1
     sum[c] = sum[c] + hits
+    local st = state[c]
+    if st == -2 or st == 2 or k ~= old[c] then state[c] = 2 else state[c] = 1 end
+  else
+    changed(c)
   end
-  changed(c)
 end
 
 -- refund subtracts hits from the counter (sliding: from the newest non-empty sub-windows).
@@ -528,7 +542,10 @@ local function resetAfter(c)
   if sum[c] <= 0 then return 0 end
   if oldest[c] == nil then findOldest(c) end
   if oldest[c] <= 0 then return 0 end
-  return max(0, min(win[c], ot[c] + win[c] - now))
+  local w = win[c]
+  local t = ot[c] + w - now
+  if t > w then return w elseif t < 0 then return 0 end
+  return t
 end
 
 local out, o = {now}, 1
@@ -557,9 +574,11 @@ for r = 1, nr do
     out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6] = 1, over, used[c], resetAfter(c), g, replicas
     o = o + 6
   else
-    for i = x, last do
-      pending[ic[i]] = 0
-      if iflags[i] % 2 == 1 and ihits[i] > 0 then refund(ic[i], ihits[i]) end
+    for i = x, last do pending[ic[i]] = 0 end
+    if anyRefund then
+      for i = x, last do
+        if iflags[i] % 2 == 1 and ihits[i] > 0 then refund(ic[i], ihits[i]) end
+      end
     end
     local allowed = 1
     for i = x, last do
@@ -603,9 +622,9 @@ for c = 1, nc do
     -- a changed counter, or one whose view moved on: written back, so that the next call
     -- starts from here
     if oldest[c] == nil then findOldest(c) end
-    local ttl = win[c] + floor((win[c] + n - 1) / n)
-    local tail = ""
+    local tail, ttl = "", 0
     local rd = regDirty and regDirty[c]
+    if st == 2 or rd or raw[c] == nil then ttl = win[c] + floor((win[c] + n - 1) / n) end
     if rd then
       -- the registry goes after the ring; the key lives as long as its last entry
       local t = {}
@@ -615,9 +634,9 @@ for c = 1, nc do
       end
       tail = table.concat(t)
     end
-    local m, zc = n + 1, cur[c] % (n + 1)
     local head = headOf(cur[c], sum[c], oldest[c], ot[c], hc[c], ht[c])
     if raw[c] == nil or rd then
+      local zc = cur[c] % (n + 1)
       -- a new value: created, or with a registry of another length (SET, keeping the TTL
       -- unless it must grow); every slot as read or as changed
       local parts, r, b = {head}, raw[c], S * c
