@@ -173,27 +173,48 @@ local function slotOf(h, t) return fmt("%016d%013d", h, t) end
 -- and for a sliding window, its ring of n+1 slots (sub-window j lives in slot j % (n+1)):
 --   raw[c]   the value read (nil if absent)
 --   sum[c]   the sum of the counts of all slots
---   cnt[S*c+i], tim[S*c+i]  slot i's count and last-hit ms, decoded from raw[c] when first
---            needed: one table for all counters, so that a counter costs no tables of its own
---   dirty[S*c+i]  true for the slots that differ from Redis; nd[c] counts them, and dl[c] (made
---            when first needed: a new sub-window, a refund) lists those other than the newest
---            sub-window's, which a charge dirties in the usual case
+--   hc[c], ht[c]  the count and last-hit ms of sub-window cur[c] (the head's when it is the
+--            newest stored): the usual charge touches these arrays alone
+--   cnt[S*c+i], tim[S*c+i]  the count and last-hit ms of every other slot i, decoded from
+--            raw[c] when first needed: one table for all counters, so that a counter costs no
+--            tables of its own (count() and setCount() pick hc or cnt by slot)
+--   dirty[S*c+i]  true for those other slots that differ from Redis, which dl[c] (made when
+--            first needed: a new sub-window, a refund) lists; nd[c] > 0 when any slot differs
 --   oldest[c], ot[c]  the oldest sub-window with a count, and its last hit; oldest[c] is nil
 --            while unknown (its sub-window left or was emptied), 0 when nothing is counted
 --   reg[c]   its registry of leases, once a lease call read it (registry()); regDirty[c] when
 --            changed (both tables made by the first lease item)
 local ids, name, win, subs, cur, used, state, pending, old = {}, {}, {}, {}, {}, {}, {}, {}, {}
 local raw, sum, cnt, tim, dirty, nd, dl, oldest, ot, reg, regDirty = {}, {}, {}, {}, {}, {}, {}, {}, {}, nil, nil
+local hc, ht = {}, {}
 local S = 128 -- more than the slots of any counter (MaxSubWindows + 1)
 -- per item; ilease (made by the first lease item) holds a lease item's fields
 local ic, ihits, ilimit, iflags, iover, ilease = {}, {}, {}, {}, {}, nil
+local reqs = {}
+if #KEYS > 2 then
+  -- The arrays indexed by item, request or counter number are made with room for the batch's
+  -- items (up to 256: unpack's results live on the Lua stack), filled with the KEYS strings as
+  -- placeholders, so that filling them does not grow and rehash them one power of two at a
+  -- time. No placeholder is read: every entry is written before it is read (a bug would do
+  -- arithmetic on a string and fail loudly), and the counters in use are the first nc. Tables with nil entries that mean something (raw,
+  -- oldest, ot, dl) and hashes keep growing as they go. A small batch skips this: unpack costs
+  -- more than it saves there.
+  local P = min(#KEYS, 256)
+  local function sized() return {unpack(KEYS, 1, P)} end
+  name, win, subs, cur, used, state, pending, old = sized(), sized(), sized(), sized(), sized(), sized(), sized(), sized()
+  sum, nd, hc, ht = sized(), sized(), sized(), sized()
+  ic, ihits, ilimit, iflags, iover, reqs = sized(), sized(), sized(), sized(), sized(), sized()
+end
+local nc = 0 -- counters
 local anyRefund = false
+local nr = 0 -- requests
 
-local blob, pos, reqs, x, kx = ARGV[2], 1, {}, 0, 0
+local blob, pos, x, kx = ARGV[2], 1, 0, 0
 while pos <= #blob do
   local m = u4(blob, pos)
   pos = pos + 4
-  reqs[#reqs + 1] = m
+  nr = nr + 1
+  reqs[nr] = m
   for _ = 1, m do
     x = x + 1
     local flags, n, a1, a2, a3, a4, a5, a6, a7, b1, b2, b3, b4, b5, b6, h1, h2, h3, h4, h5, h6, h7 = byte(blob, pos, pos + 21)
@@ -220,7 +241,8 @@ while pos <= #blob do
     end
     local c = ids[key]
     if c == nil then
-      c = #name + 1
+      nc = nc + 1
+      c = nc
       ids[key] = c
       win[c], used[c], state[c], pending[c] = w, 0, 0, 0
       if flags % 8 >= 4 then
@@ -242,8 +264,10 @@ if kx ~= #KEYS then return redis.error_reply("limiter: " .. #KEYS .. " keys for 
 
 if x == 0 then return {now} end
 
--- count returns the count of slot i of sliding counter c, decoding it first if needed.
+-- count returns the count of slot i of sliding counter c (the current sub-window's is hc[c]),
+-- decoding it first if needed.
 local function count(c, i)
+  if i == cur[c] % (subs[c] + 1) then return hc[c] end
   local x = S * c + i
   local h = cnt[x]
   if h == nil then
@@ -260,26 +284,30 @@ local function count(c, i)
   return h
 end
 
--- mark records that slot i of sliding counter c differs from Redis.
-local function mark(c, i)
+-- setCount sets the count of slot i of sliding counter c, in this call's view, and records that
+-- the slot differs from Redis.
+local function setCount(c, i, h)
+  if i == cur[c] % (subs[c] + 1) then
+    hc[c], nd[c] = h, nd[c] + 1
+    return
+  end
   local x = S * c + i
+  cnt[x] = h
   if dirty[x] then return end
   dirty[x], nd[c] = true, nd[c] + 1
-  if i ~= cur[c] % (subs[c] + 1) then
-    local l = dl[c]
-    if l == nil then
-      l = {}
-      dl[c] = l
-    end
-    l[#l + 1] = i
+  local l = dl[c]
+  if l == nil then
+    l = {}
+    dl[c] = l
   end
+  l[#l + 1] = i
 end
 
 -- clear empties slot i of sliding counter c, in this call's view.
 local function clear(c, i)
   sum[c] = sum[c] - count(c, i)
-  cnt[S * c + i], tim[S * c + i] = 0, 0
-  mark(c, i)
+  if i == cur[c] % (subs[c] + 1) then ht[c] = 0 else tim[S * c + i] = 0 end
+  setCount(c, i, 0)
 end
 
 -- findOldest finds the oldest counted sub-window of sliding counter c.
@@ -290,14 +318,14 @@ local function findOldest(c)
   for j = k - n, k do
     local i = j % (n + 1)
     if count(c, i) > 0 then
-      oldest[c], ot[c] = j, tim[S * c + i]
+      oldest[c], ot[c] = j, j == k and ht[c] or tim[S * c + i]
       return
     end
   end
 end
 
-local raws = call("MGET", unpack(name))
-for c = 1, #name do
+local raws = call("MGET", unpack(name, 1, nc))
+for c = 1, nc do
   local r, n = raws[c], subs[c]
   if not r then
     if call("EXISTS", name[c]) == 1 then state[c] = -1 else state[c] = -2 end -- another type, or absent
@@ -313,29 +341,31 @@ for c = 1, #name do
     nd[c] = 0
     local m, k, w = n + 1, cur[c], win[c]
     if state[c] == -2 then
-      sum[c], oldest[c], ot[c] = 0, 0, 0
+      sum[c], oldest[c], ot[c], hc[c], ht[c] = 0, 0, 0, 0, 0
     else
-      local newest, s, o, t = tonumber(sub(r, 1, 16)), tonumber(sub(r, 17, 32)), tonumber(sub(r, 33, 48)), tonumber(sub(r, 49, 61))
-      local hc, ht = tonumber(sub(r, 62, 77)), tonumber(sub(r, 78, 90))
-      if newest == nil or s == nil or o == nil or t == nil or hc == nil or ht == nil then
+      local newest, s, o, ot0 = tonumber(sub(r, 1, 16)), tonumber(sub(r, 17, 32)), tonumber(sub(r, 33, 48)), tonumber(sub(r, 49, 61))
+      local h, t = tonumber(sub(r, 62, 77)), tonumber(sub(r, 78, 90))
+      if newest == nil or s == nil or o == nil or ot0 == nil or h == nil or t == nil then
         state[c] = -1
       else
-        raw[c], old[c], sum[c], oldest[c], ot[c] = r, newest, s, o, t
-        local zn = newest % m
-        cnt[S * c + zn], tim[S * c + zn] = hc, ht -- the newest sub-window is in the head, not its slot
+        raw[c], old[c], sum[c], oldest[c], ot[c] = r, newest, s, o, ot0
         if k < newest - n or k - newest > n then
           -- the clock went back more than a window, or the counter was idle for a window:
           -- nothing counted
+          hc[c], ht[c] = 0, 0
           for i = 0, n do clear(c, i) end
           sum[c], oldest[c] = 0, 0
-        elseif k < newest then
+        elseif k <= newest then
           -- the clock went back within the window: count from the newest sub-window charged
           k = newest
-          cur[c] = k
-        elseif k > newest then
+          cur[c], hc[c], ht[c] = k, h, t
+        else
           -- the head's sub-window goes to its slot; sub-windows newest+1..k start empty: their
-          -- slots held sub-windows that left
-          mark(c, zn)
+          -- slots held sub-windows that left (sub-window k's slot among them, read from the ring)
+          local zn, p = newest % m, HEAD + SLOT * (k % m) + 1
+          cnt[S * c + zn], tim[S * c + zn] = h, t
+          setCount(c, zn, h)
+          hc[c], ht[c] = tonumber(sub(r, p, p + 15)) or 0, tonumber(sub(r, p + 16, p + 28)) or 0
           for j = newest + 1, k do clear(c, j % m) end
           if oldest[c] < k - n then oldest[c] = nil end
         end
@@ -374,13 +404,14 @@ local function charge(c, hits)
   local n = subs[c]
   if n > 0 then
     local k = cur[c]
-    local z = k % (n + 1)
     if sum[c] <= 0 then oldest[c], ot[c] = k, now elseif oldest[c] == k then ot[c] = now end
-    cnt[S * c + z], tim[S * c + z] = count(c, z) + hits, now
-    mark(c, z)
+    hc[c], ht[c], nd[c] = hc[c] + hits, now, nd[c] + 1
     sum[c] = sum[c] + hits
+    local st = state[c]
+    if st == -2 or st == 2 or k ~= old[c] then state[c] = 2 else state[c] = 1 end
+  else
+    changed(c)
   end
-  changed(c)
 end
 
 -- refund subtracts hits from the counter (sliding: from the newest non-empty sub-windows).
@@ -403,8 +434,7 @@ refund = function(c, hits)
     local h = count(c, i)
     if h > 0 then
       local d = min(h, hits)
-      cnt[S * c + i] = h - d
-      mark(c, i)
+      setCount(c, i, h - d)
       hits, sum[c], used[c] = hits - d, sum[c] - d, used[c] - d
       if h == d and oldest[c] == j then oldest[c] = nil end
       changed(c)
@@ -436,8 +466,7 @@ refundAt = function(c, hits, at)
   local h = count(c, i)
   local d = min(h, hits)
   if d <= 0 then return end
-  cnt[S * c + i] = h - d
-  mark(c, i)
+  setCount(c, i, h - d)
   sum[c], used[c] = sum[c] - d, used[c] - d
   if h == d and oldest[c] == j then oldest[c] = nil end
   if sum[c] <= 0 then oldest[c] = 0 end
@@ -513,12 +542,15 @@ local function resetAfter(c)
   if sum[c] <= 0 then return 0 end
   if oldest[c] == nil then findOldest(c) end
   if oldest[c] <= 0 then return 0 end
-  return max(0, min(win[c], ot[c] + win[c] - now))
+  local w = win[c]
+  local t = ot[c] + w - now
+  if t > w then return w elseif t < 0 then return 0 end
+  return t
 end
 
 local out, o = {now}, 1
 x = 1
-for r = 1, #reqs do
+for r = 1, nr do
   local last = x + reqs[r] - 1
   local bad = 0
   for i = x, last do
@@ -542,9 +574,11 @@ for r = 1, #reqs do
     out[o + 1], out[o + 2], out[o + 3], out[o + 4], out[o + 5], out[o + 6] = 1, over, used[c], resetAfter(c), g, replicas
     o = o + 6
   else
-    for i = x, last do
-      pending[ic[i]] = 0
-      if iflags[i] % 2 == 1 and ihits[i] > 0 then refund(ic[i], ihits[i]) end
+    for i = x, last do pending[ic[i]] = 0 end
+    if anyRefund then
+      for i = x, last do
+        if iflags[i] % 2 == 1 and ihits[i] > 0 then refund(ic[i], ihits[i]) end
+      end
     end
     local allowed = 1
     for i = x, last do
@@ -575,7 +609,7 @@ for r = 1, #reqs do
   x = last + 1
 end
 
-for c = 1, #name do
+for c = 1, nc do
   local st, n = state[c], subs[c]
   if n == 0 then
     if st == 1 then
@@ -588,9 +622,9 @@ for c = 1, #name do
     -- a changed counter, or one whose view moved on: written back, so that the next call
     -- starts from here
     if oldest[c] == nil then findOldest(c) end
-    local ttl = win[c] + floor((win[c] + n - 1) / n)
-    local tail = ""
+    local tail, ttl = "", 0
     local rd = regDirty and regDirty[c]
+    if st == 2 or rd or raw[c] == nil then ttl = win[c] + floor((win[c] + n - 1) / n) end
     if rd then
       -- the registry goes after the ring; the key lives as long as its last entry
       local t = {}
@@ -600,9 +634,9 @@ for c = 1, #name do
       end
       tail = table.concat(t)
     end
-    local m, zc = n + 1, cur[c] % (n + 1)
-    local head = headOf(cur[c], sum[c], oldest[c], ot[c], count(c, zc), tim[S * c + zc])
+    local head = headOf(cur[c], sum[c], oldest[c], ot[c], hc[c], ht[c])
     if raw[c] == nil or rd then
+      local zc = cur[c] % (n + 1)
       -- a new value: created, or with a registry of another length (SET, keeping the TTL
       -- unless it must grow); every slot as read or as changed
       local parts, r, b = {head}, raw[c], S * c
