@@ -196,9 +196,9 @@ if #KEYS > 2 then
   -- items (up to 256: unpack's results live on the Lua stack), filled with the KEYS strings as
   -- placeholders, so that filling them does not grow and rehash them one power of two at a
   -- time. No placeholder is read: every entry is written before it is read (a bug would do
-  -- arithmetic on a string and fail loudly), and the counters in use are the first nc. Tables with nil entries that mean something (raw,
-  -- oldest, ot, dl) and hashes keep growing as they go. A small batch skips this: unpack costs
-  -- more than it saves there.
+  -- arithmetic on a string and fail loudly), and the counters in use are the first nc. Tables
+  -- with nil entries that mean something (raw, oldest, ot, dl) and hashes keep growing as they
+  -- go. A small batch skips this: unpack costs more than it saves there.
   local P = min(#KEYS, 256)
   local function sized() return {unpack(KEYS, 1, P)} end
   name, win, subs, cur, used, state, pending, old = sized(), sized(), sized(), sized(), sized(), sized(), sized(), sized()
