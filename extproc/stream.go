@@ -549,16 +549,10 @@ func (st *stream) modeOverride() *procmodev3.ProcessingMode {
 func (st *stream) replacement() *extprocv3.CommonResponse {
 	rp := st.x.reply.replace
 	r := &st.x.reply
-	set := header.List{{Name: ":status", Value: strconv.Itoa(rp.Status)}}
+	set := st.appendValid(header.List{{Name: ":status", Value: strconv.Itoa(rp.Status)}}, rp.Headers, "replace response")
 	names := map[string]bool{}
-	for _, h := range rp.Headers {
-		name := strings.ToLower(h.Name)
-		if !validHeaderName(name) || !validHeaderValue(h.Value) {
-			st.x.drop("replace response: header " + name + " dropped")
-			continue
-		}
-		set = append(set, header.Field{Name: name, Value: h.Value})
-		names[name] = true
+	for _, h := range set[1:] {
+		names[h.Name] = true
 	}
 	for _, h := range r.set {
 		if !names[h.Name] {
@@ -623,15 +617,7 @@ func (st *stream) immediateReply() *extprocv3.ProcessingResponse {
 	// are, without a filtered copy.
 	set := im.headers
 	if !sendable(set) {
-		set = make(header.List, 0, len(im.headers))
-		for _, h := range im.headers {
-			name := strings.ToLower(h.Name)
-			if !validHeaderName(name) || !validHeaderValue(h.Value) {
-				st.x.drop("respond: header " + name + " dropped")
-				continue
-			}
-			set = append(set, header.Field{Name: name, Value: h.Value})
-		}
+		set = st.appendValid(make(header.List, 0, len(im.headers)), im.headers, "respond")
 	}
 	if len(set) > 0 {
 		fillHeaderMutation(&m.mut, set, nil)
@@ -644,6 +630,20 @@ func (st *stream) immediateReply() *extprocv3.ProcessingResponse {
 
 // sendable reports whether every field of hs has a lower-case name and
 // both name and value pass validHeaderName and validHeaderValue.
+// appendValid appends the fields of hs to dst with lower-cased names. Fields Envoy would refuse
+// (an invalid name or value) are left out and noted as dropped by what.
+func (st *stream) appendValid(dst, hs header.List, what string) header.List {
+	for _, h := range hs {
+		name := strings.ToLower(h.Name)
+		if !validHeaderName(name) || !validHeaderValue(h.Value) {
+			st.x.drop(what + ": header " + name + " dropped")
+			continue
+		}
+		dst = append(dst, header.Field{Name: name, Value: h.Value})
+	}
+	return dst
+}
+
 func sendable(hs header.List) bool {
 	for _, h := range hs {
 		if !validHeaderName(h.Name) || !validHeaderValue(h.Value) || hasUpper(h.Name) {
