@@ -42,6 +42,12 @@ import (
 // rlsServiceName is the gRPC service name Envoy calls and health-checks.
 const rlsServiceName = "envoy.service.ratelimit.v3.RateLimitService"
 
+// The gRPC server's HTTP/2 flow-control windows (static: see New).
+const (
+	streamWindow = 1 << 20
+	connWindow   = 8 << 20
+)
+
 // App is one Sluice process. Build it with New (no sockets are bound), bind
 // its ports with Listen, serve with Run, and Close it; Close releases what New
 // and Listen acquired and is safe after a failed or partial New. Run calls
@@ -197,6 +203,18 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		// -tags vtprotobuf (measured 1.4µs less per RateLimitResponse); gRPC's codec otherwise.
 		grpc.ForceServerCodecV2(grpccodec.New()),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// Static flow-control windows. With gRPC's default dynamic windows the server
+		// estimates the link's bandwidth-delay product by sending Envoy a PING (and a
+		// WINDOW_UPDATE) whenever data arrives and none is outstanding: with small messages
+		// (every RLS call, most ext_proc messages) the estimate never grows and never stops,
+		// so about one PING per round trip per connection, each to be acknowledged by Envoy.
+		// Sluice sits beside Envoy (a round trip of microseconds), where a fixed window of
+		// 1 MiB per stream (a whole default batch body) and 8 MiB per connection is never
+		// the bottleneck, and bounds what one connection can push unread. Measured with
+		// bench/rlsload: server reads per decision 0.74 -> 0.61, client writes 0.34 -> 0.25,
+		// CPU per decision of all three processes 1-3% lower.
+		grpc.StaticStreamWindowSize(streamWindow),
+		grpc.StaticConnWindowSize(connWindow),
 	}
 	if t := cfg.Server.GRPCTLS; t.Enabled() {
 		// TLS, and mutual TLS with a client CA, from files read again when

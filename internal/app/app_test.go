@@ -1,8 +1,11 @@
 package app_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -16,9 +19,12 @@ import (
 	commonrl "github.com/envoyproxy/go-control-plane/envoy/extensions/common/ratelimit/v3"
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"go.uber.org/goleak"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/sluicehq/sluice/internal/app"
 	"github.com/sluicehq/sluice/internal/config"
@@ -323,5 +329,117 @@ func TestNewBindsNoPort(t *testing.T) {
 			t.Fatalf("dial %v after Listen: %v", addr, err)
 		}
 		c.Close()
+	}
+}
+
+// TestNoFlowControlPings speaks HTTP/2 to the gRPC port as Envoy does (RFC 9113: the client
+// preface, SETTINGS, then a HEADERS and a DATA frame per call, and a PING acknowledged as
+// §6.7 asks) and checks that the server, with its static windows, sends no PING while calls
+// flow: gRPC's dynamic windows would send one per round trip (a bandwidth probe that small
+// messages never end), each costing both sides system calls. It also checks the windows the
+// server advertises and that every call is answered with grpc-status 0.
+func TestNoFlowControlPings(t *testing.T) {
+	r := start(t, "redis://"+redistest.Addr(), nil)
+	conn, err := net.DialTimeout("tcp", r.app.GRPCAddr().String(), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		hbuf    bytes.Buffer
+		enc     = hpack.NewEncoder(&hbuf)
+		pings   int
+		window  = uint32(0)
+		updates []string // WINDOW_UPDATEs: "stream+increment"
+	)
+	const calls = 20
+	for i := range calls {
+		id := uint32(2*i + 1)
+		hbuf.Reset()
+		for _, f := range [][2]string{
+			{":method", "POST"}, {":scheme", "http"}, {":authority", "sluice"},
+			{":path", "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"},
+			{"content-type", "application/grpc"}, {"te", "trailers"},
+		} {
+			if err := enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		msg, err := proto.Marshal(&rlsv3.RateLimitRequest{Domain: "sluice", Descriptors: []*commonrl.RateLimitDescriptor{
+			{Entries: []*commonrl.RateLimitDescriptor_Entry{{Key: "tenant_id", Value: fmt.Sprintf("t%d", i)}}},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		body := binary.BigEndian.AppendUint32([]byte{0}, uint32(len(msg)))
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hbuf.Bytes(), EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+		if err := fr.WriteData(id, true, append(body, msg...)); err != nil {
+			t.Fatal(err)
+		}
+		status := ""
+		for status == "" {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("call %d: %v", i, err)
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if f.IsAck() {
+					break
+				}
+				if v, ok := f.Value(http2.SettingInitialWindowSize); ok {
+					window = v
+				}
+				if err := fr.WriteSettingsAck(); err != nil {
+					t.Fatal(err)
+				}
+			case *http2.PingFrame:
+				if !f.IsAck() {
+					pings++
+					if err := fr.WritePing(true, f.Data); err != nil {
+						t.Fatal(err)
+					}
+				}
+			case *http2.WindowUpdateFrame:
+				updates = append(updates, fmt.Sprintf("%d+%d", f.StreamID, f.Increment))
+			case *http2.MetaHeadersFrame:
+				if f.StreamID == id && f.StreamEnded() {
+					status = f.PseudoValue("status") // set on a trailers-only answer; else the trailers'
+					for _, hf := range f.RegularFields() {
+						if hf.Name == "grpc-status" {
+							status = "grpc-status " + hf.Value
+						}
+					}
+				}
+			case *http2.RSTStreamFrame:
+				t.Fatalf("call %d: RST_STREAM %v", i, f.ErrCode)
+			case *http2.GoAwayFrame:
+				t.Fatalf("call %d: GOAWAY %v", i, f.ErrCode)
+			}
+		}
+		if status != "grpc-status 0" {
+			t.Fatalf("call %d answered with %q, want grpc-status 0", i, status)
+		}
+	}
+	// The one WINDOW_UPDATE expected raises the connection's window from the 65535 bytes every
+	// HTTP/2 connection starts with (RFC 9113 §6.9.2) to the server's 8 MiB.
+	if want := fmt.Sprintf("[0+%d]", 8<<20-65535); pings != 0 || fmt.Sprint(updates) != want {
+		t.Errorf("over %d calls the server sent %d PINGs and WINDOW_UPDATEs %v, want no PING and %s", calls, pings, updates, want)
+	}
+	if window != 1<<20 {
+		t.Errorf("advertised SETTINGS_INITIAL_WINDOW_SIZE = %d, want %d", window, 1<<20)
 	}
 }
