@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Rate limit service benchmark: ShouldRateLimit through gRPC, service, limiter and Redis, with 1
 # and 3 descriptors per request, for
-#   floor        a minimal RLS answering OK without Redis (the gRPC floor of this machine)
+#   floor        a minimal RLS answering OK without Redis, gRPC's defaults (the gRPC floor of
+#                this machine, as issue 17's targets define it)
+#   floor-tuned  the same with Sluice's gRPC server options (stream workers, its codec, static
+#                flow-control windows): how much of Sluice's lead over the floor is that tuning
 #   redis-floor  the same RLS running the limiter's script once per call, nothing else (the
 #                cheapest RLS that asks Redis for every decision)
 #   exact        Sluice, sliding window, every decision asked of Redis (coalesced)
@@ -18,8 +21,9 @@
 #   bash bench/ratelimit.sh [duration, default 5s] [concurrency, default 32] [rounds, default 3]
 #
 # Environment:
-#   RLS_BENCH_PORT     first of ten loopback ports used (default 18090): servers on the first
-#                      nine, a private redis-server (started here, gone at exit) on the tenth
+#   RLS_BENCH_PORT     first of eleven loopback ports used (default 18090): servers on the first
+#                      nine and the eleventh, a private redis-server (started here, gone at
+#                      exit) on the tenth
 #   RLS_REFERENCE_BIN  an envoyproxy/ratelimit binary built by the reader from its public
 #                      source (never part of this repository); it runs with its documented
 #                      defaults against the private Redis over TCP (REDIS_SOCKET_TYPE=tcp),
@@ -50,6 +54,7 @@ trap cleanup EXIT
 
 go build -tags vtprotobuf -o "$BIN/sluice" ./cmd/sluice
 go build -o "$BIN/rlsfloor" ./bench/rlsfloor
+go build -tags vtprotobuf -o "$BIN/rlsfloor-tuned" ./bench/rlsfloor
 go build -o "$BIN/rlsload" ./bench/rlsload
 go build -o "$BIN/rlsscript" ./bench/rlsscript
 
@@ -75,13 +80,15 @@ YAML
 ready() { for _ in $(seq 100); do curl -fs "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "not ready: $1" >&2; exit 1; }
 "$BIN/rlsfloor" -addr "127.0.0.1:$P" &
 FLOOR_PID=$!
+"$BIN/rlsfloor-tuned" -tuned -addr "127.0.0.1:$((P + 10))" &
+TFLOOR_PID=$!
 "$BIN/rlsfloor" -addr "127.0.0.1:$((P + 1))" -redis "127.0.0.1:$RPORT" -prefix "floor:" &
 RFLOOR_PID=$!
 "$BIN/sluice" serve --config "$BIN/sluice.yaml" --grpc-addr "127.0.0.1:$((P + 2))" --admin-addr "127.0.0.1:$((P + 3))" \
   --ratelimit-config "$BIN/rules" --redis-url "redis://127.0.0.1:$RPORT/0" &
 SLUICE_PID=$!
 ready "http://127.0.0.1:$((P + 3))/readyz"
-SERVERS="floor redis-floor exact lease"
+SERVERS="floor floor-tuned redis-floor exact lease"
 if [ -n "${RLS_REFERENCE_BIN:-}" ]; then
   REDIS_SOCKET_TYPE=tcp REDIS_URL="127.0.0.1:$RPORT" USE_STATSD=false LOG_LEVEL=warn \
     GRPC_HOST=127.0.0.1 GRPC_PORT=$((P + 4)) HOST=127.0.0.1 PORT=$((P + 5)) DEBUG_HOST=127.0.0.1 DEBUG_PORT=$((P + 6)) \
@@ -111,6 +118,7 @@ run() {
   local addr pids domain=bench before cmds0 cmds1
   case $1 in
     floor) addr=$P pids="server=$FLOOR_PID" ;;
+    floor-tuned) addr=$((P + 10)) pids="server=$TFLOOR_PID" ;;
     redis-floor) addr=$((P + 1)) pids="server=$RFLOOR_PID,redis=$REDIS_PID" ;;
     exact) addr=$((P + 2)) pids="server=$SLUICE_PID,redis=$REDIS_PID" ;;
     lease) addr=$((P + 2)) pids="server=$SLUICE_PID,redis=$REDIS_PID" domain=bench_lease ;;
@@ -159,6 +167,9 @@ for r in $(seq "$ROUNDS"); do
     line+=" lease/floor=$(ratio "$(val "$l" decisions/s)" "$(val "$f" decisions/s)")"
     line+=" p99_lease/floor=$(ratio "$(dur_us "$(val "$l" p99)")" "$(dur_us "$(val "$f" p99)")")"
     line+=" p99_exact/floor=$(ratio "$(dur_us "$(val "$e" p99)")" "$(dur_us "$(val "$f" p99)")")"
+    line+=" exact/floor-tuned=$(ratio "$(val "$e" decisions/s)" "$(val "${OUT[floor-tuned$n]}" decisions/s)")"
+    line+=" lease/floor-tuned=$(ratio "$(val "$l" decisions/s)" "$(val "${OUT[floor-tuned$n]}" decisions/s)")"
+    line+=" floor-tuned/floor=$(ratio "$(val "${OUT[floor-tuned$n]}" decisions/s)" "$(val "$f" decisions/s)")"
     line+=" exact/redis-floor=$(ratio "$(val "$e" decisions/s)" "$(val "${OUT[redis-floor$n]}" decisions/s)")"
     # CPU per call of all processes (server, Redis, load generator): the throughput ratio an
     # otherwise idle machine would show, since the runs are CPU-bound; steadier than decisions/s.

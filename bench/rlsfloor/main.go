@@ -12,12 +12,14 @@ import (
 	"flag"
 	"log"
 	"net"
+	"runtime"
 	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 
+	"github.com/sluicehq/sluice/internal/grpccodec"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
 
@@ -62,6 +64,7 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:18090", "listen address")
 	redisAddr := flag.String("redis", "", "Redis address: run the limiter's script once per call (the Redis floor)")
 	prefix := flag.String("prefix", "sluicebench:floor:", "key prefix with -redis")
+	tuned := flag.Bool("tuned", false, "serve with Sluice's gRPC server options (stream workers, its codec, static flow-control windows) instead of gRPC's defaults")
 	flag.Parse()
 	f := floor{prefix: *prefix}
 	if *redisAddr != "" {
@@ -75,7 +78,16 @@ func main() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	g := grpc.NewServer()
+	var opts []grpc.ServerOption
+	if *tuned {
+		opts = []grpc.ServerOption{
+			grpc.NumStreamWorkers(uint32(32 * runtime.GOMAXPROCS(0))),
+			grpc.ForceServerCodecV2(grpccodec.New()),
+			grpc.StaticStreamWindowSize(1 << 20),
+			grpc.StaticConnWindowSize(8 << 20),
+		}
+	}
+	g := grpc.NewServer(opts...)
 	rlsv3.RegisterRateLimitServiceServer(g, f)
 	log.Fatal(g.Serve(ln))
 }
