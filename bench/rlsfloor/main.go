@@ -12,14 +12,13 @@ import (
 	"flag"
 	"log"
 	"net"
-	"runtime"
 	"time"
 
 	rlsv3 "github.com/envoyproxy/go-control-plane/envoy/service/ratelimit/v3"
 	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 
-	"github.com/sluicehq/sluice/internal/grpccodec"
+	"github.com/sluicehq/sluice/internal/app"
 	"github.com/sluicehq/sluice/ratelimitsvc/limiter"
 )
 
@@ -80,12 +79,7 @@ func main() {
 	}
 	var opts []grpc.ServerOption
 	if *tuned {
-		opts = []grpc.ServerOption{
-			grpc.NumStreamWorkers(uint32(32 * runtime.GOMAXPROCS(0))),
-			grpc.ForceServerCodecV2(grpccodec.New()),
-			grpc.StaticStreamWindowSize(1 << 20),
-			grpc.StaticConnWindowSize(8 << 20),
-		}
+		opts = app.GRPCTuning()
 	}
 	g := grpc.NewServer(opts...)
 	rlsv3.RegisterRateLimitServiceServer(g, f)

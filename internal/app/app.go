@@ -42,11 +42,45 @@ import (
 // rlsServiceName is the gRPC service name Envoy calls and health-checks.
 const rlsServiceName = "envoy.service.ratelimit.v3.RateLimitService"
 
-// The gRPC server's HTTP/2 flow-control windows (static: see New).
+// The gRPC server's HTTP/2 flow-control windows (static: see GRPCTuning).
 const (
 	streamWindow = 1 << 20
 	connWindow   = 8 << 20
 )
+
+// GRPCTuning returns the gRPC server options that cut Sluice's CPU per call, the same for
+// every deployment (bench/rlsfloor -tuned serves with them too, to tell them apart from
+// the rest of Sluice in the benchmarks).
+func GRPCTuning() []grpc.ServerOption {
+	return []grpc.ServerOption{
+		// A pool of stream workers instead of a goroutine per RPC: measured
+		// 7-10 µs less CPU per ShouldRateLimit (no per-call stack growth);
+		// RPCs beyond the pool still get their own goroutine. An ext_proc
+		// stream holds its worker for the whole HTTP request, upstream time
+		// included, so the pool is sized for concurrent streams rather than
+		// cores: with 4 per core, 32 streams at once ran mostly on fresh
+		// goroutines and stack growth took 4.9% of the CPU of cache hits
+		// (1.1% with 32 per core).
+		grpc.NumStreamWorkers(uint32(32 * runtime.GOMAXPROCS(0))),
+		// Envoy's messages marshaled by go-control-plane's vtprotobuf code when built with
+		// -tags vtprotobuf (measured 1.4µs less per RateLimitResponse); gRPC's codec otherwise.
+		grpc.ForceServerCodecV2(grpccodec.New()),
+		// Static flow-control windows. With gRPC's default dynamic windows the server
+		// estimates the link's bandwidth-delay product by sending Envoy a PING (and a
+		// WINDOW_UPDATE) whenever data arrives and none is outstanding: with small messages
+		// (every RLS call, most ext_proc messages) the estimate never grows and never stops,
+		// so about one PING per round trip per connection, each to be acknowledged by Envoy.
+		// Sluice sits beside Envoy (a round trip of microseconds), where a fixed window of
+		// 1 MiB per stream (a whole default batch body) and 8 MiB per connection is never
+		// the bottleneck, and bounds what a stream can push unread (dynamic windows grow to
+		// 16 MiB). Measured with bench/rlsload, exact mode, against the build before: at 32
+		// callers server reads per decision 0.74 -> 0.61 and client writes 0.34 -> 0.25, CPU
+		// per decision of server, Redis and client 0-4% lower; at 4 callers 5-11% lower and
+		// 1.04-1.13x the decisions/s (TestNoFlowControlPings counts the frames).
+		grpc.StaticStreamWindowSize(streamWindow),
+		grpc.StaticConnWindowSize(connWindow),
+	}
+}
 
 // App is one Sluice process. Build it with New (no sockets are bound), bind
 // its ports with Listen, serve with Run, and Close it; Close releases what New
@@ -189,35 +223,10 @@ func New(ctx context.Context, cfg config.Config, log *slog.Logger, version strin
 		// ext_proc carries bodies (BUFFERED batch requests, cached responses):
 		// the larger of the two limits applies to the whole server.
 		grpc.MaxRecvMsgSize(max(cfg.Server.MaxRecvMsgBytes, cfg.ExtProc.MaxRecvMsgBytes(), int(cfg.Batch.MaxRequestBytes)+1<<20)),
-		// A pool of stream workers instead of a goroutine per RPC: measured
-		// 7-10 µs less CPU per ShouldRateLimit (no per-call stack growth);
-		// RPCs beyond the pool still get their own goroutine. An ext_proc
-		// stream holds its worker for the whole HTTP request, upstream time
-		// included, so the pool is sized for concurrent streams rather than
-		// cores: with 4 per core, 32 streams at once ran mostly on fresh
-		// goroutines and stack growth took 4.9% of the CPU of cache hits
-		// (1.1% with 32 per core).
-		grpc.NumStreamWorkers(uint32(32 * runtime.GOMAXPROCS(0))),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		// Envoy's messages marshaled by go-control-plane's vtprotobuf code when built with
-		// -tags vtprotobuf (measured 1.4µs less per RateLimitResponse); gRPC's codec otherwise.
-		grpc.ForceServerCodecV2(grpccodec.New()),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		// Static flow-control windows. With gRPC's default dynamic windows the server
-		// estimates the link's bandwidth-delay product by sending Envoy a PING (and a
-		// WINDOW_UPDATE) whenever data arrives and none is outstanding: with small messages
-		// (every RLS call, most ext_proc messages) the estimate never grows and never stops,
-		// so about one PING per round trip per connection, each to be acknowledged by Envoy.
-		// Sluice sits beside Envoy (a round trip of microseconds), where a fixed window of
-		// 1 MiB per stream (a whole default batch body) and 8 MiB per connection is never
-		// the bottleneck, and bounds what a stream can push unread (dynamic windows grow to
-		// 16 MiB). Measured with bench/rlsload, exact mode, against the build before: at 32
-		// callers server reads per decision 0.74 -> 0.61 and client writes 0.34 -> 0.25, CPU
-		// per decision of server, Redis and client 0-4% lower; at 4 callers 5-11% lower and
-		// 1.04-1.13x the decisions/s (TestNoFlowControlPings counts the frames).
-		grpc.StaticStreamWindowSize(streamWindow),
-		grpc.StaticConnWindowSize(connWindow),
 	}
+	grpcOpts = append(grpcOpts, GRPCTuning()...)
 	if t := cfg.Server.GRPCTLS; t.Enabled() {
 		// TLS, and mutual TLS with a client CA, from files read again when
 		// they change (certificate rotation without a restart).
